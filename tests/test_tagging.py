@@ -1,0 +1,124 @@
+"""The tagging job end to end on a real local Ray with the real pretrained models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from hydra import compose, initialize_config_dir
+
+from emotion.schema import image_id_for, labels_from_schema
+from tests.conftest import PROJECT_ROOT, write_awkward_images
+
+CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
+
+
+def compose_tag(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="tag", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory, sample_photos, fer_root) -> tuple[Path, dict]:
+    """Real photos, FER faces, awkward formats and corrupt files, in nested folders."""
+    root = tmp_path_factory.mktemp("mixed")
+    (root / "photos").mkdir()
+    for name, path in sample_photos.items():
+        shutil.copy(path, root / "photos" / f"{name}.jpg")
+    (root / "fer" / "happy").mkdir(parents=True)
+    for path in sorted((fer_root / "val" / "happy").glob("*.jpg"))[:3]:
+        shutil.copy(path, root / "fer" / "happy" / path.name)
+    expected_errors = write_awkward_images(root / "awkward", sample_photos["obama"])
+    (root / "notes.txt").write_text("not listed: not an image suffix")
+    return root, expected_errors
+
+
+def read_output(output: Path):
+    files = sorted(output.glob("*.parquet"))
+    assert files, "no Parquet written"
+    return pq.read_table(files), files
+
+
+def test_tag_mixed_folder_one_row_per_person_and_resume(ray_local, mixed_folder, tmp_path):
+    from jobs.tag import run
+
+    root, expected_errors = mixed_folder
+    output = tmp_path / "tags"
+    cfg = compose_tag([f"input={root}", f"output={output}", "ray.num_cpus=2"])
+    summary = run(cfg)
+
+    images = sorted(str(p) for p in root.rglob("*") if p.suffix in (".jpg", ".png"))
+    table, files = read_output(output)
+    rows = table.to_pylist()
+    assert labels_from_schema(pq.read_schema(files[0])) == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    # Every input image appears, nothing else does, and (image, person) pairs are unique.
+    assert sorted({r["source"] for r in rows}) == images
+    pairs = [(r["source"], r["person_index"]) for r in rows]
+    assert len(pairs) == len(set(pairs))
+    assert summary.images == len(images)
+
+    by_name = {}
+    for r in rows:
+        by_name.setdefault(Path(r["source"]).name, []).append(r)
+    # Corrupt files: exactly one row, with the reason.
+    for name, error in expected_errors.items():
+        if error is not None:
+            (row,) = by_name[name]
+            assert row["error"] and error in row["error"] and row["person_index"] is None
+    assert summary.errors == sum(e is not None for e in expected_errors.values())
+    # The real photo: one face, inside the image, a plausible score vector.
+    (obama,) = by_name["obama.jpg"]
+    assert obama["error"] is None and obama["person_index"] == 0
+    x1, y1, x2, y2 = obama["face_box"]
+    assert 0 <= x1 < x2 <= obama["image_width"] and 0 <= y1 < y2 <= obama["image_height"]
+    assert obama["detector_score"] > 0.9
+    assert abs(sum(obama["scores"]) - 1) < 1e-4 and len(obama["emotions"]) == 1
+    assert obama["image_id"] == image_id_for(obama["source"])
+    assert obama["level_scores"]["head"] == obama["scores"] and obama["level_scores"]["body"] is None
+    # Awkward-but-valid formats decode and find the same face.
+    for name in ("gray.png", "palette.png", "cmyk.jpg", "alpha.png", "gray16.png", "rotated_exif.jpg"):
+        assert all(r["error"] is None for r in by_name[name]), name
+        assert any(r["person_index"] == 0 for r in by_name[name]), f"no face found in {name}"
+
+    # Resume: a second run over the same output tags nothing new and writes no duplicates.
+    again = run(cfg)
+    assert again.images == 0 and again.skipped_already_tagged == len(images)
+    table2, files2 = read_output(output)
+    assert len(table2) == len(table) and files2 == files
+
+
+def test_tag_resume_after_partial_output(ray_local, mixed_folder, tmp_path):
+    """Images tagged by an earlier (interrupted) run are not tagged again."""
+    from jobs.tag import run
+
+    root, _ = mixed_folder
+    output = tmp_path / "tags"
+    first = run(compose_tag([f"input={root}/photos", f"output={output}", "detector=full_frame"]))
+    assert first.images == 3
+    rest = run(compose_tag([f"input={root}", f"output={output}", "detector=full_frame"]))
+    table, _ = read_output(output)
+    sources = table.column("source").to_pylist()
+    assert rest.skipped_already_tagged == 3
+    assert len(sources) == len(set(sources))  # full_frame: one row per image, never twice
+
+
+def test_manifest_input_and_missing_input(ray_local, mixed_folder, tmp_path):
+    import pyarrow as pa
+
+    from emotion.pipelines.tagging import list_sources
+
+    root, _ = mixed_folder
+    photos = sorted(str(p) for p in (root / "photos").glob("*.jpg"))
+    pq.write_table(pa.table({"path": photos + photos[:1]}), tmp_path / "manifest.parquet")
+    assert list_sources(str(tmp_path / "manifest.parquet")) == photos + photos[:1]
+    (tmp_path / "m.csv").write_text("path\n" + "\n".join(Path(p).name for p in photos) + "\n")
+    shutil.copy(photos[0], tmp_path / Path(photos[0]).name)
+    assert list_sources(str(tmp_path / "m.csv"))[0] == str(tmp_path / Path(photos[0]).name)
+    assert list_sources(f"{root}/photos/*.jpg") == photos
+    with pytest.raises(FileNotFoundError):
+        list_sources(str(tmp_path / "nothing-here"))
+    with pytest.raises(KeyError, match="no 'path' column"):
+        pq.write_table(pa.table({"file": photos}), tmp_path / "bad.parquet")
+        list_sources(str(tmp_path / "bad.parquet"))
