@@ -33,13 +33,9 @@ def list_image_folder(root: str, split: str | None = None, limit_per_class: int 
     if not files:
         raise FileNotFoundError(f"no images under {base!r}; expected {base}/<class>/*.jpg")
     by_class: dict[str, list[str]] = {}
-    prefix = base.rstrip("/") + "/"
     for uri in files:
-        relative = uri[len(prefix):] if uri.startswith(prefix) else uri
-        parts = relative.split("/")
-        if len(parts) < 2:
-            continue  # images directly under root have no class folder
-        by_class.setdefault(parts[0], []).append(uri)
+        # The class is the folder an image sits in (<root>/<class>/<image>).
+        by_class.setdefault(uri.rsplit("/", 2)[-2], []).append(uri)
     paths, classes = [], []
     for name in sorted(by_class):
         chosen = sorted(by_class[name])[:limit_per_class] if limit_per_class else sorted(by_class[name])

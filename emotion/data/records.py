@@ -49,10 +49,6 @@ from emotion import storage
 from emotion.schema import LABELS_METADATA_KEY
 
 LABEL_SET_METADATA_KEY = b"emotion.label_set"
-SAMPLE_KEYS: tuple[str, ...] = (
-    "image_uri", "image_bytes", "split", "width", "height",
-    "person_boxes", "face_boxes", "labels", "vad", "label_set",
-)  # fmt: skip
 
 
 def make_sample(
@@ -114,7 +110,10 @@ def one_hot(indices: Sequence[int], num_classes: int) -> np.ndarray:
 
 
 def whole_image_box(width: int, height: int) -> np.ndarray:
-    """float32 [1, 4] box covering a ``width`` x ``height`` image (faces of face datasets)."""
+    """float32 [1, 4] box covering a ``width`` x ``height`` image (faces of face datasets);
+    a NaN row when the size is unknown (-1)."""
+    if width <= 0 or height <= 0:
+        return np.full((1, 4), np.nan, dtype=np.float32)
     return np.array([[0.0, 0.0, float(width), float(height)]], dtype=np.float32)
 
 
@@ -182,15 +181,22 @@ def image_size_of(data: bytes) -> tuple[int, int]:
 
 
 def probe_image_size(uri: str) -> tuple[int, int]:
-    """(width, height) of the image at ``uri``: local files read only their header."""
-    if not storage.is_s3(uri):
-        with open(str(uri).removeprefix("file://"), "rb") as handle:
-            head = handle.read(1 << 16)
-        try:
-            return image_size_of(head)
-        except (OSError, SyntaxError, ValueError):  # header past 64 KiB (large EXIF): read it all
-            pass
-    return image_size_of(storage.read_bytes(uri))
+    """(width, height) of the image at ``uri`` from its header (local files read only
+    the first 64 KiB); (-1, -1) when it is not a readable image, which ``prepare_dataset``
+    then reports as skipped."""
+    try:
+        if not storage.is_s3(uri):
+            with open(str(uri).removeprefix("file://"), "rb") as handle:
+                head = handle.read(1 << 16)
+            try:
+                return image_size_of(head)
+            except (OSError, SyntaxError, ValueError):  # header past 64 KiB (large EXIF): read it all
+                pass
+        return image_size_of(storage.read_bytes(uri))
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError):  # PIL's ways of saying "not an image"
+        return -1, -1
 
 
 # ---------------------------------------------------------------- Arrow

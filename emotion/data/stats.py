@@ -154,7 +154,9 @@ def plot_stats(stats: Mapping[str, Any]) -> bytes:
         axes[1].bar(np.array(list(people.keys()), dtype=float) + i * bar_width, list(people.values()), bar_width, label=name)
         sizes = [(tuple(map(int, key.split("x"))), count) for key, count in split["sizes"].items()]
         if sizes:
-            axes[2].scatter([w for (w, _), _ in sizes], [h for (_, h), _ in sizes], s=[10 + 40 * np.sqrt(c) for _, c in sizes], alpha=0.5, label=name)
+            most = max(c for _, c in sizes)
+            areas = [12 + 150 * np.sqrt(c / most) for _, c in sizes]  # area grows with the count
+            axes[2].scatter([w for (w, _), _ in sizes], [h for (_, h), _ in sizes], s=areas, alpha=0.5, label=name)
     axes[0].set_xticks(x + 0.4 - bar_width / 2, labels, rotation=60, ha="right", fontsize=8)
     axes[0].set_title("people per class")
     counts = sorted({int(n) for _, split in splits for n in split["people_per_image"]})
@@ -166,7 +168,7 @@ def plot_stats(stats: Mapping[str, Any]) -> bytes:
     axes[2].set_ylabel("height (px)")
     for ax in axes:
         if splits:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, markerscale=0.5)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)

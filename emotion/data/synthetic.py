@@ -140,6 +140,8 @@ def sample_scene(
     """Draw one scene: context, people, their cues, labels and layout."""
     if not 0.0 <= conflict_rate <= 1.0:
         raise ValueError(f"conflict_rate must be in [0, 1], got {conflict_rate}")
+    if not 1 <= max_people <= len(_PEOPLE_WEIGHTS):
+        raise ValueError(f"max_people must be 1..{len(_PEOPLE_WEIGHTS)}, got {max_people}")
     width, height = image_size
     k = len(CATEGORIES)
     context = int(rng.integers(k))
@@ -153,13 +155,13 @@ def sample_scene(
     # Layout: people side by side, each as wide as its pose, scaled to fit the image.
     extents = [_pose_extent(body) for _, body, _ in cues]
     total_width = sum(right - left for left, right, _ in extents)
-    tallest = max(bottom for _, _, bottom in extents)
+    # Sized by standing height whatever the pose, so head size does not give the pose away.
+    tallest = max([1.0 + LIMB_WIDTH] + [bottom for _, _, bottom in extents])
     scale = min(0.94 * width / total_width, rng.uniform(0.62, 0.8) * height / tallest)
-    scale = min(scale, 0.86 * height / tallest)
     gaps = rng.dirichlet(np.ones(n + 1)) * max(0.0, width - scale * total_width)
     ground_y = rng.uniform(0.9, 0.97) * height
     people, x = [], 0.0
-    for i, ((face, body, kind), (left, right, bottom)) in enumerate(zip(cues, extents)):
+    for i, ((face, body, kind), (left, right, _)) in enumerate(zip(cues, extents)):
         person_height = scale * rng.uniform(0.9, 1.0)
         x += gaps[i]
         center_x = x - left * scale
@@ -179,8 +181,12 @@ def sample_scene(
     return SceneSpec(width, height, context, conflict, tuple(people), int(rng.integers(2**31)))
 
 
+# How often an image has 1, 2, ... people (cut at max_people and renormalised).
+_PEOPLE_WEIGHTS = (0.4, 0.35, 0.25, 0.15, 0.1, 0.05)
+
+
 def _people_distribution(max_people: int) -> np.ndarray:
-    weights = np.array([0.4, 0.35, 0.25, 0.15, 0.1, 0.05][:max_people])
+    weights = np.array(_PEOPLE_WEIGHTS[:max_people])
     return weights / weights.sum()
 
 

@@ -16,6 +16,7 @@ Builder = Callable[[Mapping[str, Any]], Any]
 MODEL_MODULES: list[str] = [
     "emotion.models.face.classifier",
     "emotion.models.joint.cocoer",
+    "emotion.models.face.cnn",
 ]
 
 _REGISTRY: dict[str, Builder] = {}

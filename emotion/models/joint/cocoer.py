@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "d_ff": 1024,
     "dropout": 0.1,
     "pooling": "mean",  # "mean" or "flatten" (the public code's learned flatten-linear)
-    "eta": 0.1,
+    "eta": None,  # None: 0.1 (multi-label, BCE-mean) or 0.005 (single-label, CE); see resolve_config
     "workspace": True,
     "pseudo_label_threshold": 0.3,
 }
@@ -92,6 +92,12 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if not labels or isinstance(labels, str):
         raise ValueError("CocoER needs 'labels': a list of class names (e.g. the 26 EMOTIC categories)")
     out["labels"] = [str(x) for x in labels]
+    if out["eta"] is None:
+        # The step moves a level's logits by about -η c α (h̃·h̃) (p - y) with c = 1/K for
+        # BCE-mean and 1 for CE, and h̃·h̃ ~ d/2 for ReLU(LayerNorm) hidden vectors: these
+        # defaults move logits by O(1) at d = 256 for EMOTIC-sized K. Training adapts the
+        # hidden scale (LayerNorm gain) to the step, since gradients flow through it.
+        out["eta"] = 0.1 if out["multi_label"] else 0.005
     if out["prototypes_from_text"] is None:
         out["prototypes_from_text"] = bool(out["pretrained"])
     if isinstance(out["backbone"], Mapping):

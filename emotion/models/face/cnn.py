@@ -1,0 +1,128 @@
+"""``face_cnn``: a facial-expression classifier trained here (``emotion train``).
+
+An ImageNet-pretrained backbone (``emotion.models.backbones``; MobileNetV2 by default,
+from offline weights) + global average pooling + dropout + a linear head, on the head
+crop. Faces are turned to gray (BT.601 luma, replicated to three channels) inside
+``forward`` when ``grayscale`` is on, so a model trained on gray FER2013 faces sees gray
+faces at tagging time too, whatever colour the photo has.
+
+forward(head): float [B, 3, S, S] ImageNet-normalised -> dict
+  * ``logits`` [B, K]; * ``features`` [B, C] (pooled backbone features).
+
+``predict`` (``EmotionModel``) takes uint8 crops [B, S, S, 3] and returns softmax
+``scores`` [B, K] (sigmoid when ``multi_label``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from emotion.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from emotion.models.registry import register_model
+
+DEFAULTS: dict[str, Any] = {
+    "labels": None,  # required: class names in score order (the trainer takes them from the data)
+    "multi_label": False,
+    "backbone": "mobilenet_v2",
+    "backbone_weights": None,  # None: the packaged ImageNet file; or a local path / s3:// URI
+    "pretrained": True,  # False: random init (tests; checkpoints bring their own weights)
+    "input_size": 64,
+    "dropout": 0.2,
+    "grayscale": True,
+}
+
+# ITU-R BT.601 luma (PIL's convert("L")), the conversion FER2013's faces went through.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """DEFAULTS overlaid with the known keys of ``cfg``; labels are required."""
+    out = {key: cfg.get(key, value) for key, value in DEFAULTS.items()}
+    if not out["labels"]:
+        raise ValueError("face_cnn needs `labels` (class names in score order); the trainer takes them from the dataset")
+    out["labels"] = [str(x) for x in out["labels"]]
+    out["input_size"] = int(out["input_size"])
+    if out["input_size"] < 32:
+        raise ValueError(f"face_cnn input_size must be >= 32 pixels, got {out['input_size']}")
+    return out
+
+
+class ToGray(nn.Module):
+    """ImageNet-normalised RGB -> the luma replicated to three channels, still normalised."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("luma", torch.tensor(_LUMA).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = x * self.std + self.mean
+        gray = (raw * self.luma).sum(dim=1, keepdim=True)
+        return (gray - self.mean) / self.std
+
+
+class FaceCNN(nn.Module):
+    """Backbone + linear head over the head crop; an ``EmotionModel``."""
+
+    name = "face_cnn"
+    input_levels: tuple[str, ...] = ("head",)
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__()
+        cfg = resolve_config(cfg)
+        self.config = cfg
+        self.labels = tuple(cfg["labels"])
+        self.multi_label = bool(cfg["multi_label"])
+        self.input_size = int(cfg["input_size"])
+        self.checkpoint_hash = "untrained"
+        self.to_gray = ToGray() if cfg["grayscale"] else nn.Identity()
+        self.backbone, channels = build_backbone(cfg["backbone"], bool(cfg["pretrained"]), cfg["backbone_weights"])
+        self.dropout = nn.Dropout(float(cfg["dropout"]))
+        self.classifier = nn.Linear(channels, len(self.labels))
+
+    def forward(self, head: torch.Tensor) -> dict[str, torch.Tensor]:
+        if head.ndim != 4 or head.shape[1] != 3:
+            raise ValueError(f"head images must be [B, 3, S, S], got {list(head.shape)}")
+        features = self.backbone(self.to_gray(head)).mean(dim=(2, 3))
+        return {"logits": self.classifier(self.dropout(features)), "features": features}
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+
+    @torch.inference_mode()
+    def predict(self, crops: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """uint8 head crops [B, S, S, 3] (RGB, S = input_size) -> ``scores`` float32 [B, K]."""
+        if "head" not in crops:
+            raise KeyError(f"face_cnn needs the 'head' crop; got levels {sorted(crops)}")
+        faces = np.asarray(crops["head"])
+        size = self.input_size
+        if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != (size, size, 3):
+            raise ValueError(f"head crops must be uint8 [B, {size}, {size}, 3], got {faces.dtype} {list(faces.shape)}")
+        if len(faces) == 0:
+            return {"scores": np.zeros((0, len(self.labels)), dtype=np.float32)}
+        device = next(self.parameters()).device
+        x = torch.from_numpy(np.ascontiguousarray(faces)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self((x - mean) / std)["logits"]
+        finally:
+            self.train(was_training)
+        return {"scores": self.probabilities(logits.float()).cpu().numpy().astype(np.float32)}
+
+    def config_json(self) -> str:
+        return json.dumps(self.config, sort_keys=True)
+
+
+@register_model("face_cnn")
+def build_face_cnn(cfg: Mapping[str, Any]) -> FaceCNN:
+    """Build ``face_cnn`` from a config mapping (keys and defaults: ``DEFAULTS``)."""
+    return FaceCNN(cfg)

@@ -1,0 +1,253 @@
+"""The framework-free training loop: one epoch of training, evaluation, optimiser,
+precision, and saving/restoring the training state in the project's checkpoint format.
+
+Batches are dicts of numpy arrays (``rows.py``); where they come from (Ray Data shards,
+a list in a test) does not matter here. Distributed runs wrap the model in DDP before
+calling ``train_epoch``; ``evaluate`` gathers predictions from every rank through
+``torch.distributed`` when a process group is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from emotion.checkpoint import load_checkpoint, save_checkpoint
+from emotion.training.augment import AugmentConfig
+from emotion.training.schedule import LRSchedule
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainState:
+    """Where training is: ``epoch`` = next epoch to run, ``step`` = optimiser steps so far."""
+
+    epoch: int = 0
+    step: int = 0
+    best_score: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, row: Mapping[str, Any]) -> bool:
+        """Append an epoch's metrics; True when its ``val_score`` is the best so far."""
+        self.history.append(dict(row))
+        score = row.get("val_score")
+        improved = score is not None and not math.isnan(score) and (self.best_score is None or score > self.best_score)
+        if improved:
+            self.best_score, self.best_epoch = float(score), int(row["epoch"])
+        return improved
+
+
+# -- setup ------------------------------------------------------------------------------
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP (or similar) wrapper."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """AdamW; weight decay on weight matrices/kernels only (not on biases and norms)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    betas = tuple(float(b) for b in cfg.get("betas", (0.9, 0.999)))
+    groups = [{"params": decay, "weight_decay": float(cfg.get("weight_decay", 0.05))},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=float(cfg.get("lr", 1e-3)), betas=betas)
+
+
+def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: mixed precision on GPU only (``auto``: bf16 where supported,
+    else fp16); ``None`` (fp32) on CPU whatever was asked, since CPU autocast is slower here."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+# -- one epoch --------------------------------------------------------------------------
+def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], family: Any, criterion: nn.Module,
+                optimizer: torch.optim.Optimizer, schedule: LRSchedule, state: TrainState, *, device: torch.device,
+                augment_cfg: AugmentConfig, amp_dtype: torch.dtype | None = None,
+                scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
+                generator: torch.Generator | None = None, log_every: int = 0,
+                max_steps: int | None = None) -> dict[str, float]:
+    """Train over ``batches`` once; advances ``state.step``. Returns train_loss (mean per
+    image), train_images, train_seconds, train_images_per_s, lr (last)."""
+    model.train()
+    core = unwrap(model)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    images, steps, factor = 0, 0, 0.0
+    started = time.perf_counter()
+    for batch in batches:
+        inputs, targets = family.collate(batch, core, True, device, augment_cfg, generator)
+        factor = schedule.apply(optimizer, state.step)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outputs = model(**inputs)
+            loss = criterion(outputs, targets)["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {state.step}: lower the learning rate or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        n = int(targets["labels"].shape[0])
+        loss_sum += loss.detach().double() * n
+        images += n
+        steps += 1
+        state.step += 1
+        if log_every and steps % log_every == 0:
+            rate = images / max(time.perf_counter() - started, 1e-9)
+            log.info("step %d: loss %.4f, %.0f images/s", state.step, loss.item(), rate)
+        if max_steps is not None and steps >= max_steps:
+            break
+    seconds = time.perf_counter() - started
+    base_lr = optimizer.param_groups[0].get("base_lr", optimizer.param_groups[0]["lr"])
+    return {
+        "train_loss": float(loss_sum.item() / max(images, 1)),
+        "train_images": images,
+        "train_steps": steps,
+        "train_seconds": round(seconds, 3),
+        "train_images_per_s": round(images / max(seconds, 1e-9), 2),
+        "lr": float(base_lr * factor),
+    }
+
+
+def _gather_fields(fields: list[np.ndarray]) -> list[np.ndarray]:
+    """Concatenate each field over every rank, in rank order (identity without a group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fields
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, fields)
+    return [np.concatenate([rank_fields[j] for rank_fields in everyone]) for j in range(len(fields))]
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], family: Any, *,
+                    device: torch.device, amp_dtype: torch.dtype | None = None, rank: int = 0,
+                    world_size: int = 1) -> dict[str, np.ndarray]:
+    """Scores [N, K], labels [N, K], vad true/pred [N, 3] of every row of ``batches``.
+
+    With ``world_size`` > 1 every rank reads all batches but scores only those with
+    ``index % world_size == rank``; the results are gathered, so every rank returns all.
+    """
+    core = unwrap(model)
+    core.eval()
+    scores, labels, vad_true, vad_pred = [], [], [], []
+    for index, batch in enumerate(batches):
+        if index % world_size != rank:
+            continue
+        inputs, targets = family.collate(batch, core, False, device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outputs = core(**inputs)
+        scores.append(family.scores(core, outputs).float().cpu().numpy())
+        labels.append(np.asarray(batch["labels"], dtype=np.float32))
+        n = len(scores[-1])
+        vad_true.append(np.asarray(batch.get("vad", np.full((n, 3), np.nan)), dtype=np.float32).reshape(n, 3))
+        vad = outputs.get("vad") if isinstance(outputs, Mapping) else None
+        vad_pred.append(vad.float().cpu().numpy() if vad is not None else np.full((n, 3), np.nan, np.float32))
+    k = len(core.labels)
+    widths = (k, k, 3, 3)
+    fields = [np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
+              for parts, width in zip((scores, labels, vad_true, vad_pred), widths)]
+    gathered = _gather_fields(fields) if world_size > 1 else fields
+    return dict(zip(("scores", "labels", "vad_true", "vad_pred"), gathered))
+
+
+def evaluate(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], family: Any, *, device: torch.device,
+             amp_dtype: torch.dtype | None = None, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """The family's metrics (``score``, accuracy or mAP, ...) over ``batches``."""
+    core = unwrap(model)
+    started = time.perf_counter()
+    out = predict_batches(model, batches, family, device=device, amp_dtype=amp_dtype, rank=rank, world_size=world_size)
+    if out["scores"].size == 0:
+        raise ValueError("the validation split has no rows: check data.val_split and the dataset")
+    report = family.metrics(out["scores"], out["labels"], tuple(core.labels), bool(core.multi_label),
+                            out["vad_true"], out["vad_pred"])
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    return report
+
+
+# -- checkpoints ------------------------------------------------------------------------
+def save_training_checkpoint(path: str, *, model_name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                             state: TrainState, train_cfg: Mapping[str, Any], metrics: Mapping[str, Any],
+                             scaler: torch.amp.GradScaler | None = None, include_optimizer: bool = True) -> str:
+    """Write the full training state (model, optimiser, epoch, config, labels, metrics,
+    history) as an ``emotion.checkpoint`` file. ``state.epoch`` is the next epoch to run;
+    the file's ``epoch`` is the last finished one."""
+    core = unwrap(model)
+    extra = {
+        "step": state.step,
+        "best_score": state.best_score,
+        "best_epoch": state.best_epoch,
+        "history": state.history,
+        "train_cfg": train_cfg,
+        "grad_scaler": scaler.state_dict() if scaler is not None else None,
+    }
+    return save_checkpoint(path, model_name=model_name, model_cfg=core.config, state_dict=core.state_dict(),
+                           labels=list(core.labels), epoch=state.epoch - 1,
+                           optimizer_state=optimizer.state_dict() if include_optimizer else None,
+                           metrics=metrics, extra=extra)
+
+
+def restore_training_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                                scaler: torch.amp.GradScaler | None = None,
+                                check_labels: bool = True) -> TrainState:
+    """Load weights (strictly), optimiser and scaler state from a checkpoint file; returns
+    the state to continue from (next epoch = saved epoch + 1)."""
+    ckpt = load_checkpoint(path)
+    core = unwrap(model)
+    if check_labels and list(ckpt["labels"]) != list(core.labels):
+        raise ValueError(f"checkpoint {path} has labels {ckpt['labels']}, the model being trained has {list(core.labels)}")
+    core.load_state_dict(ckpt["state_dict"], strict=True)
+    extra = ckpt.get("extra") or {}
+    if optimizer is not None:
+        if ckpt.get("optimizer_state") is not None:
+            optimizer.load_state_dict(ckpt["optimizer_state"])
+        else:
+            log.warning("checkpoint %s has no optimiser state: the optimiser starts fresh", path)
+    if scaler is not None and extra.get("grad_scaler"):
+        scaler.load_state_dict(extra["grad_scaler"])
+    epoch = ckpt.get("epoch")
+    return TrainState(
+        epoch=0 if epoch is None else int(epoch) + 1,
+        step=int(extra.get("step", 0)),
+        best_score=extra.get("best_score"),
+        best_epoch=extra.get("best_epoch"),
+        history=list(extra.get("history") or []),
+    )
+
+
+def epoch_generator(seed: int, epoch: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator for one epoch's augmentation on ``device``: the same after a resume."""
+    return torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + epoch * 1009 + rank)
+

