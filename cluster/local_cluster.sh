@@ -27,8 +27,9 @@
 # Token authentication (Ray >= 2.52; see docs/cluster.md). Every node and every client
 # needs RAY_AUTH_MODE=token and the same token, taken in Ray's own order:
 #   RAY_AUTH_TOKEN (the token itself) > RAY_AUTH_TOKEN_PATH (a file) > ~/.ray/auth_token.
-# If none is set, `ray get-auth-token --generate` creates ~/.ray/auth_token (Ray's
-# default, which a local `ray.init()` uses too). The token is never printed or logged.
+# If none is set, ~/.ray/auth_token is created the way `ray get-auth-token --generate`
+# does (Ray's default path, which a local `ray.init()` uses too). The token is never
+# printed or logged.
 #
 # Anything the nodes' workers must see (AWS_ENDPOINT_URL_S3, AWS_* credentials, ...)
 # must be in the environment of `start`: Ray workers inherit the raylet's environment.
@@ -70,7 +71,13 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
-alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# is_ours PID: that process is a `ray start` this script launched from STATE_DIR (a
+# stale pid file must never make us signal an unrelated process that reused the PID).
+is_ours() {
+  [[ -r "/proc/$1/cmdline" ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "--temp-dir $STATE_DIR/node_"
+}
+
+alive() { [[ -f "$1" ]] && is_ours "$(cat "$1")"; }
 
 ensure_token() {
   if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
@@ -78,8 +85,14 @@ ensure_token() {
   elif [[ -n "${RAY_AUTH_TOKEN_PATH:-}" ]]; then
     [[ -s "$RAY_AUTH_TOKEN_PATH" ]] || die "RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH is missing or empty"
   elif [[ ! -s "$HOME/.ray/auth_token" ]]; then
-    # Ray's own generator; it writes ~/.ray/auth_token.
-    "$RAY" get-auth-token --generate >/dev/null
+    # What `ray get-auth-token --generate` does (256 random bits, hex), but created
+    # atomically: two clusters starting at once must not end up with different tokens.
+    local tmp
+    mkdir -p "$HOME/.ray"
+    tmp="$(mktemp "$HOME/.ray/.auth_token.XXXXXX")"
+    "$PYTHON" -c 'import secrets, sys; sys.stdout.write(secrets.token_hex(32))' >"$tmp"
+    ln "$tmp" "$HOME/.ray/auth_token" 2>/dev/null || true   # loses to an existing file
+    rm -f "$tmp"
   fi
 }
 
@@ -119,9 +132,11 @@ cmd_start() {
   if alive "$STATE_DIR/node_0.pid"; then
     die "a cluster is already running from $STATE_DIR (run: $0 stop)"
   fi
-  rm -rf "$STATE_DIR"
-  mkdir -p "$STATE_DIR"
-  chmod 700 "$STATE_DIR"
+  if [[ ! -d "$STATE_DIR" ]]; then
+    mkdir -p "$STATE_DIR"
+    chmod 700 "$STATE_DIR"
+  fi
+  rm -rf "$STATE_DIR"/node_* "$STATE_DIR/address" "$STATE_DIR/env"
   ensure_token
 
   # Ports: GCS, Ray client server, then one dashboard-agent port per node.
@@ -168,14 +183,17 @@ stop_nodes() {
   for pidfile in "$@"; do
     [[ -f "$pidfile" ]] || continue
     pid="$(cat "$pidfile")"
+    is_ours "$pid" || continue
     pids+=("$pid")
     kill -TERM "$pid" 2>/dev/null || true
   done
+  ((${#pids[@]})) || { rm -f "$@"; return 0; }
   for pid in "${pids[@]}"; do
     while kill -0 "$pid" 2>/dev/null && ((waited++ < 150)); do sleep 0.2; done
   done
+  # Leftovers in a group we created (setsid made each node its own group, id = pid).
   for pid in "${pids[@]}"; do
-    if pgrep -g "$pid" >/dev/null 2>&1; then
+    if pgrep -g "$pid" -f "ray" >/dev/null 2>&1; then
       kill -TERM -- "-$pid" 2>/dev/null || true
       sleep 1
       kill -KILL -- "-$pid" 2>/dev/null || true
@@ -186,13 +204,13 @@ stop_nodes() {
 
 cmd_stop() {
   [[ -d "$STATE_DIR" ]] || { echo "no cluster state in $STATE_DIR"; return 0; }
-  local f workers=()
+  local f nodes=()
   for f in "$STATE_DIR"/node_*.pid; do
-    [[ -f "$f" && "$f" != */node_0.pid ]] && workers+=("$f")
+    [[ -f "$f" ]] && nodes+=("$f")
   done
-  # Workers together first, then the head (node_0, which runs the GCS).
-  ((${#workers[@]})) && stop_nodes "${workers[@]}"
-  stop_nodes "$STATE_DIR/node_0.pid"
+  # All nodes at once: each `ray start --block` tears down its own processes without
+  # needing the head's GCS, so there is no order to wait for.
+  ((${#nodes[@]})) && stop_nodes "${nodes[@]}"
   rm -f "$STATE_DIR/address" "$STATE_DIR/env"
   echo "Ray cluster in $STATE_DIR stopped"
 }

@@ -91,3 +91,102 @@ def evaluate_image_folder(predictor: EmotionPredictor, root: str, split: str | N
         "root": root,
     })
     return report
+
+
+# -- datasets with annotated boxes (any emotion.data format, or prepared Parquet) --------
+def _dataset_samples(data: Mapping, split: str) -> tuple[tuple[str, ...], list[dict]]:
+    """(dataset labels, samples of ``split``) for a data config (``format``, ``root``)."""
+    fmt, root = str(data["format"]), str(data["root"])
+    if fmt == "prepared":
+        from emotion.data.prepare import prepared_labels, read_prepared
+        from emotion.data.records import row_to_sample
+
+        table = read_prepared(root, split)
+        _, labels = prepared_labels(table)
+        return labels, [row_to_sample(row, len(labels)) for row in table.to_pylist()]
+    from emotion.data import read_dataset
+
+    options = {**dict(data.get("options") or {}), "splits": [split]}
+    sample_set = read_dataset(fmt, root, **options)
+    return tuple(sample_set.labels), list(sample_set.samples(split))
+
+
+def evaluate_dataset(model, data: Mapping, split: str, batch_size: int = 64, limit: int | None = None) -> dict:
+    """Metrics of ``model`` (an EmotionModel) on the annotated people of one split.
+
+    People are cropped from their annotated boxes exactly as for training
+    (``emotion.training.rows``), so no detector runs. Single-label sets give accuracy,
+    per-class recall and the confusion matrix; multi-label sets give mAP and per-class
+    AP; VAD error is added when the model predicts ``vad`` and the data has it.
+    """
+    from emotion.labels import remap_scores
+    from emotion.training.families import classification_metrics
+    from emotion.training.rows import CropSpec, RowCounts, person_rows
+
+    data_labels, samples = _dataset_samples(data, split)
+    if limit:
+        samples = samples[: int(limit)]
+    model_labels = [canonical_label(x) for x in model.labels]
+    present = np.zeros(len(data_labels), dtype=bool)
+    for sample in samples:
+        present |= np.asarray(sample["labels"]).reshape(-1, len(data_labels)).max(axis=0, initial=0) > 0
+    unknown = sorted(x for x, seen in zip(data_labels, present) if seen and canonical_label(x) not in model_labels)
+    if unknown:
+        raise ValueError(f"dataset classes {unknown} are not in the model's label set {list(model.labels)}")
+    spec = CropSpec(levels=tuple(model.input_levels), size=int(model.input_size),
+                    head_expand=float(data.get("head_expand", 1.0)), num_labels=len(data_labels),
+                    multi_label=bool(model.multi_label))
+    counts = RowCounts()
+    scores, targets, vad_true, vad_pred = [], [], [], []
+    started = time.perf_counter()
+    for start in range(0, len(samples), batch_size):
+        rows = person_rows(samples[start:start + batch_size], spec, counts)
+        if len(rows["labels"]) == 0:
+            continue
+        out = model.predict({level: rows[f"crop_{level}"] for level in model.input_levels})
+        scores.append(np.asarray(out["scores"], dtype=np.float32))
+        targets.append(remap_scores(rows["labels"], list(data_labels), list(model.labels)))
+        vad_true.append(rows["vad"])
+        vad_pred.append(np.asarray(out["vad"], np.float32) if "vad" in out else np.full_like(rows["vad"], np.nan))
+    if not scores:
+        raise RuntimeError(f"split {split!r} of {data['root']!r} has no person the model can score ({counts.skipped})")
+    seconds = time.perf_counter() - started
+    report = classification_metrics(np.concatenate(scores), np.concatenate(targets), tuple(model.labels),
+                                    bool(model.multi_label), np.concatenate(vad_true), np.concatenate(vad_pred))
+    report.pop("score", None)
+    report.update({"skipped": counts.skipped, "images": len(samples), "split": split, "root": str(data["root"]),
+                   "people_per_second": round(report["n"] / max(seconds, 1e-9), 2)})
+    return report
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str = "") -> bytes:
+    """PNG bytes of a confusion matrix (rows true, columns predicted), row-normalised
+    colours with the counts written in each cell."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to memory only
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(confusion, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = np.nan_to_num(counts / counts.sum(axis=1, keepdims=True))
+    k = len(labels)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.5 + 0.7 * k), max(3.5, 1.2 + 0.6 * k)))
+    ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()

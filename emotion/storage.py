@@ -282,7 +282,12 @@ def _boto3_client(res: _Resolved):
             # S3-compatible stores rarely have per-bucket DNS names.
             s3={"addressing_style": "path"} if res.endpoint_url else None,
         )
-        session = boto3.session.Session(profile_name=res.profile)
+        from botocore.exceptions import ProfileNotFound
+
+        try:
+            session = boto3.session.Session(profile_name=res.profile)
+        except ProfileNotFound:
+            raise StorageError(f"AWS profile {res.profile!r} is not configured") from None
         client = session.client(
             "s3",
             endpoint_url=res.endpoint_url,

@@ -1,6 +1,13 @@
 """Evaluation job: ``emotion eval model=fer data=image_folder data.root=PATH``.
 
-Prints one JSON line with at least ``accuracy`` and ``per_class``.
+Prints one JSON line: ``accuracy`` and ``per_class`` for single-label sets, ``mAP`` and
+``per_class_ap`` for multi-label ones, ``vad_mae`` when the model predicts VAD.
+
+* ``data=image_folder``: class folders, scored through the predictor (detector included);
+* any other format (``data=synthetic``, ``data=prepared``, ...): the split's annotated
+  people, cropped from their boxes (``data.split``, else the config's ``test_split``);
+* ``model.checkpoint=PATH`` evaluates a trained checkpoint (``emotion train``);
+* ``confusion_png=PATH`` also writes the confusion matrix plot (single-label sets).
 """
 
 from __future__ import annotations
@@ -13,21 +20,30 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from emotion import storage
-from emotion.evaluation import evaluate_image_folder
-from emotion.predictor import build_predictor
+from emotion.evaluation import evaluate_dataset, evaluate_image_folder, plot_confusion
+from emotion.predictor import build_emotion_model, build_predictor
 
 log = logging.getLogger("emotion.eval")
 
 
 def run(cfg: DictConfig) -> dict:
     plain = OmegaConf.to_container(cfg, resolve=True)
-    predictor = build_predictor(plain)
     data = plain["data"]
-    if data["format"] != "image_folder":
-        raise ValueError(f"data.format={data['format']!r}: this command evaluates image folders here")
-    report = evaluate_image_folder(predictor, data["root"], data.get("split"), plain.get("batch_size", 256),
-                                   plain.get("limit_per_class"))
-    report["model"] = f"{predictor.model.name}@sha256:{predictor.model.checkpoint_hash[:16]}"
+    if data["format"] == "image_folder":
+        predictor = build_predictor(plain)
+        model = predictor.model
+        report = evaluate_image_folder(predictor, data["root"], data.get("split"), plain.get("batch_size", 256),
+                                       plain.get("limit_per_class"))
+    else:
+        model = build_emotion_model(plain["model"])
+        split = data.get("split") or data.get("test_split") or data.get("val_split")
+        if not split:
+            raise ValueError(f"data.format={data['format']!r}: say which split to evaluate with data.split=NAME")
+        report = evaluate_dataset(model, data, str(split), int(plain.get("batch_size", 256)), plain.get("limit"))
+    report["model"] = f"{model.name}@sha256:{model.checkpoint_hash[:16]}"
+    if plain.get("confusion_png") and "confusion" in report:
+        storage.write_bytes(plain["confusion_png"], plot_confusion(report["confusion"], list(model.labels),
+                                                                   title=f"{model.name}: {data['root'].rstrip('/').split('/')[-1]}"))
     line = json.dumps({k: v for k, v in report.items() if k != "confusion"})
     print(line, flush=True)
     if plain.get("output_json"):

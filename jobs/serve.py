@@ -9,6 +9,7 @@ joins a running cluster instead. Then:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
@@ -29,6 +30,10 @@ def run(cfg: DictConfig, blocking: bool = False) -> str:
     """
     plain = OmegaConf.to_container(cfg, resolve=True)
     settings = ServeSettings.model_validate(plain["serve"])  # fail on a bad config before starting Ray
+    if settings.throughput_optimized:
+        # Read by Ray's processes when they start, so set before the local Ray starts.
+        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     init_ray(plain.get("ray") or {})
     # HTTP options are cluster-wide and fixed once Serve runs: a second call keeps the first.
     serve.start(http_options={"host": settings.host, "port": settings.port})

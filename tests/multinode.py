@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -91,7 +92,11 @@ def start_local_cluster(
 def stop_local_cluster(cluster: LocalRayCluster) -> None:
     env = _script_env(cluster.state_dir, None, 1, 1)
     subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=180)
-    shutil.rmtree(cluster.state_dir, ignore_errors=True)
+    for _ in range(10):  # processes that just exited may still be flushing logs into it
+        shutil.rmtree(cluster.state_dir, ignore_errors=True)
+        if not cluster.state_dir.exists():
+            break
+        time.sleep(0.5)
 
 
 @contextlib.contextmanager

@@ -89,7 +89,7 @@ def test_workspace_leaves_parameters_bit_identical(train_mode):
     model = tiny_model().train(train_mode)
     before = state_digest(model)
     out = model(**images(4))
-    assert out["delta"].abs().sum() > 0  # the refinement did move θ̃ ...
+    assert (out["grad_distance"] > 0).all()  # the refinement did move θ̃ ...
     assert state_digest(model) == before  # ... but never the module's own θ
 
 

@@ -267,3 +267,8 @@ def test_throttling_is_retried_then_reported(s3_bucket, s3_endpoint):
         with pytest.raises(StorageError, match="throttling.*SlowDown.*2 attempts"):
             storage.read_bytes(f"s3://{s3_bucket}/k.txt", s3=cfg)
         assert proxy.requests_seen == 2
+
+
+def test_unknown_profile_is_a_clear_error(s3_endpoint):
+    with pytest.raises(StorageError, match="profile 'no-such-profile'"):
+        storage.read_bytes("s3://b/k", s3=S3Config(profile="no-such-profile"))

@@ -188,7 +188,7 @@ def test_competition_drops_levels_by_decreasing_loss():
 def test_workspace_direction_and_refined_logits(multi_label):
     hidden, theta, logits, target = _problem(multi_label, b=16, seed=3)
     ws = Workspace(eta=0.05, multi_label=multi_label)
-    out = ws(hidden, logits, theta[..., :-1], theta[..., -1], target)
+    out = ws(hidden, logits, theta[..., :-1], theta[..., -1], target, return_delta=True)
     g = level_gradients(hidden, logits, target, multi_label)  # [B, q, k, d+1]
     delta = -torch.einsum("bm,bmkd->bkd", out["alpha"], g)
     torch.testing.assert_close(out["delta"], delta, atol=1e-12, rtol=1e-10)

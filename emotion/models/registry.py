@@ -28,7 +28,9 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
 
     def decorator(builder: Builder) -> Builder:
         existing = _REGISTRY.get(name)
-        if existing is not None and existing.__qualname__ != builder.__qualname__:
+        same = existing is not None and (existing.__module__, existing.__qualname__) == (
+            builder.__module__, builder.__qualname__)  # re-import of the same module: fine
+        if existing is not None and not same:
             raise ValueError(f"model name {name!r} is already registered by {existing.__module__}.{existing.__qualname__}")
         _REGISTRY[name] = builder
         return builder

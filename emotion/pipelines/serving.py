@@ -105,6 +105,12 @@ class ServeSettings(_Strict):
     route_prefix: str = "/"
     auth_token: Optional[SecretStr] = None  # or env EMOTION_API_TOKEN
     readiness_timeout_s: float = Field(5.0, gt=0)
+    access_log: bool = True  # one log line per request and replica; off saves CPU under load
+    # Ray Serve's high-throughput mode (HAProxy ingress, gRPC between replicas). Ray reads
+    # it from the environment when its processes start: `jobs/serve.py` sets it for the
+    # local Ray it starts; on a cluster, set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 and
+    # RAY_SERVE_ENABLE_HA_PROXY=1 on every node instead.
+    throughput_optimized: bool = False
     limits: Limits = Limits()
     recognizer: RecognizerOptions = RecognizerOptions()
     ingress: IngressOptions = IngressOptions()
@@ -569,7 +575,7 @@ class EmotionAPI:
 
 
 # -- application builder ----------------------------------------------------------------
-def recognizer_options(options: RecognizerOptions) -> dict:
+def recognizer_options(options: RecognizerOptions, access_log: bool = True) -> dict:
     actor = {"num_cpus": options.num_cpus}
     num_gpus = _resolve_num_gpus(options)
     if num_gpus > 0:
@@ -581,16 +587,17 @@ def recognizer_options(options: RecognizerOptions) -> dict:
         "max_ongoing_requests": options.max_ongoing_requests,
         "max_queued_requests": options.max_queued_requests,
         "ray_actor_options": actor,
+        "logging_config": {"enable_access_log": access_log},
         "user_config": {"max_batch_size": options.max_batch_size,
                         "batch_wait_timeout_s": options.batch_wait_timeout_s},
     }
 
 
-def ingress_options(options: IngressOptions) -> dict:
+def ingress_options(options: IngressOptions, access_log: bool = True) -> dict:
     scaling = ({"autoscaling_config": options.autoscaling_config} if options.autoscaling_config
                else {"num_replicas": options.num_replicas})
     return {**scaling, "max_ongoing_requests": options.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": options.num_cpus}}
+            "ray_actor_options": {"num_cpus": options.num_cpus}, "logging_config": {"enable_access_log": access_log}}
 
 
 def build_app(args: ServeArgs) -> Application:
@@ -599,7 +606,7 @@ def build_app(args: ServeArgs) -> Application:
     settings = ServeSettings.model_validate(cfg["serve"] or {})
     predictor_cfg = {name: cfg[name] for name in ("detector", "model", "predictor")}
     limits = settings.limits.model_dump()
-    recognizer = EmotionRecognizer.options(**recognizer_options(settings.recognizer)).bind(
+    recognizer = EmotionRecognizer.options(**recognizer_options(settings.recognizer, settings.access_log)).bind(
         predictor_cfg, limits, settings.recognizer.torch_threads)
-    return EmotionAPI.options(**ingress_options(settings.ingress)).bind(
+    return EmotionAPI.options(**ingress_options(settings.ingress, settings.access_log)).bind(
         recognizer, limits, settings.resolved_token(), settings.readiness_timeout_s)

@@ -22,7 +22,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from emotion import storage
-from emotion.predictor import build_predictor, decode_batch
+from emotion.predictor import build_predictor, decode_batch, has_error
 from emotion.pipelines.ray_env import gpus_available, init_ray
 
 log = logging.getLogger(__name__)
@@ -122,15 +122,45 @@ def _limit_threads(n: int | None) -> None:
         torch.set_num_threads(int(n))
 
 
+@ray.remote(num_cpus=0)
+class TagProgress:
+    """Counts what the detect actors did, per node: feeds the live progress line and the
+    summary's per-node figures. Reports are fire-and-forget, so they never slow a stage."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.people = 0
+        self.errors = 0
+        self.images_by_node: dict[str, int] = {}
+
+    def report(self, node_id: str, images: int, people: int, errors: int) -> None:
+        self.images += images
+        self.people += people
+        self.errors += errors
+        self.images_by_node[node_id] = self.images_by_node.get(node_id, 0) + images
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"images": self.images, "people": self.people, "errors": self.errors,
+                "images_by_node": dict(self.images_by_node)}
+
+
 class DetectStage:
     """Actor: loads the detector once, turns decoded images into person rows with crops."""
 
-    def __init__(self, cfg: dict[str, Any], levels: Sequence[str], input_size: int, torch_threads: int | None):
+    def __init__(self, cfg: dict[str, Any], levels: Sequence[str], input_size: int, torch_threads: int | None,
+                 progress: Any = None):
         _limit_threads(torch_threads)
         self.predictor = build_predictor(cfg, recognize=False, levels=levels, input_size=input_size)
+        self.progress = progress
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.predictor.detect(batch)
+        people = self.predictor.detect(batch)
+        if self.progress is not None:
+            n_errors = sum(has_error(e) for e in batch["error"])
+            n_people = int((people["person_index"] >= 0).sum())
+            self.progress.report.remote(self.node_id, len(batch["source"]), n_people, n_errors)
+        return people
 
 
 class RecognizeStage:
@@ -155,6 +185,7 @@ class TagSummary:
     pipeline_seconds: float = 0.0  # from the first batch to the last file written
     images_per_second: float = 0.0  # images / pipeline_seconds
     emotions: dict[str, int] = field(default_factory=dict)
+    images_by_node: dict[str, int] = field(default_factory=dict)  # which Ray nodes detected how many
     output: str = ""
     files: list[str] = field(default_factory=list)
 
@@ -172,6 +203,8 @@ class TagSummary:
             width = max(len(k) for k in self.emotions)
             lines.append("emotions:")
             lines += [f"  {k:<{width}}  {v}" for k, v in sorted(self.emotions.items(), key=lambda kv: -kv[1])]
+        if len(self.images_by_node) > 1:
+            lines.append("images per node: " + ", ".join(f"{k[:8]}: {v}" for k, v in sorted(self.images_by_node.items())))
         lines.append(f"output: {self.output}")
         return "\n".join(lines)
 
@@ -181,12 +214,20 @@ def _pool(stage_cfg: Mapping, use_gpu: bool) -> dict[str, Any]:
     size_max = int(stage_cfg.get("pool_max", size_min))
     num_gpus = stage_cfg.get("num_gpus", "auto")
     num_gpus = (float(stage_cfg.get("gpu_fraction", 0.5)) if use_gpu else 0.0) if num_gpus == "auto" else float(num_gpus)
-    return {
-        "compute": ActorPoolStrategy(min_size=size_min, max_size=size_max),
+    args = {
+        "compute": ActorPoolStrategy(
+            min_size=size_min, max_size=size_max,
+            # Fewer queued batches per actor spread work across actors (and nodes) more evenly.
+            max_tasks_in_flight_per_actor=stage_cfg.get("max_tasks_in_flight"),
+        ),
         "batch_size": int(stage_cfg.get("batch_size", 16)),
         "num_cpus": float(stage_cfg.get("num_cpus", 0.5)),
         "num_gpus": num_gpus,
     }
+    if stage_cfg.get("scheduling_strategy"):
+        # SPREAD places a pool's actors on different nodes where it can (clusters).
+        args["scheduling_strategy"] = str(stage_cfg["scheduling_strategy"])
+    return args
 
 
 def summarize(files: Sequence[str], seconds: float, pipeline_seconds: float, skipped: int, output: str) -> TagSummary:
@@ -250,10 +291,11 @@ def run_tagging(cfg: Mapping) -> TagSummary:
         fn_kwargs={"max_side": int(cfg.get("max_image_side", 1280)), "max_pixels": int(cfg.get("max_pixels", 64_000_000))},
     )
     detect_cfg, recognize_cfg = stages["detect"], stages["recognize"]
+    progress = TagProgress.remote()
     ds = ds.map_batches(
         DetectStage,
         fn_constructor_kwargs={"cfg": model_cfg, "levels": levels, "input_size": input_size,
-                               "torch_threads": detect_cfg.get("torch_threads")},
+                               "torch_threads": detect_cfg.get("torch_threads"), "progress": progress},
         **_pool(detect_cfg, use_gpu),
     )
     ds = ds.map_batches(
@@ -265,8 +307,44 @@ def run_tagging(cfg: Mapping) -> TagSummary:
     before = set(storage.list_files(output, suffixes=(".parquet",))) if storage.exists(output) else set()
     fs, path = storage.get_filesystem(output)
     pipeline_started = time.perf_counter()
-    ds.write_parquet(path, filesystem=fs, schema=schema,
-                     min_rows_per_file=int(cfg.get("rows_per_file", 10_000)))
+    with _ProgressPrinter(progress, total=len(todo), every_s=float(cfg.get("progress_every_s", 10))):
+        ds.write_parquet(path, filesystem=fs, schema=schema,
+                         min_rows_per_file=int(cfg.get("rows_per_file", 10_000)))
     after = set(storage.list_files(output, suffixes=(".parquet",)))
     finished = time.perf_counter()
-    return summarize(sorted(after - before), finished - started, finished - pipeline_started, skipped, output)
+    summary = summarize(sorted(after - before), finished - started, finished - pipeline_started, skipped, output)
+    summary.images_by_node = ray.get(progress.snapshot.remote())["images_by_node"]
+    ray.kill(progress)
+    return summary
+
+
+class _ProgressPrinter:
+    """Prints one progress line every ``every_s`` seconds while the pipeline runs."""
+
+    def __init__(self, progress: Any, total: int, every_s: float):
+        import threading
+
+        self.progress, self.total, self.every_s = progress, total, every_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.started = time.perf_counter()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.every_s):
+            try:
+                snap = ray.get(self.progress.snapshot.remote(), timeout=5)
+            except Exception:  # noqa: BLE001 - progress display must never break the job
+                continue
+            elapsed = time.perf_counter() - self.started
+            rate = snap["images"] / elapsed if elapsed > 0 else 0.0
+            eta = (self.total - snap["images"]) / rate if rate > 0 else float("nan")
+            print(f"[tag] {snap['images']}/{self.total} images detected, {snap['people']} people, "
+                  f"{snap['errors']} errors, {rate:.1f} images/s, eta {eta:.0f} s", flush=True)
+
+    def __enter__(self) -> "_ProgressPrinter":
+        if self.every_s > 0:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()

@@ -37,7 +37,7 @@ import torch
 
 from emotion import storage
 from emotion.checkpoint import load_checkpoint, save_checkpoint
-from emotion.pipelines.ray_env import init_ray
+from emotion.pipelines.ray_env import _FORWARDED_ENV, init_ray
 from emotion.training import history as history_io
 from emotion.training.augment import build_augment
 from emotion.training.families import get_family
@@ -176,6 +176,8 @@ def _epoch_row(epoch: int, train: Mapping[str, Any], val: Mapping[str, Any], wor
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker (see the module doc)."""
     job, train_cfg = config["job"], config["job"]["train"]
+    if not logging.getLogger().handlers:  # Ray workers have none: progress lines would be lost
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     if train_cfg.get("torch_threads"):
@@ -230,9 +232,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 save_training_checkpoint(os.path.join(folder, CHECKPOINT_FILE), model_name=config["model_name"],
                                          model=model, optimizer=optimizer, state=state, train_cfg=job,
                                          metrics=metrics, scaler=scaler)
-                history_io.write_history(job["output"], state.history)
                 ray_checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=ray_checkpoint)
+        if rank == 0:  # after the report: the files list only epochs whose checkpoint was handed over
+            history_io.write_history(job["output"], state.history)
+            log.info("epoch %d: train loss %.4f, %s %.4f (%.0f s)", epoch, row["train_loss"], SCORE_METRIC,
+                     row[SCORE_METRIC], row["epoch_seconds"])
 
 
 # -- driver -----------------------------------------------------------------------------
@@ -282,7 +287,14 @@ def _storage(cfg: Mapping[str, Any]) -> tuple[str, Any, str]:
     uri = str(cfg.get("storage_path") or storage.join(str(cfg["output"]), "ray"))
     run_uri = storage.join(uri, str(cfg["run_name"]))
     if storage.is_s3(uri):
-        filesystem, path = storage.get_filesystem(uri)
+        # Ray Train's controller actor does not inherit this process's environment, so
+        # keys found in the environment travel inside the filesystem object; without
+        # keys here the standard chain (profile, instance/pod role) applies there.
+        keys = {"access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+                "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                "session_token": os.environ.get("AWS_SESSION_TOKEN")}
+        s3 = storage.S3Config(**keys) if keys["access_key_id"] and keys["secret_access_key"] else None
+        filesystem, path = storage.get_filesystem(uri, s3)
         return path, filesystem, run_uri
     local = os.path.abspath(os.path.expanduser(uri))
     os.makedirs(local, exist_ok=True)
@@ -355,9 +367,12 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
     failure = ray.train.FailureConfig(max_failures=int(cfg.get("max_failures", 2)))
     checkpoints = ray.train.CheckpointConfig(num_to_keep=cfg.get("keep_checkpoints", 2),
                                              checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max")
+    # Workers write metrics and read data through emotion.storage: give them the driver's S3 settings.
+    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     run_config = ray.train.RunConfig(name=str(cfg["run_name"]), storage_path=storage_path,
                                      storage_filesystem=filesystem, failure_config=failure,
-                                     checkpoint_config=checkpoints)
+                                     checkpoint_config=checkpoints,
+                                     worker_runtime_env={"env_vars": env_vars} if env_vars else None)
     loop_config = {"job": dict(cfg), "model_name": model_name, "model_cfg": model_cfg, "train_rows": train_rows,
                    "resume_from": cfg.get("resume_from")}
     trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,

@@ -78,7 +78,8 @@ class ClassifierFamily:
             key = f"crop_{level}"
             if key not in batch:
                 raise KeyError(f"training batch has no {key!r} column (columns: {sorted(batch)})")
-            images = torch.as_tensor(np.asarray(batch[key]), device=device)
+            # Ray Data hands out read-only arrays; torch wants writable memory.
+            images = torch.from_numpy(np.require(batch[key], dtype=np.uint8, requirements="W")).to(device)
             inputs[level] = augment(images, augment_cfg or AugmentConfig(), generator) if train else prepare_eval(images)
         return inputs, _targets(batch, device)
 

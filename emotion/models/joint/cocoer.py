@@ -159,7 +159,7 @@ class CocoER(nn.Module):
       competition eliminated them (-1 when the workspace is off);
     * ``lambdas`` [B, 2, 3]: λ of each QP step; ``alpha`` [B, 3]: their sum;
     * ``level_losses`` / ``refined_losses`` [B, 3]: pseudo-label losses before / after;
-    * ``grad_distance`` [B]: ||δ_l||_F (zero when off); ``delta`` [B, K, d+1] when on.
+    * ``grad_distance`` [B]: ||δ_l||_F (zero when off).
     """
 
     name = "cocoer"
@@ -239,7 +239,7 @@ class CocoER(nn.Module):
             ws = self.workspace(hidden, logits, weight, bias, vocab["pseudo_label"])
             refined = ws["refined_logits"]
             out.update({key: ws[key] for key in ("dropped_levels", "lambdas", "alpha", "level_losses",
-                                                 "refined_losses", "grad_distance", "delta")})
+                                                 "refined_losses", "grad_distance")})
         else:
             refined = logits
             losses = pseudo_label_losses(logits, vocab["pseudo_label"], self.multi_label)

@@ -21,7 +21,7 @@ y_t is the pseudo label (k).
   with α_m = Σ_steps λ_m (a level's λ is 0 once dropped).
 * Coordination: θ̃_m = θ_m + η δ_l for every level, per sample; the **refined features**
   are the refined logits ẑ_m = θ̃_m h̃_m = s_m + η δ_l h̃_m (k values per level). The module
-  parameters are never touched: θ̃ exists only as a [B, q, k, d+1] tensor.
+  parameters are never touched, and θ̃ is not even materialised (see ``Workspace``).
 
 Why δ_l helps every level: with hard pseudo labels (0/1), p_m - y has the sign pattern of
 -y for every level (sigmoid/softmax lie in (0, 1)), so (p_i - y)·(p_j - y) > 0; the heads'
@@ -220,14 +220,19 @@ class Workspace(nn.Module):
     pseudo_label [B, k]) -> dict:
 
     * ``refined_logits`` [B, q, k]: ẑ_m = θ̃_m h̃_m, θ̃_m = θ_m + η δ_l;
-    * ``delta`` [B, k, d+1]: δ_l (weight columns, then the bias column);
     * ``alpha`` [B, q], ``lambdas`` [B, q-1, q], ``dropped_levels`` [B, q-1] (int64);
     * ``level_losses`` [B, q]: f_m before refinement; ``refined_losses`` [B, q]: after;
-    * ``grad_distance`` [B]: ||δ_l||_F, the size of the shared step (see losses.py).
+    * ``grad_distance`` [B]: ||δ_l||_F, the size of the shared step (see losses.py);
+    * ``delta`` [B, k, d+1] (δ_l: weight columns, then the bias column) only when
+      ``return_delta`` is set: nothing else needs it.
 
-    Gradients flow through δ_l (it is a differentiable function of p_m and h_m), so training
-    sees the refinement; λ and the elimination order are treated as constants (they come
-    from an argmin and an argmax).
+    θ̃ is never materialised: θ̃_m h̃_m = s_m + η δ_l h̃_m, and because δ_l = -c Σ_j α_j
+    (p_j - y) h̃_jᵀ, δ_l h̃_m = -c Σ_j α_j (h̃_j·h̃_m) (p_j - y) and ||δ_l||² = αᵀ GGᵀ α: the
+    whole step costs a few [B, q, q] and [B, q, k] products. ``logits`` must be the heads'
+    own outputs θ_m h̃_m for these identities to hold.
+
+    Gradients flow through δ_l (a differentiable function of p_m and h_m), so training sees
+    the refinement; λ and the elimination order are constants (an argmin and an argmax).
     """
 
     def __init__(self, eta: float, multi_label: bool):
@@ -236,31 +241,34 @@ class Workspace(nn.Module):
         self.multi_label = bool(multi_label)
 
     def forward(self, hidden: torch.Tensor, logits: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                pseudo_label: torch.Tensor) -> dict[str, torch.Tensor]:
+                pseudo_label: torch.Tensor, return_delta: bool = False) -> dict[str, torch.Tensor]:
+        if hidden.shape[:2] != logits.shape[:2] or weight.shape != (logits.shape[1], logits.shape[2], hidden.shape[2]):
+            raise ValueError(f"workspace shapes disagree: hidden {tuple(hidden.shape)}, logits {tuple(logits.shape)}, "
+                             f"weight {tuple(weight.shape)}")
         target = pseudo_label.detach().to(logits.dtype)
         h = with_bias(hidden)  # [B, q, d+1]
-        theta = torch.cat([weight, bias.unsqueeze(-1)], dim=-1)  # [q, k, d+1]
         residual = loss_residuals(logits, target, self.multi_label)  # c (p - y): [B, q, k]
         losses = pseudo_label_losses(logits, target, self.multi_label)
-        gram = (residual @ residual.transpose(1, 2)) * (h @ h.transpose(1, 2))
+        hidden_gram = h @ h.transpose(1, 2)  # h̃_i·h̃_j
+        gram = (residual @ residual.transpose(1, 2)) * hidden_gram  # GGᵀ
         # The QP is tiny ([B, q, q]); float64 keeps the active-set choice exact.
         competition = compete(losses.detach().double(), gram.detach().double())
         alpha = competition["alpha"].to(logits.dtype)
-        delta = -torch.einsum("bm,bmk,bmd->bkd", alpha, residual, h)
-        theta_tilde = theta.unsqueeze(0) + self.eta * delta.unsqueeze(1)  # [B, q, k, d+1]
-        refined = torch.einsum("bmkd,bmd->bmk", theta_tilde, h)
-        sq_norm = delta.flatten(1).pow(2).sum(1)
-        grad_distance = torch.sqrt(sq_norm + torch.finfo(sq_norm.dtype).tiny)  # finite gradient at 0
-        return {
+        step = -torch.einsum("bj,bjm,bjk->bmk", alpha, hidden_gram, residual)  # δ_l h̃_m
+        refined = logits + self.eta * step
+        sq_norm = torch.einsum("bi,bij,bj->b", alpha, gram, alpha).clamp_min(0.0)
+        out = {
             "refined_logits": refined,
-            "delta": delta,
             "alpha": alpha,
             "lambdas": competition["lambdas"].to(logits.dtype),
             "dropped_levels": competition["dropped_levels"],
             "level_losses": losses,
             "refined_losses": pseudo_label_losses(refined, target, self.multi_label),
-            "grad_distance": grad_distance,
+            "grad_distance": torch.sqrt(sq_norm + torch.finfo(sq_norm.dtype).tiny),  # finite gradient at 0
         }
+        if return_delta:
+            out["delta"] = -torch.einsum("bm,bmk,bmd->bkd", alpha, residual, h)
+        return out
 
 
 def build_workspace(cfg) -> Workspace:

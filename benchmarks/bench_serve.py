@@ -1,0 +1,238 @@
+"""Throughput and latency of the HTTP API with dynamic batching on and off.
+
+Starts the app on a local Ray (127.0.0.1 only), then for each batching setting sends
+``--requests`` images at each concurrency with a bounded thread pool (one keep-alive
+connection per thread, raw ``image/jpeg`` bodies) and reports requests/s, p50/p95/p99
+latency and failures, as a table and a JSON file.
+
+    python benchmarks/bench_serve.py                       # FER faces, full-frame detector
+    python benchmarks/bench_serve.py --images photos --detector retinaface --requests 96
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))  # `jobs` is importable when run as a script
+HOST = "127.0.0.1"  # the benchmark only ever talks to this machine
+APP_NAME = "bench"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", choices=("fer", "photos"), default="fer",
+                        help="fer: 48x48 FER2013 val faces; photos: the sample photos (obama, batman, trump)")
+    parser.add_argument("--detector", default="full_frame", help="detector config (full_frame suits FER faces)")
+    parser.add_argument("--requests", type=int, default=256, help="requests per (setting, concurrency, repeat)")
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="time bound per (setting, concurrency, repeat)")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--batch-sizes", default="32,1", help="max_batch_size settings to compare (1 = unbatched)")
+    parser.add_argument("--batch-wait-s", type=float, default=0.01)
+    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2, help="logical CPUs of the local Ray")
+    parser.add_argument("--repeats", type=int, default=3, help="alternate the settings this many times; report medians")
+    parser.add_argument("--throughput-optimized", action=argparse.BooleanOptionalAction, default=False,
+                        help="Ray Serve's HAProxy ingress + gRPC between replicas (serve.throughput_optimized)")
+    parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--output", default=str(PROJECT_ROOT / "outputs" / "bench_serve.json"))
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of jobs/configs/serve.yaml")
+    return parser.parse_args(argv)
+
+
+def load_payloads(kind: str, limit: int = 256) -> list[bytes]:
+    if kind == "photos":
+        from emotion.weights import SAMPLE_PHOTOS, resolve
+
+        return [resolve(spec).read_bytes() for spec in SAMPLE_PHOTOS.values()]
+    from emotion.data_paths import fer2013_root
+
+    root = fer2013_root()
+    if root is None:
+        sys.exit("FER2013 not found (../shared/data/fer2013 or $EMOTION_FER2013); use --images photos")
+    # Round-robin over classes, so every class is in the first few requests.
+    per_class = [sorted(d.glob("*.jpg")) for d in sorted((root / "val").iterdir()) if d.is_dir()]
+    files = [f for group in itertools.zip_longest(*per_class) for f in group if f is not None][:limit]
+    return [f.read_bytes() for f in files]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start_app(args: argparse.Namespace, port: int, max_batch_size: int) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from jobs.serve import run
+
+    overrides = [
+        f"detector={args.detector}", f"serve.host={HOST}", f"serve.port={port}", f"serve.app_name={APP_NAME}",
+        f"serve.recognizer.max_batch_size={max_batch_size}",
+        f"serve.recognizer.batch_wait_timeout_s={args.batch_wait_s}",
+        f"serve.recognizer.torch_threads={args.torch_threads}", "serve.recognizer.num_gpus=0",
+        f"serve.access_log={str(args.access_log).lower()}",
+        f"serve.throughput_optimized={str(args.throughput_optimized).lower()}",
+        f"ray.num_cpus={args.num_cpus}", "ray.log_to_driver=false", *args.overrides,
+    ]
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "jobs" / "configs"), version_base="1.3"):
+        cfg = compose(config_name="serve", overrides=overrides)
+    run(cfg)
+
+
+def set_batching(max_batch_size: int, wait_s: float) -> None:
+    """Switch the running replica's batching (its ``reconfigure``): same process, same
+    model, so settings can alternate and share the machine's background load fairly."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("EmotionRecognizer", app_name=APP_NAME)
+    handle.reconfigure.remote({"max_batch_size": max_batch_size,
+                               "batch_wait_timeout_s": wait_s if max_batch_size > 1 else 0.0}).result()
+
+
+def load(port: int, payloads: list[bytes], n: int, concurrency: int, max_seconds: float) -> dict:
+    """``n`` POSTs from ``concurrency`` threads (stops early at ``max_seconds``)."""
+    counter = itertools.count()
+    deadline = time.monotonic() + max_seconds
+
+    def worker() -> list[tuple[float, int]]:
+        conn = http.client.HTTPConnection(HOST, port, timeout=120)
+        done = []
+        while True:
+            i = next(counter)  # atomic under the GIL
+            if i >= n or time.monotonic() > deadline:
+                break
+            start = time.perf_counter()
+            try:
+                conn.request("POST", "/v1/recognize", body=payloads[i % len(payloads)],
+                             headers={"Content-Type": "image/jpeg"})
+                response = conn.getresponse()
+                body = response.read()
+                status = response.status if response.status != 200 or body.startswith(b'{"model"') else -1
+            except (OSError, http.client.HTTPException):
+                status = 0
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, port, timeout=120)
+            done.append((time.perf_counter() - start, status))
+        conn.close()
+        return done
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(worker) for _ in range(concurrency)]
+        results = [item for f in futures for item in f.result()]
+    wall = time.perf_counter() - start
+    latencies = np.array([lat for lat, status in results if status == 200]) * 1000
+    failures = sum(1 for _, status in results if status != 200)
+    pct = (lambda q: round(float(np.percentile(latencies, q)), 1)) if len(latencies) else (lambda q: None)
+    return {"requests": len(results), "failures": failures, "wall_s": round(wall, 2),
+            "rps": round((len(results) - failures) / wall, 1), "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99)}
+
+
+def get_json(port: int, path: str) -> dict:
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    conn.request("GET", path)
+    return json.loads(conn.getresponse().read())
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import ray
+    import torch
+
+    return {"nproc": os.cpu_count(), "cpu": cpu, "load_avg_1m": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__}
+
+
+def render(rows: list[dict]) -> str:
+    head = f"{'max_batch':>9} {'conc':>4} {'req':>5} {'fail':>4} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'mean batch':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['max_batch_size']:>9} {r['concurrency']:>4} {r['requests']:>5} {r['failures']:>4} "
+                     f"{r['rps']:>7} {r['p50_ms']!s:>8} {r['p95_ms']!s:>8} {r['p99_ms']!s:>8} {r['mean_batch']:>10}")
+    return "\n".join(lines)
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Repeats of one (setting, concurrency) -> medians, and failures summed."""
+    med = lambda key: (round(float(np.median([r[key] for r in runs if r[key] is not None])), 1)
+                       if any(r[key] is not None for r in runs) else None)
+    return {"requests": sum(r["requests"] for r in runs), "failures": sum(r["failures"] for r in runs),
+            "rps": med("rps"), "rps_runs": [r["rps"] for r in runs], "p50_ms": med("p50_ms"),
+            "p95_ms": med("p95_ms"), "p99_ms": med("p99_ms"), "mean_batch": med("mean_batch")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import ray
+    from ray import serve
+
+    payloads = load_payloads(args.images)
+    port = args.port or free_port()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    runs: dict[tuple[int, int], list[dict]] = {}
+    started = time.monotonic()
+    try:
+        start_app(args, port, batch_sizes[0])
+        load(port, payloads, 2 * max(concurrencies), max(concurrencies), 60)  # warm-up
+        # Settings alternate within each repeat, so background load hits them alike.
+        for repeat in range(args.repeats):
+            for max_batch_size in batch_sizes:
+                set_batching(max_batch_size, args.batch_wait_s)
+                for concurrency in concurrencies:
+                    load(port, payloads, concurrency, concurrency, 10)  # settle the new setting
+                    before = get_json(port, "/v1/stats")
+                    row = load(port, payloads, args.requests, concurrency, args.max_seconds)
+                    after = get_json(port, "/v1/stats")
+                    batches = after["batches"] - before["batches"]
+                    row["mean_batch"] = round((after["requests"] - before["requests"]) / batches, 2) if batches else 0.0
+                    runs.setdefault((max_batch_size, concurrency), []).append(row)
+                    print(json.dumps({"repeat": repeat, "max_batch_size": max_batch_size,
+                                      "concurrency": concurrency, **row}), flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    rows = [{"max_batch_size": b, "concurrency": c, **summarize(runs[(b, c)])}
+            for b in batch_sizes for c in concurrencies if (b, c) in runs]
+    report = {"command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "images": args.images, "detector": args.detector, "torch_threads": args.torch_threads,
+              "batch_wait_s": args.batch_wait_s, "repeats": args.repeats,
+              "throughput_optimized": args.throughput_optimized, "access_log": args.access_log,
+              "elapsed_s": round(time.monotonic() - started, 1), "machine": machine(), "results": rows}
+    by_key = {(r["max_batch_size"], r["concurrency"]): r for r in rows}
+    top = max(concurrencies)
+    if 1 in batch_sizes and len(batch_sizes) > 1 and by_key.get((1, top), {}).get("rps"):
+        report["speedup_at_max_concurrency"] = round(by_key[(max(batch_sizes), top)]["rps"] / by_key[(1, top)]["rps"], 2)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+    print(render(rows))
+    if "speedup_at_max_concurrency" in report:
+        print(f"batched / unbatched throughput at concurrency {top}: {report['speedup_at_max_concurrency']}x")
+    print(f"machine: {report['machine']}\nwrote {output}")
+
+
+if __name__ == "__main__":
+    main()

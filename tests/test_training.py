@@ -1,0 +1,298 @@
+"""Training: the framework-free loop pieces, and real Ray Train runs on a tiny image folder.
+
+The Ray runs train ``face_cnn`` with the toy backbone on 32x32 crops of a three-class
+folder dataset whose classes differ by where a bright band lies, so a few steps learn it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from tests.conftest import PROJECT_ROOT
+from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
+
+CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
+CLASSES = ("angry", "happy", "sad")
+
+
+def write_band_folder(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
+    """``<root>/<split>/<class>/*.jpg``: 48x48 gray noise with a bright band whose row
+    depends on the class. A ``test`` split holds a class the others lack: reading it
+    during training would fail, so the tests also show test is never touched."""
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for index, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 60, (48, 48), dtype=np.uint8)
+                pixels[index * 16:(index + 1) * 16] += 150
+                Image.fromarray(pixels).save(folder / f"{i:03d}.jpg")
+    (root / "test" / "bored").mkdir(parents=True, exist_ok=True)
+    Image.new("L", (48, 48)).save(root / "test" / "bored" / "x.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def band_folder(tmp_path_factory) -> Path:
+    return write_band_folder(tmp_path_factory.mktemp("bands"), {"train": 16, "val": 6})
+
+
+def train_cfg(data_root: Path, output: str, *extra: str):
+    overrides = [
+        "data=image_folder", f"data.root={data_root}", "+data.train_split=train", "+data.val_split=val",
+        "model.backbone=toy", "model.pretrained=false", "model.input_size=32",
+        "train.epochs=2", "train.batch_size=8", "train.lr=3e-3", "train.log_every=0", "train.warmup_epochs=0",
+        f"output={output}", *extra,
+    ]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def ray_checkpoint_files(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("checkpoint_*/checkpoint.ckpt"))
+
+
+# -- framework-free pieces ----------------------------------------------------------------
+def test_schedules_warm_up_then_decay():
+    from emotion.training.schedule import build_schedule
+
+    cosine = build_schedule({"schedule": "cosine", "warmup_epochs": 1}, steps_per_epoch=10, epochs=5)
+    factors = [cosine.factor(s) for s in range(50)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))  # non-increasing after warm-up
+    assert factors[-1] < 0.01
+    step = build_schedule({"schedule": "step", "step_epochs": 2, "gamma": 0.1}, steps_per_epoch=10, epochs=6)
+    assert [step.factor(s) for s in (0, 19, 20, 40)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        build_schedule({"schedule": "linear"}, 10, 1)
+
+
+def test_augment_is_seeded_and_keeps_shape_and_range():
+    from emotion.training.augment import AugmentConfig, augment, build_augment, prepare_eval
+
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8))
+    cfg = AugmentConfig(erase_prob=1.0)
+    a = augment(images, cfg, torch.Generator().manual_seed(1))
+    b = augment(images, cfg, torch.Generator().manual_seed(1))
+    c = augment(images, cfg, torch.Generator().manual_seed(2))
+    assert a.shape == (4, 3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    plain = prepare_eval(images)
+    # With every transform off, augmentation is the identity up to resampling error.
+    off = AugmentConfig(flip=False, max_rotation_deg=0, min_scale=1.0, max_shift=0, brightness=0, contrast=0)
+    assert torch.allclose(augment(images, off), plain, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        build_augment({"hue": 0.1})
+
+
+def test_person_rows_cut_heads_bodies_and_skip_unknown_boxes():
+    from emotion.training.rows import CropSpec, RowCounts, person_rows
+
+    pixels = np.zeros((100, 200, 3), np.uint8)
+    pixels[10:30, 20:40] = 255  # a white "face"
+    buffer = __import__("io").BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    sample = {
+        "image_uri": "mem://a.png", "image_bytes": buffer.getvalue(),
+        "face_boxes": np.array([[20, 10, 40, 30], [np.nan] * 4], np.float32),
+        "person_boxes": np.array([[0, 0, 100, 100], [100, 0, 200, 100]], np.float32),
+        "labels": np.array([[0, 1, 0], [1, 0, 0]], np.float32), "vad": None,
+    }
+    counts = RowCounts()
+    rows = person_rows([sample], CropSpec(("head", "body", "context"), 16, 1.0, 3, False), counts)
+    assert rows["crop_head"].shape == (1, 16, 16, 3) and rows["crop_body"].shape == (1, 16, 16, 3)
+    assert rows["crop_head"].mean() > 250  # the head crop is the white face
+    assert rows["labels"].tolist() == [[0, 1, 0]] and np.isnan(rows["vad"]).all()
+    assert counts.kept == 1 and counts.skipped == {"unknown face box": 1}
+    body_only = person_rows([sample], CropSpec(("body",), 16, 1.0, 3, False))
+    assert len(body_only["labels"]) == 2  # no head level: the second person counts too
+    with pytest.raises(ValueError, match="crop levels"):
+        CropSpec(("face",), 16)
+
+
+def test_train_state_keeps_the_best_validation_epoch_and_history_files(tmp_path):
+    from emotion.training.history import write_history
+    from emotion.training.loop import TrainState
+
+    state = TrainState()
+    flags = [state.record({"epoch": e, "train_loss": 1.0 / (e + 1), "val_score": s, "val_per_class": {"a": s}})
+             for e, s in enumerate([0.5, 0.7, 0.6])]
+    assert flags == [True, True, False] and (state.best_epoch, state.best_score) == (1, 0.7)
+    csv_uri, json_uri = write_history(str(tmp_path), state.history, {"best_epoch": 1})
+    rows = read_csv(Path(csv_uri))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"] and "val_per_class" not in rows[0]
+    document = json.loads(Path(json_uri).read_text())
+    assert document["summary"] == {"best_epoch": 1} and document["epochs"][1]["val_per_class"] == {"a": 0.7}
+
+
+def test_epoch_loop_learns_and_checkpoint_round_trip_restores_optimizer(tmp_path):
+    from emotion.models.registry import build_model
+    from emotion.training.augment import AugmentConfig
+    from emotion.training.families import get_family
+    from emotion.training.loop import (TrainState, build_optimizer, evaluate, restore_training_checkpoint,
+                                       save_training_checkpoint, train_epoch)
+    from emotion.training.schedule import build_schedule
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 60, (48, 32, 32, 3), dtype=np.uint8)
+    classes = np.arange(48) % 3
+    for i, k in enumerate(classes):
+        crops[i, k * 10:(k + 1) * 10] += 150
+    labels = np.eye(3, dtype=np.float32)[classes]
+    batches = [{"crop_head": crops[i:i + 12], "labels": labels[i:i + 12]} for i in range(0, 48, 12)]
+    family = get_family("face_cnn")
+    model = family.build_model({"labels": list(CLASSES), "backbone": "toy", "pretrained": False, "input_size": 32})
+    optimizer = build_optimizer(model, {"lr": 1e-2})
+    schedule = build_schedule({"schedule": "constant"}, steps_per_epoch=4, epochs=8)
+    criterion = family.build_criterion({"label_smoothing": 0.0}, model)
+    state = TrainState()
+    off = AugmentConfig(flip=False, max_rotation_deg=0, min_scale=1.0, max_shift=0, brightness=0, contrast=0)
+    losses = []
+    for epoch in range(8):
+        metrics = train_epoch(model, batches, family, criterion, optimizer, schedule, state,
+                              device=torch.device("cpu"), augment_cfg=off)
+        losses.append(metrics["train_loss"])
+        state.epoch = epoch + 1
+    assert losses[-1] < losses[0] * 0.7 and state.step == 32
+    report = evaluate(model, batches, family, device=torch.device("cpu"))
+    assert report["n"] == 48 and report["score"] == report["accuracy"] >= 0.9
+
+    path = save_training_checkpoint(str(tmp_path / "c.ckpt"), model_name="face_cnn", model=model,
+                                    optimizer=optimizer, state=state, train_cfg={"x": 1}, metrics=report)
+    fresh = build_model("face_cnn", dict(model.config))
+    fresh_optimizer = build_optimizer(fresh, {"lr": 1e-2})
+    restored = restore_training_checkpoint(path, fresh, fresh_optimizer)
+    assert (restored.epoch, restored.step) == (8, 32)
+    assert fresh_optimizer.state_dict()["state"][0]["step"].item() == 32
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+# -- Ray Train ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def first_run(ray_local, band_folder, tmp_path_factory):
+    """A 2-epoch run with one worker; shared by the tests that only read its outputs."""
+    from jobs.train import run
+
+    output = tmp_path_factory.mktemp("run") / "out"
+    summary = run(train_cfg(band_folder, str(output)))
+    return summary, output
+
+
+def test_run_writes_checkpoints_with_all_fields_and_metrics(first_run):
+    from emotion.checkpoint import load_checkpoint
+
+    summary, output = first_run
+    files = ray_checkpoint_files(output / "ray" / "run")
+    assert len(files) == 2  # one per epoch (keep_checkpoints=2)
+    latest = load_checkpoint(files[-1])
+    assert latest["model_name"] == "face_cnn" and latest["labels"] == list(CLASSES)
+    assert latest["epoch"] == 1 and latest["optimizer_state"]["state"]
+    assert latest["model_cfg"]["labels"] == list(CLASSES) and latest["model_cfg"]["input_size"] == 32
+    assert set(latest["metrics"]) >= {"epoch", "train_loss", "val_score", "val_accuracy", "lr"}
+    extra = latest["extra"]
+    assert extra["step"] == 2 * (48 // 8) and [r["epoch"] for r in extra["history"]] == [0, 1]
+    assert extra["train_cfg"]["train"]["epochs"] == 2
+
+    rows = read_csv(output / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"train_loss", "val_score", "val_accuracy", "lr", "train_images_per_s"} <= set(rows[0])
+    document = json.loads((output / "metrics.json").read_text())
+    assert len(document["epochs"]) == 2 and document["summary"]["best_checkpoint"].endswith("best.ckpt")
+    assert summary.final_epoch == 1 and summary.train_rows == 48 and summary.val_rows == 18
+
+
+def test_best_checkpoint_is_chosen_on_validation_and_loads_for_prediction(first_run):
+    from emotion.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from emotion.models.protocol import EmotionModel
+
+    summary, output = first_run
+    history = summary.history
+    best_epoch = max(history, key=lambda r: (r["val_score"], -r["epoch"]))["epoch"]
+    best = load_checkpoint(output / "best.ckpt")
+    assert best["epoch"] == best_epoch == summary.best_epoch
+    assert best["metrics"]["val_score"] == max(r["val_score"] for r in history)
+    assert best["optimizer_state"] is None  # the export is for inference
+
+    model = load_model_from_checkpoint(output / "best.ckpt")
+    assert isinstance(model, EmotionModel) and model.name == "face_cnn" and model.input_levels == ("head",)
+    assert model.checkpoint_hash == best["sha256"]
+    crops = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    scores = model.predict({"head": crops})["scores"]
+    assert scores.shape == (5, 3) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_resume_on_request_continues_from_the_saved_epoch(first_run, band_folder, tmp_path):
+    from emotion.checkpoint import load_checkpoint
+    from jobs.train import run
+
+    _, first_output = first_run
+    output = tmp_path / "out"
+    shutil.copytree(first_output, output)
+    band = band_folder
+
+    with pytest.raises(ValueError, match="resume=true"):
+        run(train_cfg(band, str(output), "train.epochs=3"))
+    summary = run(train_cfg(band, str(output), "train.epochs=3", "resume=true"))
+    assert [r["epoch"] for r in summary.history] == [0, 1, 2]
+    assert [r["start_epoch"] for r in summary.history] == [0, 0, 2]  # epoch 2 ran in the resumed attempt
+    latest = load_checkpoint(ray_checkpoint_files(output / "ray" / "run")[-1])
+    steps = 48 // 8
+    assert latest["epoch"] == 2 and latest["extra"]["step"] == 3 * steps
+    # AdamW's own step count went on from the saved optimiser state, not from zero.
+    assert latest["optimizer_state"]["state"][0]["step"] == 3 * steps
+    assert [int(r["epoch"]) for r in read_csv(output / "metrics.csv")] == [0, 1, 2]
+
+
+def test_checkpoints_to_s3_and_resume_from_there(ray_local, band_folder, s3_bucket):
+    from emotion import storage
+    from emotion.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from jobs.train import run
+
+    output = f"s3://{s3_bucket}/fer"
+    first = run(train_cfg(band_folder, output, "train.epochs=1", "storage_path=s3://" + s3_bucket + "/ray"))
+    assert first.final_epoch == 0
+    names = storage.list_files(f"s3://{s3_bucket}/ray/run")
+    assert any(n.endswith("/checkpoint.ckpt") for n in names)
+    second = run(train_cfg(band_folder, output, "train.epochs=2", "resume=true",
+                           "storage_path=s3://" + s3_bucket + "/ray"))
+    assert [(r["epoch"], r["start_epoch"]) for r in second.history] == [(0, 0), (1, 1)]
+    best = load_checkpoint(f"{output}/best.ckpt")
+    assert best["labels"] == list(CLASSES)
+    model = load_model_from_checkpoint(f"{output}/best.ckpt")
+    assert model.predict({"head": np.zeros((2, 32, 32, 3), np.uint8)})["scores"].shape == (2, 3)
+    assert storage.exists(f"{output}/metrics.csv") and storage.exists(f"{output}/metrics.json")
+
+
+def test_eval_command_reads_a_trained_checkpoint(first_run, band_folder, capsys, tmp_path):
+    from jobs.eval import run
+
+    _, output = first_run
+    png = tmp_path / "confusion.png"
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=[
+            "model=face_cnn", f"model.checkpoint={output / 'best.ckpt'}", "data=image_folder",
+            f"data.root={band_folder / 'val'}", f"confusion_png={png}"])
+    report = run(cfg)
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["n"] == 18 and set(line["per_class"]) == set(CLASSES)
+    assert line["model"].startswith("face_cnn@sha256:")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert math.isclose(report["accuracy"], line["accuracy"])
