@@ -143,6 +143,61 @@ def load(port: int, payloads: list[bytes], n: int, concurrency: int, max_seconds
             "rps": round((len(results) - failures) / wall, 1), "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99)}
 
 
+ROLES = {"recognizer": f"ServeReplica:{APP_NAME}:EmotionRecognizer", "ingress": f"ServeReplica:{APP_NAME}:EmotionAPI",
+         "proxy": "ProxyActor", "haproxy": "haproxy"}
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def serve_processes() -> dict[str, list[int]]:
+    """PIDs of this run's Serve processes by role: descendants of this process only (other
+    Ray instances on the machine are not ours). Linux /proc; empty elsewhere."""
+    if not Path("/proc/self/stat").exists():
+        return {}
+    tree, found, stack = _children(), {}, [os.getpid()]
+    while stack:
+        pid = stack.pop()
+        stack.extend(tree.get(pid, []))
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        program = cmd.split(" ", 1)[0]  # Ray sets its workers' titles, e.g. ray::ServeReplica:bench:...
+        for role, needle in ROLES.items():
+            if needle in program:
+                found.setdefault(role, []).append(pid)
+                break
+    return found
+
+
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """User + system CPU time per role (and this client process)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for role, group in pids.items():
+        total = 0.0
+        for pid in group:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError, ValueError):
+                pass
+        out[role] = total
+    times = os.times()
+    out["client"] = times.user + times.system
+    return out
+
+
 def get_json(port: int, path: str) -> dict:
     conn = http.client.HTTPConnection(HOST, port, timeout=30)
     conn.request("GET", path)
@@ -166,11 +221,15 @@ def machine() -> dict:
 
 
 def render(rows: list[dict]) -> str:
-    head = f"{'max_batch':>9} {'conc':>4} {'req':>5} {'fail':>4} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'mean batch':>10}"
+    head = (f"{'max_batch':>9} {'conc':>4} {'req':>5} {'fail':>4} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
+            f"{'p99 ms':>8} {'batch':>6}  CPU ms/request (recognizer, ingress, proxy, client)")
     lines = [head, "-" * len(head)]
     for r in rows:
+        cpu = r["cpu_ms_per_request"]
+        proxy = cpu.get("proxy", 0.0) + cpu.get("haproxy", 0.0)
         lines.append(f"{r['max_batch_size']:>9} {r['concurrency']:>4} {r['requests']:>5} {r['failures']:>4} "
-                     f"{r['rps']:>7} {r['p50_ms']!s:>8} {r['p95_ms']!s:>8} {r['p99_ms']!s:>8} {r['mean_batch']:>10}")
+                     f"{r['rps']:>7} {r['p50_ms']!s:>8} {r['p95_ms']!s:>8} {r['p99_ms']!s:>8} {r['mean_batch']:>6}  "
+                     f"{cpu.get('recognizer', 0.0):.1f}, {cpu.get('ingress', 0.0):.1f}, {proxy:.1f}, {cpu['client']:.1f}")
     return "\n".join(lines)
 
 
@@ -180,7 +239,9 @@ def summarize(runs: list[dict]) -> dict:
                        if any(r[key] is not None for r in runs) else None)
     return {"requests": sum(r["requests"] for r in runs), "failures": sum(r["failures"] for r in runs),
             "rps": med("rps"), "rps_runs": [r["rps"] for r in runs], "p50_ms": med("p50_ms"),
-            "p95_ms": med("p95_ms"), "p99_ms": med("p99_ms"), "mean_batch": med("mean_batch")}
+            "p95_ms": med("p95_ms"), "p99_ms": med("p99_ms"), "mean_batch": med("mean_batch"),
+            "cpu_ms_per_request": {role: round(float(np.median([r["cpu_ms_per_request"][role] for r in runs])), 2)
+                                   for role in runs[0]["cpu_ms_per_request"]}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,15 +258,20 @@ def main(argv: list[str] | None = None) -> None:
     try:
         start_app(args, port, batch_sizes[0])
         load(port, payloads, 2 * max(concurrencies), max(concurrencies), 60)  # warm-up
+        pids = serve_processes()
+        print(f"serve processes: {pids}", flush=True)
         # Settings alternate within each repeat, so background load hits them alike.
         for repeat in range(args.repeats):
             for max_batch_size in batch_sizes:
                 set_batching(max_batch_size, args.batch_wait_s)
                 for concurrency in concurrencies:
                     load(port, payloads, concurrency, concurrency, 10)  # settle the new setting
-                    before = get_json(port, "/v1/stats")
+                    before, cpu_before = get_json(port, "/v1/stats"), cpu_seconds(pids)
                     row = load(port, payloads, args.requests, concurrency, args.max_seconds)
-                    after = get_json(port, "/v1/stats")
+                    after, cpu_after = get_json(port, "/v1/stats"), cpu_seconds(pids)
+                    # CPU per request does not depend on what else runs on the machine.
+                    row["cpu_ms_per_request"] = {role: round(1000 * (cpu_after[role] - cpu_before[role]) / max(row["requests"], 1), 2)
+                                                 for role in cpu_before}
                     batches = after["batches"] - before["batches"]
                     row["mean_batch"] = round((after["requests"] - before["requests"]) / batches, 2) if batches else 0.0
                     runs.setdefault((max_batch_size, concurrency), []).append(row)

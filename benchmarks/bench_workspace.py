@@ -9,6 +9,10 @@ Writes a JSON record next to this file (or --out) and prints a table.
 
 Backbones are mobilenet_v2 (random weights: timing does not depend on their values, and
 the run then needs no weight packages or text encoder).
+
+Besides wall time, each timing records the process's CPU time (all threads): on a machine
+shared with other jobs, wall time swings with their load while CPU time mostly measures
+the work done, so the CPU-time ratio is the steadier estimate of the overhead.
 """
 
 from __future__ import annotations
@@ -43,12 +47,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device) -> float:
+def timed(fn, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds over all its threads)."""
     synchronize(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def summarise(samples: list[float]) -> dict[str, float]:
@@ -67,7 +72,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--reps", type=int, default=5, help="timed forwards per setting (after 1 warm-up)")
     parser.add_argument("--ws-reps", type=int, default=50, help="timed calls of the workspace step alone")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads; 1 by default: see benchmarks/README.md")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_workspace_results.json"))
     args = parser.parse_args()
@@ -87,13 +93,16 @@ def main() -> None:
         return model(**x)
 
     samples: dict[str, list[float]] = {"on": [], "off": []}
+    cpu: dict[str, list[float]] = {"on": [], "off": [], "workspace_step": []}
     with torch.inference_mode():
         forward(True), forward(False)  # warm-up (allocator, kernels)
         for rep in range(args.reps):
             # Alternate which setting goes first so drift on a shared machine hits both.
             order = ("on", "off") if rep % 2 == 0 else ("off", "on")
             for setting in order:
-                samples[setting].append(timed(lambda s=setting: forward(s == "on"), device))
+                wall, used = timed(lambda s=setting: forward(s == "on"), device)
+                samples[setting].append(wall)
+                cpu[setting].append(used)
 
         # The workspace step alone, on this batch's real hidden vectors and logits.
         model.use_workspace = True
@@ -106,10 +115,15 @@ def main() -> None:
         bias = torch.stack([model.heads[m].last.bias for m in LEVELS])
         pseudo = model.vocabulary(x["context"])["pseudo_label"]
         model.workspace(hidden, logits, weight, bias, pseudo)  # warm-up
-        ws_samples = [timed(lambda: model.workspace(hidden, logits, weight, bias, pseudo), device)
-                      for _ in range(args.ws_reps)]
+        ws_samples = []
+        for _ in range(args.ws_reps):
+            wall, used = timed(lambda: model.workspace(hidden, logits, weight, bias, pseudo), device)
+            ws_samples.append(wall)
+            cpu["workspace_step"].append(used)
 
     on, off, ws = summarise(samples["on"]), summarise(samples["off"]), summarise(ws_samples)
+    cpu_on, cpu_off, cpu_ws = summarise(cpu["on"]), summarise(cpu["off"]), summarise(cpu["workspace_step"])
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     result = {
         "command": "python benchmarks/bench_workspace.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
@@ -125,18 +139,26 @@ def main() -> None:
         "workspace_step_alone": ws,
         "overhead_on_vs_off": on["median_s"] / off["median_s"] - 1.0,
         "workspace_step_share_of_forward": ws["median_s"] / off["median_s"],
+        "cpu_time": {"forward_workspace_on": cpu_on, "forward_workspace_off": cpu_off, "workspace_step_alone": cpu_ws,
+                     "overhead_on_vs_off": cpu_on["median_s"] / cpu_off["median_s"] - 1.0,
+                     "workspace_step_share_of_forward": cpu_ws["median_s"] / cpu_off["median_s"]},
+        "load_average_after": load,
         "samples": {"on": samples["on"], "off": samples["off"], "workspace_step": ws_samples},
+        "cpu_samples": cpu,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"CocoER forward, batch {args.batch}, input {args.size}, {args.backbone}, {result['machine']['device']}, "
           f"{args.threads} threads, {args.reps} reps (median; min-max)")
-    print(f"{'setting':<26}{'median':>10}{'min':>10}{'max':>10}")
-    for name, s in (("workspace on", on), ("workspace off", off), ("workspace step alone", ws)):
-        print(f"{name:<26}{s['median_s'] * 1e3:>8.1f}ms{s['min_s'] * 1e3:>8.1f}ms{s['max_s'] * 1e3:>8.1f}ms")
-    print(f"on vs off: {result['overhead_on_vs_off'] * 100:+.2f}%   "
-          f"workspace step / forward(off): {result['workspace_step_share_of_forward'] * 100:.3f}%")
+    print(f"{'setting':<22}{'wall median':>13}{'min':>11}{'max':>11}{'cpu median':>13}")
+    rows = (("workspace on", on, cpu_on), ("workspace off", off, cpu_off), ("workspace step alone", ws, cpu_ws))
+    for name, s, c in rows:
+        print(f"{name:<22}{s['median_s'] * 1e3:>11.1f}ms{s['min_s'] * 1e3:>9.1f}ms{s['max_s'] * 1e3:>9.1f}ms"
+              f"{c['median_s'] * 1e3:>11.1f}ms")
+    print(f"on vs off: wall {result['overhead_on_vs_off'] * 100:+.2f}%, cpu {result['cpu_time']['overhead_on_vs_off'] * 100:+.2f}%"
+          f"   workspace step / forward(off): wall {result['workspace_step_share_of_forward'] * 100:.3f}%, "
+          f"cpu {result['cpu_time']['workspace_step_share_of_forward'] * 100:.3f}%   load avg {load}")
     print(f"wrote {args.out}")
 
 

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from emotion.schema import image_id_for, labels_from_schema
 from tests.conftest import PROJECT_ROOT, write_awkward_images
+from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
 
 CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
 
@@ -122,3 +123,25 @@ def test_manifest_input_and_missing_input(ray_local, mixed_folder, tmp_path):
     with pytest.raises(KeyError, match="no 'path' column"):
         pq.write_table(pa.table({"file": photos}), tmp_path / "bad.parquet")
         list_sources(str(tmp_path / "bad.parquet"))
+
+
+def test_tag_reads_and_writes_s3(ray_local, s3_bucket, sample_photos):
+    """Images from an s3:// prefix on a real S3-compatible server, Parquet back to s3://."""
+    import pyarrow.parquet as pq
+
+    from emotion import storage
+    from jobs.tag import run
+
+    for name, path in sample_photos.items():
+        storage.write_bytes(f"s3://{s3_bucket}/photos/{name}.jpg", path.read_bytes())
+    storage.write_bytes(f"s3://{s3_bucket}/photos/bad.png", b"\x89PNG broken")
+    summary = run(compose_tag([f"input=s3://{s3_bucket}/photos/", f"output=s3://{s3_bucket}/tags"]))
+    assert summary.images == 4 and summary.errors == 1 and summary.people == 3
+    fs, _ = storage.get_filesystem(f"s3://{s3_bucket}/tags")
+    files = storage.list_files(f"s3://{s3_bucket}/tags", suffixes=(".parquet",))
+    table = pq.read_table([f[len("s3://"):] for f in files], filesystem=fs)
+    assert sorted(set(table.column("source").to_pylist())) == sorted(
+        [f"s3://{s3_bucket}/photos/{n}.jpg" for n in sample_photos] + [f"s3://{s3_bucket}/photos/bad.png"])
+    # Resume works on s3:// too.
+    again = run(compose_tag([f"input=s3://{s3_bucket}/photos/", f"output=s3://{s3_bucket}/tags"]))
+    assert again.images == 0 and again.skipped_already_tagged == 4

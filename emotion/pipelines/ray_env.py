@@ -14,8 +14,15 @@ log = logging.getLogger(__name__)
 # workers inherit the driver's environment only through runtime_env).
 _FORWARDED_ENV = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-    "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "EMOTION_CACHE",
+    "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_EC2_METADATA_DISABLED",
+    "EMOTION_CACHE",
 )
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's storage-related variables, for a job's ``runtime_env``: workers of an
+    already running Ray (a cluster, or a test's local Ray) do not inherit them otherwise."""
+    return {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
 
 
 def init_ray(cfg: Mapping) -> None:
@@ -27,7 +34,7 @@ def init_ray(cfg: Mapping) -> None:
     """
     if ray.is_initialized():
         return
-    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    env_vars = forwarded_env()
     kwargs = {
         "ignore_reinit_error": True,
         "runtime_env": {"env_vars": env_vars} if env_vars else None,

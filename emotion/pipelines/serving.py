@@ -201,6 +201,20 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class RecognizeResponse(BaseModel):
+    """One image's answer (documents the API; responses are built without re-validation)."""
+
+    model: str = Field(description="model name @ checkpoint hash prefix")
+    labels: list[str] = Field(description="category names, in the order of each person's `scores`")
+    image: ImageSize
+    people: list[dict] = Field(description="one record of the tagging output schema per person")
+
+
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                  413: "payload_too_large", 415: "unsupported_media_type", 503: "unavailable"}
 
@@ -446,7 +460,8 @@ class EmotionAPI:
 
     def __init__(self, recognizer: DeploymentHandle, limits: dict, auth_token: Optional[str] = None,
                  readiness_timeout_s: float = 5.0):
-        self._recognizer = recognizer
+        # One handle per method, made once (each attribute access builds a new one).
+        self._methods = {name: getattr(recognizer, name) for name in ("recognize", "info", "stats")}
         self._limits = Limits.model_validate(limits)
         self._token = auth_token.encode() if auth_token else None
         self._readiness_timeout_s = readiness_timeout_s
@@ -475,9 +490,11 @@ class EmotionAPI:
         self._authorize(request)
         return await self._call("stats")
 
+    # Answers are returned as JSONResponse: FastAPI's encoder and response-model check
+    # would re-walk every record of every request in Python.
     @api.post("/v1/recognize", summary="people and emotions in one image", openapi_extra=_IMAGE_BODY,
-              responses={k: _ERRORS[k] for k in (400, 401, 413, 415, 503)})
-    async def recognize(self, request: Request) -> dict:
+              responses={200: {"model": RecognizeResponse}, **{k: _ERRORS[k] for k in (400, 401, 413, 415, 503)}})
+    async def recognize(self, request: Request) -> JSONResponse:
         self._authorize(request)
         kind = self._content_kind(request, allow_raw=True)
         if kind == "raw":
@@ -485,15 +502,16 @@ class EmotionAPI:
             uploads = [("upload", data)]
         else:
             uploads = await self._read_files(request, max_files=1)
-        return (await self._recognize_all(uploads))[0]
+        return JSONResponse((await self._recognize_all(uploads))[0])
 
     @api.post("/v1/recognize:batch", summary="people and emotions in several images (multipart)",
-              openapi_extra=_BATCH_BODY, responses={k: _ERRORS[k] for k in (400, 401, 413, 415, 503)})
-    async def recognize_batch(self, request: Request) -> list:
+              openapi_extra=_BATCH_BODY,
+              responses={200: {"model": list[RecognizeResponse]}, **{k: _ERRORS[k] for k in (400, 401, 413, 415, 503)}})
+    async def recognize_batch(self, request: Request) -> JSONResponse:
         self._authorize(request)
         self._content_kind(request, allow_raw=False)
         uploads = await self._read_files(request, max_files=self._limits.max_batch_files)
-        return await self._recognize_all(uploads)
+        return JSONResponse(await self._recognize_all(uploads))
 
     # -- helpers ------------------------------------------------------------------------
     def _authorize(self, request: Request) -> None:
@@ -559,7 +577,10 @@ class EmotionAPI:
     async def _recognize_all(self, uploads: list[tuple[str, bytes]]) -> list[dict]:
         for name, data in uploads:
             probe_image(data, name, self._limits.max_image_pixels)
-        results = await asyncio.gather(*[self._call("recognize", name, data) for name, data in uploads])
+        if len(uploads) == 1:
+            results = [await self._call("recognize", *uploads[0])]
+        else:
+            results = await asyncio.gather(*[self._call("recognize", name, data) for name, data in uploads])
         for result in results:
             if "error" in result:
                 status = 500 if result["error"] == "internal" else 400
@@ -568,7 +589,7 @@ class EmotionAPI:
 
     async def _call(self, method: str, *args: Any) -> Any:
         try:
-            return await getattr(self._recognizer, method).remote(*args)
+            return await self._methods[method].remote(*args)
         except Exception as exc:  # replica gone, overloaded or still starting
             log.warning("recognizer.%s failed: %r", method, exc)
             raise APIError(503, "unavailable", f"the model deployment is not available: {type(exc).__name__}") from None

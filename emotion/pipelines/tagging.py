@@ -23,7 +23,7 @@ from ray.data import ActorPoolStrategy
 
 from emotion import storage
 from emotion.predictor import build_predictor, decode_batch, has_error
-from emotion.pipelines.ray_env import gpus_available, init_ray
+from emotion.pipelines.ray_env import forwarded_env, gpus_available, init_ray
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +280,8 @@ def run_tagging(cfg: Mapping) -> TagSummary:
     del reference
 
     stages = cfg["ray"]["stages"]
+    env = forwarded_env()
+    remote_env = {"runtime_env": {"env_vars": env}} if env else {}
     decode_cfg = stages["decode"]
     block = int(decode_cfg.get("batch_size", 16))
     blocks = [pa.table({"source": todo[i:i + block]}) for i in range(0, len(todo), block)]
@@ -288,6 +290,7 @@ def run_tagging(cfg: Mapping) -> TagSummary:
         read_and_decode,
         batch_size=block,
         num_cpus=float(decode_cfg.get("num_cpus", 0.25)),
+        **remote_env,
         fn_kwargs={"max_side": int(cfg.get("max_image_side", 1280)), "max_pixels": int(cfg.get("max_pixels", 64_000_000))},
     )
     detect_cfg, recognize_cfg = stages["detect"], stages["recognize"]
@@ -297,11 +300,13 @@ def run_tagging(cfg: Mapping) -> TagSummary:
         fn_constructor_kwargs={"cfg": model_cfg, "levels": levels, "input_size": input_size,
                                "torch_threads": detect_cfg.get("torch_threads"), "progress": progress},
         **_pool(detect_cfg, use_gpu),
+        **remote_env,
     )
     ds = ds.map_batches(
         RecognizeStage,
         fn_constructor_kwargs={"cfg": model_cfg, "torch_threads": recognize_cfg.get("torch_threads")},
         **_pool(recognize_cfg, use_gpu),
+        **remote_env,
     )
     storage.makedirs(output)
     before = set(storage.list_files(output, suffixes=(".parquet",))) if storage.exists(output) else set()
@@ -309,7 +314,8 @@ def run_tagging(cfg: Mapping) -> TagSummary:
     pipeline_started = time.perf_counter()
     with _ProgressPrinter(progress, total=len(todo), every_s=float(cfg.get("progress_every_s", 10))):
         ds.write_parquet(path, filesystem=fs, schema=schema,
-                         min_rows_per_file=int(cfg.get("rows_per_file", 10_000)))
+                         min_rows_per_file=int(cfg.get("rows_per_file", 10_000)),
+                         ray_remote_args=remote_env or None)
     after = set(storage.list_files(output, suffixes=(".parquet",)))
     finished = time.perf_counter()
     summary = summarize(sorted(after - before), finished - started, finished - pipeline_started, skipped, output)
