@@ -1,12 +1,16 @@
 """Throughput and latency of the HTTP API with dynamic batching on and off.
 
-Starts the app on a local Ray (127.0.0.1 only), then for each batching setting sends
-``--requests`` images at each concurrency with a bounded thread pool (one keep-alive
-connection per thread, raw ``image/jpeg`` bodies) and reports requests/s, p50/p95/p99
-latency and failures, as a table and a JSON file.
+Starts the app once on a local Ray (127.0.0.1 only). Each repeat switches the running
+recognizer between the batching settings (its ``reconfigure``: same process and model)
+and, for each concurrency, sends ``--requests`` images from a bounded thread pool (one
+keep-alive connection per thread, raw ``image/jpeg`` bodies, stopped at
+``--max-seconds``). Reports, per setting and concurrency, the median over repeats of
+requests/s and p50/p95/p99 latency, failures, the mean batch the recognizer ran, and the
+CPU time per request of each Serve process (load-independent), as a table and JSON.
 
     python benchmarks/bench_serve.py                       # FER faces, full-frame detector
-    python benchmarks/bench_serve.py --images photos --detector retinaface --requests 96
+    python benchmarks/bench_serve.py --throughput-optimized --no-access-log --batch-wait-s 0.03
+    python benchmarks/bench_serve.py --images photos --detector retinaface --requests 48
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Ray Serve's HAProxy ingress + gRPC between replicas (serve.throughput_optimized)")
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
-    parser.add_argument("--output", default=str(PROJECT_ROOT / "outputs" / "bench_serve.json"))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "bench_serve_results.json"))
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of jobs/configs/serve.yaml")
     return parser.parse_args(argv)
 
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     top = max(concurrencies)
     if 1 in batch_sizes and len(batch_sizes) > 1 and by_key.get((1, top), {}).get("rps"):
         report["speedup_at_max_concurrency"] = round(by_key[(max(batch_sizes), top)]["rps"] / by_key[(1, top)]["rps"], 2)
-    output = Path(args.output)
+    output = Path(args.out)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     print(render(rows))

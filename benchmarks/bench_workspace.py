@@ -156,7 +156,8 @@ def main() -> None:
     for name, s, c in rows:
         print(f"{name:<22}{s['median_s'] * 1e3:>11.1f}ms{s['min_s'] * 1e3:>9.1f}ms{s['max_s'] * 1e3:>9.1f}ms"
               f"{c['median_s'] * 1e3:>11.1f}ms")
-    print(f"on vs off: wall {result['overhead_on_vs_off'] * 100:+.2f}%, cpu {result['cpu_time']['overhead_on_vs_off'] * 100:+.2f}%"
+    print(f"on vs off: wall {result['overhead_on_vs_off'] * 100:+.2f}%, "
+          f"cpu {result['cpu_time']['overhead_on_vs_off'] * 100:+.2f}%"
           f"   workspace step / forward(off): wall {result['workspace_step_share_of_forward'] * 100:.3f}%, "
           f"cpu {result['cpu_time']['workspace_step_share_of_forward'] * 100:.3f}%   load avg {load}")
     print(f"wrote {args.out}")

@@ -116,7 +116,8 @@ def _read_local(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     return out
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", s3: Any = None) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    s3: Any = None) -> dict[str, Any]:
     """Read a checkpoint (local path or s3:// URI) safely; see the module doc for keys."""
     target = str(path)
     if _is_s3(target):

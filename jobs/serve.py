@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import hydra
@@ -20,6 +21,10 @@ from emotion.pipelines.ray_env import init_ray
 from emotion.pipelines.serving import ServeArgs, ServeSettings, build_app
 
 log = logging.getLogger("emotion.serve")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run(cfg: DictConfig, blocking: bool = False) -> str:
@@ -42,6 +47,10 @@ def run(cfg: DictConfig, blocking: bool = False) -> str:
     url = f"http://{settings.host}:{settings.port}{prefix}"
     log.info("deploying %r at %s (docs: %s/docs); auth %s", settings.app_name, url, url,
              "on" if settings.resolved_token() else "off")
+    if blocking:
+        # Process managers and containers stop with SIGTERM: shut down as on Ctrl-C.
+        # (Set after Ray starts, which installs its own handler.)
+        signal.signal(signal.SIGTERM, _interrupt)
     serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix, blocking=blocking)
     return url
 
@@ -51,6 +60,7 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg, blocking=True)
     except KeyboardInterrupt:
+        log.info("shutting down")
         serve.shutdown()
     except (FileNotFoundError, KeyError, ValueError) as exc:
         log.error("%s", exc)

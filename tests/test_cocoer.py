@@ -12,7 +12,7 @@ import torch
 from emotion.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
 from emotion.losses import CocoERCriterion
 from emotion.models.joint.cocoer import CocoER
-from emotion.models.joint.vocabulary import pretrain_projection, projection_loss
+from emotion.models.joint.vocabulary import collect_embeddings, pretrain_projection, projection_loss
 from emotion.models.protocol import EmotionModel
 from emotion.models.registry import build_model, list_models, register_model
 from emotion.weights import sha256_of
@@ -196,7 +196,9 @@ def test_pretrain_projection_pulls_images_to_their_label_prototypes():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(48, 3, SIZE, SIZE, generator=gen)
     labels = torch.arange(48) % len(LABELS)
-    embeddings = vocab.embed_images(x)
+    embeddings, multi_hot = collect_embeddings(vocab, [(x[i : i + 16], labels[i : i + 16]) for i in range(0, 48, 16)])
+    torch.testing.assert_close(embeddings, vocab.embed_images(x))
+    assert torch.equal(multi_hot.argmax(1), labels)
     assert torch.allclose(embeddings.norm(dim=1), torch.ones(48), atol=1e-5)
     before = float(projection_loss(vocab.projection(embeddings), torch.eye(len(LABELS))[labels], vocab.prototypes))
     history = pretrain_projection(vocab, embeddings, labels, steps=200, lr=5e-2, batch_size=48)
@@ -315,3 +317,29 @@ def test_checkpoint_round_trip_through_s3(tmp_path):
             torch.testing.assert_close(loaded(**x)["logits"], model(**x)["logits"])
     finally:
         server.stop()
+
+
+def test_default_model_uses_real_weights_and_text_prototypes(sample_photos):
+    """The shipped default: mobilenet_v2 ImageNet backbones, MiniLM class prototypes, 224 px."""
+    from PIL import Image
+
+    from emotion.labels import EMOTIC_CATEGORIES
+    from emotion.weights import WeightsNotFoundError
+
+    torch.manual_seed(0)
+    try:
+        model = CocoER({"labels": list(EMOTIC_CATEGORIES)})
+    except WeightsNotFoundError as exc:
+        pytest.skip(str(exc))
+    assert model.input_size == 224 and model.config["eta"] == 0.1
+    trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"backbones", "patch_embed", "encoder", "heads", "vocabulary", "fusion"}
+    assert not any(p.requires_grad for p in model.vocabulary.image_encoder.parameters())
+    assert not model.vocabulary.projection.weight.requires_grad
+    protos = model.vocabulary.prototypes
+    torch.testing.assert_close(protos.norm(dim=1), torch.ones(26), atol=1e-5, rtol=0)
+    happiness, pleasure, anger = (EMOTIC_CATEGORIES.index(c) for c in ("Happiness", "Pleasure", "Anger"))
+    assert protos[happiness] @ protos[pleasure] > protos[happiness] @ protos[anger]
+    photo = np.array(Image.open(sample_photos["obama"]).convert("RGB").resize((224, 224)))[None]
+    out = model.predict({m: photo for m in model.input_levels})
+    assert out["scores"].shape == (1, 26) and np.isfinite(out["scores"]).all()

@@ -68,7 +68,7 @@ def test_two_workers_on_two_nodes_survive_a_killed_worker(two_node_ray, tmp_path
         f"ray.address={two_node_ray.address}",
         "ray.train.num_workers=2", "ray.train.cpus_per_worker=0.5", "ray.train.placement_strategy=STRICT_SPREAD",
         "max_failures=1",
-        "data=image_folder", f"data.root={data}", "+data.train_split=train", "+data.val_split=val",
+        "data=image_folder", f"data.root={data}",
         "model.backbone=toy", "model.pretrained=false", "model.input_size=64",
         f"train.epochs={EPOCHS}", "train.batch_size=8", "train.torch_threads=1", "train.log_every=0",
         f"output={output}",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +47,9 @@ def band_folder(tmp_path_factory) -> Path:
     return write_band_folder(tmp_path_factory.mktemp("bands"), {"train": 16, "val": 6})
 
 
-def train_cfg(data_root: Path, output: str, *extra: str):
+def train_cfg(data_root: Path | str, output: str, *extra: str, data: str = "image_folder"):
     overrides = [
-        "data=image_folder", f"data.root={data_root}", "+data.train_split=train", "+data.val_split=val",
+        f"data={data}", f"data.root={data_root}",
         "model.backbone=toy", "model.pretrained=false", "model.input_size=32",
         "train.epochs=2", "train.batch_size=8", "train.lr=3e-3", "train.log_every=0", "train.warmup_epochs=0",
         f"output={output}", *extra,
@@ -239,46 +238,43 @@ def test_best_checkpoint_is_chosen_on_validation_and_loads_for_prediction(first_
     assert scores.shape == (5, 3) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_resume_on_request_continues_from_the_saved_epoch(first_run, band_folder, tmp_path):
-    from emotion.checkpoint import load_checkpoint
-    from jobs.train import run
-
-    _, first_output = first_run
-    output = tmp_path / "out"
-    shutil.copytree(first_output, output)
-    band = band_folder
-
-    with pytest.raises(ValueError, match="resume=true"):
-        run(train_cfg(band, str(output), "train.epochs=3"))
-    summary = run(train_cfg(band, str(output), "train.epochs=3", "resume=true"))
-    assert [r["epoch"] for r in summary.history] == [0, 1, 2]
-    assert [r["start_epoch"] for r in summary.history] == [0, 0, 2]  # epoch 2 ran in the resumed attempt
-    latest = load_checkpoint(ray_checkpoint_files(output / "ray" / "run")[-1])
-    steps = 48 // 8
-    assert latest["epoch"] == 2 and latest["extra"]["step"] == 3 * steps
-    # AdamW's own step count went on from the saved optimiser state, not from zero.
-    assert latest["optimizer_state"]["state"][0]["step"] == 3 * steps
-    assert [int(r["epoch"]) for r in read_csv(output / "metrics.csv")] == [0, 1, 2]
-
-
-def test_checkpoints_to_s3_and_resume_from_there(ray_local, band_folder, s3_bucket):
+def test_resume_on_request_from_s3_checkpoints_with_prepared_data(ray_local, band_folder, s3_bucket):
+    """Data, checkpoints and outputs all on the S3 test server: prepared Parquet shards
+    read by Ray Data, Ray Train storage on s3://; a second run with resume=true continues
+    from the saved epoch with the optimiser state restored."""
     from emotion import storage
     from emotion.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from emotion.data.prepare import prepare_dataset
     from jobs.train import run
 
-    output = f"s3://{s3_bucket}/fer"
-    first = run(train_cfg(band_folder, output, "train.epochs=1", "storage_path=s3://" + s3_bucket + "/ray"))
-    assert first.final_epoch == 0
-    names = storage.list_files(f"s3://{s3_bucket}/ray/run")
-    assert any(n.endswith("/checkpoint.ckpt") for n in names)
-    second = run(train_cfg(band_folder, output, "train.epochs=2", "resume=true",
-                           "storage_path=s3://" + s3_bucket + "/ray"))
+    prepared = f"s3://{s3_bucket}/prepared"
+    prepare_dataset("image_folder", str(band_folder), prepared, shard_rows=20, splits=["train", "val"], plot=False)
+    output, runs = f"s3://{s3_bucket}/fer", f"s3://{s3_bucket}/ray"
+
+    def cfg(*extra):
+        return train_cfg(prepared, output, "data.head_expand=1.0", f"storage_path={runs}", *extra, data="prepared")
+
+    first = run(cfg("train.epochs=1"))
+    assert first.final_epoch == 0 and first.train_rows == 48 and first.val_rows == 18
+    checkpoints = [n for n in storage.list_files(f"{runs}/run") if n.endswith("/checkpoint.ckpt")]
+    assert len(checkpoints) == 1
+    with pytest.raises(ValueError, match="resume=true"):  # an existing run is never silently extended
+        run(cfg("train.epochs=2"))
+
+    second = run(cfg("train.epochs=2", "resume=true"))
     assert [(r["epoch"], r["start_epoch"]) for r in second.history] == [(0, 0), (1, 1)]
+    latest = load_checkpoint(sorted(n for n in storage.list_files(f"{runs}/run") if n.endswith("/checkpoint.ckpt"))[-1])
+    steps = 48 // 8
+    assert latest["epoch"] == 1 and latest["extra"]["step"] == 2 * steps
+    # AdamW's own step count went on from the saved optimiser state, not from zero.
+    assert latest["optimizer_state"]["state"][0]["step"] == 2 * steps
+    csv_text = storage.read_bytes(f"{output}/metrics.csv").decode()
+    assert [row["epoch"] for row in csv.DictReader(csv_text.splitlines())] == ["0", "1"]
+
     best = load_checkpoint(f"{output}/best.ckpt")
-    assert best["labels"] == list(CLASSES)
+    assert best["labels"] == list(CLASSES) and best["epoch"] == second.best_epoch
     model = load_model_from_checkpoint(f"{output}/best.ckpt")
     assert model.predict({"head": np.zeros((2, 32, 32, 3), np.uint8)})["scores"].shape == (2, 3)
-    assert storage.exists(f"{output}/metrics.csv") and storage.exists(f"{output}/metrics.json")
 
 
 def test_eval_command_reads_a_trained_checkpoint(first_run, band_folder, capsys, tmp_path):
@@ -326,3 +322,29 @@ def test_cocoer_family_trains_on_synthetic_scene_rows(tmp_path):
     assert math.isfinite(out["train_loss"]) and state.step == len(batches)
     report = evaluate(model, batches, family, device=torch.device("cpu"))
     assert report["score"] == report["mAP"] and 0.0 <= report["mAP"] <= 1.0 and "per_class_ap" in report
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (PROJECT_ROOT / "jobs/configs/experiment").glob("*.yaml")))
+def test_experiments_compose_into_trainable_configs(name):
+    from emotion.training.families import FAMILIES
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={name}", "data.root=/data"])
+    assert cfg.model.name in FAMILIES and cfg.data.train_split and cfg.data.val_split
+    assert cfg.train.epochs >= 1 and cfg.ray.train.num_workers >= 1
+
+
+@pytest.mark.slow
+def test_fer_mobilenet_experiment_smoke(ray_local, fer_root, tmp_path):
+    """The shipped experiment on a FER2013 subset: one epoch, real ImageNet MobileNetV2."""
+    from emotion.checkpoint import load_model_from_checkpoint
+    from jobs.train import run
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            "experiment=fer_mobilenet", f"data.root={fer_root}", f"output={tmp_path}", "limit=128",
+            "train.epochs=1", "train.torch_threads=1"])
+    summary = run(cfg)
+    assert summary.train_rows == 128 and summary.val_rows == 128
+    model = load_model_from_checkpoint(summary.best_checkpoint)
+    assert model.name == "face_cnn" and model.input_size == 64 and len(model.labels) == 7

@@ -146,7 +146,8 @@ def test_simplex_qp_satisfies_kkt(q):
 
 def test_simplex_qp_degenerate_cases_exactly():
     # Zero gradients: the QP is min -λᵀf, so all mass on the largest loss.
-    lam = solve_simplex_qp(torch.zeros(1, 3, 3, dtype=torch.float64), torch.tensor([[0.2, 0.9, 0.5]], dtype=torch.float64))
+    f = torch.tensor([[0.2, 0.9, 0.5]], dtype=torch.float64)
+    lam = solve_simplex_qp(torch.zeros(1, 3, 3, dtype=torch.float64), f)
     torch.testing.assert_close(lam, torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64))
     # Identical gradients g: objective ½||g||² - λᵀf, again the largest loss wins.
     g = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)

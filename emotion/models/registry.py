@@ -31,7 +31,8 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
         same = existing is not None and (existing.__module__, existing.__qualname__) == (
             builder.__module__, builder.__qualname__)  # re-import of the same module: fine
         if existing is not None and not same:
-            raise ValueError(f"model name {name!r} is already registered by {existing.__module__}.{existing.__qualname__}")
+            raise ValueError(f"model name {name!r} is already registered by "
+                             f"{existing.__module__}.{existing.__qualname__}")
         _REGISTRY[name] = builder
         return builder
 

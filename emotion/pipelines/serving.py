@@ -86,7 +86,7 @@ class RecognizerOptions(_Strict):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: Union[float, Literal["auto"]] = "auto"  # auto: gpu_fraction when the cluster has GPUs
     gpu_fraction: float = Field(1.0, gt=0)
-    torch_threads: int = Field(2, ge=1)
+    torch_threads: int = Field(1, ge=1)
 
 
 class IngressOptions(_Strict):

@@ -56,8 +56,19 @@ SCORE_METRIC = "val_score"
 
 
 # -- datasets ---------------------------------------------------------------------------
-def _label_info(data_cfg: Mapping[str, Any]) -> tuple[str, tuple[str, ...], list[dict[str, Any]] | None, str]:
-    """(label set, labels, samples or None for prepared data, format)."""
+def _filesystem(uri: str) -> tuple[Any, str]:
+    """``storage.get_filesystem`` for Ray tasks and actors, which need not share this
+    process's environment: S3 keys found in the environment travel inside the
+    filesystem object; without keys here the standard chain (profile, role) applies there."""
+    keys = {"access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+            "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            "session_token": os.environ.get("AWS_SESSION_TOKEN")}
+    s3 = storage.S3Config(**keys) if storage.is_s3(uri) and keys["access_key_id"] and keys["secret_access_key"] else None
+    return storage.get_filesystem(uri, s3)
+
+
+def _label_info(data_cfg: Mapping[str, Any]) -> tuple[str, tuple[str, ...], list[dict[str, Any]] | None]:
+    """(label set, labels, samples; None for prepared data, which Ray Data reads itself)."""
     fmt = str(data_cfg["format"])
     root = str(data_cfg["root"])
     if fmt == "prepared":
@@ -70,7 +81,7 @@ def _label_info(data_cfg: Mapping[str, Any]) -> tuple[str, tuple[str, ...], list
             raise FileNotFoundError(f"no prepared Parquet shards under {root!r} (run `emotion data prepare` first)")
         filesystem, path = storage.get_filesystem(shards[0])
         label_set, labels = prepared_labels(pq.read_schema(path, filesystem=filesystem).empty_table())
-        return label_set, labels, None, fmt
+        return label_set, labels, None
     from emotion.data import read_dataset
 
     options = dict(data_cfg.get("options") or {})
@@ -78,7 +89,7 @@ def _label_info(data_cfg: Mapping[str, Any]) -> tuple[str, tuple[str, ...], list
     options.setdefault("splits", splits)
     sample_set = read_dataset(fmt, root, **options)
     samples = list(sample_set.samples())
-    return sample_set.label_set, tuple(sample_set.labels), samples, fmt
+    return sample_set.label_set, tuple(sample_set.labels), samples
 
 
 def _rows_batch(batch: pa.Table, spec: CropSpec) -> dict[str, np.ndarray]:
@@ -98,7 +109,7 @@ def _split_dataset(data_cfg: Mapping[str, Any], samples: list[dict[str, Any]] | 
         shards = [s for s in list_shards(str(data_cfg["root"])) if os.path.basename(s).startswith(f"{split}-")]
         if not shards:
             raise FileNotFoundError(f"no shards of split {split!r} under {data_cfg['root']!r}")
-        filesystem, _ = storage.get_filesystem(shards[0])
+        filesystem, _ = _filesystem(shards[0])
         ds = ray.data.read_parquet([storage.get_filesystem(s)[1] for s in shards], filesystem=filesystem)
         if limit:
             ds = ds.limit(int(limit))
@@ -204,9 +215,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = restore_training_checkpoint(_resume_file(config["resume_from"]), model, optimizer, scaler)
     start_epoch = state.epoch
 
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=train_cfg.get("ddp") or None)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    before_training = getattr(family, "before_training", None)  # e.g. CocoER's projection pre-training
+    if before_training is not None and checkpoint is None and not config.get("resume_from"):
+        # Once per fresh run, before DDP wraps the model (DDP then copies rank 0's result to every rank).
+        before_training(model, train_shard.iter_batches(batch_size=int(train_cfg.get("eval_batch_size", 256)),
+                                                        batch_format="numpy"), train_cfg, device)
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=train_cfg.get("ddp") or None)
     nodes, pids = _gather_placement()
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
@@ -287,14 +303,7 @@ def _storage(cfg: Mapping[str, Any]) -> tuple[str, Any, str]:
     uri = str(cfg.get("storage_path") or storage.join(str(cfg["output"]), "ray"))
     run_uri = storage.join(uri, str(cfg["run_name"]))
     if storage.is_s3(uri):
-        # Ray Train's controller actor does not inherit this process's environment, so
-        # keys found in the environment travel inside the filesystem object; without
-        # keys here the standard chain (profile, instance/pod role) applies there.
-        keys = {"access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
-                "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                "session_token": os.environ.get("AWS_SESSION_TOKEN")}
-        s3 = storage.S3Config(**keys) if keys["access_key_id"] and keys["secret_access_key"] else None
-        filesystem, path = storage.get_filesystem(uri, s3)
+        filesystem, path = _filesystem(uri)  # Ray Train's controller does not see this environment
         return path, filesystem, run_uri
     local = os.path.abspath(os.path.expanduser(uri))
     os.makedirs(local, exist_ok=True)
@@ -350,7 +359,7 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
     _check_resume(cfg, run_uri)
     init_ray(cfg.get("ray") or {})
 
-    label_set, labels, samples, _ = _label_info(cfg["data"])
+    label_set, labels, samples = _label_info(cfg["data"])
     model_cfg = model_config(cfg, labels)
     # A random-init copy tells the driver which crops to cut (levels, size) without weights.
     probe = family.build_model({**model_cfg, "pretrained": False})

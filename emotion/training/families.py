@@ -137,10 +137,17 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, label_names: 
     return out
 
 
+def _cocoer_family() -> ClassifierFamily:
+    # emotion.training.cocoer_family imports this module: import it when first asked for.
+    from emotion.training.cocoer_family import build_cocoer_family
+
+    return build_cocoer_family("cocoer")
+
+
 # Registered model name -> its family.
 FAMILIES: dict[str, Callable[[], ClassifierFamily]] = {
     "face_cnn": lambda: ClassifierFamily("face_cnn"),
-    "cocoer": lambda: CocoERFamily("cocoer"),
+    "cocoer": _cocoer_family,
 }
 
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from emotion.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, feature_grid
 from emotion.models.joint.attention import CrossLevelEncoder, PatchEmbedding
-from emotion.models.joint.text_encoder import DEFAULT_TEMPLATE
+from emotion.models.joint.text_encoder import DEFAULT_TEMPLATE, class_prototypes, load_text_encoder
 from emotion.models.joint.vocabulary import VocabularyAlignment, build_vocabulary
 from emotion.models.joint.workspace import Workspace, level_probabilities, pseudo_label_losses
 from emotion.models.protocol import LEVELS
@@ -196,9 +196,7 @@ class CocoER(nn.Module):
 
         vocab_encoder, vocab_dim = build_backbone(cfg["vocab_backbone"], bool(cfg["pretrained"]),
                                                   cfg["vocab_backbone_weights"])
-        if cfg["prototypes_from_text"]:
-            from emotion.models.joint.text_encoder import class_prototypes, load_text_encoder
-
+        if cfg["prototypes_from_text"]:  # computed once here; checkpoints carry the result
             prototypes = class_prototypes(self.labels, cfg["text_template"], load_text_encoder(cfg["text_encoder"]))
         else:
             prototypes = _placeholder_prototypes(k, int(cfg["text_dim"]))
@@ -271,7 +269,8 @@ class CocoER(nn.Module):
         for m in self.input_levels:
             array = np.asarray(crops[m])
             if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != (size, size, 3):
-                raise ValueError(f"crop {m!r} must be uint8 [B, {size}, {size}, 3], got {array.dtype} {list(array.shape)}")
+                raise ValueError(f"crop {m!r} must be uint8 [B, {size}, {size}, 3], "
+                                 f"got {array.dtype} {list(array.shape)}")
             x = torch.from_numpy(np.ascontiguousarray(array)).to(device).permute(0, 3, 1, 2).float() / 255.0
             tensors[m] = (x - mean) / std
         return tensors
@@ -288,10 +287,14 @@ class CocoER(nn.Module):
         tensors = self._crops_to_tensor(crops)
         b, k = next(iter(tensors.values())).shape[0], len(self.labels)
         if b == 0:
+            q = len(LEVELS)
             return {
-                "scores": np.zeros((0, k), np.float32), "level_scores": np.zeros((0, len(self.level_names), k), np.float32),
-                "level_names": list(self.level_names), "refined_level_scores": np.zeros((0, len(LEVELS), k), np.float32),
-                "pseudo_label": np.zeros((0, k), np.float32), "dropped_levels": np.zeros((0, len(LEVELS) - 1), np.int8),
+                "scores": np.zeros((0, k), np.float32),
+                "level_scores": np.zeros((0, len(self.level_names), k), np.float32),
+                "level_names": list(self.level_names),
+                "refined_level_scores": np.zeros((0, q, k), np.float32),
+                "pseudo_label": np.zeros((0, k), np.float32),
+                "dropped_levels": np.zeros((0, q - 1), np.int8),
                 "refined": np.zeros(0, bool),
             }
         was_training = self.training

@@ -10,7 +10,8 @@ Pieces and what trains when:
 
 * image encoder: frozen always (kept in eval mode even when the model trains);
 * ω: trained only by ``pretrain_projection`` (its own short step before the main
-  training), frozen inside the full model;
+  training; ``collect_embeddings`` turns (context images, labels) batches into its
+  input), frozen inside the full model;
 * FFN_1: trains with the model (the vocabulary classification loss).
 
 ``pretrain_projection`` minimises, over images b with label sets Y_b (non-empty),
@@ -33,6 +34,8 @@ the workspace step a common descent direction for every level: see workspace.py)
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,7 +54,8 @@ def targets_to_multi_hot(targets: torch.Tensor, num_classes: int) -> torch.Tenso
     if targets.dim() == 1:
         return F.one_hot(targets.long(), num_classes).float()
     if targets.dim() != 2 or targets.shape[1] != num_classes:
-        raise ValueError(f"targets must be [n] class indices or [n, {num_classes}] multi-hot, got {tuple(targets.shape)}")
+        raise ValueError(f"targets must be [n] class indices or [n, {num_classes}] multi-hot, "
+                         f"got {tuple(targets.shape)}")
     return targets.float()
 
 
@@ -153,6 +157,26 @@ def pretrain_projection(vocab: VocabularyAlignment, image_embeddings: torch.Tens
         weight.requires_grad_(False)
         weight.grad = None
     return history
+
+
+@torch.no_grad()
+def collect_embeddings(vocab: VocabularyAlignment, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                       max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the frozen encoder over ``(context images [B, 3, S, S], targets)`` batches
+    (targets: indices [B] or multi-hot [B, k]) -> (û [n, image_dim], multi-hot [n, k]) on
+    the CPU, ready for ``pretrain_projection``. Stops after ``max_images`` if given."""
+    k = vocab.prototypes.shape[0]
+    device = vocab.prototypes.device
+    embeddings, targets, seen = [], [], 0
+    for images, labels in batches:
+        embeddings.append(vocab.embed_images(images.to(device)).float().cpu())
+        targets.append(targets_to_multi_hot(labels, k).cpu())
+        seen += len(labels)
+        if max_images is not None and seen >= max_images:
+            break
+    if not embeddings:
+        raise ValueError("collect_embeddings: no batches")
+    return torch.cat(embeddings)[:max_images], torch.cat(targets)[:max_images]
 
 
 def build_vocabulary(image_encoder: nn.Module, image_dim: int, prototypes: torch.Tensor, hidden_dim: int,

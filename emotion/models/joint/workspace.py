@@ -151,7 +151,8 @@ def solve_simplex_qp(gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         go to the first candidate in the order interior, edges, vertices.
     """
     if gram.dim() != 3 or gram.shape[1] != gram.shape[2] or losses.shape != gram.shape[:2]:
-        raise ValueError(f"expected gram [B, q, q] and losses [B, q], got {tuple(gram.shape)} and {tuple(losses.shape)}")
+        raise ValueError(f"expected gram [B, q, q] and losses [B, q], "
+                         f"got {tuple(gram.shape)} and {tuple(losses.shape)}")
     b, q = losses.shape
     if q == 1:
         return torch.ones_like(losses)
