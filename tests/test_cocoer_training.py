@@ -161,6 +161,7 @@ def debug_run(ray_local, synthetic_root, tmp_path_factory):
     return run(cfg), output
 
 
+@pytest.mark.slow  # a real Ray Train run: about a minute on a busy 2-core machine
 def test_one_epoch_run_writes_a_checkpoint_that_loads_and_predicts(debug_run, train_rows):
     from emotion.checkpoint import load_checkpoint, load_model_from_checkpoint
     from emotion.models.joint.cocoer import CocoER
@@ -196,6 +197,7 @@ def test_one_epoch_run_writes_a_checkpoint_that_loads_and_predicts(debug_run, tr
     assert float(trained) < 0.5 * float(untrained)
 
 
+@pytest.mark.slow  # a real Ray Train run: about a minute on a busy 2-core machine
 def test_eval_command_scores_the_synthetic_test_split(debug_run, synthetic_root, capsys):
     """`emotion eval data=synthetic`: annotated people of the test split, mAP + per-class AP."""
     from emotion.labels import SYNTHETIC_CATEGORIES
@@ -205,7 +207,7 @@ def test_eval_command_scores_the_synthetic_test_split(debug_run, synthetic_root,
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="eval", overrides=[
             "model=cocoer", f"model.checkpoint={output / 'best.ckpt'}", "data=synthetic",
-            f"data.root={synthetic_root}", "data.split=test"])
+            f"data.root={synthetic_root}"])  # data/synthetic.yaml: test_split=test
     report = run(cfg)
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["split"] == "test" and line["n"] == report["n"] >= 4

@@ -210,6 +210,8 @@ BAD_REQUESTS = {
                        "", 413, "payload_too_large"),
     "too many bytes, chunked": (lambda p: {"data": _chunks(b"\xff" * (3 * MAX_IMAGE_BYTES)),
                                            "headers": {"Content-Type": "image/jpeg"}}, "", 413, "payload_too_large"),
+    "too many bytes, multipart": (lambda p: {"files": {"file": ("big.jpg", b"\xff" * (MAX_IMAGE_BYTES + 1000))}},
+                                  "", 413, "payload_too_large"),
     "wrong content type": (lambda p: {"data": p["obama.jpg"], "headers": {"Content-Type": "text/plain"}},
                            "", 415, "unsupported_media_type"),
     "json with url": (lambda p: {"json": {"url": "http://127.0.0.1:1/photo.jpg"}}, "", 415, "unsupported_media_type"),

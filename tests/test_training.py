@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,18 @@ def test_schedules_warm_up_then_decay():
     assert [step.factor(s) for s in (0, 19, 20, 40)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
     with pytest.raises(ValueError, match="unknown lr schedule"):
         build_schedule({"schedule": "linear"}, 10, 1)
+
+
+def test_mixed_precision_only_on_gpu():
+    from emotion.training.loop import amp_dtype_for
+
+    cpu = torch.device("cpu")
+    assert all(amp_dtype_for(p, cpu) is None for p in ("auto", "fp32", "bf16", "fp16"))
+    if torch.cuda.is_available():
+        assert amp_dtype_for("fp16", torch.device("cuda")) == torch.float16
+        assert amp_dtype_for("fp32", torch.device("cuda")) is None
+    with pytest.raises(ValueError, match="precision"):
+        amp_dtype_for("fp8", cpu)
 
 
 def test_augment_is_seeded_and_keeps_shape_and_range():
@@ -190,9 +203,14 @@ def first_run(ray_local, band_folder, tmp_path_factory):
     """A 2-epoch run with one worker; shared by the tests that only read its outputs."""
     from jobs.train import run
 
-    output = tmp_path_factory.mktemp("run") / "out"
-    summary = run(train_cfg(band_folder, str(output)))
-    return summary, output
+    folder = tmp_path_factory.mktemp("run")
+    here = os.getcwd()
+    os.chdir(folder)  # a relative output: workers run elsewhere, so it must be made absolute
+    try:
+        summary = run(train_cfg(band_folder, "out"))
+    finally:
+        os.chdir(here)
+    return summary, folder / "out"
 
 
 def test_run_writes_checkpoints_with_all_fields_and_metrics(first_run):

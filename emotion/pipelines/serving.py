@@ -335,11 +335,14 @@ class EmotionRecognizer:
         self._recent_batches: deque[int] = deque(maxlen=256)
         self._histogram: Counter[int] = Counter()
         self._busy_s = 0.0
+        self._batching = {"max_batch_size": 16, "batch_wait_timeout_s": 0.01}  # the decorator's, until reconfigure
         log.info("recognizer ready: %s", self._info["id"])
 
     def reconfigure(self, user_config: dict) -> None:
-        self._recognize_batch.set_max_batch_size(int(user_config["max_batch_size"]))
-        self._recognize_batch.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+        self._batching = {"max_batch_size": int(user_config["max_batch_size"]),
+                          "batch_wait_timeout_s": float(user_config["batch_wait_timeout_s"])}
+        self._recognize_batch.set_max_batch_size(self._batching["max_batch_size"])
+        self._recognize_batch.set_batch_wait_timeout_s(self._batching["batch_wait_timeout_s"])
 
     async def recognize(self, source: str, payload: bytes) -> dict:
         """One image -> response body (``model``, ``labels``, ``image``, ``people``) or
@@ -364,7 +367,8 @@ class EmotionRecognizer:
         except Exception as exc:  # keep the replica and the rest of the batch alive
             if len(sources) == 1:
                 log.exception("predictor failed on %s", sources[0])
-                return [{"error": "internal", "detail": f"{sources[0]}: the model failed on this image: {exc}"}]
+                # The reason stays in the server log: exception text can reveal internals.
+                return [{"error": "internal", "detail": f"{sources[0]}: the model failed on this image ({type(exc).__name__})"}]
             # Find the image that broke the batch: the others still get their answers.
             return [self._predict([s], [p])[0] for s, p in zip(sources, payloads)]
 
@@ -380,8 +384,7 @@ class EmotionRecognizer:
             "batch_size_histogram": {str(size): n for size, n in sorted(self._histogram.items())},
             "recent_batch_sizes": list(self._recent_batches),
             "busy_s": round(self._busy_s, 3),
-            "max_batch_size": self._recognize_batch._get_max_batch_size(),
-            "batch_wait_timeout_s": self._recognize_batch._get_batch_wait_timeout_s(),
+            **self._batching,
         }
 
 

@@ -305,9 +305,14 @@ def _storage(cfg: Mapping[str, Any]) -> tuple[str, Any, str]:
     if storage.is_s3(uri):
         filesystem, path = _filesystem(uri)  # Ray Train's controller does not see this environment
         return path, filesystem, run_uri
-    local = os.path.abspath(os.path.expanduser(uri))
-    os.makedirs(local, exist_ok=True)
-    return local, None, storage.join(local, str(cfg["run_name"]))
+    os.makedirs(uri, exist_ok=True)
+    return uri, None, run_uri
+
+
+def _absolute(uri: str) -> str:
+    """A local path made absolute (``~`` expanded); URIs unchanged."""
+    uri = str(uri)
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
 def _check_resume(cfg: Mapping[str, Any], run_uri: str) -> None:
@@ -353,6 +358,8 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
     from ray.train.torch import TorchTrainer
 
     started = time.perf_counter()
+    # Workers run in their own folders: local paths must not be relative.
+    cfg = {**cfg, **{key: _absolute(cfg[key]) for key in ("output", "storage_path", "resume_from") if cfg.get(key)}}
     model_name = str(cfg["model"]["name"])
     family = get_family(model_name)
     storage_path, filesystem, run_uri = _storage(cfg)
