@@ -14,8 +14,9 @@ from emotion import storage
 from tests.multinode import two_node_ray  # noqa: F401 (fixture)
 from tests.s3_server import s3_env, s3_server  # noqa: F401 (fixture)
 
+# Slow, and not yet deterministic: Ray's SPREAD placement is best effort, and in about one
+# run in three one node's detect actor takes every batch (see the closing notes).
 pytestmark = pytest.mark.slow
-
 
 def test_tagging_on_two_nodes_uses_both_and_is_complete(two_node_ray, s3_server, sample_photos, tmp_path,  # noqa: F811
                                                         monkeypatch):
@@ -25,7 +26,7 @@ def test_tagging_on_two_nodes_uses_both_and_is_complete(two_node_ray, s3_server,
 
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="multi")
     sources = []
-    for copy in range(4):
+    for copy in range(8):
         for name, path in sample_photos.items():
             uri = f"s3://multi/in/{copy}/{name}.jpg"
             storage.write_bytes(uri, path.read_bytes())
@@ -62,4 +63,4 @@ def test_tagging_on_two_nodes_uses_both_and_is_complete(two_node_ray, s3_server,
     assert len(pairs) == len(set(pairs))  # duplicate-free
     (broken,) = [r for r in rows if r["source"].endswith("broken.jpg")]
     assert broken["error"] and "not an image" in broken["error"]
-    assert sum(1 for r in rows if r["person_index"] == 0) == 12
+    assert sum(1 for r in rows if r["person_index"] == 0) == 24
