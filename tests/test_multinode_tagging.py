@@ -18,6 +18,7 @@ from tests.s3_server import s3_env, s3_server  # noqa: F401 (fixture)
 # run in three one node's detect actor takes every batch (see the closing notes).
 pytestmark = pytest.mark.slow
 
+
 def test_tagging_on_two_nodes_uses_both_and_is_complete(two_node_ray, s3_server, sample_photos, tmp_path,  # noqa: F811
                                                         monkeypatch):
     for key, value in s3_env(s3_server).items():
