@@ -43,7 +43,7 @@ from emotion.training.augment import build_augment
 from emotion.training.families import get_family
 from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, epoch_generator, evaluate,
                                    restore_training_checkpoint, save_training_checkpoint, seed_everything,
-                                   train_epoch, unwrap)
+                                   train_epoch)
 from emotion.training.rows import CropSpec, RowCounts, person_rows
 from emotion.training.schedule import build_schedule
 
