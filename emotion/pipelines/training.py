@@ -37,7 +37,7 @@ import torch
 
 from emotion import storage
 from emotion.checkpoint import load_checkpoint, save_checkpoint
-from emotion.pipelines.ray_env import _FORWARDED_ENV, init_ray
+from emotion.pipelines.ray_env import forwarded_env, init_ray
 from emotion.training import history as history_io
 from emotion.training.augment import build_augment
 from emotion.training.families import get_family
@@ -384,7 +384,7 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
     checkpoints = ray.train.CheckpointConfig(num_to_keep=cfg.get("keep_checkpoints", 2),
                                              checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max")
     # Workers write metrics and read data through emotion.storage: give them the driver's S3 settings.
-    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    env_vars = forwarded_env()
     run_config = ray.train.RunConfig(name=str(cfg["run_name"]), storage_path=storage_path,
                                      storage_filesystem=filesystem, failure_config=failure,
                                      checkpoint_config=checkpoints,

@@ -92,29 +92,6 @@ class ClassifierFamily:
         return classification_metrics(scores, labels, label_names, multi_label, vad_true, vad_pred)
 
 
-class CocoERFamily(ClassifierFamily):
-    """CocoER (``emotion.models.joint.cocoer``): five classification terms and the
-    workspace's gradient distance (``emotion.losses.CocoERCriterion``)."""
-
-    def build_criterion(self, cfg: Mapping[str, Any], model: nn.Module) -> nn.Module:
-        from emotion.losses import build_criterion
-
-        return _CocoERLoss(build_criterion({"multi_label": model.multi_label, "weight_dict": cfg.get("loss_weights")}),
-                           model.multi_label)
-
-
-class _CocoERLoss(nn.Module):
-    """Adapts CocoERCriterion (targets: multi-hot or class indices) to the targets dict."""
-
-    def __init__(self, criterion: nn.Module, multi_label: bool):
-        super().__init__()
-        self.criterion = criterion
-        self.multi_label = multi_label
-
-    def forward(self, outputs: Mapping[str, Any], targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.criterion(outputs, targets["labels"] if self.multi_label else targets["classes"])
-
-
 def classification_metrics(scores: np.ndarray, labels: np.ndarray, label_names: tuple[str, ...], multi_label: bool,
                            vad_true: np.ndarray | None = None, vad_pred: np.ndarray | None = None) -> dict[str, Any]:
     """``score`` (accuracy or mAP) plus details, from scores [N, K] and multi-hot labels [N, K]."""
@@ -159,5 +136,5 @@ def get_family(model_name: str) -> ClassifierFamily:
         raise KeyError(f"model {model_name!r} has no training family; trainable models: {sorted(FAMILIES)}") from None
 
 
-__all__ = ["FAMILIES", "ClassificationCriterion", "ClassifierFamily", "CocoERFamily", "build_augment",
+__all__ = ["FAMILIES", "ClassificationCriterion", "ClassifierFamily", "build_augment",
            "classification_metrics", "get_family"]
