@@ -10,7 +10,9 @@
 # After `start`, `source "$STATE_DIR/env"` gives a shell RAY_ADDRESS and RAY_AUTH_MODE;
 # drivers then connect with `ray.init(address=...)` or `ray status`.
 #
-# Each node gets a custom resource {"node_k": 1}, so a test can pin work to one node.
+# Each node gets a custom resource {"node_k": 1}, so a test can pin work to one node,
+# plus EMOTION_RAY_NODE_RESOURCES (a JSON object, e.g. '{"detect_slot": 1}') on every
+# node: a stage asking for one detect_slot per actor then gets exactly one actor per node.
 # Each node runs under its own `ray start --block`; `stop` ends exactly those processes
 # (by PID, then by their process group), never other Ray instances on the machine.
 #
@@ -20,6 +22,7 @@
 #   EMOTION_RAY_HEAD_CPUS     CPUs the head offers (default 1)
 #   EMOTION_RAY_WORKER_CPUS   CPUs each worker node offers (default 1)
 #   EMOTION_RAY_OBJECT_STORE_BYTES  object store per node (default 100 MB)
+#   EMOTION_RAY_NODE_RESOURCES  extra custom resources of every node (JSON object)
 #   EMOTION_RAY_DASHBOARD_PORT  if set, start the dashboard (and so the Jobs API for
 #                             `ray job submit`) on 127.0.0.1:PORT; off by default
 #   RAY_BIN                   the `ray` executable (default: .venv/bin/ray, else PATH)
@@ -59,6 +62,17 @@ export RAY_AUTH_MODE=token
 export RAY_USAGE_STATS_ENABLED=0
 
 die() { echo "error: $*" >&2; exit 1; }
+
+# node_resources K: the --resources JSON of node K ({"node_K": 1} + EMOTION_RAY_NODE_RESOURCES).
+node_resources() {
+  "$PYTHON" - "$1" "${EMOTION_RAY_NODE_RESOURCES:-}" <<'PY'
+import json, sys
+extra = json.loads(sys.argv[2]) if sys.argv[2].strip() else {}
+if not isinstance(extra, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in extra.values()):
+    sys.exit(f"EMOTION_RAY_NODE_RESOURCES must be a JSON object of non-negative numbers, got {sys.argv[2]!r}")
+print(json.dumps({f"node_{sys.argv[1]}": 1, **extra}))
+PY
+}
 
 # free_ports N: N distinct TCP ports that are free on 127.0.0.1 right now.
 free_ports() {
@@ -138,6 +152,7 @@ cmd_start() {
   fi
   rm -rf "$STATE_DIR"/node_* "$STATE_DIR/address" "$STATE_DIR/env"
   ensure_token
+  node_resources 0 >/dev/null || die "bad EMOTION_RAY_NODE_RESOURCES"
 
   # Ports: GCS, Ray client server, then one dashboard-agent port per node.
   local ports
@@ -151,13 +166,13 @@ cmd_start() {
 
   start_node node_0 "${ports[2]}" --head --port "$port" --num-cpus "$HEAD_CPUS" \
     --ray-client-server-port "${ports[1]}" "${dashboard[@]}" \
-    --resources '{"node_0": 1}'
+    --resources "$(node_resources 0)"
   wait_started node_0 || { cmd_stop; exit 1; }
 
   local k
   for ((k = 1; k <= workers; k++)); do
     start_node "node_$k" "${ports[k + 2]}" --address "$address" --num-cpus "$WORKER_CPUS" \
-      --resources "{\"node_$k\": 1}"
+      --resources "$(node_resources "$k")"
   done
   for ((k = 1; k <= workers; k++)); do
     wait_started "node_$k" || { cmd_stop; exit 1; }

@@ -152,5 +152,6 @@ def two_node_ray(s3_server: str) -> Iterator[LocalRayCluster]:
     """Head + one worker node (1 CPU each), token auth on, S3 test env on every node."""
     from tests.s3_server import s3_env
 
-    with local_ray_cluster(1, extra_env=s3_env(s3_server)) as cluster:
+    # One detect_slot per node: a pool asking for one per actor gets one actor per node.
+    with local_ray_cluster(1, extra_env=dict(s3_env(s3_server), EMOTION_RAY_NODE_RESOURCES='{"detect_slot": 1}')) as cluster:
         yield cluster

@@ -14,9 +14,10 @@ from emotion import storage
 from tests.multinode import two_node_ray  # noqa: F401 (fixture)
 from tests.s3_server import s3_env, s3_server  # noqa: F401 (fixture)
 
-# Slow, and not yet deterministic: Ray's SPREAD placement is best effort, and in about one
-# run in three one node's detect actor takes every batch (see the closing notes).
-pytestmark = pytest.mark.slow
+# Placement is made deterministic, not left to SPREAD (best effort): every node of the
+# test cluster offers one `detect_slot` and each detect actor asks for one, so the pool's
+# two actors sit on the two nodes; `wait_for_min_actors_s` holds batches back until both
+# have loaded the model, and one batch in flight per actor makes them alternate.
 
 
 def test_tagging_on_two_nodes_uses_both_and_is_complete(two_node_ray, s3_server, sample_photos, tmp_path,  # noqa: F811
@@ -42,7 +43,7 @@ def test_tagging_on_two_nodes_uses_both_and_is_complete(two_node_ray, s3_server,
            # two detect actors spread over the two nodes, small batches so work interleaves
            "ray.stages.decode.num_cpus=0.1", "ray.stages.decode.batch_size=2",
            "ray.stages.detect.pool_min=2", "ray.stages.detect.pool_max=2", "ray.stages.detect.num_cpus=0.3",
-           "ray.stages.detect.scheduling_strategy=SPREAD",
+           "ray.stages.detect.resources={detect_slot: 1}", "ray.wait_for_min_actors_s=120",
            "ray.stages.detect.batch_size=1", "ray.stages.detect.torch_threads=1",
            "ray.stages.detect.max_tasks_in_flight=1",
            "ray.stages.recognize.pool_min=1", "ray.stages.recognize.pool_max=1",

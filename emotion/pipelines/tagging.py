@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
@@ -227,7 +228,22 @@ def _pool(stage_cfg: Mapping, use_gpu: bool) -> dict[str, Any]:
     if stage_cfg.get("scheduling_strategy"):
         # SPREAD places a pool's actors on different nodes where it can (clusters).
         args["scheduling_strategy"] = str(stage_cfg["scheduling_strategy"])
+    resources = stage_cfg.get("resources")
+    if resources:
+        # Custom resources per actor. Placement guarantee where SPREAD is best effort: with
+        # one unit of a resource on each node, asking for one unit gives one actor per node.
+        args["resources"] = {str(name): float(amount) for name, amount in dict(resources).items()}
     return args
+
+
+def _wait_for_pools(seconds: float | None) -> None:
+    """Make every actor pool start only once its initial actors are up (model loaded).
+
+    Without it the first ready actor takes batches while the others are still loading,
+    so on a short job one node can do all the work.
+    """
+    if seconds is not None and float(seconds) > 0:
+        ray.data.DataContext.get_current().wait_for_min_actors_s = int(math.ceil(float(seconds)))
 
 
 def summarize(files: Sequence[str], seconds: float, pipeline_seconds: float, skipped: int, output: str) -> TagSummary:
@@ -279,6 +295,7 @@ def run_tagging(cfg: Mapping) -> TagSummary:
     levels, input_size = reference.levels, reference.input_size
     del reference
 
+    _wait_for_pools(cfg["ray"].get("wait_for_min_actors_s"))
     stages = cfg["ray"]["stages"]
     env = forwarded_env()
     remote_env = {"runtime_env": {"env_vars": env}} if env else {}
