@@ -204,7 +204,7 @@ stop_nodes() {
   done
   ((${#pids[@]})) || { rm -f "$@"; return 0; }
   for pid in "${pids[@]}"; do
-    while kill -0 "$pid" 2>/dev/null && ((waited++ < 150)); do sleep 0.2; done
+    while kill -0 "$pid" 2>/dev/null && ((waited++ < 50)); do sleep 0.2; done  # 10 s, then the group
   done
   # Leftovers in a group we created (setsid made each node its own group, id = pid).
   for pid in "${pids[@]}"; do

@@ -18,15 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.multinode import two_node_ray  # noqa: F401 (fixture)
 from tests.s3_server import s3_server  # noqa: F401 (the cluster fixture needs it)
 from tests.test_training import CONFIG_DIR, PROJECT_ROOT, write_band_folder
-
-# Slow (~2 min: a two-node cluster and two attempts of a DDP run) and timing-sensitive on a
-# loaded 2-core machine; `make test-all` runs it.
-pytestmark = pytest.mark.slow
 
 EPOCHS = 6
 
