@@ -110,7 +110,7 @@ class CocoERFamily(ClassifierFamily):
         """(context images as the model reads them, multi-hot labels) per row batch."""
         for batch in batches:
             inputs, targets = self.collate(batch, model, False, device)
-            yield inputs["context"], targets["labels"]
+            yield inputs[getattr(model, "vocab_level", "context")], targets["labels"]
 
     def before_training(self, model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]],
                         train_cfg: Mapping[str, Any], device: torch.device) -> dict[str, Any]:

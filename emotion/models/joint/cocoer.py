@@ -68,6 +68,10 @@ DEFAULTS: dict[str, Any] = {
     "eta": None,  # None: 0.1 (multi-label, BCE-mean) or 0.005 (single-label, CE); see resolve_config
     "workspace": True,
     "pseudo_label_threshold": 0.3,
+    # The window the frozen vocabulary encoder embeds for the pseudo label: "context"
+    # (the whole image, as in the paper: one pseudo label for everyone in it) or "body"
+    # (the target person's window: a pseudo label per person).
+    "vocab_level": "context",
 }
 
 
@@ -104,6 +108,8 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         missing = [m for m in LEVELS if m not in out["backbone"]]
         if missing:
             raise ValueError(f"'backbone' mapping lacks levels {missing}")
+    if out["vocab_level"] not in LEVELS:
+        raise ValueError(f"vocab_level must be one of {list(LEVELS)}, got {out['vocab_level']!r}")
     for key in ("input_size", "d_h", "d", "n_blocks", "n_heads", "d_ff"):
         if int(out[key]) <= 0:
             raise ValueError(f"{key} must be positive, got {out[key]}")
@@ -173,6 +179,7 @@ class CocoER(nn.Module):
         self.multi_label = bool(cfg["multi_label"])
         self.input_size = int(cfg["input_size"])
         self.use_workspace = bool(cfg["workspace"])
+        self.vocab_level = str(cfg["vocab_level"])
         self.checkpoint_hash = "untrained"
         self.level_names = (*LEVELS, VOCABULARY_LEVEL)
         k, d_h, d = len(self.labels), int(cfg["d_h"]), int(cfg["d"])
@@ -222,7 +229,7 @@ class CocoER(nn.Module):
         head_out = {m: self.heads[m](z[m]) for m in LEVELS}
         hidden = torch.stack([head_out[m]["hidden"] for m in LEVELS], dim=1)  # [B, 3, d]
         logits = torch.stack([head_out[m]["logits"] for m in LEVELS], dim=1)  # [B, 3, K]
-        vocab = self.vocabulary(context)
+        vocab = self.vocabulary(images[self.vocab_level])
         b = logits.shape[0]
         out: dict[str, Any] = {
             "level_logits": {m: logits[:, i] for i, m in enumerate(LEVELS)},
