@@ -245,7 +245,22 @@ def test_predict_rejects_bad_crops_clearly():
         model.predict({"head": good, "body": good, "context": np.zeros((2, 16, 16, 3), np.uint8)})
 
 
+def test_vocab_level_chooses_the_window_of_the_pseudo_label():
+    x = images(4)
+    on_context, on_body = tiny_model(vocab_level="context").eval(), tiny_model(vocab_level="body").eval()
+    out_context, out_body = on_context(**x), on_body(**x)
+    # Same weights: each branch equals the vocabulary module applied to its own window.
+    assert torch.allclose(out_context["vocab_logits"], on_context.vocabulary(x["context"])["vocab_logits"])
+    assert torch.allclose(out_body["vocab_logits"], on_body.vocabulary(x["body"])["vocab_logits"])
+    assert not torch.allclose(out_context["vocab_logits"], out_body["vocab_logits"])
+    # Changing only the context image leaves a body-level pseudo label unchanged.
+    other = dict(x, context=torch.zeros_like(x["context"]))
+    assert torch.equal(on_body(**other)["vocab_logits"], out_body["vocab_logits"])
+
+
 def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="vocab_level must be one of"):
+        CocoER(tiny_cfg(vocab_level="scene"))
     with pytest.raises(ValueError, match="needs 'labels'"):
         CocoER(tiny_cfg(labels=None))
     with pytest.raises(ValueError, match="unknown CocoER config keys \\['d_model'\\]"):
