@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from emotion import storage
 from emotion.evaluation import evaluate_dataset, evaluate_image_folder, plot_confusion
 from emotion.predictor import build_emotion_model, build_predictor
+from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger("emotion.eval")
 
@@ -53,11 +53,8 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="configs", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error(log, errors=(FileNotFoundError, ValueError)):
         run(cfg)
-    except (FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

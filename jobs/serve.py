@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +18,7 @@ from ray import serve
 
 from emotion.pipelines.ray_env import init_ray
 from emotion.pipelines.serving import ServeArgs, ServeSettings, build_app
+from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger("emotion.serve")
 
@@ -57,14 +57,12 @@ def run(cfg: DictConfig, blocking: bool = False) -> str:
 
 @hydra.main(config_path="configs", config_name="serve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg, blocking=True)
-    except KeyboardInterrupt:
-        log.info("shutting down")
-        serve.shutdown()
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+    with exit_on_user_error(log):
+        try:
+            run(cfg, blocking=True)
+        except KeyboardInterrupt:
+            log.info("shutting down")
+            serve.shutdown()
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from emotion.pipelines.tagging import TagSummary, run_tagging
 from emotion import storage
+from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger("emotion.tag")
 
@@ -26,11 +26,8 @@ def run(cfg: DictConfig) -> TagSummary:
 
 @hydra.main(config_path="configs", config_name="tag", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error(log):
         run(cfg)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        log.error("%s", exc)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

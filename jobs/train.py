@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from emotion.pipelines.training import TrainSummary, run_training
+from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger("emotion.train")
 
@@ -31,11 +31,8 @@ def run(cfg: DictConfig) -> TrainSummary:
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error(log):
         run(cfg)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        log.error("%s", exc)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +31,25 @@ from emotion.weights import load_torch_state
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
+    """float [B, 3, S, S] in [0, 1] -> ImageNet-normalised (what every backbone here reads)."""
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def crops_to_input(crops: np.ndarray, size: int, device: torch.device | str, what: str) -> torch.Tensor:
+    """uint8 RGB crops [B, size, size, 3] -> ImageNet-normalised float32 [B, 3, size, size].
+
+    ``what`` names the crops in the error raised for any other dtype or shape.
+    """
+    array = np.asarray(crops)
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != (size, size, 3):
+        raise ValueError(f"{what} must be uint8 [B, {size}, {size}, 3], got {array.dtype} {list(array.shape)}")
+    x = torch.from_numpy(np.ascontiguousarray(array)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    return imagenet_normalize(x)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from emotion.models.backbones import imagenet_normalize
 
 
 @dataclass(frozen=True)
@@ -37,13 +36,6 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 images [B, S, S, 3], got {tuple(images.shape)} {images.dtype}")
     return images.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """[B, 3, S, S] in [0, 1] -> ImageNet-normalised."""
-    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
 
 
 def random_affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -103,12 +95,12 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
     x = color_jitter(x, cfg, generator)
     if cfg.erase_prob > 0:
         x = random_erase(x, cfg.erase_prob, generator)
-    return normalize(x)
+    return imagenet_normalize(x)
 
 
 def prepare_eval(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, S, S, 3] -> ImageNet-normalised float32 [B, 3, S, S] (no randomness)."""
-    return normalize(to_float(images))
+    return imagenet_normalize(to_float(images))
 
 
 def build_augment(cfg: Mapping | None) -> AugmentConfig:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from emotion.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from emotion.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, crops_to_input
 from emotion.models.registry import register_model
 
 DEFAULTS: dict[str, Any] = {
@@ -100,20 +100,13 @@ class FaceCNN(nn.Module):
         """uint8 head crops [B, S, S, 3] (RGB, S = input_size) -> ``scores`` float32 [B, K]."""
         if "head" not in crops:
             raise KeyError(f"face_cnn needs the 'head' crop; got levels {sorted(crops)}")
-        faces = np.asarray(crops["head"])
-        size = self.input_size
-        if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != (size, size, 3):
-            raise ValueError(f"head crops must be uint8 [B, {size}, {size}, 3], got {faces.dtype} {list(faces.shape)}")
-        if len(faces) == 0:
+        x = crops_to_input(crops["head"], self.input_size, next(self.parameters()).device, "head crops")
+        if len(x) == 0:
             return {"scores": np.zeros((0, len(self.labels)), dtype=np.float32)}
-        device = next(self.parameters()).device
-        x = torch.from_numpy(np.ascontiguousarray(faces)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
         was_training = self.training
         self.eval()
         try:
-            logits = self((x - mean) / std)["logits"]
+            logits = self(x)["logits"]
         finally:
             self.train(was_training)
         return {"scores": self.probabilities(logits.float()).cpu().numpy().astype(np.float32)}

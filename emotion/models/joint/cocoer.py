@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from emotion.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, feature_grid
+from emotion.models.backbones import build_backbone, crops_to_input, feature_grid
 from emotion.models.joint.attention import CrossLevelEncoder, PatchEmbedding
 from emotion.models.joint.text_encoder import DEFAULT_TEMPLATE, class_prototypes, load_text_encoder
 from emotion.models.joint.vocabulary import VocabularyAlignment, build_vocabulary
@@ -270,17 +270,7 @@ class CocoER(nn.Module):
         if missing:
             raise KeyError(f"predict needs crops for levels {list(self.input_levels)}; missing {missing}")
         device = next(self.parameters()).device
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        size, tensors = self.input_size, {}
-        for m in self.input_levels:
-            array = np.asarray(crops[m])
-            if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != (size, size, 3):
-                raise ValueError(f"crop {m!r} must be uint8 [B, {size}, {size}, 3], "
-                                 f"got {array.dtype} {list(array.shape)}")
-            x = torch.from_numpy(np.ascontiguousarray(array)).to(device).permute(0, 3, 1, 2).float() / 255.0
-            tensors[m] = (x - mean) / std
-        return tensors
+        return {m: crops_to_input(crops[m], self.input_size, device, f"crop {m!r}") for m in self.input_levels}
 
     @torch.inference_mode()
     def predict(self, crops: dict[str, np.ndarray]) -> dict[str, Any]:
