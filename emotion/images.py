@@ -1,18 +1,28 @@
 """Robust image decoding: bytes in, RGB uint8 array out, or a reason it failed.
 
 Handles what real photo collections contain: EXIF orientation, grayscale, palette,
-CMYK, 16-bit and alpha images. A truncated or non-image file is reported, never raised
-past the caller of ``decode_image``, so one bad file cannot stop a job.
+CMYK, 16-bit and alpha images. ``decode_image`` raises nothing but ``ImageDecodeError``:
+Pillow and its format plugins fail on hostile bytes with many exception types
+(``struct.error``, ``TypeError``, ``IndexError``, ...), and every one of them is turned
+into that error, so one bad file becomes an error row (tagging, eval) or a 400 (serving)
+and never stops a job. ``tests/test_decode_fuzz.py`` holds this to a seeded fuzz.
+
+A damaged EXIF block does not cost the image: the pixels are still decoded, only the
+orientation tag is ignored (cameras write broken maker notes often enough that refusing
+those photos would lose real data).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 # Decompression bombs: refuse images above this many pixels (PIL warns at 89 MP).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -60,12 +70,15 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     """Decode image bytes to upright RGB.
 
     Raises:
-        ImageDecodeError: empty, truncated, unsupported or oversized input.
+        ImageDecodeError: empty, truncated, unsupported, corrupt or oversized input; this
+            is the only exception it raises (``MemoryError`` aside).
     """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
+            # Damaged metadata makes Pillow warn per file; over millions of files that is noise.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             fmt = img.format
@@ -75,9 +88,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
                     f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}"
                 )
             img.load()  # forces a full decode: truncated files fail here
-            img = ImageOps.exif_transpose(img)
+            img = _upright(img)
             rgb = _to_rgb(img)
+            pixels = np.asarray(rgb, dtype=np.uint8)
     except ImageDecodeError:
+        raise
+    except MemoryError:
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image file (format not recognised)") from None
@@ -85,8 +101,22 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         raise ImageDecodeError(f"image too large: {exc}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
-    pixels = np.asarray(rgb, dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - plugins raise struct.error, TypeError, IndexError, ...
+        raise ImageDecodeError(f"corrupt image ({type(exc).__name__}: {exc})") from None
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.size == 0:
+        raise ImageDecodeError(f"corrupt image: decoded to an array of shape {pixels.shape}")
     return DecodedImage(pixels, pixels.shape[0], pixels.shape[1], fmt)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a damaged EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any EXIF parsing failure (struct.error, TypeError, ...)
+        log.debug("ignoring a damaged EXIF block (%s: %s)", type(exc).__name__, exc)
+        return img
 
 
 def resize_max_side(pixels: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:

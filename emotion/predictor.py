@@ -38,36 +38,72 @@ class CropConfig:
     max_people: int = 20  # per image, highest detector scores first
 
 
+def decode_one(data: bytes | None, max_side: int, max_pixels: int) -> tuple[np.ndarray, float, int, int]:
+    """Bytes -> (working pixels shrunk to ``max_side``, scale back to the original,
+    original height, original width). Raises ``ImageDecodeError`` only."""
+    decoded = decode_image(data or b"", max_pixels=max_pixels)
+    pixels, scale = resize_max_side(decoded.pixels, max_side)
+    return pixels, scale, decoded.original_height, decoded.original_width
+
+
+class DecodedBatch:
+    """Builds the batch ``detect`` takes, one image at a time, so a reader can drop each
+    file's bytes as soon as it is decoded (memory per batch is then bounded by the
+    decoded images, not by the files' sizes)."""
+
+    def __init__(self) -> None:
+        self.sources: list[str] = []
+        self.source_bytes: list[bytes] = []
+        self.images: list[np.ndarray] = []
+        self.scale: list[float] = []
+        self.heights: list[int] = []
+        self.widths: list[int] = []
+        self.errors: list[str] = []
+
+    def add(self, source: str, data: bytes | None, max_side: int, max_pixels: int, *,
+            source_bytes: bytes = b"", error: str | None = None) -> None:
+        """Decode ``data`` (unless ``error`` already says why there is none) and append it;
+        a failure becomes the image's error."""
+        pixels, scale, height, width = _PLACEHOLDER, 1.0, 0, 0
+        if error is None:
+            try:
+                pixels, scale, height, width = decode_one(data, max_side, max_pixels)
+            except ImageDecodeError as exc:
+                error = str(exc)
+        self.sources.append(source)
+        self.source_bytes.append(source_bytes)
+        self.images.append(pixels)
+        self.scale.append(scale)
+        self.heights.append(height)
+        self.widths.append(width)
+        # "" means no error: an all-None column would not survive Arrow conversion as strings.
+        self.errors.append(error or "")
+
+    def to_batch(self) -> dict[str, np.ndarray]:
+        images = np.empty(len(self.images), dtype=object)
+        images[:] = self.images  # ragged [H, W, 3] arrays: an object column
+        return {
+            "source": np.asarray(self.sources, dtype=object),
+            "source_bytes": np.asarray(self.source_bytes, dtype=object),
+            "image": images,
+            "scale": np.asarray(self.scale, dtype=np.float32),
+            "image_height": np.asarray(self.heights, dtype=np.int32),
+            "image_width": np.asarray(self.widths, dtype=np.int32),
+            "error": np.asarray(self.errors, dtype=object),
+        }
+
+
+# A failed image's pixels: keeps the image column rectangular in rank.
+_PLACEHOLDER = np.zeros((1, 1, 3), dtype=np.uint8)
+
+
 def decode_batch(sources: Sequence[str], payloads: Sequence[bytes | None], max_side: int,
                  max_pixels: int, read_errors: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
     """Decode raw bytes into the batch ``detect`` takes; failures become error rows."""
-    n = len(sources)
-    images = np.empty(n, dtype=object)
-    scale = np.ones(n, dtype=np.float32)
-    heights = np.zeros(n, dtype=np.int32)
-    widths = np.zeros(n, dtype=np.int32)
-    errors = np.empty(n, dtype=object)
-    for i, data in enumerate(payloads):
-        error = read_errors[i] if read_errors is not None else None
-        if error is None:
-            try:
-                decoded = decode_image(data or b"", max_pixels=max_pixels)
-                images[i], scale[i] = resize_max_side(decoded.pixels, max_side)
-                heights[i], widths[i] = decoded.original_height, decoded.original_width
-            except ImageDecodeError as exc:
-                error = str(exc)
-        if error is not None:
-            images[i] = np.zeros((1, 1, 3), dtype=np.uint8)  # placeholder keeps the column rectangular in rank
-        # "" means no error: an all-None column would not survive Arrow conversion as strings.
-        errors[i] = error or ""
-    return {
-        "source": np.asarray(list(sources), dtype=object),
-        "image": images,
-        "scale": scale,
-        "image_height": heights,
-        "image_width": widths,
-        "error": errors,
-    }
+    batch = DecodedBatch()
+    for i, (source, data) in enumerate(zip(sources, payloads)):
+        batch.add(source, data, max_side, max_pixels, error=read_errors[i] if read_errors is not None else None)
+    return batch.to_batch()
 
 
 class EmotionPredictor:
@@ -100,8 +136,9 @@ class EmotionPredictor:
         detections = self.detector.detect([batch["image"][i] for i in ok]) if ok else []
         found = dict(zip(ok, detections))
         rows: dict[str, list] = {k: [] for k in (
-            "source", "person_index", "face_box", "body_box", "detector_score",
+            "source", "source_bytes", "person_index", "rows_in_image", "face_box", "body_box", "detector_score",
             "image_height", "image_width", "error")}
+        source_bytes = batch.get("source_bytes")
         crops: dict[str, list] = {level: [] for level in self.levels}
         size = self.input_size
         blank = np.zeros((size, size, 3), dtype=np.uint8)
@@ -116,6 +153,8 @@ class EmotionPredictor:
                 context = context_window(pixels, size) if "context" in self.levels else None
             for p in range(max(n_people, 1)):
                 rows["source"].append(source)
+                rows["source_bytes"].append(source_bytes[i] if source_bytes is not None else b"")
+                rows["rows_in_image"].append(max(n_people, 1))
                 rows["image_height"].append(batch["image_height"][i])
                 rows["image_width"].append(batch["image_width"][i])
                 rows["error"].append(batch["error"][i])
@@ -140,7 +179,11 @@ class EmotionPredictor:
                         crops[level].append(context)
         out = {
             "source": np.asarray(rows["source"], dtype=object),
+            "source_bytes": np.asarray(rows["source_bytes"], dtype=object),
             "person_index": np.asarray(rows["person_index"], dtype=np.int32),
+            # How many rows this image has: lets a consumer of a stream of rows, which
+            # Ray Data may split anywhere, tell when it holds all of an image's rows.
+            "rows_in_image": np.asarray(rows["rows_in_image"], dtype=np.int32),
             "face_box": np.asarray(rows["face_box"], dtype=np.float32).reshape(-1, 4),
             "body_box": np.asarray(rows["body_box"], dtype=np.float32).reshape(-1, 4),
             "detector_score": np.asarray(rows["detector_score"], dtype=np.float32),
@@ -228,10 +271,14 @@ class EmotionPredictor:
         vad_missing = ~scored | np.isnan(vad).all(axis=1)
         vad_array = pa.FixedSizeListArray.from_arrays(pa.array(vad.reshape(-1)), 3, mask=pa.array(vad_missing))
         sources = [str(s) for s in people["source"]]
+        raw_names = people.get("source_bytes")
+        raw_names = [bytes(b) if b is not None and len(b) else None for b in raw_names] if raw_names is not None \
+            else [None] * n
         schema = output_schema(labels, model_id)
         columns = {
-            "image_id": pa.array([image_id_for(s) for s in sources], pa.string()),
+            "image_id": pa.array([image_id_for(s, b) for s, b in zip(sources, raw_names)], pa.string()),
             "source": pa.array(sources, pa.string()),
+            "source_bytes": pa.array(raw_names, pa.binary()),
             "person_index": pa.array(np.asarray(people["person_index"], dtype=np.int32), mask=~has_person),
             "face_box": boxes("face_box"),
             "body_box": boxes("body_box"),

@@ -470,12 +470,24 @@ def list_files(
     ``recursive=False`` lists only the folder's direct children (ignored for globs,
     whose pattern says how deep to go).
     """
+    return [name for name, _ in list_entries(uri, suffixes, recursive, s3)]
+
+
+def list_entries(
+    uri: str | os.PathLike,
+    suffixes: Iterable[str] | str | None = None,
+    recursive: bool = True,
+    s3: S3Config | None = None,
+) -> list[tuple[str, int]]:
+    """Like ``list_files``, with each file's size in bytes where the listing gives it
+    for free (S3 listings do), else -1 (local files: stat when read, not here: a stat per
+    file over a network file system costs more than the listing)."""
     keep = _suffix_filter(suffixes)
     if is_s3(uri):
         found = _list_s3(uri, recursive, _resolve(s3))
     else:
-        found = _list_local(os.fspath(uri), recursive)
-    return sorted(f for f in found if keep(f))
+        found = [(name, -1) for name in _list_local(os.fspath(uri), recursive)]
+    return sorted((f, size) for f, size in found if keep(f))
 
 
 def _list_local(uri: str, recursive: bool) -> list[str]:
@@ -507,31 +519,32 @@ def _walk_files(base: str, recursive: bool, max_depth: int | None) -> Iterable[s
             dirs[:] = []
 
 
-def _list_s3(uri: str, recursive: bool, res: _Resolved) -> list[str]:
+def _list_s3(uri: str, recursive: bool, res: _Resolved) -> list[tuple[str, int]]:
     bucket, key = split_s3(uri)
     client = _boto3_client(res)
     if _has_glob(key):
         regex = _glob_to_regex(key)
         keys = _list_keys(client, res, uri, bucket, _literal_prefix(key), delimiter=None)
-        return [f"{S3_SCHEME}{bucket}/{k}" for k in keys if regex.match(k)]
+        return [(f"{S3_SCHEME}{bucket}/{k}", size) for k, size in keys if regex.match(k)]
     prefix = key.rstrip("/") + "/" if key else ""
     keys = _list_keys(client, res, uri, bucket, prefix, delimiter=None if recursive else "/")
     if not keys and key and not key.endswith("/") and exists(uri, _config_of(res)):
-        return [uri]  # the URI names one object
-    return [f"{S3_SCHEME}{bucket}/{k}" for k in keys]
+        return [(uri, -1)]  # the URI names one object
+    return [(f"{S3_SCHEME}{bucket}/{k}", size) for k, size in keys]
 
 
-def _list_keys(client, res: _Resolved, uri: str, bucket: str, prefix: str, delimiter):
-    """All keys under ``prefix``; the paginator follows ListObjectsV2 continuation tokens."""
+def _list_keys(client, res: _Resolved, uri: str, bucket: str, prefix: str, delimiter) -> list[tuple[str, int]]:
+    """All (key, size) under ``prefix``; the paginator follows ListObjectsV2 continuation tokens."""
     paginator = client.get_paginator("list_objects_v2")
     params = {"Bucket": bucket, "Prefix": prefix}
     if delimiter:
         params["Delimiter"] = delimiter
-    keys: list[str] = []
+    keys: list[tuple[str, int]] = []
 
     def collect() -> None:
         for page in paginator.paginate(**params):
-            keys.extend(o["Key"] for o in page.get("Contents", ()) if not o["Key"].endswith("/"))
+            keys.extend((o["Key"], int(o.get("Size", -1))) for o in page.get("Contents", ())
+                        if not o["Key"].endswith("/"))
 
     _call(res, uri, "list", collect)
     return keys
@@ -549,21 +562,52 @@ def _config_of(res: _Resolved) -> S3Config:
     )
 
 
-def read_bytes(uri: str | os.PathLike, s3: S3Config | None = None) -> bytes:
-    """The whole content of a local file or an S3 object."""
+class FileTooLargeError(StorageError):
+    """A file is larger than the caller's ``max_bytes``; it was not read."""
+
+
+def read_bytes(uri: str | os.PathLike, s3: S3Config | None = None, *, max_bytes: int | None = None,
+               known_size: int = -1) -> bytes:
+    """The whole content of a local file or an S3 object.
+
+    ``max_bytes``: refuse (``FileTooLargeError``) a file larger than this before reading
+    it: its size comes from ``known_size`` (e.g. a listing), else a stat (local) or a
+    HEAD request (S3). At most ``max_bytes`` are ever read, even if the file grows.
+    """
     if not is_s3(uri):
         path = _local_path(uri)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such file: {path}")
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            if max_bytes is not None:
+                _check_size(uri, os.fstat(f.fileno()).st_size, max_bytes)
+                data = f.read(max_bytes + 1)
+                _check_size(uri, len(data), max_bytes)
+                return data
+            return f.read()
     res = _resolve(s3)
     bucket, key = split_s3(uri)
     client = _boto3_client(res)
+    extra: dict[str, str] = {}
+    if max_bytes is not None:
+        if known_size < 0:
+            head = _call(res, uri, "check", client.head_object, Bucket=bucket, Key=key)
+            known_size = int(head.get("ContentLength", -1))
+        _check_size(uri, known_size, max_bytes)
+        extra["Range"] = f"bytes=0-{max_bytes}"  # one byte past the cap shows growth
 
     def get() -> bytes:
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return client.get_object(Bucket=bucket, Key=key, **extra)["Body"].read()
 
-    return _call(res, uri, "read", get)
+    data = _call(res, uri, "read", get)
+    if max_bytes is not None:
+        _check_size(uri, len(data), max_bytes)
+    return data
+
+
+def _check_size(uri: str | os.PathLike, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise FileTooLargeError(f"{os.fspath(uri)} is {size} bytes, above the limit of {max_bytes} bytes")
 
 
 def write_bytes(uri: str | os.PathLike, data: bytes, s3: S3Config | None = None) -> None:
@@ -651,6 +695,65 @@ def exists(uri: str | os.PathLike, s3: S3Config | None = None) -> bool:
         res, uri, "check", client.list_objects_v2, Bucket=bucket, Prefix=prefix, MaxKeys=1
     )
     return not key or page.get("KeyCount", 0) > 0
+
+
+def create_exclusive(uri: str | os.PathLike, data: bytes, s3: S3Config | None = None) -> bool:
+    """Write ``data`` only if nothing is there yet; True if this call created it.
+
+    Local files use ``O_EXCL``; S3 uses a conditional PUT (``If-None-Match: *``), which AWS
+    S3 and most compatible stores honour. A store that ignores the condition overwrites:
+    callers that need certainty read the object back.
+    """
+    if not is_s3(uri):
+        path = Path(_local_path(uri))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(path, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        return True
+    res = _resolve(s3)
+    bucket, key = split_s3(uri)
+    client = _boto3_client(res)
+    from botocore.exceptions import ClientError
+
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as err:
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status in (409, 412) or err.response.get("Error", {}).get("Code") in ("PreconditionFailed",
+                                                                                  "ConditionalRequestConflict"):
+            return False
+        raise _translate(err, uri, res, "write") from err
+    return True
+
+
+def delete(uri: str | os.PathLike, s3: S3Config | None = None) -> None:
+    """Remove a local file or an S3 object; a missing one is not an error."""
+    if not is_s3(uri):
+        Path(_local_path(uri)).unlink(missing_ok=True)
+        return
+    res = _resolve(s3)
+    bucket, key = split_s3(uri)
+    _call(res, uri, "delete", _boto3_client(res).delete_object, Bucket=bucket, Key=key)
+
+
+def move(src: str | os.PathLike, dest: str | os.PathLike, s3: S3Config | None = None) -> None:
+    """Move a file within one store (a rename locally; copy then delete on S3)."""
+    if is_s3(src) != is_s3(dest):
+        raise ValueError(f"cannot move between a local path and S3: {src!r} -> {dest!r}")
+    if not is_s3(src):
+        target = Path(_local_path(dest))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(_local_path(src), target)
+        return
+    res = _resolve(s3)
+    (src_bucket, src_key), (bucket, key) = split_s3(src), split_s3(dest)
+    client = _boto3_client(res)
+    _call(res, src, "copy", client.copy_object, Bucket=bucket, Key=key,
+          CopySource={"Bucket": src_bucket, "Key": src_key})
+    _call(res, src, "delete", client.delete_object, Bucket=src_bucket, Key=src_key)
 
 
 def makedirs(uri: str | os.PathLike, s3: S3Config | None = None) -> None:

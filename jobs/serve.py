@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 
 import hydra
+import ray
 from omegaconf import DictConfig, OmegaConf
 from ray import serve
 
@@ -21,6 +23,11 @@ from emotion.pipelines.serving import ServeArgs, ServeSettings, build_app
 from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger("emotion.serve")
+
+# How long a stop waits for Serve to tear down before stopping Ray regardless. A signal to
+# the process group (Ctrl-C, a container stop) reaches Ray's own processes too: the Serve
+# controller is then often gone, and serve.shutdown() would wait 30 s for it to answer.
+SHUTDOWN_WAIT_S = 5.0
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -55,6 +62,27 @@ def run(cfg: DictConfig, blocking: bool = False) -> str:
     return url
 
 
+def shutdown(wait_s: float = SHUTDOWN_WAIT_S) -> None:
+    """Stop Serve (waiting at most ``wait_s`` seconds for it), then Ray."""
+    # A second Ctrl-C or SIGTERM must not break off the cleanup halfway; it is bounded anyway.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    # A daemon thread: one still waiting on a dead controller does not hold up the exit.
+    stopper = threading.Thread(target=_shutdown_serve, name="serve-shutdown", daemon=True)
+    stopper.start()
+    stopper.join(wait_s)
+    if stopper.is_alive():
+        log.info("Serve did not stop within %.0f s (Ray's processes are stopping too); stopping Ray", wait_s)
+    ray.shutdown()
+
+
+def _shutdown_serve() -> None:
+    try:
+        serve.shutdown()
+    except Exception as exc:  # noqa: BLE001 - Ray may be half gone; stopping Ray follows regardless
+        log.info("Serve shutdown: %r", exc)
+
+
 @hydra.main(config_path="configs", config_name="serve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error(log):
@@ -62,7 +90,7 @@ def main(cfg: DictConfig) -> None:
             run(cfg, blocking=True)
         except KeyboardInterrupt:
             log.info("shutting down")
-            serve.shutdown()
+            shutdown()
 
 
 if __name__ == "__main__":

@@ -80,3 +80,30 @@ def write_awkward_images(folder: Path, photo: Path) -> dict[str, str | None]:
     (folder / "empty.png").write_bytes(b""); expected["empty.png"] = "empty"
     del data
     return expected
+
+
+@pytest.fixture(scope="session")
+def poison_exif_jpeg(sample_photos) -> bytes:
+    """A real JPEG whose EXIF block makes Pillow's ``exif_transpose`` raise something other
+    than OSError/ValueError (struct.error, TypeError, ...): the first such seeded mutation."""
+    from PIL import ImageOps
+
+    from tests.fuzz_images import base_images, mutate
+
+    base = base_images(sample_photos["obama"])["JPEG"]
+    for seed in range(5000):
+        m = mutate(base, "JPEG", seed)
+        if m.kind != "exif":
+            continue
+        try:
+            img = Image.open(io.BytesIO(m.data))
+            img.load()
+        except Exception:  # noqa: BLE001 - want mutations whose pixels are intact
+            continue
+        try:
+            ImageOps.exif_transpose(img)
+        except (OSError, ValueError, SyntaxError):
+            continue
+        except Exception:  # noqa: BLE001 - found one
+            return m.data
+    pytest.skip("this Pillow survives every EXIF mutation tried: no poison JPEG to test with")

@@ -10,8 +10,9 @@ requests are gathered by ``@serve.batch`` and go through the detector and the em
 model as one batch.
 
 Endpoints: ``POST /v1/recognize`` (multipart field ``file`` or a raw ``image/*`` body),
-``POST /v1/recognize:batch`` (several multipart files), ``GET /v1/models``,
-``GET /v1/stats``, ``GET /healthz``, ``GET /readyz``; OpenAPI docs at ``/docs``.
+``POST /v1/recognize:batch`` (several multipart files, each as field ``file``),
+``GET /v1/models``, ``GET /v1/stats``, ``GET /healthz``, ``GET /readyz`` (no model
+details: those need auth, on ``/v1/models``); OpenAPI docs at ``/docs``.
 Bad input gets a 4xx JSON body ``{"error": code, "detail": reason}``. The service never
 fetches URLs that clients send: it only reads the uploaded bytes.
 
@@ -70,6 +71,9 @@ class Limits(_Strict):
 
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    # All images of one request together: a tiny PNG header can promise tens of megapixels,
+    # and a batch of them would cost the recognizer the memory and time of their sum.
+    max_request_pixels: int = Field(40_000_000, ge=1)
     max_batch_files: int = Field(16, ge=1)
     max_side: int = Field(1280, ge=0)  # decoded images shrink to this before detection
 
@@ -99,6 +103,10 @@ class IngressOptions(_Strict):
 class ServeSettings(_Strict):
     """The ``serve`` section of the config (``jobs/configs/serve/default.yaml``)."""
 
+    # The section holds the bearer token: pydantic's messages would quote it (the field's
+    # value, or the whole section for a model-level error). They still name field and reason.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     app_name: str = "emotion"
@@ -114,6 +122,16 @@ class ServeSettings(_Strict):
     limits: Limits = Limits()
     recognizer: RecognizerOptions = RecognizerOptions()
     ingress: IngressOptions = IngressOptions()
+
+    @field_validator("auth_token", mode="before")
+    @classmethod
+    def _token_as_text(cls, value: Any) -> Any:
+        # Hydra and YAML read an all-digit token (`serve.auth_token=123456`) as an int, whose
+        # text is the token. A float's text is not what was typed ("1e6" -> "1000000.0").
+        if isinstance(value, (bool, float)):
+            raise ValueError("serve.auth_token must be text; quote a token that reads as a number or "
+                             "boolean (serve.auth_token=\"'<token>'\")")
+        return str(value) if isinstance(value, int) else value
 
     @model_validator(mode="after")
     def _batch_fits_in_flight(self) -> "ServeSettings":
@@ -138,6 +156,9 @@ class ServeArgs(_Strict):
     without one, from the composed default ``jobs/configs/serve.yaml``; ``overrides`` are
     Hydra overrides applied to that (``"detector=full_frame serve.limits.max_batch_files=8"``).
     """
+
+    # `serve` may hold the bearer token: keep it out of validation messages (see ServeSettings).
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     config: Optional[str] = None
     overrides: list[str] = []
@@ -249,6 +270,38 @@ def probe_image(data: bytes, name: str, max_pixels: int) -> tuple[str, int, int]
         raise APIError(413, "image_too_large",
                        f"{name}: image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}")
     return fmt, width, height
+
+
+def check_request_pixels(sizes: Sequence[tuple[int, int]], max_pixels: int) -> int:
+    """Total pixels of one request's images ``(width, height)``, or 413 above ``max_pixels``.
+
+    The per-image limit alone lets a batch of tiny, highly compressed headers that each
+    promise just under it make the recognizer decode many times that.
+    """
+    total = sum(width * height for width, height in sizes)
+    if total > max_pixels:
+        raise APIError(413, "image_too_large",
+                       f"the request's {len(sizes)} image(s) hold {total} pixels together, above the per-request "
+                       f"limit of {max_pixels}")
+    return total
+
+
+def upload_files(items: Sequence[tuple[str, Any]], field: str = "file") -> list[Any]:
+    """The uploaded files of a parsed multipart body, all under ``field``, or a 400 saying why not.
+
+    A file under another name is refused rather than skipped: a skipped image would be a
+    missing answer the client does not notice.
+    """
+    files = [(key, value) for key, value in items if isinstance(value, UploadFile)]
+    misnamed = sorted({key for key, _ in files if key != field})
+    if misnamed:
+        raise APIError(400, "wrong_field", f"file(s) sent under multipart field(s) {misnamed}: send each image "
+                                           f"as field {field!r}")
+    if not files:
+        fields = sorted({key for key, _ in items})
+        raise APIError(400, "no_file", f"no file in the multipart body (fields: {fields}); "
+                                       f"send the image as field {field!r}")
+    return [value for _, value in files]
 
 
 def source_name(filename: Optional[str], default: str) -> str:
@@ -416,9 +469,10 @@ api = FastAPI(
 )
 
 _ERRORS = {code: {"model": ErrorBody, "description": desc} for code, desc in {
-    400: "empty, truncated or non-image upload", 401: "missing or wrong bearer token",
-    413: "image above the byte or pixel limit, or too many files", 415: "wrong content type or image format",
-    503: "model not available"}.items()}
+    400: "empty, truncated or non-image upload, or a file not under multipart field `file`",
+    401: "missing or wrong bearer token",
+    413: "image above the byte or pixel limit, images above the per-request pixel total, or too many files",
+    415: "wrong content type or image format", 503: "model not available"}.items()}
 _IMAGE_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
                                        "properties": {"file": {"type": "string", "format": "binary"}}}},
@@ -477,10 +531,11 @@ class EmotionAPI:
     @api.get("/readyz", summary="the model is loaded and answers", responses={503: _ERRORS[503]})
     async def readyz(self):
         try:
-            info = await asyncio.wait_for(self._call("info"), self._readiness_timeout_s)
+            await asyncio.wait_for(self._call("info"), self._readiness_timeout_s)
         except (APIError, asyncio.TimeoutError) as exc:
             return _error_response(503, "not_ready", f"model deployment did not answer: {exc!r}")
-        return {"status": "ready", "model": info["id"]}
+        # Open to anyone: the model's name and checkpoint hash stay behind auth on /v1/models.
+        return {"status": "ready"}
 
     # -- /v1 ----------------------------------------------------------------------------
     @api.get("/v1/models", summary="the served model", responses={401: _ERRORS[401]})
@@ -561,13 +616,8 @@ class EmotionAPI:
                 raise APIError(413, "too_many_files", f"at most {max_files} file(s) per request{hint}") from None
             raise APIError(400, "bad_multipart", f"malformed multipart body: {exc.message}") from None
         try:
-            files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
-            if not files:
-                fields = sorted({key for key, _ in form.multi_items()})
-                raise APIError(400, "no_file", f"no file in the multipart body (fields: {fields}); "
-                                               "send the image as field 'file'")
             uploads = []
-            for i, (_, upload) in enumerate(files):
+            for i, upload in enumerate(upload_files(form.multi_items())):
                 name = source_name(upload.filename, "upload" if max_files == 1 else f"upload-{i}")
                 if upload.size is not None and upload.size > limits.max_image_bytes:
                     raise APIError(413, "payload_too_large", f"{name}: {upload.size} bytes is larger than the "
@@ -578,8 +628,11 @@ class EmotionAPI:
             await form.close()
 
     async def _recognize_all(self, uploads: list[tuple[str, bytes]]) -> list[dict]:
-        for name, data in uploads:
-            probe_image(data, name, self._limits.max_image_pixels)
+        sizes = []
+        for name, data in uploads:  # header reads only: nothing is decoded before both checks pass
+            _, width, height = probe_image(data, name, self._limits.max_image_pixels)
+            sizes.append((width, height))
+        check_request_pixels(sizes, self._limits.max_request_pixels)
         if len(uploads) == 1:
             results = [await self._call("recognize", *uploads[0])]
         else:

@@ -1,9 +1,13 @@
 """The tagging job on Ray Data: images in, one Parquet row per person out.
 
-    sources ─▶ read + decode (tasks) ─▶ detect (actor pool) ─▶ recognize (actor pool) ─▶ Parquet
+    sources ─▶ read + decode (tasks) ─▶ detect (actor pool) ─▶ recognize (actor pool)
+            ─▶ driver: UnitWriter commits whole images in small atomic units ─▶ Parquet
 
-Every input image appears exactly once in the output; re-running over the same output
-skips images already there (resume).
+Every input image appears exactly once in the output. Output is committed as the job goes
+(every ``commit_every_rows`` rows or ``commit_every_s`` seconds), so a crash loses only
+the last unit's worth of work, and re-running over the same output skips images already
+there (resume); ``retry_errors=true`` also tags again the images whose rows are errors.
+A lock in the output refuses a second concurrent run. See ``emotion.tag_output``.
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from emotion import storage
-from emotion.predictor import build_predictor, decode_batch, has_error
+from emotion.predictor import DecodedBatch, build_predictor, has_error
 from emotion.pipelines.ray_env import forwarded_env, gpus_available, init_ray
+from emotion.sources import UnnameableSourceError, encode_source, source_path
+from emotion.tag_output import ROWS_IN_IMAGE, OutputLock, UnitWriter, drop_superseded, remove_partial_writes, \
+    scan_output
+from emotion.tag_settings import TagSettings, parse_tag_settings
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +60,22 @@ def list_sources(input_uri: str, path_column: str = "path") -> list[str]:
 
     ``samples`` stands for the embedded demo set (``sample_sources``).
     """
+    return [uri for uri, _ in list_inputs(input_uri, path_column)]
+
+
+def list_inputs(input_uri: str, path_column: str = "path") -> list[tuple[str, int]]:
+    """``list_sources`` with each file's size where the listing gives it (else -1)."""
     if input_uri == "samples":
-        return sample_sources()
+        return [(uri, -1) for uri in sample_sources()]
     lowered = input_uri.lower()
     if lowered.endswith(MANIFEST_SUFFIXES) and not any(ch in input_uri for ch in "*?["):
-        return _read_manifest(input_uri, path_column)
-    sources = storage.list_files(input_uri, suffixes=None if _is_glob(input_uri) else IMAGE_SUFFIXES)
+        return [(uri, -1) for uri in _read_manifest(input_uri, path_column)]
+    entries = storage.list_entries(input_uri, suffixes=None if _is_glob(input_uri) else IMAGE_SUFFIXES)
     if _is_glob(input_uri):
-        sources = [s for s in sources if not s.lower().endswith(MANIFEST_SUFFIXES)]
-    if not sources:
+        entries = [e for e in entries if not e[0].lower().endswith(MANIFEST_SUFFIXES)]
+    if not entries:
         raise FileNotFoundError(f"no images found under {input_uri!r} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return sources
+    return entries
 
 
 def _is_glob(uri: str) -> bool:
@@ -86,34 +99,51 @@ def _read_manifest(uri: str, path_column: str) -> list[str]:
     return [p if storage.is_s3(p) or p.startswith("/") else f"{base}/{p}" for p in paths]
 
 
-def tagged_sources(output_uri: str) -> set[str]:
-    """Sources already present in an output folder (for resume)."""
-    if not storage.exists(output_uri):
-        return set()
-    files = storage.list_files(output_uri, suffixes=(".parquet",))
-    done: set[str] = set()
-    fs, _ = storage.get_filesystem(output_uri)
-    for uri in files:
-        _, path = storage.get_filesystem(uri)
-        table = pq.read_table(path, filesystem=fs, columns=["source"])
-        done.update(table.column("source").to_pylist())
-    return done
+def source_blocks(inputs: Sequence[tuple[str, int]], block: int) -> list[pa.Table]:
+    """The job's input rows: ``source`` text, ``source_bytes`` (see ``emotion.sources``),
+    listed ``size`` (-1 unknown), and ``error`` for a name that cannot be handled."""
+    texts, raws, errors = [], [], []
+    for path, _ in inputs:
+        try:
+            text, raw = encode_source(path)
+            error = ""
+        except UnnameableSourceError as exc:
+            text, raw, error = exc.shown, b"", str(exc)
+        texts.append(text)
+        raws.append(raw)
+        errors.append(error)
+    sizes = [size for _, size in inputs]
+    return [pa.table({"source": pa.array(texts[i:i + block], pa.string()),
+                      "source_bytes": pa.array(raws[i:i + block], pa.binary()),
+                      "size": pa.array(sizes[i:i + block], pa.int64()),
+                      "error": pa.array(errors[i:i + block], pa.string())})
+            for i in range(0, len(inputs), block)]
 
 
 # -- stages -----------------------------------------------------------------------------
-def read_and_decode(batch: dict[str, np.ndarray], max_side: int, max_pixels: int) -> dict[str, np.ndarray]:
-    """Ray Data task: read each source's bytes and decode; failures become error rows."""
-    sources = [str(s) for s in batch["source"]]
-    payloads: list[bytes | None] = []
-    errors: list[str | None] = []
-    for source in sources:
-        try:
-            payloads.append(storage.read_bytes(source))
-            errors.append(None)
-        except Exception as exc:  # noqa: BLE001 - any read failure becomes an error row
-            payloads.append(None)
-            errors.append(f"read failed: {type(exc).__name__}: {exc}")
-    return decode_batch(sources, payloads, max_side, max_pixels, read_errors=errors)
+def read_and_decode(batch: dict[str, np.ndarray], max_side: int, max_pixels: int,
+                    max_file_bytes: int) -> dict[str, np.ndarray]:
+    """Ray Data task: read and decode each source in turn; failures become error rows.
+
+    One file's bytes are held at a time (dropped once decoded), and a file above
+    ``max_file_bytes`` is refused before it is read, so a batch's memory is bounded by
+    its decoded (shrunk) images, whatever the files weigh.
+    """
+    out = DecodedBatch()
+    for text, raw, size, error in zip(batch["source"], batch["source_bytes"], batch["size"], batch["error"]):
+        raw = bytes(raw) if raw is not None else b""
+        data = None
+        if not error:
+            try:
+                data = storage.read_bytes(source_path(str(text), raw), max_bytes=max_file_bytes,
+                                          known_size=int(size))
+            except storage.FileTooLargeError as exc:
+                error = f"file too large: {exc}"
+            except Exception as exc:  # noqa: BLE001 - any read failure becomes an error row
+                error = f"read failed: {type(exc).__name__}: {exc}"
+        out.add(str(text), data, max_side, max_pixels, source_bytes=raw, error=error or None)
+        del data
+    return out.to_batch()
 
 
 def _limit_threads(n: int | None) -> None:
@@ -172,7 +202,9 @@ class RecognizeStage:
         self.predictor = build_predictor(cfg, detect=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return self.predictor.recognize(batch)
+        table = self.predictor.recognize(batch)
+        # The writer commits whole images only: it needs each image's row count.
+        return table.append_column(ROWS_IN_IMAGE, pa.array(np.asarray(batch[ROWS_IN_IMAGE], np.int32)))
 
 
 # -- the job ----------------------------------------------------------------------------
@@ -182,13 +214,15 @@ class TagSummary:
     people: int = 0
     errors: int = 0
     skipped_already_tagged: int = 0
+    retried_errors: int = 0  # images whose earlier error rows were tagged again (retry_errors)
+    quarantined: list[str] = field(default_factory=list)  # unreadable output files moved aside
     seconds: float = 0.0  # wall time of the whole job, Ray start-up included
-    pipeline_seconds: float = 0.0  # from the first batch to the last file written
+    pipeline_seconds: float = 0.0  # from the first batch to the last unit written
     images_per_second: float = 0.0  # images / pipeline_seconds
     emotions: dict[str, int] = field(default_factory=dict)
     images_by_node: dict[str, int] = field(default_factory=dict)  # which Ray nodes detected how many
     output: str = ""
-    files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # units committed by this run
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -197,7 +231,8 @@ class TagSummary:
         lines = [
             f"tagged {self.images} images in {self.seconds:.1f} s "
             f"({self.images_per_second:.2f} images/s over {self.pipeline_seconds:.1f} s of pipeline, after start-up)"
-            f"{f'; skipped {self.skipped_already_tagged} already tagged' if self.skipped_already_tagged else ''}",
+            f"{f'; skipped {self.skipped_already_tagged} already tagged' if self.skipped_already_tagged else ''}"
+            f"{f'; retried {self.retried_errors} earlier errors' if self.retried_errors else ''}",
             f"people found: {self.people}   images that failed: {self.errors}",
         ]
         if self.emotions:
@@ -206,33 +241,32 @@ class TagSummary:
             lines += [f"  {k:<{width}}  {v}" for k, v in sorted(self.emotions.items(), key=lambda kv: -kv[1])]
         if len(self.images_by_node) > 1:
             lines.append("images per node: " + ", ".join(f"{k[:8]}: {v}" for k, v in sorted(self.images_by_node.items())))
-        lines.append(f"output: {self.output}")
+        if self.quarantined:
+            lines.append(f"unreadable output files moved aside: {', '.join(self.quarantined)}")
+        lines.append(f"output: {self.output} ({len(self.files)} files written)")
         return "\n".join(lines)
 
 
-def _pool(stage_cfg: Mapping, use_gpu: bool) -> dict[str, Any]:
-    size_min = int(stage_cfg.get("pool_min", 1))
-    size_max = int(stage_cfg.get("pool_max", size_min))
-    num_gpus = stage_cfg.get("num_gpus", "auto")
-    num_gpus = (float(stage_cfg.get("gpu_fraction", 0.5)) if use_gpu else 0.0) if num_gpus == "auto" else float(num_gpus)
+def _pool(stage: Mapping, use_gpu: bool) -> dict[str, Any]:
+    num_gpus = stage["num_gpus"]
+    num_gpus = (float(stage["gpu_fraction"]) if use_gpu else 0.0) if num_gpus == "auto" else float(num_gpus)
     args = {
         "compute": ActorPoolStrategy(
-            min_size=size_min, max_size=size_max,
+            min_size=int(stage["pool_min"]), max_size=int(stage["pool_max"]),
             # Fewer queued batches per actor spread work across actors (and nodes) more evenly.
-            max_tasks_in_flight_per_actor=stage_cfg.get("max_tasks_in_flight"),
+            max_tasks_in_flight_per_actor=stage["max_tasks_in_flight"],
         ),
-        "batch_size": int(stage_cfg.get("batch_size", 16)),
-        "num_cpus": float(stage_cfg.get("num_cpus", 0.5)),
+        "batch_size": int(stage["batch_size"]),
+        "num_cpus": float(stage["num_cpus"]),
         "num_gpus": num_gpus,
     }
-    if stage_cfg.get("scheduling_strategy"):
+    if stage["scheduling_strategy"]:
         # SPREAD places a pool's actors on different nodes where it can (clusters).
-        args["scheduling_strategy"] = str(stage_cfg["scheduling_strategy"])
-    resources = stage_cfg.get("resources")
-    if resources:
+        args["scheduling_strategy"] = str(stage["scheduling_strategy"])
+    if stage["resources"]:
         # Custom resources per actor. Placement guarantee where SPREAD is best effort: with
         # one unit of a resource on each node, asking for one unit gives one actor per node.
-        args["resources"] = {str(name): float(amount) for name, amount in dict(resources).items()}
+        args["resources"] = {str(name): float(amount) for name, amount in dict(stage["resources"]).items()}
     return args
 
 
@@ -246,108 +280,106 @@ def _wait_for_pools(seconds: float | None) -> None:
         ray.data.DataContext.get_current().wait_for_min_actors_s = int(math.ceil(float(seconds)))
 
 
-def summarize(files: Sequence[str], seconds: float, pipeline_seconds: float, skipped: int, output: str) -> TagSummary:
-    tables = []
-    for uri in files:
-        fs, path = storage.get_filesystem(uri)
-        tables.append(pq.read_table(path, filesystem=fs, columns=["source", "person_index", "emotions", "error"]))
-    summary = TagSummary(seconds=seconds, pipeline_seconds=pipeline_seconds, skipped_already_tagged=skipped,
-                         output=output, files=list(files))
-    if not tables:
-        return summary
-    table = pa.concat_tables(tables)
-    summary.images = len(pc.unique(table.column("source")))
-    summary.people = len(table) - table.column("person_index").null_count
-    errors = table.filter(pc.is_valid(table.column("error")))
-    summary.errors = len(pc.unique(errors.column("source"))) if len(errors) else 0
-    names = pc.list_flatten(table.column("emotions"))
-    if len(names):
-        counts = pc.value_counts(names)
-        summary.emotions = {c["values"].as_py(): c["counts"].as_py() for c in counts}
-    summary.images_per_second = summary.images / pipeline_seconds if pipeline_seconds > 0 else 0.0
-    return summary
-
-
 def run_tagging(cfg: Mapping) -> TagSummary:
     """Tag every image under ``cfg.input`` into Parquet files under ``cfg.output``.
 
-    ``cfg`` is a plain mapping (the composed Hydra config converted to a dict).
+    ``cfg`` is a plain mapping (the composed Hydra config converted to a dict). It is
+    validated first (``ConfigError`` naming the key), before anything starts.
     """
     started = time.perf_counter()
-    output = str(cfg["output"]).rstrip("/")
-    sources = list_sources(str(cfg["input"]), cfg.get("path_column", "path"))
-    if cfg.get("limit"):
-        sources = sources[: int(cfg["limit"])]
-    sources = list(dict.fromkeys(sources))  # a manifest may repeat a path: tag it once
-    done = tagged_sources(output) if cfg.get("resume", True) else set()
-    todo = [s for s in sources if s not in done]
-    skipped = len(sources) - len(todo)
-    log.info("%d images listed, %d already tagged, %d to tag", len(sources), skipped, len(todo))
-    if not todo:
-        return TagSummary(skipped_already_tagged=skipped, output=output)
+    settings = parse_tag_settings(cfg)
+    output = settings.output.rstrip("/")
+    inputs = list_inputs(settings.input, settings.path_column)
+    if settings.limit:
+        inputs = inputs[: settings.limit]
+    inputs = list(dict(inputs).items())  # a manifest may repeat a path: tag it once
+    with OutputLock(output, break_lock=settings.break_lock) as lock:
+        remove_partial_writes(output)
+        state = scan_output(output) if settings.resume else None
+        if state is not None and state.repeated:
+            drop_superseded(state)
+        done = state.done if state is not None else set()
+        retry = state.failed if state is not None and settings.retry_errors else set()
+        todo = [(path, size) for path, size in inputs if path not in done or path in retry]
+        retried = sum(path in retry for path, _ in todo)
+        skipped = len(inputs) - len(todo)
+        log.info("%d images listed, %d already tagged, %d to tag (%d of them earlier errors)",
+                 len(inputs), skipped, len(todo), retried)
+        summary = TagSummary(skipped_already_tagged=skipped, retried_errors=retried, output=output,
+                             quarantined=list(state.quarantined) if state is not None else [])
+        if todo:
+            _tag(settings, todo, summary, lock)
+            if retried:
+                drop_superseded(scan_output(output))  # the new rows replace the old error rows
+    summary.seconds = time.perf_counter() - started
+    return summary
 
+
+def _tag(settings: TagSettings, todo: list[tuple[str, int]], summary: TagSummary, lock: OutputLock) -> None:
+    """Run the pipeline over ``todo``, committing units into ``summary.output``."""
+    cfg = settings.model_dump()
     init_ray(cfg["ray"])
     use_gpu = gpus_available()
-    model_cfg = {"detector": dict(cfg["detector"]), "model": dict(cfg["model"]), "predictor": dict(cfg.get("predictor", {}))}
+    model_cfg = {"detector": cfg["detector"], "model": cfg["model"], "predictor": cfg["predictor"]}
     # The driver builds the model once to learn its label set, crop levels and size.
     reference = build_predictor(model_cfg, detect=False)
     schema = reference.output_schema()
     levels, input_size = reference.levels, reference.input_size
     del reference
 
-    _wait_for_pools(cfg["ray"].get("wait_for_min_actors_s"))
+    _wait_for_pools(cfg["ray"]["wait_for_min_actors_s"])
     stages = cfg["ray"]["stages"]
     env = forwarded_env()
     remote_env = {"runtime_env": {"env_vars": env}} if env else {}
-    decode_cfg = stages["decode"]
-    block = int(decode_cfg.get("batch_size", 16))
-    blocks = [pa.table({"source": todo[i:i + block]}) for i in range(0, len(todo), block)]
-    ds = ray.data.from_arrow(blocks)
+    block = int(stages["decode"]["batch_size"])
+    ds = ray.data.from_arrow(source_blocks(todo, block))
     ds = ds.map_batches(
         read_and_decode,
         batch_size=block,
-        num_cpus=float(decode_cfg.get("num_cpus", 0.25)),
+        num_cpus=float(stages["decode"]["num_cpus"]),
         **remote_env,
-        fn_kwargs={"max_side": int(cfg.get("max_image_side", 1280)), "max_pixels": int(cfg.get("max_pixels", 64_000_000))},
+        fn_kwargs={"max_side": settings.max_image_side, "max_pixels": settings.max_pixels,
+                   "max_file_bytes": settings.max_file_bytes},
     )
     detect_cfg, recognize_cfg = stages["detect"], stages["recognize"]
     progress = TagProgress.remote()
     ds = ds.map_batches(
         DetectStage,
         fn_constructor_kwargs={"cfg": model_cfg, "levels": levels, "input_size": input_size,
-                               "torch_threads": detect_cfg.get("torch_threads"), "progress": progress},
+                               "torch_threads": detect_cfg["torch_threads"], "progress": progress},
         **_pool(detect_cfg, use_gpu),
         **remote_env,
     )
     ds = ds.map_batches(
         RecognizeStage,
-        fn_constructor_kwargs={"cfg": model_cfg, "torch_threads": recognize_cfg.get("torch_threads")},
+        fn_constructor_kwargs={"cfg": model_cfg, "torch_threads": recognize_cfg["torch_threads"]},
         **_pool(recognize_cfg, use_gpu),
         **remote_env,
     )
-    storage.makedirs(output)
-    before = set(storage.list_files(output, suffixes=(".parquet",))) if storage.exists(output) else set()
-    fs, path = storage.get_filesystem(output)
+    storage.makedirs(summary.output)
+    writer = UnitWriter(summary.output, schema, settings.commit_every_rows, settings.commit_every_s,
+                        run_started=lock.started, run_id=lock.run_id)
     pipeline_started = time.perf_counter()
-    with _ProgressPrinter(progress, total=len(todo), every_s=float(cfg.get("progress_every_s", 10))):
-        ds.write_parquet(path, filesystem=fs, schema=schema,
-                         min_rows_per_file=int(cfg.get("rows_per_file", 10_000)),
-                         ray_remote_args=remote_env or None)
-    after = set(storage.list_files(output, suffixes=(".parquet",)))
-    finished = time.perf_counter()
-    summary = summarize(sorted(after - before), finished - started, finished - pipeline_started, skipped, output)
+    with _ProgressPrinter(progress, writer, total=len(todo), every_s=settings.progress_every_s), writer:
+        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.add(table)
+    stats = writer.stats
+    summary.pipeline_seconds = time.perf_counter() - pipeline_started
+    summary.images, summary.people, summary.errors = stats.images, stats.people, stats.errors
+    summary.emotions = dict(stats.emotions)
+    summary.files = list(stats.units)
+    summary.images_per_second = stats.images / summary.pipeline_seconds if summary.pipeline_seconds > 0 else 0.0
     summary.images_by_node = ray.get(progress.snapshot.remote())["images_by_node"]
     ray.kill(progress)
-    return summary
 
 
 class _ProgressPrinter:
     """Prints one progress line every ``every_s`` seconds while the pipeline runs."""
 
-    def __init__(self, progress: Any, total: int, every_s: float):
+    def __init__(self, progress: Any, writer: UnitWriter, total: int, every_s: float):
         import threading
 
-        self.progress, self.total, self.every_s = progress, total, every_s
+        self.progress, self.writer, self.total, self.every_s = progress, writer, total, every_s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.started = time.perf_counter()
@@ -361,8 +393,10 @@ class _ProgressPrinter:
             elapsed = time.perf_counter() - self.started
             rate = snap["images"] / elapsed if elapsed > 0 else 0.0
             eta = (self.total - snap["images"]) / rate if rate > 0 else float("nan")
-            print(f"[tag] {snap['images']}/{self.total} images detected, {snap['people']} people, "
-                  f"{snap['errors']} errors, {rate:.1f} images/s, eta {eta:.0f} s", flush=True)
+            stats = self.writer.stats
+            print(f"[tag] {snap['images']}/{self.total} images detected, {stats.images} committed "
+                  f"({len(stats.units)} files), {snap['people']} people, {snap['errors']} errors, "
+                  f"{rate:.1f} images/s, eta {eta:.0f} s", flush=True)
 
     def __enter__(self) -> "_ProgressPrinter":
         if self.every_s > 0:

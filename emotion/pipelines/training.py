@@ -37,7 +37,7 @@ import torch
 
 from emotion import storage
 from emotion.checkpoint import load_checkpoint, save_checkpoint
-from emotion.pipelines.ray_env import forwarded_env, init_ray
+from emotion.pipelines.ray_env import QUIET_TRAIN_POLLING_HOOK, forwarded_env, init_ray
 from emotion.training import history as history_io
 from emotion.training.augment import build_augment
 from emotion.training.families import get_family
@@ -364,7 +364,8 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
     family = get_family(model_name)
     storage_path, filesystem, run_uri = _storage(cfg)
     _check_resume(cfg, run_uri)
-    init_ray(cfg.get("ray") or {})
+    # The hook silences Ray Train's per-second PlacementGroupCleaner warning (see ray_env).
+    init_ray(cfg.get("ray") or {}, worker_setup_hook=QUIET_TRAIN_POLLING_HOOK)
 
     label_set, labels, samples = _label_info(cfg["data"])
     model_cfg = model_config(cfg, labels)

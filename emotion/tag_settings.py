@@ -1,0 +1,178 @@
+"""The tagging job's settings, validated once before anything starts (Ray included).
+
+The YAML files under ``jobs/configs`` hold every default; these models only say what a
+valid value is. A mistake raises ``ConfigError`` with one line naming the key, the value
+and what is allowed, e.g.::
+
+    bad config: detector.score_threshold='abc': Input should be a valid number
+    bad config: ray.stages.detect.pool_max=0: must be >= pool_min (1)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal, Mapping, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from emotion import storage
+
+
+class ConfigError(ValueError):
+    """A config key has a bad value; the message names it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+Fraction = Field(ge=0.0, le=1.0)
+
+
+# -- detector, predictor -----------------------------------------------------------------
+class RetinaFaceSettings(_Strict):
+    name: Literal["retinaface"]
+    weights: str
+    score_threshold: float = Fraction
+    nms_iou: float = Fraction
+    max_size: int = Field(ge=32)
+    upscale_size: int = Field(ge=0)
+    top_k: int = Field(ge=1)
+    device: str
+    head_expand: float = Field(ge=1.0)
+
+
+class FullFrameSettings(_Strict):
+    name: Literal["full_frame"]
+    head_expand: float = Field(ge=1.0)
+
+
+DetectorSettings = Union[RetinaFaceSettings, FullFrameSettings]
+
+
+class PredictorSettings(_Strict):
+    threshold: float = Fraction
+    max_people: int = Field(ge=1)
+
+
+class ModelSettings(BaseModel):
+    """Family-specific keys are checked by the family's builder; these are common."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    name: str = Field(min_length=1)
+    device: str
+
+
+# -- Ray stage sizing --------------------------------------------------------------------
+class TaskStage(_Strict):
+    batch_size: int = Field(ge=1)
+    num_cpus: float = Field(gt=0)
+
+
+class ActorStage(_Strict):
+    pool_min: int = Field(ge=1)
+    pool_max: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    num_cpus: float = Field(ge=0)
+    num_gpus: Union[Literal["auto"], float]
+    gpu_fraction: float = Field(gt=0, le=1)
+    torch_threads: Optional[int] = Field(ge=1)
+    max_tasks_in_flight: Optional[int] = Field(ge=1)
+    scheduling_strategy: Optional[Literal["SPREAD", "DEFAULT"]]
+    resources: Optional[dict[str, float]]
+
+    @model_validator(mode="after")
+    def _pool_order(self) -> "ActorStage":
+        if self.pool_max < self.pool_min:
+            raise ValueError(f"pool_max ({self.pool_max}) must be >= pool_min ({self.pool_min})")
+        if isinstance(self.num_gpus, float) and self.num_gpus < 0:
+            raise ValueError(f"num_gpus must be 'auto' or >= 0, got {self.num_gpus}")
+        return self
+
+
+class Stages(_Strict):
+    decode: TaskStage
+    detect: ActorStage
+    recognize: ActorStage
+
+
+class RaySettings(_Strict):
+    address: Optional[str]
+    num_cpus: Optional[int] = Field(ge=1)
+    num_gpus: Optional[int] = Field(ge=0)
+    include_dashboard: bool
+    wait_for_min_actors_s: Optional[float] = Field(ge=0)
+    log_to_driver: bool
+    object_store_memory: Optional[int] = Field(None, ge=78_643_200)  # not in the YAML: Ray sizes it
+    stages: Stages
+
+
+# -- the job -----------------------------------------------------------------------------
+class TagSettings(_Strict):
+    input: str = Field(min_length=1)
+    output: str = Field(min_length=1)
+    path_column: str = Field(min_length=1)
+    resume: bool
+    retry_errors: bool
+    break_lock: bool
+    limit: Optional[int] = Field(None, ge=1)
+    max_image_side: int = Field(ge=0)
+    max_pixels: int = Field(ge=1)
+    max_file_bytes: int = Field(ge=1)
+    commit_every_rows: int = Field(ge=1)
+    commit_every_s: float = Field(gt=0)
+    summary_json: Optional[str]
+    progress_every_s: float = Field(ge=0)
+    detector: DetectorSettings = Field(discriminator="name")
+    model: ModelSettings
+    predictor: PredictorSettings
+    ray: RaySettings
+
+
+def _describe(error: Mapping[str, Any], data: Mapping) -> str:
+    loc = [str(p) for p in error["loc"] if not (isinstance(p, str) and p in ("retinaface", "full_frame"))]
+    key = ".".join(loc)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if error["type"] == "missing":
+        return f"{key}: missing (required)"
+    value: Any = data
+    for part in loc:
+        value = value.get(part) if isinstance(value, Mapping) else None
+    shown = f"={value!r}" if value is not None and not isinstance(value, Mapping) else ""
+    return f"{key}{shown}: {message}"
+
+
+def parse_settings(model: type[BaseModel], data: Mapping, what: str = "config") -> Any:
+    """Validate ``data``; a mistake raises ``ConfigError`` with one line naming the key."""
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"bad {what}: {_describe(first, data)}{more}") from None
+
+
+def parse_tag_settings(cfg: Mapping) -> TagSettings:
+    settings = parse_settings(TagSettings, cfg)
+    check_output_location(settings.output)
+    return settings
+
+
+def check_output_location(output: str) -> None:
+    """Fail now, before Ray starts, if ``output`` cannot be a writable folder."""
+    if storage.is_s3(output):
+        storage.split_s3(output)  # malformed URIs raise ValueError
+        storage.check_bucket(output)  # missing bucket or credentials: StorageError, one line
+        return
+    path = os.path.abspath(os.path.expanduser(output))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"bad config: output={output!r}: is a file; give a folder (it is created if missing)")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"bad config: output={output!r}: {parent} is a file, so the folder cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"bad config: output={output!r}: {parent} is not writable")
