@@ -44,13 +44,30 @@ def list_image_folder(root: str, split: str | None = None, limit_per_class: int 
     return paths, classes
 
 
+def _read_files(paths: Sequence[str]) -> tuple[list[bytes | None], list[str | None]]:
+    """(each file's bytes, why it could not be read): a file gone since the listing or
+    one we may not read becomes that image's error, as a decode failure does, instead of
+    ending the whole evaluation."""
+    payloads: list[bytes | None] = []
+    errors: list[str | None] = []
+    for path in paths:
+        try:
+            payloads.append(storage.read_bytes(path))
+            errors.append(None)
+        except Exception as exc:  # noqa: BLE001 - any read failure is one image's error (as in tagging)
+            payloads.append(None)
+            errors.append(f"read failed: {type(exc).__name__}: {exc}")
+    return payloads, errors
+
+
 def predict_scores(predictor: EmotionPredictor, paths: Sequence[str], batch_size: int) -> np.ndarray:
     """Score of each image's most confident person ([N, K]; NaN rows where no face/error)."""
     k = len(predictor.model.labels)
     scores = np.full((len(paths), k), np.nan, dtype=np.float32)
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start:start + batch_size])
-        batch = decode_batch(chunk, [storage.read_bytes(p) for p in chunk], max_side=1280, max_pixels=64_000_000)
+        payloads, read_errors = _read_files(chunk)
+        batch = decode_batch(chunk, payloads, max_side=1280, max_pixels=64_000_000, read_errors=read_errors)
         table = predictor(batch)
         first = table.filter(_first_person_mask(table)).to_pydict()
         row_of = {src: i for i, src in enumerate(chunk)}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
+import sys
 import threading
 
 import hydra
@@ -24,9 +26,8 @@ from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger("emotion.serve")
 
-# How long a stop waits for Serve to tear down before stopping Ray regardless. A signal to
-# the process group (Ctrl-C, a container stop) reaches Ray's own processes too: the Serve
-# controller is then often gone, and serve.shutdown() would wait 30 s for it to answer.
+# How long a stop waits for Serve to tear down before stopping Ray regardless: a replica
+# still answering requests can hold it up for Serve's 20 s graceful timeout.
 SHUTDOWN_WAIT_S = 5.0
 
 
@@ -63,16 +64,27 @@ def run(cfg: DictConfig, blocking: bool = False) -> str:
 
 
 def shutdown(wait_s: float = SHUTDOWN_WAIT_S) -> None:
-    """Stop Serve (waiting at most ``wait_s`` seconds for it), then Ray."""
-    # A second Ctrl-C or SIGTERM must not break off the cleanup halfway; it is bounded anyway.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
-    # A daemon thread: one still waiting on a dead controller does not hold up the exit.
-    stopper = threading.Thread(target=_shutdown_serve, name="serve-shutdown", daemon=True)
-    stopper.start()
-    stopper.join(wait_s)
-    if stopper.is_alive():
-        log.info("Serve did not stop within %.0f s (Ray's processes are stopping too); stopping Ray", wait_s)
+    """Stop Serve (waiting at most ``wait_s`` seconds for it), then Ray.
+
+    Ctrl-C and container stops signal the whole process group, Ray's own processes
+    included: the GCS is then gone or going, and both ``serve.shutdown()`` (30 s for the
+    controller) and ``ray.shutdown()`` (seconds of RPC timeouts) would wait on it. So
+    when the GCS no longer answers, the process just exits: a local Ray's processes were
+    started to die with it, and a cluster's are not this process's to stop.
+    """
+    if not ray.is_initialized():
+        return
+    gcs = ray.get_runtime_context().gcs_address
+    if _reachable(gcs):
+        # A daemon thread: one still waiting on a dying controller does not hold up the exit.
+        stopper = threading.Thread(target=_shutdown_serve, name="serve-shutdown", daemon=True)
+        stopper.start()
+        stopper.join(wait_s)
+        if stopper.is_alive():
+            log.info("Serve did not stop within %.0f s; stopping Ray", wait_s)
+    if not _reachable(gcs):
+        log.info("Ray is already down (its processes got the signal too)")
+        _exit_now()
     ray.shutdown()
 
 
@@ -83,12 +95,37 @@ def _shutdown_serve() -> None:
         log.info("Serve shutdown: %r", exc)
 
 
+def _reachable(address: str, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts TCP connections at ``host:port`` (the GCS's gRPC port)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _exit_now() -> None:
+    # Skips atexit: Ray's hook would run ray.shutdown() against the dead GCS after all.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _ignore_stop_signals() -> None:
+    # A second Ctrl-C or SIGTERM must not break off the cleanup halfway: it is bounded anyway.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 @hydra.main(config_path="configs", config_name="serve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error(log):
         try:
             run(cfg, blocking=True)
         except KeyboardInterrupt:
+            _ignore_stop_signals()
             log.info("shutting down")
             shutdown()
 

@@ -9,7 +9,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from emotion.pipelines.tagging import TagSummary, run_tagging
 from emotion import storage
-from jobs.user_errors import exit_on_user_error
+from emotion.tag_output import OutputLockedError
+from jobs.user_errors import USER_ERRORS, exit_on_user_error
+
+# A storage failure (bucket missing, no credentials) and a locked output are the user's to
+# fix: one line, exit 2, no traceback.
+TAG_USER_ERRORS = (*USER_ERRORS, storage.StorageError, OutputLockedError)
 
 log = logging.getLogger("emotion.tag")
 
@@ -26,7 +31,7 @@ def run(cfg: DictConfig) -> TagSummary:
 
 @hydra.main(config_path="configs", config_name="tag", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error(log):
+    with exit_on_user_error(log, errors=TAG_USER_ERRORS):
         run(cfg)
 
 

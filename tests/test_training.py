@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -366,3 +369,87 @@ def test_fer_mobilenet_experiment_smoke(ray_local, fer_root, tmp_path):
     assert summary.train_rows == 128 and summary.val_rows == 128
     model = load_model_from_checkpoint(summary.best_checkpoint)
     assert model.name == "face_cnn" and model.input_size == 64 and len(model.labels) == 7
+
+
+# -- Ray Train's PlacementGroupCleaner polling warning ----------------------------------
+def test_placement_group_cleaner_filter_drops_only_the_poll_warning(monkeypatch):
+    """The cleaner logs "Failed to query ..." once a second while the State API is down
+    (always, without a dashboard); the filter drops that record and keeps the cleaner's
+    other warnings. The logger name and text are checked against the installed Ray."""
+    import inspect
+
+    from ray.train.v2._internal.execution.controller import placement_group_cleaner
+
+    from emotion.pipelines.ray_env import (PG_CLEANER_LOGGER, PG_CLEANER_POLL_FAILED, QUIET_TRAIN_POLLING_HOOK,
+                                           PlacementGroupCleanerPollFilter, job_runtime_env, quiet_train_polling)
+
+    assert placement_group_cleaner.logger.name == PG_CLEANER_LOGGER
+    assert PG_CLEANER_POLL_FAILED in inspect.getsource(placement_group_cleaner.PlacementGroupCleaner._monitor_loop)
+
+    logger = logging.getLogger(PG_CLEANER_LOGGER)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    monkeypatch.setattr(logger, "filters", [])  # restored afterwards: this process's logger is shared
+    logger.addHandler(handler)
+    try:
+        quiet_train_polling()
+        quiet_train_polling()  # a second call adds no second filter
+        assert sum(isinstance(f, PlacementGroupCleanerPollFilter) for f in logger.filters) == 1
+        logger.warning("Failed to query Ray Train Controller actor state. State API may be temporarily "
+                       "unavailable. Continuing to monitor.")
+        logger.warning("Detected that the Ray Train controller actor (%s) is dead. Cleaning up placement group.", "x")
+        logger.warning("Failed to clean up placement group: boom")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["Detected that the Ray Train controller actor (x) is dead. Cleaning up placement group.",
+                    "Failed to clean up placement group: boom"]
+
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert job_runtime_env(QUIET_TRAIN_POLLING_HOOK) == {
+        "env_vars": {"AWS_REGION": "eu-west-1"}, "worker_process_setup_hook": QUIET_TRAIN_POLLING_HOOK}
+
+
+# Run in a fresh process: the hook is set when Ray starts, and this session's Ray is shared.
+_HOOK_REACHES_DETACHED_ACTORS = """
+import json, logging, ray
+from emotion.pipelines.ray_env import PG_CLEANER_LOGGER, QUIET_TRAIN_POLLING_HOOK, init_ray
+
+@ray.remote(num_cpus=0)
+class Cleaner:  # stands in for Ray Train's PlacementGroupCleaner: detached, started by an actor
+    def log(self):
+        seen = []
+        handler = logging.Handler()
+        handler.emit = lambda record: seen.append(record.getMessage())
+        logger = logging.getLogger(PG_CLEANER_LOGGER)
+        logger.addHandler(handler)
+        logger.warning("Failed to query Ray Train Controller actor state. Continuing to monitor.")
+        logger.warning("Failed to clean up placement group: boom")
+        return seen
+
+@ray.remote(num_cpus=0)
+class Controller:  # stands in for Ray Train's controller, started with its own env_vars
+    def cleaner_log(self):
+        cleaner = Cleaner.options(lifetime="detached").remote()
+        try:
+            return ray.get(cleaner.log.remote())
+        finally:
+            ray.kill(cleaner)
+
+init_ray({"num_cpus": 1, "log_to_driver": False}, worker_setup_hook=QUIET_TRAIN_POLLING_HOOK)
+controller = Controller.options(runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}}).remote()
+print("SEEN", json.dumps(ray.get(controller.cleaner_log.remote())))
+ray.shutdown()
+"""
+
+
+def test_training_ray_runs_the_filter_hook_in_detached_actors(tmp_path):
+    """The warning is logged in the cleaner actor's process (the driver only prints it as
+    forwarded text), so the filter must be installed there: init_ray's setup hook reaches a
+    detached actor started by an actor with its own runtime_env, like Ray Train's cleaner."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", _HOOK_REACHES_DETACHED_ACTORS], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("SEEN "))[5:])
+    assert seen == ["Failed to clean up placement group: boom"]

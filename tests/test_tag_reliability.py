@@ -1,0 +1,246 @@
+"""One bad file or one crash never costs a tagging run its work (real Ray, real models).
+
+* hostile inputs: a JPEG with a poisoned EXIF block, a file name that is not UTF-8, a
+  file above the size cap, a truncated file; then ``retry_errors=true`` once it is fixed;
+* the driver's whole process group killed with SIGKILL at two points, then a re-run:
+  every input exactly once, and the re-runs tag only what was not committed;
+* a second concurrent run into the same output is refused;
+* config mistakes exit 2 with one line naming the key, before Ray starts;
+* detect and recognize workers killed mid-run: nothing lost, nothing duplicated.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from emotion.tag_output import list_units
+from tests.conftest import PROJECT_ROOT
+from tests.test_tagging import compose_tag
+
+EMOTION = str(Path(sys.executable).parent / "emotion")
+
+
+def read_rows(output: Path) -> list[dict]:
+    units = list_units(str(output))
+    return pa.concat_tables([pq.read_table(u) for u in units]).to_pylist() if units else []
+
+
+def assert_each_input_once(rows: list[dict], inputs: set[str]) -> None:
+    """Every input has rows, nothing else does, and no (image, person) pair repeats."""
+    keys = [(r["source"], r["person_index"]) for r in rows]
+    assert len(keys) == len(set(keys)), "duplicated rows"
+    assert {r["source"] for r in rows} == inputs
+
+
+@pytest.fixture(scope="module")
+def hostile_folder(tmp_path_factory, sample_photos, poison_exif_jpeg) -> Path:
+    root = tmp_path_factory.mktemp("hostile")
+    shutil.copy(sample_photos["obama"], root / "obama.jpg")
+    # A name that is not UTF-8 (Latin-1 "é" and a 0xff byte), as old disks and archives have.
+    with open(os.path.join(os.fsencode(root), b"caf\xe9-\xff.jpg"), "wb") as f:
+        f.write(sample_photos["trump"].read_bytes())
+    (root / "poison_exif.jpg").write_bytes(poison_exif_jpeg)
+    (root / "big.jpg").write_bytes(os.urandom(300_000))  # above the 200 kB cap set below
+    whole = sample_photos["batman"].read_bytes()
+    (root / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
+    return root
+
+
+def test_hostile_inputs_each_get_a_row_then_retry_errors(ray_local, hostile_folder, tmp_path, sample_photos):
+    from jobs.tag import run
+
+    root, output = hostile_folder, tmp_path / "tags"
+    overrides = [f"input={root}", f"output={output}", "max_file_bytes=200000", "commit_every_rows=2"]
+    summary = run(compose_tag(overrides))
+    rows = read_rows(output)
+    by_name = {}
+    for r in rows:
+        by_name.setdefault(r["source"].rsplit("/", 1)[-1], []).append(r)
+    assert sorted(by_name) == sorted(["obama.jpg", "caf\\xe9-\\xff.jpg", "poison_exif.jpg", "big.jpg",
+                                      "truncated.jpg"])
+    assert summary.images == 5 and summary.errors == 2 and len(summary.files) >= 1
+    (odd,) = by_name["caf\\xe9-\\xff.jpg"]  # tagged like any file, its exact bytes kept
+    assert odd["error"] is None and odd["person_index"] == 0
+    assert odd["source_bytes"] == os.path.join(os.fsencode(root), b"caf\xe9-\xff.jpg")
+    assert all(r["error"] is None for r in by_name["poison_exif.jpg"])  # damaged EXIF: pixels still tagged
+    (big,) = by_name["big.jpg"]
+    assert "file too large" in big["error"] and "200000" in big["error"]
+    (cut,) = by_name["truncated.jpg"]
+    assert "truncated" in cut["error"]
+    assert by_name["obama.jpg"][0]["source_bytes"] is None
+
+    # Resume sees the odd name as done; error rows are final unless retried.
+    again = run(compose_tag(overrides))
+    assert again.images == 0 and again.skipped_already_tagged == 5
+
+    # The file is repaired (say the S3 read blipped): retry_errors tags only the failed ones.
+    (root / "truncated.jpg").write_bytes(sample_photos["batman"].read_bytes())
+    retried = run(compose_tag(overrides + ["retry_errors=true"]))
+    assert retried.retried_errors == 2 and retried.images == 2 and retried.skipped_already_tagged == 3
+    rows = read_rows(output)
+    assert_each_input_once(rows, {r["source"] for r in rows})
+    fixed = [r for r in rows if r["source"].endswith("truncated.jpg")]
+    assert len(fixed) >= 1 and all(r["error"] is None for r in fixed)
+    assert [r["error"] for r in rows if r["source"].endswith("big.jpg")][0].startswith("file too large")
+
+
+# -- the driver killed mid-run -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory, sample_photos) -> Path:
+    """120 real photos (the three shipped ones, shrunk and re-encoded at many qualities)."""
+    root = tmp_path_factory.mktemp("photos")
+    originals = [Image.open(p).convert("RGB") for p in sample_photos.values()]
+    for i in range(120):
+        img = originals[i % 3].copy()
+        img.thumbnail((320, 320))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=60 + i % 40)
+        (root / f"img_{i:03d}.jpg").write_bytes(buf.getvalue())
+    return root
+
+
+def start_tag(folder: Path, output: Path, log: Path, *extra: str) -> subprocess.Popen:
+    cmd = [EMOTION, "tag", f"input={folder}", f"output={output}", "commit_every_rows=10",
+           "ray.num_cpus=2", "progress_every_s=0", *extra]
+    return subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def committed_images(output: Path) -> set[str]:
+    return {r["source"] for r in read_rows(output)}
+
+
+def kill_after_units(proc: subprocess.Popen, output: Path, more_than: int, timeout_s: float = 240) -> int:
+    """SIGKILL the driver's process group once more than ``more_than`` units exist."""
+    deadline = time.monotonic() + timeout_s
+    while len(list_units(str(output))) <= more_than:
+        assert proc.poll() is None, "the job ended before it could be killed"
+        assert time.monotonic() < deadline, "no unit was committed in time"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return len(list_units(str(output)))
+
+
+def listed_line(log: Path) -> tuple[int, int]:
+    m = re.search(r"(\d+) images listed, (\d+) already tagged", log.read_text())
+    assert m, log.read_text()[-2000:]
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_driver_killed_twice_then_resumed_loses_and_repeats_nothing(photo_folder, tmp_path):
+    output = tmp_path / "tags"
+    inputs = {str(p) for p in photo_folder.glob("*.jpg")}
+    first = start_tag(photo_folder, output, tmp_path / "run1.log")
+    units_1 = kill_after_units(first, output, more_than=1)
+    committed_1 = committed_images(output)
+
+    second = start_tag(photo_folder, output, tmp_path / "run2.log")
+    # A second writer while `second` runs is refused, before it starts Ray.
+    deadline = time.monotonic() + 60
+    while not (output / "_LOCK.json").exists() or "already tagged" not in (tmp_path / "run2.log").read_text():
+        assert time.monotonic() < deadline and second.poll() is None
+        time.sleep(0.05)
+    refused = subprocess.run([EMOTION, "tag", f"input={photo_folder}", f"output={output}"], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert refused.stdout.strip().count("\n") == 0 and "being written by another run" in refused.stdout
+    units_2 = kill_after_units(second, output, more_than=units_1 + 1)
+    committed_2 = committed_images(output)
+
+    third = start_tag(photo_folder, output, tmp_path / "run3.log", f"summary_json={tmp_path / 's.json'}")
+    assert third.wait(timeout=300) == 0, (tmp_path / "run3.log").read_text()[-3000:]
+    summary = json.loads((tmp_path / "s.json").read_text())
+
+    # The re-runs skipped exactly what was committed when the previous run died.
+    assert listed_line(tmp_path / "run2.log") == (120, len(committed_1))
+    assert listed_line(tmp_path / "run3.log") == (120, len(committed_2))
+    assert summary["skipped_already_tagged"] == len(committed_2) and summary["images"] == 120 - len(committed_2)
+    rows = read_rows(output)
+    assert_each_input_once(rows, inputs)
+    assert len(committed_1) >= 10 and len(committed_2) > len(committed_1) and units_2 > units_1
+    print(f"\nkill-and-resume: 120 inputs; run 1 killed with {len(committed_1)} committed; run 2 skipped "
+          f"{len(committed_1)}, killed with {len(committed_2)} committed; run 3 tagged {summary['images']}; "
+          f"final rows {len(rows)}, duplicates 0")
+
+
+# -- config mistakes ------------------------------------------------------------------------
+BAD_CONFIGS = {
+    "detector.score_threshold=abc": "detector.score_threshold",
+    "detector.score_threshold=2": "detector.score_threshold",
+    "ray.stages.detect.pool_max=0": "ray.stages.detect.pool_max",
+    "ray.stages.decode.batch_size=0": "ray.stages.decode.batch_size",
+    "ray.stages.recognize.batch_size=0": "ray.stages.recognize.batch_size",
+    "commit_every_rows=-5": "commit_every_rows",
+    "output=OUTPUT_IS_A_FILE": "output",
+    "output=s3://no-such-bucket/tags": "s3://no-such-bucket/tags",
+}
+
+
+@pytest.mark.parametrize("override", list(BAD_CONFIGS))
+def test_config_mistakes_exit_2_with_one_line_naming_the_key(override, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_EC2_METADATA_DISABLED"] = "true"  # no credentials anywhere: fail at once
+    result = subprocess.run([EMOTION, "tag", "input=samples", override.replace("OUTPUT_IS_A_FILE", str(a_file))],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, env=env)
+    text = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2, text
+    assert len(text.splitlines()) == 1 and "Traceback" not in text, text
+    assert BAD_CONFIGS[override] in text
+    assert "Started a local Ray" not in text
+
+
+# -- workers killed mid-run ------------------------------------------------------------------
+def _kill_one(title: str) -> int | None:
+    """SIGKILL one process whose title names ``title`` (Ray titles actors by class)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if title in args and args.startswith("ray::"):
+            os.kill(int(pid), signal.SIGKILL)
+            return int(pid)
+    return None
+
+
+def test_killed_detect_and_recognize_workers_lose_nothing(ray_local, photo_folder, tmp_path):
+    from jobs.tag import run
+
+    output = tmp_path / "tags"
+    killed: list[int] = []
+
+    def killer() -> None:
+        for title in ("DetectStage", "RecognizeStage"):
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                if len(list_units(str(output))) >= 1 + len(killed):
+                    pid = _kill_one(title)
+                    if pid:
+                        killed.append(pid)
+                        break
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    summary = run(compose_tag([f"input={photo_folder}", f"output={output}", "commit_every_rows=10"]))
+    thread.join(timeout=5)
+    assert len(killed) == 2, "both workers should have been killed mid-run"
+    rows = read_rows(output)
+    assert_each_input_once(rows, {str(p) for p in photo_folder.glob("*.jpg")})
+    assert summary.images == 120 and summary.errors == 0
