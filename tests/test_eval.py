@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -28,6 +32,82 @@ def test_eval_fer_subset_accuracy(fer_root, capsys):
     assert line["accuracy"] >= 0.5
     assert line["per_class"]["happy"] >= 0.7
     assert report["accuracy"] == line["accuracy"]
+
+
+FACES_PER_CLASS = 3
+
+
+def copy_fer_faces(fer_root: Path, target: Path, classes: tuple[str, ...] = ("happy", "sad")) -> list[Path]:
+    """``target/<class>/`` holding the first few real FER2013 validation faces of each class."""
+    val = fer_root / "val"
+    if not all((val / name).is_dir() for name in classes):
+        pytest.skip(f"FER2013 validation classes {classes} not found under {val}")
+    copied = []
+    for name in classes:
+        (target / name).mkdir(parents=True, exist_ok=True)
+        for source in sorted((val / name).glob("*.jpg"))[:FACES_PER_CLASS]:
+            copied.append(Path(shutil.copy(source, target / name / source.name)))
+    return copied
+
+
+def fer_eval_cfg(root: Path):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="eval", overrides=[
+            "model=fer", "detector=full_frame", "data=image_folder", f"data.root={root}"])
+
+
+def eval_folder(root: Path, capsys) -> tuple[dict, dict]:
+    """The ``emotion eval`` path with the FER model on whole frames: (report, printed line)."""
+    from jobs.eval import run
+
+    report = run(fer_eval_cfg(root))
+    return report, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_eval_scores_a_damaged_exif_jpeg_and_counts_a_truncated_one(fer_root, poison_exif_jpeg, tmp_path, capsys):
+    """A JPEG whose EXIF block makes Pillow's exif_transpose raise struct.error once
+    crashed `emotion eval`; it is now scored as stored, and a truncated JPEG is an image
+    without a prediction, not the end of the evaluation."""
+    faces = copy_fer_faces(fer_root, tmp_path)
+    (tmp_path / "happy" / "poison_exif.jpg").write_bytes(poison_exif_jpeg)
+    whole = faces[-1].read_bytes()  # a real FER face, cut in half
+    (tmp_path / "sad" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+
+    report, line = eval_folder(tmp_path, capsys)
+    assert line["n"] == 2 * FACES_PER_CLASS + 2 == report["n"]
+    assert line["no_prediction"] == 1  # the truncated file; the damaged-EXIF one got a prediction
+    assert 0.0 <= line["accuracy"] <= 1.0 and set(line["per_class"]) >= {"happy", "sad"}
+
+
+def test_eval_counts_unreadable_files_as_no_prediction(fer_root, tmp_path, capsys, monkeypatch):
+    """A file that disappears between the listing and the read (or that we may not read)
+    is that image's error, as a decode failure is: the evaluation goes on without it."""
+    import emotion.evaluation as evaluation
+
+    faces = copy_fer_faces(fer_root, tmp_path)
+    gone = faces[0]
+    listed = evaluation.list_image_folder
+
+    def list_then_delete(*args, **kwargs):
+        paths_classes = listed(*args, **kwargs)
+        gone.unlink()  # vanishes after the listing, before the read
+        return paths_classes
+
+    monkeypatch.setattr(evaluation, "list_image_folder", list_then_delete)
+    unreadable = 0
+    if os.geteuid() != 0:  # root reads a chmod 000 file anyway
+        faces[1].chmod(0)
+        unreadable = 1
+    report, line = eval_folder(tmp_path, capsys)
+    assert line["n"] == 2 * FACES_PER_CLASS and line["no_prediction"] == 1 + unreadable
+
+    from omegaconf import OmegaConf
+
+    from emotion.predictor import build_predictor
+
+    predictor = build_predictor(OmegaConf.to_container(fer_eval_cfg(tmp_path), resolve=True))
+    scores = evaluation.predict_scores(predictor, [str(gone), str(faces[-1])], batch_size=8)
+    assert np.isnan(scores[0]).all() and np.isfinite(scores[1]).all()
 
 
 def test_eval_rejects_unknown_classes(tmp_path):
