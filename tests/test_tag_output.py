@@ -18,6 +18,7 @@ from emotion.schema import output_schema
 from emotion.sources import UnnameableSourceError, encode_source, source_path
 from emotion.tag_output import (ROWS_IN_IMAGE, OutputLock, OutputLockedError, UnitWriter, drop_superseded,
                                 list_units, remove_partial_writes, scan_output)
+from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
 
 SCHEMA = output_schema(["happy", "sad"], "test@sha256:0")
 
@@ -155,3 +156,25 @@ def test_oversized_file_is_refused_without_being_read(tmp_path):
     small = tmp_path / "small.jpg"
     small.write_bytes(b"x" * 100)
     assert storage.read_bytes(str(small), max_bytes=100) == b"x" * 100
+
+
+def test_units_quarantine_and_lock_on_s3(s3_bucket):
+    """The same store on a real S3-compatible server: single-PUT units, quarantine by
+    copy + delete, and the lock's conditional create."""
+    output = f"s3://{s3_bucket}/tags"
+    with UnitWriter(output, SCHEMA, every_rows=1, every_s=3600) as writer:
+        writer.add(table(rows("s3://x/a.jpg", 2)))
+        writer.add(table(rows("s3://x/b.jpg", 1)))
+    good, bad = list_units(output)
+    data = storage.read_bytes(bad)
+    storage.write_bytes(bad, data[:100])
+    state = scan_output(output)
+    assert state.done == {"s3://x/a.jpg"} and len(state.quarantined) == 1
+    assert state.quarantined[0].startswith(f"{output}/_quarantine/") and storage.exists(state.quarantined[0])
+    assert not storage.exists(bad)
+    with OutputLock(output) as lock:
+        assert not storage.create_exclusive(f"{output}/_LOCK.json", b"{}")  # held: a second create fails
+        with pytest.raises(OutputLockedError):
+            OutputLock(output).acquire()
+        assert lock.run_id in storage.read_bytes(f"{output}/_LOCK.json").decode()
+    assert not storage.exists(f"{output}/_LOCK.json")
