@@ -38,7 +38,7 @@ def main() -> None:
 
     from emotion import storage
     from emotion.pipelines.tagging import list_sources, run_tagging
-    from emotion.predictor import build_predictor, decode_batch
+    from emotion.predictor import build_predictor
 
     sources = list_sources(args.input)[: args.images]
     with initialize_config_dir(config_dir=str(ROOT / "jobs" / "configs"), version_base="1.3"):
@@ -50,7 +50,7 @@ def main() -> None:
     started = time.perf_counter()
     for i in range(0, len(sources), args.loop_batch):
         chunk = sources[i:i + args.loop_batch]
-        predictor(decode_batch(chunk, [storage.read_bytes(s) for s in chunk], cfg["max_image_side"], cfg["max_pixels"]))
+        predictor(predictor.decode(chunk, [storage.read_bytes(s) for s in chunk], cfg["max_pixels"]))
     loop_seconds = time.perf_counter() - started
 
     # Ray Data pipeline: local Ray, default pools (start-up excluded from its rate).

@@ -77,7 +77,8 @@ def main() -> None:
     labels = None
     for path in args.checkpoint:
         model = load_model_from_checkpoint(path)
-        rows = person_rows(samples, build_crop_spec(model, head_expand=args.head_expand))
+        rows = person_rows(samples, build_crop_spec(model, head_expand=args.head_expand, max_side=960),
+                           num_labels=len(model.labels), multi_label=bool(model.multi_label))
         labels = rows["labels"]
         if len(conflict) != len(labels):
             raise SystemExit(f"{len(conflict)} people in the annotations but {len(labels)} rows")

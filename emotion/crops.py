@@ -1,9 +1,61 @@
-"""Cut the three windows CocoER looks at: head (face), body and context (whole image)."""
+"""The one crop function: the windows a model reads, head (face), body and context
+(whole image), cut the same way in tagging, serving, evaluation and training.
+
+Boxes are in working-image pixels: the decoded image shrunk so its longer side is at most
+``CropSpec.max_side`` (``emotion.images.resize_max_side``), which every path applies first.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
+
+from emotion.boxes import body_box_from_face
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How to cut crops for one model from one box source.
+
+    ``levels`` and ``size`` come from the model's ``InputSpec``; ``head_expand`` from the
+    box source (a detector's or a dataset's face-box convention: 1.25 around RetinaFace's
+    tight boxes, 1.0 when the image already is the face); ``max_side`` from the predictor
+    config (one value for every path).
+    """
+
+    levels: tuple[str, ...]
+    size: int
+    head_expand: float
+    max_side: int
+
+
+def person_crops(pixels: np.ndarray, faces: np.ndarray, bodies: np.ndarray, spec: CropSpec) -> dict[str, np.ndarray]:
+    """Crops of n people: level -> uint8 [n, S, S, 3].
+
+    ``faces`` [n, 4]: face boxes; ``bodies`` [n, 4]: person boxes, a row of NaN where
+    unknown (then derived from the face, as ``emotion.boxes.body_box_from_face`` does at
+    tagging time). Head = the face box made square and expanded by ``head_expand``.
+    """
+    faces = np.asarray(faces, dtype=np.float32).reshape(-1, 4)
+    bodies = np.array(bodies, dtype=np.float32).reshape(-1, 4)
+    n, size = len(faces), spec.size
+    unknown = ~np.isfinite(bodies).all(axis=1)
+    if unknown.any():
+        bodies[unknown] = body_box_from_face(faces[unknown], pixels.shape[:2])
+    out: dict[str, np.ndarray] = {}
+    for level in spec.levels:
+        if level == "head":
+            heads = square_box(faces, spec.head_expand)
+            out[level] = np.stack([crop_resize(pixels, box, size) for box in heads]) if n else None
+        elif level == "body":
+            out[level] = np.stack([crop_resize(pixels, box, size) for box in bodies]) if n else None
+        else:
+            out[level] = np.repeat(context_window(pixels, size)[None], n, axis=0)
+        if out[level] is None:
+            out[level] = np.zeros((0, size, size, 3), dtype=np.uint8)
+    return out
 
 
 def square_box(boxes: np.ndarray, expand: float) -> np.ndarray:

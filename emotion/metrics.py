@@ -2,6 +2,10 @@
 (CAER-S, FER2013, RAF-DB), average precision for multi-label ones (EMOTIC), and the
 mean absolute error of valence/arousal/dominance.
 
+``evaluation_report`` turns a model's scores into the report that validation during
+training and ``emotion eval`` both give; ``score_batches`` is the loop both run a model
+through to get those scores.
+
 Average precision follows scikit-learn's ``average_precision_score`` (the definition
 used for EMOTIC): AP = sum over score thresholds of (R_n - R_{n-1}) * P_n, with tied
 scores forming one threshold and no interpolation of precision.
@@ -9,7 +13,7 @@ scores forming one threshold and no interpolation of precision.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,16 +34,20 @@ def accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndar
     return float(np.mean(y_true == y_pred))
 
 
+def _check_classes(name: str, values: np.ndarray, num_classes: int) -> None:
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer class indices, got dtype {values.dtype}")
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(f"{name} has class indices outside [0, {num_classes}): "
+                         f"min {values.min()}, max {values.max()}")
+
+
 def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
                      num_classes: int) -> np.ndarray:
     """int64 [K, K]: entry (i, j) counts samples of true class i predicted as class j."""
     y_true, y_pred = _labels_pair(y_true, y_pred)
-    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
-        if not np.issubdtype(values.dtype, np.integer):
-            raise TypeError(f"{name} must hold integer class indices, got dtype {values.dtype}")
-        if values.min() < 0 or values.max() >= num_classes:
-            raise ValueError(f"{name} has class indices outside [0, {num_classes}): "
-                             f"min {values.min()}, max {values.max()}")
+    _check_classes("y_true", y_true, num_classes)
+    _check_classes("y_pred", y_pred, num_classes)
     counts = np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).astype(np.int64)
 
@@ -108,37 +116,118 @@ def classification_report(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[i
                           labels: Sequence[str]) -> dict[str, Any]:
     """JSON-serialisable summary of single-label predictions.
 
+    A negative ``y_pred`` marks a sample the model gave no prediction for (no face
+    found, unreadable file): it counts as wrong.
+
     Returns:
-        ``accuracy``: float; ``per_class``: {label: recall, or None when the class has
-        no samples}; ``confusion``: list of K rows of K ints (rows true, columns
-        predicted, both in ``labels`` order).
+        ``accuracy``: correct / samples; ``per_class``: {label: correct / samples of that
+        class, or None when the class has no samples}; ``confusion``: list of K rows of K
+        ints (rows true, columns predicted, both in ``labels`` order) over the samples
+        with a prediction.
     """
-    confusion = confusion_matrix(y_true, y_pred, len(labels))
-    recalls = per_class_accuracy(y_true, y_pred, labels)
+    y_true, y_pred = _labels_pair(y_true, y_pred)
+    k = len(labels)
+    _check_classes("y_true", y_true, k)
+    predicted = y_pred >= 0
+    confusion = (confusion_matrix(y_true[predicted], y_pred[predicted], k) if predicted.any()
+                 else np.zeros((k, k), dtype=np.int64))
+    support = np.bincount(y_true, minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.diag(confusion) / support
     return {
         "accuracy": accuracy(y_true, y_pred),
-        "per_class": {label: (None if np.isnan(value) else value) for label, value in recalls.items()},
+        "per_class": {label: (None if np.isnan(value) else float(value)) for label, value in zip(labels, recall)},
         "confusion": confusion.tolist(),
     }
+
+
+def evaluation_report(scores: np.ndarray, targets: np.ndarray, labels: Sequence[str], multi_label: bool,
+                      vad_true: np.ndarray | None = None, vad_pred: np.ndarray | None = None) -> dict[str, Any]:
+    """The metrics of a model's scores against the targets: the one report of validation
+    during training and of ``emotion eval``.
+
+    Args:
+        scores: [N, K] in ``labels`` order. A row holding NaN is a sample the model gave
+            no prediction for: it counts as wrong (single-label) or ranks below every
+            scored sample in each class (multi-label).
+        targets: [N, K] multi-hot; for single-label sets the class is the arg-max.
+        labels: the K class names.
+        multi_label: average precision (True) or accuracy (False).
+        vad_true, vad_pred: [N, 3] valence/arousal/dominance, NaN where unknown.
+
+    Returns:
+        ``n``; single-label: ``accuracy``, ``per_class``, ``confusion`` (see
+        ``classification_report``); multi-label: ``mAP`` and ``per_class_ap`` {label: AP,
+        or None for a class without positives}; ``vad_mae`` (one error per dimension)
+        when some sample has both true and predicted VAD.
+    """
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets)
+    if scores.shape != targets.shape or scores.ndim != 2 or len(scores) == 0 or scores.shape[1] != len(labels):
+        raise ValueError(f"scores and targets must both be non-empty [N, {len(labels)}] (one column per label), "
+                         f"got {scores.shape} and {targets.shape}")
+    predicted = ~np.isnan(scores).any(axis=1)
+    out: dict[str, Any] = {"n": int(len(scores))}
+    if multi_label:
+        lowest = scores[predicted].min() - 1.0 if predicted.any() else 0.0
+        ranked = np.where(predicted[:, None], scores, lowest)
+        mean_ap, per_class = mean_average_precision((targets > 0.5).astype(np.int64), ranked)
+        out["mAP"] = mean_ap
+        out["per_class_ap"] = {name: (None if np.isnan(v) else float(v)) for name, v in zip(labels, per_class)}
+    else:
+        y_pred = np.where(predicted, np.nan_to_num(scores).argmax(axis=1), -1)
+        out.update(classification_report(targets.argmax(axis=1), y_pred, list(labels)))
+    if vad_true is not None and vad_pred is not None:
+        vad_true, vad_pred = np.asarray(vad_true, dtype=np.float64), np.asarray(vad_pred, dtype=np.float64)
+        known = np.isfinite(vad_true).all(axis=1) & np.isfinite(vad_pred).all(axis=1)
+        if known.any():
+            out["vad_mae"] = [float(v) for v in vad_error(vad_true[known], vad_pred[known])]
+    return out
+
+
+def score_batches(predict: Callable[[Mapping[str, Any]], Mapping[str, Any]], batches: Iterable[Mapping[str, Any]],
+                  num_labels: int, *, rank: int = 0, world_size: int = 1) -> dict[str, np.ndarray]:
+    """Run ``predict`` over ``batches``; returns what ``evaluation_report`` reads.
+
+    Each batch holds ``labels`` [B, K] (the targets) and optionally ``vad`` [B, 3];
+    ``predict(batch)`` returns ``scores`` [B, K] (NaN rows: no prediction) and
+    optionally ``vad`` [B, 3]. With ``world_size`` > 1 a rank scores only the batches
+    with ``index % world_size == rank``; the caller gathers the ranks' results.
+
+    Returns:
+        ``scores`` and ``targets`` float32 [N, K]; ``vad_true`` and ``vad_pred`` float32
+        [N, 3], NaN where unknown.
+    """
+    parts: dict[str, list[np.ndarray]] = {"scores": [], "targets": [], "vad_true": [], "vad_pred": []}
+    for index, batch in enumerate(batches):
+        if index % world_size != rank:
+            continue
+        targets = np.asarray(batch["labels"], dtype=np.float32)
+        n = len(targets)
+        out = predict(batch)
+        scores = np.asarray(out["scores"], dtype=np.float32)
+        if scores.shape != (n, num_labels):
+            raise ValueError(f"predict returned shape {scores.shape} for a batch of {n} (expected {(n, num_labels)})")
+        unknown = np.full((n, 3), np.nan, dtype=np.float32)
+        parts["scores"].append(scores)
+        parts["targets"].append(targets)
+        parts["vad_true"].append(np.asarray(batch["vad"], np.float32).reshape(n, 3) if "vad" in batch else unknown)
+        parts["vad_pred"].append(np.asarray(out["vad"], np.float32).reshape(n, 3) if "vad" in out else unknown)
+    widths = {"scores": num_labels, "targets": num_labels, "vad_true": 3, "vad_pred": 3}
+    return {key: np.concatenate(arrays) if arrays else np.zeros((0, widths[key]), np.float32)
+            for key, arrays in parts.items()}
 
 
 def evaluate_classifier(predict_fn: Callable[[Sequence[Any]], np.ndarray], images: Sequence[Any],
                         labels: Sequence[int] | np.ndarray, label_names: Sequence[str],
                         batch_size: int = 256) -> dict[str, Any]:
-    """Run ``predict_fn`` over ``images`` in batches and report against ``labels``.
-
-    ``predict_fn(batch)`` returns class scores [B, K] (arg-maxed here) or class
-    indices [B]. Returns ``classification_report``.
-    """
+    """``evaluation_report`` of a single-label classifier given as a plain function:
+    ``predict_fn(images[i:j])`` returns class scores [B, K]; ``labels`` are class indices."""
+    labels = np.asarray(labels)
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    predictions = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        output = np.asarray(predict_fn(batch))
-        if output.ndim == 2:
-            output = output.argmax(axis=1)
-        if output.shape != (len(batch),):
-            raise ValueError(f"predict_fn returned shape {output.shape} for a batch of {len(batch)}")
-        predictions.append(output)
-    return classification_report(np.asarray(labels), np.concatenate(predictions), label_names)
+    _check_classes("labels", labels, len(label_names))
+    targets = np.eye(len(label_names), dtype=np.float32)[labels]
+    batches = ({"images": images[start:start + batch_size], "labels": targets[start:start + batch_size]}
+               for start in range(0, len(images), batch_size))
+    scored = score_batches(lambda batch: {"scores": predict_fn(batch["images"])}, batches, len(label_names))
+    return evaluation_report(scored["scores"], scored["targets"], label_names, multi_label=False)

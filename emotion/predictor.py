@@ -14,28 +14,21 @@ different sizes must (the ``image`` column is an object array of [H, W, 3] uint8
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from emotion.boxes import body_box_from_face
-from emotion.crops import context_window, crop_resize, square_box
-from emotion.images import ImageDecodeError, decode_image, resize_max_side
-from emotion.models.protocol import EmotionModel
+from emotion.crops import CropSpec, person_crops
+from emotion.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, resize_max_side
+from emotion.models.protocol import EmotionModel, InputSpec
 from emotion.schema import LEVEL_NAMES, image_id_for, output_schema
 
 
 def has_error(value: object) -> bool:
     """Error cells are non-empty strings; "" / None / NaN (after Arrow round trips) mean none."""
     return isinstance(value, str) and value != ""
-
-
-@dataclass(frozen=True)
-class CropConfig:
-    head_expand: float = 1.25  # margin around the detector's tight face box, as FER crops have
-    max_people: int = 20  # per image, highest detector scores first
 
 
 def decode_one(data: bytes | None, max_side: int, max_pixels: int) -> tuple[np.ndarray, float, int, int]:
@@ -114,92 +107,109 @@ class EmotionPredictor:
             ``boxes`` [n,4], ``scores`` [n] (working-image pixels). None if only
             ``recognize`` is used.
         model: an ``EmotionModel``. None if only ``detect`` is used.
+        spec: the model's input contract (``emotion.models.registry.input_spec``), known
+            even where the model is not loaded (the detect actors, the tagging driver).
+        crop: how crops are cut, ``max_side`` included (``emotion.crops.CropSpec``).
         threshold: score above which a category is listed in ``emotions`` (multi-label
             models); single-label models list their top category.
+        max_people: per image, highest detector scores first.
     """
 
-    def __init__(self, detector: Any | None, model: EmotionModel | None, *, threshold: float = 0.5,
-                 crop: CropConfig = CropConfig(), levels: Sequence[str] | None = None,
-                 input_size: int | None = None):
+    def __init__(self, detector: Any | None, model: EmotionModel | None, *, spec: InputSpec, crop: CropSpec,
+                 threshold: float, max_people: int):
         self.detector = detector
         self.model = model
-        self.threshold = threshold
+        self.spec = spec
         self.crop = crop
-        # The detect step needs to know which crops to cut even when the model lives elsewhere.
-        self.levels = tuple(levels if levels is not None else model.input_levels)
-        self.input_size = int(input_size if input_size is not None else model.input_size)
+        self.threshold = threshold
+        self.max_people = max_people
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        return self.spec.levels
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.input_size
+
+    # -- step 0 -------------------------------------------------------------------------
+    def decode(self, sources: Sequence[str], payloads: Sequence[bytes | None], max_pixels: int = DEFAULT_MAX_PIXELS,
+               read_errors: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
+        """Image bytes -> the batch ``detect`` takes, shrunk to this predictor's ``max_side``."""
+        return decode_batch(sources, payloads, self.crop.max_side, max_pixels, read_errors)
 
     # -- step 1 -------------------------------------------------------------------------
     def detect(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Decoded images -> person rows. See ``decode_batch`` for the input columns."""
+        """Decoded images -> person rows. See ``decode_batch`` for the input columns.
+
+        Every row carries ``image_index`` (its image's position in ``batch``) and
+        ``rows_in_image``, so no consumer infers image boundaries from row order.
+        """
         ok = [i for i, err in enumerate(batch["error"]) if not has_error(err)]
         detections = self.detector.detect([batch["image"][i] for i in ok]) if ok else []
         found = dict(zip(ok, detections))
-        rows: dict[str, list] = {k: [] for k in (
-            "source", "source_bytes", "person_index", "rows_in_image", "face_box", "body_box", "detector_score",
-            "image_height", "image_width", "error")}
-        source_bytes = batch.get("source_bytes")
-        crops: dict[str, list] = {level: [] for level in self.levels}
         size = self.input_size
-        blank = np.zeros((size, size, 3), dtype=np.uint8)
-        for i, source in enumerate(batch["source"]):
+        blank = np.zeros((1, size, size, 3), dtype=np.uint8)
+        source_bytes = batch.get("source_bytes")
+        per_image: list[int] = []
+        faces, bodies, scores, crops = [], [], [], {level: [] for level in self.levels}
+        for i in range(len(batch["source"])):
             pixels, scale = batch["image"][i], float(batch["scale"][i])
             det = found.get(i)
-            n_people = 0 if det is None else min(len(det["scores"]), self.crop.max_people)
-            if n_people:
-                working_faces = det["boxes"][:n_people].astype(np.float32)
-                working_bodies = body_box_from_face(working_faces, pixels.shape[:2])
-                heads = square_box(working_faces, self.crop.head_expand)
-                context = context_window(pixels, size) if "context" in self.levels else None
-            for p in range(max(n_people, 1)):
-                rows["source"].append(source)
-                rows["source_bytes"].append(source_bytes[i] if source_bytes is not None else b"")
-                rows["rows_in_image"].append(max(n_people, 1))
-                rows["image_height"].append(batch["image_height"][i])
-                rows["image_width"].append(batch["image_width"][i])
-                rows["error"].append(batch["error"][i])
-                if n_people == 0:
-                    rows["person_index"].append(-1)
-                    rows["face_box"].append(np.full(4, np.nan, np.float32))
-                    rows["body_box"].append(np.full(4, np.nan, np.float32))
-                    rows["detector_score"].append(np.nan)
-                    for level in self.levels:
-                        crops[level].append(blank)
-                    continue
-                rows["person_index"].append(p)
-                rows["face_box"].append(working_faces[p] * scale)
-                rows["body_box"].append(working_bodies[p] * scale)
-                rows["detector_score"].append(det["scores"][p])
+            n = 0 if det is None else min(len(det["scores"]), self.max_people)
+            per_image.append(n)
+            if n == 0:
+                faces.append(np.full((1, 4), np.nan, np.float32))
+                bodies.append(np.full((1, 4), np.nan, np.float32))
+                scores.append(np.full(1, np.nan, np.float32))
                 for level in self.levels:
-                    if level == "head":
-                        crops[level].append(crop_resize(pixels, heads[p], size))
-                    elif level == "body":
-                        crops[level].append(crop_resize(pixels, working_bodies[p], size))
-                    else:
-                        crops[level].append(context)
+                    crops[level].append(blank)
+                continue
+            working_faces = det["boxes"][:n].astype(np.float32)
+            working_bodies = body_box_from_face(working_faces, pixels.shape[:2])
+            for level, cut in person_crops(pixels, working_faces, working_bodies, self.crop).items():
+                crops[level].append(cut)
+            faces.append(working_faces * scale)
+            bodies.append(working_bodies * scale)
+            scores.append(np.asarray(det["scores"][:n], np.float32))
+        rows_per_image = np.maximum(np.asarray(per_image, dtype=np.int32), 1)
+        image_index = np.repeat(np.arange(len(per_image), dtype=np.int32), rows_per_image)
+        person_index = np.concatenate([np.arange(n, dtype=np.int32) if n else np.full(1, -1, np.int32)
+                                       for n in per_image]) if per_image else np.zeros(0, np.int32)
+
+        def repeat(column: str, dtype: Any) -> np.ndarray:
+            return np.repeat(np.asarray(batch[column], dtype=dtype), rows_per_image)
+
         out = {
-            "source": np.asarray(rows["source"], dtype=object),
-            "source_bytes": np.asarray(rows["source_bytes"], dtype=object),
-            "person_index": np.asarray(rows["person_index"], dtype=np.int32),
+            "image_index": image_index,
+            "source": repeat("source", object),
+            "source_bytes": np.repeat(np.asarray(source_bytes, dtype=object), rows_per_image)
+            if source_bytes is not None else np.full(len(image_index), b"", dtype=object),
+            "person_index": person_index,
             # How many rows this image has: lets a consumer of a stream of rows, which
             # Ray Data may split anywhere, tell when it holds all of an image's rows.
-            "rows_in_image": np.asarray(rows["rows_in_image"], dtype=np.int32),
-            "face_box": np.asarray(rows["face_box"], dtype=np.float32).reshape(-1, 4),
-            "body_box": np.asarray(rows["body_box"], dtype=np.float32).reshape(-1, 4),
-            "detector_score": np.asarray(rows["detector_score"], dtype=np.float32),
-            "image_height": np.asarray(rows["image_height"], dtype=np.int32),
-            "image_width": np.asarray(rows["image_width"], dtype=np.int32),
-            "error": np.asarray(rows["error"], dtype=object),
+            "rows_in_image": np.repeat(rows_per_image, rows_per_image),
+            "face_box": np.concatenate(faces).reshape(-1, 4) if faces else np.zeros((0, 4), np.float32),
+            "body_box": np.concatenate(bodies).reshape(-1, 4) if bodies else np.zeros((0, 4), np.float32),
+            "detector_score": np.concatenate(scores) if scores else np.zeros(0, np.float32),
+            "image_height": repeat("image_height", np.int32),
+            "image_width": repeat("image_width", np.int32),
+            "error": repeat("error", object),
         }
         for level in self.levels:
-            out[f"crop_{level}"] = np.stack(crops[level]).astype(np.uint8).reshape(-1, size, size, 3)
+            out[f"crop_{level}"] = (np.concatenate(crops[level]) if crops[level]
+                                    else np.zeros((0, size, size, 3), np.uint8)).astype(np.uint8)
         return out
 
     # -- step 2 -------------------------------------------------------------------------
     def recognize(self, people: Mapping[str, np.ndarray]) -> pa.Table:
-        """Person rows -> output table (one row per person / empty image / failed image)."""
+        """Person rows -> output table (one row per person / empty image / failed image).
+
+        The model turns its raw outputs into the columns it fills (``output_columns``);
+        the predictor only places them in the schema.
+        """
         model = self.model
-        labels = list(model.labels)
+        labels = list(self.spec.labels)
         k = len(labels)
         n = len(people["source"])
         has_person = np.asarray(people["person_index"]) >= 0
@@ -208,48 +218,36 @@ class EmotionPredictor:
         level_scores = np.full((n, len(LEVEL_NAMES), k), np.nan, dtype=np.float32)
         refined = np.zeros(n, dtype=bool)
         dropped: list[list[str] | None] = [None] * n
-        vad = np.full((n, 3), np.nan, dtype=np.float32)
         if len(idx):
-            out = model.predict({level: np.asarray(people[f"crop_{level}"])[idx] for level in model.input_levels})
-            scores[idx] = out["scores"]
-            if "level_scores" in out:
-                names = list(out.get("level_names", LEVEL_NAMES))
-                for j, name in enumerate(names):
-                    level_scores[idx, LEVEL_NAMES.index(name)] = out["level_scores"][:, j]
-            else:
-                # A single-level model's scores are its head level.
-                level_scores[idx, LEVEL_NAMES.index("head")] = out["scores"]
-            if "refined" in out:
-                refined[idx] = out["refined"]
-            if "dropped_levels" in out:
-                competing = ("head", "body", "context")
-                for row, order in zip(idx, np.asarray(out["dropped_levels"])):
-                    dropped[row] = [competing[int(j)] for j in order if int(j) >= 0]
-            if "vad" in out:
-                vad[idx] = out["vad"]
+            columns = model.output_columns(model.predict(
+                {level: np.asarray(people[f"crop_{level}"])[idx] for level in self.levels}))
+            scores[idx] = columns["scores"]
+            for name, values in columns["level_scores"].items():
+                level_scores[idx, LEVEL_NAMES.index(name)] = values
+            refined[idx] = columns["refined"]
+            for row, names in zip(idx, columns["dropped_levels"]):
+                dropped[row] = names
         emotions = [self._emotion_names(scores[r], labels) if has_person[r] else [] for r in range(n)]
-        model_id = f"{model.name}@sha256:{model.checkpoint_hash[:16]}"
-        return self._to_table(people, labels, model_id, scores, level_scores, refined, dropped, vad, emotions)
+        return self._to_table(people, labels, self.spec.model_id, scores, level_scores, refined, dropped, emotions)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> pa.Table:
         return self.recognize(self.detect(batch))
 
-    def predict_bytes(self, sources: Sequence[str], payloads: Sequence[bytes], max_side: int = 1280,
-                      max_pixels: int = 64_000_000) -> pa.Table:
-        """Convenience for the Python API and Serve: raw image bytes -> output table."""
-        return self(decode_batch(sources, payloads, max_side, max_pixels))
+    def predict_bytes(self, sources: Sequence[str], payloads: Sequence[bytes],
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> pa.Table:
+        """Raw image bytes -> output table (the Python API, Serve and eval)."""
+        return self(self.decode(sources, payloads, max_pixels))
 
     # -- helpers ------------------------------------------------------------------------
     def _emotion_names(self, row: np.ndarray, labels: list[str]) -> list[str]:
-        if self.model.multi_label:
+        if self.spec.multi_label:
             return [labels[j] for j in np.flatnonzero(row >= self.threshold)]
         return [labels[int(np.argmax(row))]]
 
     def output_schema(self) -> pa.Schema:
-        model = self.model
-        return output_schema(list(model.labels), f"{model.name}@sha256:{model.checkpoint_hash[:16]}")
+        return output_schema(list(self.spec.labels), self.spec.model_id)
 
-    def _to_table(self, people, labels, model_id, scores, level_scores, refined, dropped, vad, emotions) -> pa.Table:
+    def _to_table(self, people, labels, model_id, scores, level_scores, refined, dropped, emotions) -> pa.Table:
         n = len(people["source"])
         has_person = np.asarray(people["person_index"]) >= 0
         ok = np.array([not has_error(e) for e in people["error"]], dtype=bool)
@@ -268,8 +266,6 @@ class EmotionPredictor:
             column = level_scores[:, j]
             level_arrays.append(per_label(column, ~scored | np.isnan(column).all(axis=1)))
         level_struct = pa.StructArray.from_arrays(level_arrays, names=list(LEVEL_NAMES), mask=pa.array(~scored))
-        vad_missing = ~scored | np.isnan(vad).all(axis=1)
-        vad_array = pa.FixedSizeListArray.from_arrays(pa.array(vad.reshape(-1)), 3, mask=pa.array(vad_missing))
         sources = [str(s) for s in people["source"]]
         raw_names = people.get("source_bytes")
         raw_names = [bytes(b) if b is not None and len(b) else None for b in raw_names] if raw_names is not None \
@@ -288,7 +284,6 @@ class EmotionPredictor:
             "level_scores": level_struct,
             "refined": pa.array(refined, pa.bool_()),
             "dropped_levels": pa.array(dropped, pa.list_(pa.string())),
-            "vad": vad_array,
             "image_width": pa.array(np.asarray(people["image_width"], dtype=np.int32)),
             "image_height": pa.array(np.asarray(people["image_height"], dtype=np.int32)),
             "model": pa.array([model_id] * n, pa.string()),
@@ -330,21 +325,31 @@ def build_emotion_model(cfg: Mapping) -> EmotionModel:
     return build_model(cfg["name"], {**cfg, "device": device})
 
 
+def spec_of(model: EmotionModel) -> InputSpec:
+    """The input contract of a built model (no second read of its checkpoint)."""
+    return InputSpec(name=model.name, levels=tuple(model.input_levels), input_size=int(model.input_size),
+                     labels=tuple(model.labels), multi_label=bool(model.multi_label),
+                     model_id=f"{model.name}@sha256:{model.checkpoint_hash[:16]}")
+
+
 def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True,
-                    levels: Sequence[str] | None = None, input_size: int | None = None) -> EmotionPredictor:
+                    spec: InputSpec | None = None) -> EmotionPredictor:
     """Build from a config with ``detector``, ``model`` and ``predictor`` sections.
 
     ``detect``/``recognize`` choose which parts to load (Ray Data runs them in separate
-    actor pools); when the model is not loaded, ``levels`` and ``input_size`` say which
-    crops the detect step cuts.
+    actor pools); ``spec`` saves re-deriving the model's input contract where the caller
+    has it (else it comes from the model, or from the config when the model is not built).
     """
-    predictor_cfg = cfg.get("predictor", {}) or {}
+    from emotion.models.registry import input_spec
+
+    predictor_cfg = cfg["predictor"]
     detector = build_detector_from_config(cfg["detector"]) if detect else None
     model = build_emotion_model(cfg["model"]) if recognize else None
-    crop = CropConfig(
-        # The margin around a face box depends on the detector's box convention.
-        head_expand=float(cfg["detector"].get("head_expand", CropConfig.head_expand)),
-        max_people=int(predictor_cfg.get("max_people", CropConfig.max_people)),
-    )
-    return EmotionPredictor(detector, model, threshold=float(predictor_cfg.get("threshold", 0.5)),
-                            crop=crop, levels=levels, input_size=input_size)
+    if spec is None:
+        spec = spec_of(model) if model is not None else input_spec(cfg["model"])
+    crop = CropSpec(levels=spec.levels, size=spec.input_size,
+                    # The margin around a face box is the box source's convention.
+                    head_expand=float(cfg["detector"]["head_expand"]),
+                    max_side=int(predictor_cfg["max_image_side"]))
+    return EmotionPredictor(detector, model, spec=spec, crop=crop, threshold=float(predictor_cfg["threshold"]),
+                            max_people=int(predictor_cfg["max_people"]))

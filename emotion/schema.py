@@ -46,7 +46,6 @@ def output_schema(labels: Sequence[str], model_id: str = "") -> pa.Schema:
         pa.field("level_scores", level_scores),
         pa.field("refined", pa.bool_()),
         pa.field("dropped_levels", pa.list_(pa.string())),
-        pa.field("vad", pa.list_(pa.float32(), 3)),
         pa.field("image_width", pa.int32()),
         pa.field("image_height", pa.int32()),
         pa.field("model", pa.string()),

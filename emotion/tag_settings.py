@@ -53,6 +53,7 @@ DetectorSettings = Union[RetinaFaceSettings, FullFrameSettings]
 class PredictorSettings(_Strict):
     threshold: float = Fraction
     max_people: int = Field(ge=1)
+    max_image_side: int = Field(ge=0)  # 0: never shrink
 
 
 class ModelSettings(BaseModel):
@@ -116,13 +117,14 @@ class TagSettings(_Strict):
     retry_errors: bool
     break_lock: bool
     limit: Optional[int] = Field(None, ge=1)
-    max_image_side: int = Field(ge=0)
     max_pixels: int = Field(ge=1)
     max_file_bytes: int = Field(ge=1)
     commit_every_rows: int = Field(ge=1)
     commit_every_s: float = Field(gt=0)
     summary_json: Optional[str]
     progress_every_s: float = Field(ge=0)
+    echo_images: int = Field(ge=0)
+    annotate: Optional[str]
     detector: DetectorSettings = Field(discriminator="name")
     model: ModelSettings
     predictor: PredictorSettings

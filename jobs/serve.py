@@ -8,12 +8,13 @@ joins a running cluster instead. Then:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import socket
 import sys
-import threading
+import time
 
 import hydra
 import ray
@@ -26,8 +27,8 @@ from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger("emotion.serve")
 
-# How long a stop waits for Serve to tear down before stopping Ray regardless: a replica
-# still answering requests can hold it up for Serve's 20 s graceful timeout.
+# How long a stop waits for Serve to drain and stop its replicas (about 2 s each) before
+# exiting regardless.
 SHUTDOWN_WAIT_S = 5.0
 
 
@@ -66,33 +67,39 @@ def run(cfg: DictConfig, blocking: bool = False) -> str:
 def shutdown(wait_s: float = SHUTDOWN_WAIT_S) -> None:
     """Stop Serve (waiting at most ``wait_s`` seconds for it), then Ray.
 
-    Ctrl-C and container stops signal the whole process group, Ray's own processes
-    included: the GCS is then gone or going, and both ``serve.shutdown()`` (30 s for the
-    controller) and ``ray.shutdown()`` (seconds of RPC timeouts) would wait on it. So
-    when the GCS no longer answers, the process just exits: a local Ray's processes were
-    started to die with it, and a cluster's are not this process's to stop.
+    Ctrl-C and process-group stops signal Ray's own processes too: the GCS is then gone
+    or going, and ``serve.shutdown()`` (30 s for the controller) and ``ray.shutdown()``
+    (seconds of RPC timeouts) would wait on it. So the wait for Serve ends as soon as the
+    GCS stops answering, and the process then exits without ``ray.shutdown()``: Ray's
+    processes are stopping on the same signal.
     """
     if not ray.is_initialized():
         return
     gcs = ray.get_runtime_context().gcs_address
-    if _reachable(gcs):
-        # A daemon thread: one still waiting on a dying controller does not hold up the exit.
-        stopper = threading.Thread(target=_shutdown_serve, name="serve-shutdown", daemon=True)
-        stopper.start()
-        stopper.join(wait_s)
-        if stopper.is_alive():
-            log.info("Serve did not stop within %.0f s; stopping Ray", wait_s)
+    stopped = asyncio.run(_stop_serve(gcs, wait_s))
     if not _reachable(gcs):
-        log.info("Ray is already down (its processes got the signal too)")
+        log.info("Ray's processes are stopping already (they got the signal too): exiting")
         _exit_now()
+    if not stopped:
+        log.info("Serve did not stop within %.0f s; stopping Ray", wait_s)
     ray.shutdown()
 
 
-def _shutdown_serve() -> None:
-    try:
-        serve.shutdown()
-    except Exception as exc:  # noqa: BLE001 - Ray may be half gone; stopping Ray follows regardless
-        log.info("Serve shutdown: %r", exc)
+async def _stop_serve(gcs: str, wait_s: float) -> bool:
+    """Serve's shutdown, given up after ``wait_s`` or when the GCS stops answering;
+    whether it finished."""
+    # A coroutine, not a thread: a thread left waiting in a Ray call would make Ray's core
+    # worker end the process (status 1) once ray.shutdown() has run.
+    task = asyncio.ensure_future(serve.shutdown_async())
+    deadline = time.monotonic() + wait_s
+    while not task.done() and time.monotonic() < deadline and _reachable(gcs):
+        await asyncio.wait({task}, timeout=0.2)
+    if not task.done():
+        task.cancel()
+    (outcome,) = await asyncio.gather(task, return_exceptions=True)
+    if isinstance(outcome, Exception):  # Ray may be half gone; stopping Ray follows regardless
+        log.info("Serve shutdown: %r", outcome)
+    return outcome is None
 
 
 def _reachable(address: str, timeout_s: float = 0.5) -> bool:

@@ -6,11 +6,19 @@ compared with the tagging predictor run in this process on the same bytes.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +26,7 @@ import pytest
 import requests
 from hydra import compose, initialize_config_dir
 from PIL import Image
+from starlette.datastructures import UploadFile
 
 from emotion.client import EmotionAPIError, EmotionClient, format_person
 from emotion.pipelines.serving import (
@@ -25,11 +34,13 @@ from emotion.pipelines.serving import (
     ServeArgs,
     ServeSettings,
     build_app,
+    check_request_pixels,
     json_safe,
     probe_image,
     resolve_config,
     source_name,
     split_by_image,
+    upload_files,
 )
 from tests.conftest import PROJECT_ROOT, jpeg_bytes
 
@@ -37,6 +48,7 @@ CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
 TOKEN = "s3cret-token"
 MAX_IMAGE_BYTES = 1_000_000
 MAX_PIXELS = 4_000_000
+MAX_REQUEST_PIXELS = 10_000_000
 MAX_FILES = 4
 
 
@@ -57,6 +69,13 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def bilevel_png(width: int, height: int) -> bytes:
+    """A 1-bit blank PNG: a few hundred bytes that promise width x height pixels."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 # -- fixtures ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def served_cfg():
@@ -66,7 +85,7 @@ def served_cfg():
         "serve.recognizer.batch_wait_timeout_s=0.05", "serve.recognizer.max_batch_size=16",
         "serve.ingress.num_cpus=0.1",
         f"serve.limits.max_image_bytes={MAX_IMAGE_BYTES}", f"serve.limits.max_image_pixels={MAX_PIXELS}",
-        f"serve.limits.max_batch_files={MAX_FILES}",
+        f"serve.limits.max_request_pixels={MAX_REQUEST_PIXELS}", f"serve.limits.max_batch_files={MAX_FILES}",
         "detector.device=cpu", "model.device=cpu",
     ])
 
@@ -216,6 +235,14 @@ BAD_REQUESTS = {
                            "", 415, "unsupported_media_type"),
     "json with url": (lambda p: {"json": {"url": "http://127.0.0.1:1/photo.jpg"}}, "", 415, "unsupported_media_type"),
     "multipart without file": (lambda p: {"files": {"note": (None, "hello")}}, "", 400, "no_file"),
+    "file under another field": (lambda p: {"files": {"image": ("a.jpg", p["obama.jpg"], "image/jpeg")}},
+                                 "", 400, "wrong_field"),
+    "batch file under another field": (lambda p: {"files": [("file", ("a.jpg", p["obama.jpg"])),
+                                                            ("photo", ("b.jpg", p["obama.jpg"]))]},
+                                       ":batch", 400, "wrong_field"),
+    # Each 3 MP header passes the per-image limit (4 MP); four of them pass the 10 MP request total.
+    "too many pixels in one request": (lambda p: {"files": [("file", (f"{i}.png", bilevel_png(2000, 1500)))
+                                                            for i in range(4)]}, ":batch", 413, "image_too_large"),
     "two files to single": (lambda p: {"files": [("file", ("a.jpg", p["obama.jpg"])), ("file", ("b.jpg", p["obama.jpg"]))]},
                             "", 413, "too_many_files"),
     "too many files in batch": (lambda p: {"files": [("file", (f"{i}.jpg", p["obama.jpg"])) for i in range(MAX_FILES + 1)]},
@@ -238,6 +265,23 @@ def test_bad_input_gets_4xx_with_json_reason(service, photos, case):
         assert "never fetches URLs" in body["detail"]
     if case == "one bad file in batch":
         assert "bad.jpg" in body["detail"]
+    if "another field" in case:
+        assert "'file'" in body["detail"] and ("'image'" in body["detail"] or "'photo'" in body["detail"])
+    if case == "too many pixels in one request":
+        assert str(4 * 2000 * 1500) in body["detail"] and str(MAX_REQUEST_PIXELS) in body["detail"]
+
+
+def test_damaged_exif_still_gets_an_answer(service, poison_exif_jpeg):
+    # Pillow's exif_transpose raises struct.error/TypeError on this EXIF block: the pixels
+    # are intact, so the image is answered as stored, never with a 500.
+    response = post_file(service, "poison_exif.jpg", poison_exif_jpeg)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"model", "labels", "image", "people"}
+    with Image.open(io.BytesIO(poison_exif_jpeg)) as img:
+        assert body["image"] == {"width": img.width, "height": img.height}
+    assert len(body["people"]) == 1  # obama.jpg, as stored
+    assert all(p["source"] == "poison_exif.jpg" and p["error"] is None for p in body["people"])
 
 
 def test_service_still_answers_after_bad_input(service, photos):
@@ -274,7 +318,8 @@ def test_models_health_and_docs(service):
     assert model["name"] == "fer" and model["multi_label"] is False
     assert len(model["checkpoint_hash"]) == 64 and model["id"] == f"fer@sha256:{model['checkpoint_hash'][:16]}"
     assert model["labels"][3] == "happy" and model["detector"] == "retinaface"
-    assert requests.get(service + "/readyz", timeout=10).json() == {"status": "ready", "model": model["id"]}
+    # Readiness is open to anyone, so it names no model (that needs auth, on /v1/models).
+    assert requests.get(service + "/readyz", timeout=10).json() == {"status": "ready"}
     assert requests.get(service + "/docs", timeout=10).status_code == 200
     paths = requests.get(service + "/openapi.json", timeout=10).json()["paths"]
     assert {"/v1/recognize", "/v1/recognize:batch", "/v1/models", "/healthz", "/readyz"} <= set(paths)
@@ -292,7 +337,8 @@ def test_bearer_token_guards_v1_only(secure_service, photos):
     good = post_file(url, "obama.jpg", data, headers={"Authorization": f"Bearer {TOKEN}"})
     assert good.status_code == 200 and len(good.json()["people"]) == 1  # full frame: one person per image
     assert requests.get(url + "/healthz", timeout=10).status_code == 200
-    assert requests.get(url + "/readyz", timeout=10).status_code == 200
+    ready = requests.get(url + "/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
 
     assert EmotionClient(url, token=TOKEN).models()[0]["detector"] == "full_frame"
     with pytest.raises(EmotionAPIError) as err:
@@ -307,6 +353,39 @@ def test_token_comes_from_config_or_environment(monkeypatch):
     assert ServeSettings().resolved_token() == "from-env"
     assert ServeSettings(auth_token="from-config").resolved_token() == "from-config"
     assert "from-config" not in repr(ServeSettings(auth_token="from-config"))
+
+
+def test_numeric_token_is_its_text_and_never_echoed(monkeypatch):
+    from omegaconf import OmegaConf
+
+    monkeypatch.delenv("EMOTION_API_TOKEN", raising=False)
+    assert ServeSettings.model_validate({"auth_token": 123456}).resolved_token() == "123456"
+    # `serve.auth_token=123456` on the command line: Hydra hands over an int.
+    composed = OmegaConf.to_container(compose_serve(["serve.auth_token=123456"]), resolve=True)["serve"]
+    assert composed["auth_token"] == 123456
+    assert ServeSettings.model_validate(composed).resolved_token() == "123456"
+    # A float's text is not what was typed (1e6 -> "1000000.0"): refused, asking for quotes.
+    with pytest.raises(ValueError, match="quote"):
+        ServeSettings.model_validate({"auth_token": 1e6})
+
+    secret = "tok-4815162342"
+    failing = [
+        {"auth_token": secret, "recognizer": {"max_batch_size": 32, "max_ongoing_requests": 8}},  # model check
+        {"auth_token": [secret]},  # wrong type for the token itself
+        {"auth_token": secret, "port": "http"},
+        {"auth_token": secret, "limits": {"max_image_byts": 1}},
+    ]
+    for section in failing:
+        with pytest.raises(ValueError) as err:
+            ServeSettings.model_validate(section)
+        assert secret not in str(err.value), str(err.value)
+    with pytest.raises(ValueError) as err:
+        ServeSettings.model_validate({"auth_token": 123456, "recognizer": {"max_batch_size": 32,
+                                                                            "max_ongoing_requests": 8}})
+    assert "123456" not in str(err.value) and "max_ongoing_requests" in str(err.value)
+    with pytest.raises(ValueError) as err:
+        ServeArgs.model_validate({"serve": f"auth_token={secret}"})
+    assert secret not in str(err.value)
 
 
 # -- client -----------------------------------------------------------------------------
@@ -347,6 +426,33 @@ def test_probe_image_reasons():
         assert err.value.detail.startswith("f: ")
 
 
+def test_request_pixels_are_limited_in_total():
+    assert check_request_pixels([(3000, 1000)] * 3, 10_000_000) == 9_000_000
+    with pytest.raises(APIError) as err:
+        check_request_pixels([(3000, 1000)] * 4, 10_000_000)
+    assert (err.value.status, err.value.code) == (413, "image_too_large")
+    assert "12000000" in err.value.detail and "10000000" in err.value.detail
+    # A header read, no decode: a 1-bit 6000x6000 PNG is well under a kilobyte.
+    tiny = bilevel_png(6000, 6000)
+    assert len(tiny) < 10_000 and probe_image(tiny, "t.png", 40_000_000) == ("PNG", 6000, 6000)
+
+
+def test_only_field_file_carries_images():
+    def upload(name: str) -> UploadFile:
+        return UploadFile(io.BytesIO(b"bytes"), filename=name)
+
+    a, b = upload("a.jpg"), upload("b.jpg")
+    assert upload_files([("file", a), ("note", "text"), ("file", b)]) == [a, b]
+    for items, code, named in [([("image", a)], "wrong_field", "'image'"),
+                               ([("file", a), ("photo", b)], "wrong_field", "'photo'"),
+                               ([("note", "text")], "no_file", "'note'"),
+                               ([("file", "text, not a file")], "no_file", "'file'")]:
+        with pytest.raises(APIError) as err:
+            upload_files(items)
+        assert (err.value.status, err.value.code) == (400, code)
+        assert named in err.value.detail and "field 'file'" in err.value.detail
+
+
 def test_helpers():
     assert source_name("C:\\photos\\me.jpg", "upload") == "me.jpg"
     assert source_name("../../etc/passwd", "upload") == "passwd"
@@ -376,3 +482,80 @@ def test_typed_builder_takes_serve_run_arguments():
     assert cfg["model"]["name"] == "fer"
     with pytest.raises(FileNotFoundError):
         resolve_config(ServeArgs(config="/nonexistent/serve.yaml"))
+
+
+# -- stopping -----------------------------------------------------------------------------
+def test_shutdown_waits_for_serve_only_so_long(monkeypatch):
+    """Serve's shutdown is given up after the wait; with the GCS gone the process exits
+    without ray.shutdown() (which would wait on the dead GCS too)."""
+    import jobs.serve as job
+
+    async def never_done() -> None:
+        await asyncio.sleep(3600)
+
+    calls: list[str] = []
+    gcs_up = [True]
+    monkeypatch.setattr(job, "serve", SimpleNamespace(shutdown_async=never_done))
+    monkeypatch.setattr(job, "ray", SimpleNamespace(
+        is_initialized=lambda: True, get_runtime_context=lambda: SimpleNamespace(gcs_address="127.0.0.1:1"),
+        shutdown=lambda: calls.append("ray.shutdown")))
+    monkeypatch.setattr(job, "_reachable", lambda address: gcs_up[0])
+    monkeypatch.setattr(job, "_exit_now", lambda: sys.exit(0))  # the real one is os._exit(0)
+
+    start = time.monotonic()
+    job.shutdown(wait_s=0.5)
+    assert time.monotonic() - start < 3 and calls == ["ray.shutdown"]
+
+    calls.clear()
+    gcs_up[0] = False
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as exited:
+        job.shutdown(wait_s=30)  # the GCS is gone: no waiting for Serve at all
+    assert time.monotonic() - start < 3 and exited.value.code == 0 and calls == []
+
+
+@pytest.mark.slow  # starts its own Ray and models: about a minute on a busy 2-core machine
+def test_sigterm_to_the_process_group_stops_serve_fast(tmp_path):
+    """`kill -TERM -<pgid>` (a process manager stopping the group) reaches Ray's processes
+    as well as the driver: all of them are gone within 15 s, and the driver exits 0."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "emotion"), "serve", f"serve.port={port}"],
+                                cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _answers(f"http://127.0.0.1:{port}/healthz"):
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the server did not come up within 300 s"
+            time.sleep(1)
+        start = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        while _group_alive(proc) and time.monotonic() - start < 60:
+            time.sleep(0.1)
+        took = time.monotonic() - start
+        output = (tmp_path / "serve.log").read_text()
+        assert took < 15, f"the process group took {took:.1f} s to stop:\n{output[-3000:]}"
+        assert proc.returncode == 0, output[-3000:]
+        assert "Controller failed to shut down" not in output and "Traceback" not in output
+    finally:
+        if _group_alive(proc):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    proc.poll()  # reap the leader: a zombie still counts as a member of its group
+    try:
+        os.killpg(proc.pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

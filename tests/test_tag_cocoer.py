@@ -51,7 +51,8 @@ def cocoer_checkpoint(synthetic_root, tmp_path_factory) -> tuple[Path, str]:
     torch.manual_seed(0)
     model = family.build_model(dict(labels=list(data.labels), backbone="toy", vocab_backbone="toy", pretrained=False,
                                     input_size=32, d_h=32, d=32, n_blocks=1, n_heads=4, d_ff=64))
-    rows = person_rows(data.samples("train"), build_crop_spec(model, head_expand=1.25))
+    rows = person_rows(data.samples("train"), build_crop_spec(model, head_expand=1.25, max_side=960),
+                      num_labels=len(data.labels), multi_label=True)
     family.before_training(model, [rows], {"projection": {"steps": 50}}, torch.device("cpu"))
     path = tmp_path_factory.mktemp("ckpt") / "cocoer_tiny.ckpt"
     save_checkpoint(path, model_name="cocoer", model_cfg=model.config, state_dict=model.state_dict(),

@@ -10,11 +10,45 @@ whole image).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 LEVELS: tuple[str, ...] = ("head", "body", "context")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model family's input contract, derived from its config without building the
+    network (``emotion.models.registry.input_spec``): which crops it reads, at what size,
+    and what its outputs are called. The predictor (tagging, serving, evaluation) and
+    training rows cut crops from it with the one crop function, ``emotion.crops.person_crops``.
+
+    Colour handling stays inside each model (the crops are always RGB uint8; a face model
+    trained on gray faces converts them itself), so it is not part of the contract.
+    """
+
+    name: str
+    levels: tuple[str, ...]
+    input_size: int
+    labels: tuple[str, ...]
+    multi_label: bool
+    model_id: str  # name@sha256:<first 16 hex of the weights>, recorded in every output row
+
+    def __post_init__(self) -> None:
+        unknown = [level for level in self.levels if level not in LEVELS]
+        if unknown or not self.levels:
+            raise ValueError(f"input levels must be a non-empty subset of {list(LEVELS)}, got {list(self.levels)}")
+        if self.input_size < 1:
+            raise ValueError(f"input_size must be >= 1, got {self.input_size}")
+
+
+def single_level_columns(scores: np.ndarray, level: str = "head") -> dict:
+    """The output columns of a model that reads one level: its scores are that level's."""
+    n = len(scores)
+    return {"scores": scores, "level_scores": {level: scores}, "refined": np.zeros(n, dtype=bool),
+            "dropped_levels": [None] * n}
 
 
 @runtime_checkable
@@ -44,12 +78,16 @@ class EmotionModel(Protocol):
             crops: level name -> uint8 array [B, S, S, 3] (RGB, S = ``input_size``).
 
         Returns:
-            ``scores``: float32 [B, K] probabilities; optionally ``level_scores``:
-            float32 [B, L, K] for the levels in ``level_names`` (a list of L names, e.g.
-            head, body, context, vocabulary), ``dropped_levels``: int8 [B, q-1] level
-            indices (into LEVELS order of the competing levels) in elimination order,
-            ``refined``: bool [B], ``vad``: float32 [B, 3].
+            ``scores``: float32 [B, K] probabilities, plus whatever else the model
+            computes; ``output_columns`` turns them into output columns.
         """
+        ...
+
+    def output_columns(self, outputs: dict[str, np.ndarray]) -> dict:
+        """``predict``'s outputs -> the output columns this model fills (as DETR's
+        postprocessors): ``scores`` float32 [B, K]; ``level_scores``: {level name: float32
+        [B, K]} for the levels it scores (names from ``emotion.schema.LEVEL_NAMES``);
+        ``refined`` bool [B]; ``dropped_levels``: B lists of level names (or None)."""
         ...
 
     def to(self, device: str) -> "EmotionModel":  # noqa: D102 - moves weights

@@ -20,6 +20,7 @@ MODEL_MODULES: list[str] = [
 ]
 
 _REGISTRY: dict[str, Builder] = {}
+_SPECS: dict[str, Callable[..., Any]] = {}
 _imported = False
 
 
@@ -37,6 +38,38 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
         return builder
 
     return decorator
+
+
+def register_spec(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``@register_spec("fer") def fer_input_spec(cfg, checkpoint_hash=...)``
+    -> ``InputSpec``, derived from the config alone (no network is built)."""
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _SPECS[name] = fn
+        return fn
+
+    return decorator
+
+
+def input_spec(cfg: Mapping[str, Any]) -> Any:
+    """The ``InputSpec`` of the model a ``model`` config names: from ``cfg.checkpoint``
+    (its saved config and file hash; the weights are read, no network is built) or from
+    ``cfg.name``."""
+    _import_model_modules()
+    if cfg.get("checkpoint"):
+        from emotion.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(cfg["checkpoint"])
+        saved = {**dict(ckpt["model_cfg"]), "labels": ckpt["model_cfg"].get("labels") or ckpt["labels"]}
+        return _spec_fn(ckpt["model_name"])(saved, checkpoint_hash=ckpt["sha256"])
+    return _spec_fn(cfg["name"])(cfg)
+
+
+def _spec_fn(name: str) -> Callable[..., Any]:
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered models: {sorted(_SPECS)}") from None
 
 
 def _import_model_modules() -> None:

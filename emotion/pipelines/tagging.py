@@ -27,7 +27,10 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from emotion import storage
+from emotion.models.protocol import InputSpec
+from emotion.models.registry import input_spec
 from emotion.predictor import DecodedBatch, build_predictor, has_error
+from emotion.schema import output_schema
 from emotion.pipelines.ray_env import forwarded_env, gpus_available, init_ray
 from emotion.sources import UnnameableSourceError, encode_source, source_path
 from emotion.tag_output import ROWS_IN_IMAGE, OutputLock, UnitWriter, drop_superseded, remove_partial_writes, \
@@ -178,10 +181,9 @@ class TagProgress:
 class DetectStage:
     """Actor: loads the detector once, turns decoded images into person rows with crops."""
 
-    def __init__(self, cfg: dict[str, Any], levels: Sequence[str], input_size: int, torch_threads: int | None,
-                 progress: Any = None):
+    def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None, progress: Any = None):
         _limit_threads(torch_threads)
-        self.predictor = build_predictor(cfg, recognize=False, levels=levels, input_size=input_size)
+        self.predictor = build_predictor(cfg, recognize=False, spec=spec)
         self.progress = progress
         self.node_id = ray.get_runtime_context().get_node_id()
 
@@ -197,9 +199,9 @@ class DetectStage:
 class RecognizeStage:
     """Actor: loads the emotion model once, turns person rows into output rows."""
 
-    def __init__(self, cfg: dict[str, Any], torch_threads: int | None):
+    def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None):
         _limit_threads(torch_threads)
-        self.predictor = build_predictor(cfg, detect=False)
+        self.predictor = build_predictor(cfg, detect=False, spec=spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         table = self.predictor.recognize(batch)
@@ -321,11 +323,9 @@ def _tag(settings: TagSettings, todo: list[tuple[str, int]], summary: TagSummary
     init_ray(cfg["ray"])
     use_gpu = gpus_available()
     model_cfg = {"detector": cfg["detector"], "model": cfg["model"], "predictor": cfg["predictor"]}
-    # The driver builds the model once to learn its label set, crop levels and size.
-    reference = build_predictor(model_cfg, detect=False)
-    schema = reference.output_schema()
-    levels, input_size = reference.levels, reference.input_size
-    del reference
+    # The model's input contract (crops, labels, id) comes from its config: no network is built here.
+    spec = input_spec(cfg["model"])
+    schema = output_schema(list(spec.labels), spec.model_id)
 
     _wait_for_pools(cfg["ray"]["wait_for_min_actors_s"])
     stages = cfg["ray"]["stages"]
@@ -338,21 +338,21 @@ def _tag(settings: TagSettings, todo: list[tuple[str, int]], summary: TagSummary
         batch_size=block,
         num_cpus=float(stages["decode"]["num_cpus"]),
         **remote_env,
-        fn_kwargs={"max_side": settings.max_image_side, "max_pixels": settings.max_pixels,
+        fn_kwargs={"max_side": settings.predictor.max_image_side, "max_pixels": settings.max_pixels,
                    "max_file_bytes": settings.max_file_bytes},
     )
     detect_cfg, recognize_cfg = stages["detect"], stages["recognize"]
     progress = TagProgress.remote()
     ds = ds.map_batches(
         DetectStage,
-        fn_constructor_kwargs={"cfg": model_cfg, "levels": levels, "input_size": input_size,
-                               "torch_threads": detect_cfg["torch_threads"], "progress": progress},
+        fn_constructor_kwargs={"cfg": model_cfg, "spec": spec, "torch_threads": detect_cfg["torch_threads"],
+                               "progress": progress},
         **_pool(detect_cfg, use_gpu),
         **remote_env,
     )
     ds = ds.map_batches(
         RecognizeStage,
-        fn_constructor_kwargs={"cfg": model_cfg, "torch_threads": recognize_cfg["torch_threads"]},
+        fn_constructor_kwargs={"cfg": model_cfg, "spec": spec, "torch_threads": recognize_cfg["torch_threads"]},
         **_pool(recognize_cfg, use_gpu),
         **remote_env,
     )

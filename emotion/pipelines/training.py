@@ -44,6 +44,7 @@ from emotion.training.families import get_family
 from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, epoch_generator, evaluate,
                                    restore_training_checkpoint, save_training_checkpoint, seed_everything,
                                    train_epoch)
+from emotion.models.registry import input_spec
 from emotion.training.rows import CropSpec, RowCounts, person_rows
 from emotion.training.schedule import build_schedule
 
@@ -92,15 +93,15 @@ def _label_info(data_cfg: Mapping[str, Any]) -> tuple[str, tuple[str, ...], list
     return sample_set.label_set, tuple(sample_set.labels), samples
 
 
-def _rows_batch(batch: pa.Table, spec: CropSpec) -> dict[str, np.ndarray]:
+def _rows_batch(batch: pa.Table, spec: CropSpec, num_labels: int, multi_label: bool) -> dict[str, np.ndarray]:
     from emotion.data.records import row_to_sample
 
-    samples = [row_to_sample(row, spec.num_labels) for row in batch.to_pylist()]
-    return person_rows(samples, spec, RowCounts())
+    samples = [row_to_sample(row, num_labels) for row in batch.to_pylist()]
+    return person_rows(samples, spec, RowCounts(), num_labels=num_labels, multi_label=multi_label)
 
 
 def _split_dataset(data_cfg: Mapping[str, Any], samples: list[dict[str, Any]] | None, labels: tuple[str, ...],
-                   label_set: str, split: str, spec: CropSpec, seed: int, limit: int | None,
+                   label_set: str, split: str, spec: CropSpec, multi_label: bool, seed: int, limit: int | None,
                    rows_per_task: int) -> ray.data.Dataset:
     """One split as a Ray Dataset of training rows, shuffled once, materialised."""
     if samples is None:  # prepared Parquet shards: `<split>-NNNNN.parquet`
@@ -126,7 +127,9 @@ def _split_dataset(data_cfg: Mapping[str, Any], samples: list[dict[str, Any]] | 
         table = samples_to_table(chosen, labels, label_set)
         chunks = [table.slice(i, rows_per_task) for i in range(0, table.num_rows, rows_per_task)]
         ds = ray.data.from_arrow(chunks)
-    ds = ds.map_batches(_rows_batch, fn_kwargs={"spec": spec}, batch_format="pyarrow", batch_size=rows_per_task)
+    ds = ds.map_batches(_rows_batch, fn_kwargs={"spec": spec, "num_labels": len(labels),
+                                                "multi_label": multi_label},
+                        batch_format="pyarrow", batch_size=rows_per_task)
     ds = ds.materialize()
     if ds.count() == 0:
         raise ValueError(f"split {split!r} gave no training rows (no labelled person with the boxes the model needs)")
@@ -134,7 +137,7 @@ def _split_dataset(data_cfg: Mapping[str, Any], samples: list[dict[str, Any]] | 
 
 
 def build_datasets(cfg: Mapping[str, Any], spec: CropSpec, samples: list[dict[str, Any]] | None,
-                   labels: tuple[str, ...], label_set: str) -> dict[str, ray.data.Dataset]:
+                   labels: tuple[str, ...], label_set: str, multi_label: bool) -> dict[str, ray.data.Dataset]:
     """``{"train": ..., "val": ...}`` Ray Datasets of crop rows (test is never used here)."""
     data_cfg = cfg["data"]
     seed = int(cfg.get("seed", 0))
@@ -145,7 +148,8 @@ def build_datasets(cfg: Mapping[str, Any], spec: CropSpec, samples: list[dict[st
         split = data_cfg.get(f"{key}_split")
         if not split:
             raise ValueError(f"data.{key}_split is not set: training needs a train split and a validation split")
-        out[key] = _split_dataset(data_cfg, samples, labels, label_set, str(split), spec, seed, limit, rows_per_task)
+        out[key] = _split_dataset(data_cfg, samples, labels, label_set, str(split), spec, multi_label, seed, limit,
+                                  rows_per_task)
     return out
 
 
@@ -369,13 +373,11 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
 
     label_set, labels, samples = _label_info(cfg["data"])
     model_cfg = model_config(cfg, labels)
-    # A random-init copy tells the driver which crops to cut (levels, size) without weights.
-    probe = family.build_model({**model_cfg, "pretrained": False})
-    spec = CropSpec(levels=tuple(probe.input_levels), size=int(probe.input_size),
-                    head_expand=float(cfg["data"].get("head_expand", 1.0)), num_labels=len(labels),
-                    multi_label=bool(probe.multi_label))
-    del probe
-    datasets = build_datasets(cfg, spec, samples, labels, label_set)
+    # The model's input contract says which crops to cut; crops shrink images as tagging does.
+    contract = input_spec({**model_cfg, "name": cfg["model"]["name"]})
+    spec = CropSpec(levels=contract.levels, size=contract.input_size, head_expand=float(cfg["data"]["head_expand"]),
+                    max_side=int(cfg["predictor"]["max_image_side"]))
+    datasets = build_datasets(cfg, spec, samples, labels, label_set, contract.multi_label)
     train_rows, val_rows = datasets["train"].count(), datasets["val"].count()
     log.info("training rows: %d, validation rows: %d (%s)", train_rows, val_rows, ", ".join(spec.levels))
     datasets["train"] = datasets["train"].randomize_block_order()  # a new block order every epoch
@@ -405,7 +407,7 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
     summary = TrainSummary(
         output=output, best_checkpoint=best_uri, best_epoch=int(best_metrics["epoch"]),
         best_val_score=float(best_metrics[SCORE_METRIC]),
-        selection_metric="mAP" if spec.multi_label else "accuracy", epochs_run=len(history),
+        selection_metric="mAP" if contract.multi_label else "accuracy", epochs_run=len(history),
         final_epoch=int(history[-1]["epoch"]) if history else -1, wall_seconds=round(time.perf_counter() - started, 1),
         run_path=run_uri, train_rows=train_rows, val_rows=val_rows, history=history,
     )

@@ -8,40 +8,24 @@ A row is a dict of arrays (a Ray Data / numpy batch):
 * ``labels``: float32 [N, K] multi-hot; ``vad``: float32 [N, 3] (NaN when unknown);
 * ``image_uri``: object [N] (for error messages and debugging).
 
-Crops: head = the face box made square and expanded by ``head_expand`` (the predictor's
-``square_box``), body = the person box (or, when unknown, the box the predictor derives
-from the face), context = the whole image; each resized with ``crop_resize``.
-People whose needed box is unknown (a NaN face box with a head level) and single-label
-people without a class are left out and counted.
+Crops come from ``emotion.crops.person_crops`` after the same shrink to ``max_side`` the
+predictor applies (``emotion.predictor.decode_one``), so a model trains on exactly the crops
+it sees at tagging time. A body box that is unknown is derived from the face, as at
+tagging time. People whose needed box is unknown (a NaN face box with a head level) and
+single-label people without a class are left out and counted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from emotion.boxes import body_box_from_face
-from emotion.crops import context_window, crop_resize, square_box
-from emotion.images import decode_image
-from emotion.models.protocol import LEVELS
+from emotion.crops import CropSpec, person_crops
+from emotion.predictor import decode_one
 
-
-@dataclass(frozen=True)
-class CropSpec:
-    """What to cut for a model: its levels, crop side and the head-box margin."""
-
-    levels: tuple[str, ...]
-    size: int
-    head_expand: float = 1.0
-    num_labels: int = 0
-    multi_label: bool = False
-
-    def __post_init__(self) -> None:
-        unknown = [level for level in self.levels if level not in LEVELS]
-        if unknown or not self.levels:
-            raise ValueError(f"crop levels must be a non-empty subset of {list(LEVELS)}, got {list(self.levels)}")
+__all__ = ["CropSpec", "RowCounts", "build_crop_spec", "person_rows"]
 
 
 @dataclass
@@ -55,64 +39,64 @@ class RowCounts:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-def _image_pixels(sample: Mapping[str, Any]) -> np.ndarray:
+def _working_image(sample: Mapping[str, Any], max_side: int) -> tuple[np.ndarray, float]:
+    """The image shrunk as the predictor shrinks it, and the scale back to the original."""
     data = sample.get("image_bytes")
     if data is None:
         from emotion import storage
 
         data = storage.read_bytes(sample["image_uri"])
-    return decode_image(bytes(data)).pixels
+    pixels, scale, _, _ = decode_one(bytes(data), max_side, max_pixels=64_000_000)
+    return pixels, scale
 
 
-def person_rows(samples: Iterable[Mapping[str, Any]], spec: CropSpec, counts: RowCounts | None = None) -> dict[str, np.ndarray]:
+def person_rows(samples: Iterable[Mapping[str, Any]], spec: CropSpec, counts: RowCounts | None = None, *,
+                num_labels: int = 0, multi_label: bool = False) -> dict[str, np.ndarray]:
     """Training rows (see module doc) of every labelled person in ``samples``.
 
-    ``samples`` are sample dicts (``emotion.data.records``); a missing ``image_bytes`` is
-    read from ``image_uri``. Unreadable images raise (a training set should be clean:
-    ``emotion data prepare`` lists and leaves out bad files).
+    ``samples`` are sample dicts (``emotion.data.records``) with boxes in original pixels;
+    a missing ``image_bytes`` is read from ``image_uri``. Unreadable images raise (a
+    training set should be clean: ``emotion data prepare`` lists and leaves out bad files).
+    ``num_labels`` fixes the label width (0: from the first sample); single-label
+    (``multi_label=False``) people without a class are left out.
     """
     counts = counts if counts is not None else RowCounts()
     size = spec.size
     crops: dict[str, list[np.ndarray]] = {level: [] for level in spec.levels}
     labels, vad, uris = [], [], []
     for sample in samples:
-        sample_labels = np.asarray(sample["labels"], dtype=np.float32).reshape(-1, spec.num_labels or np.shape(sample["labels"])[-1])
+        width = num_labels or np.shape(sample["labels"])[-1]
+        sample_labels = np.asarray(sample["labels"], dtype=np.float32).reshape(-1, width)
         if len(sample_labels) == 0:
             continue
-        pixels = _image_pixels(sample)
-        faces = np.asarray(sample["face_boxes"], dtype=np.float32).reshape(-1, 4)
-        bodies = np.asarray(sample["person_boxes"], dtype=np.float32).reshape(-1, 4)
-        people_vad = np.asarray(sample.get("vad") if sample.get("vad") is not None else np.full((len(sample_labels), 3), np.nan),
-                                dtype=np.float32).reshape(-1, 3)
-        context = context_window(pixels, size) if "context" in spec.levels else None
+        pixels, scale = _working_image(sample, spec.max_side)
+        faces = np.asarray(sample["face_boxes"], dtype=np.float32).reshape(-1, 4) / scale
+        bodies = np.asarray(sample["person_boxes"], dtype=np.float32).reshape(-1, 4) / scale
+        people_vad = np.asarray(sample.get("vad") if sample.get("vad") is not None
+                                else np.full((len(sample_labels), 3), np.nan), dtype=np.float32).reshape(-1, 3)
+        keep = []
         for p, target in enumerate(sample_labels):
-            if not spec.multi_label and target.max() <= 0:
-                counts.skip("no class")
-                continue
             face_known = bool(np.isfinite(faces[p]).all())
-            if "head" in spec.levels and not face_known:
+            if not multi_label and target.max() <= 0:
+                counts.skip("no class")
+            elif "head" in spec.levels and not face_known:
                 counts.skip("unknown face box")
-                continue
-            body = bodies[p]
-            if "body" in spec.levels and not np.isfinite(body).all():
-                if not face_known:
-                    counts.skip("unknown body and face boxes")
-                    continue
-                body = body_box_from_face(faces[p:p + 1], pixels.shape[:2])[0]
-            for level in spec.levels:
-                if level == "head":
-                    crops[level].append(crop_resize(pixels, square_box(faces[p:p + 1], spec.head_expand)[0], size))
-                elif level == "body":
-                    crops[level].append(crop_resize(pixels, body, size))
-                else:
-                    crops[level].append(context)
-            labels.append(target)
-            vad.append(people_vad[p] if p < len(people_vad) else np.full(3, np.nan, np.float32))
-            uris.append(str(sample["image_uri"]))
-            counts.kept += 1
-    k = spec.num_labels or (len(labels[0]) if labels else 0)
-    out: dict[str, np.ndarray] = {f"crop_{level}": np.asarray(crops[level], dtype=np.uint8).reshape(-1, size, size, 3)
-                                  for level in spec.levels}
+            elif "body" in spec.levels and not np.isfinite(bodies[p]).all() and not face_known:
+                counts.skip("unknown body and face boxes")
+            else:
+                keep.append(p)
+        if not keep:
+            continue
+        for level, cut in person_crops(pixels, faces[keep], bodies[keep], spec).items():
+            crops[level].append(cut)
+        labels += [sample_labels[p] for p in keep]
+        vad += [people_vad[p] if p < len(people_vad) else np.full(3, np.nan, np.float32) for p in keep]
+        uris += [str(sample["image_uri"])] * len(keep)
+        counts.kept += len(keep)
+    k = num_labels or (len(labels[0]) if labels else 0)
+    out: dict[str, np.ndarray] = {
+        f"crop_{level}": (np.concatenate(crops[level]) if crops[level] else np.zeros((0, size, size, 3), np.uint8))
+        for level in spec.levels}
     out["labels"] = np.asarray(labels, dtype=np.float32).reshape(-1, k)
     out["vad"] = np.asarray(vad, dtype=np.float32).reshape(-1, 3)
     out["image_uri"] = np.asarray(uris, dtype=object)
@@ -126,7 +110,7 @@ def concat_rows(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarr
     return {key: np.concatenate([np.asarray(part[key]) for part in parts]) for key in parts[0]}
 
 
-def build_crop_spec(model: Any, head_expand: float = 1.0) -> CropSpec:
-    """The crops ``model`` (an EmotionModel) reads: its levels, input size and labels."""
+def build_crop_spec(model: Any, head_expand: float, max_side: int) -> CropSpec:
+    """The crops ``model`` (an EmotionModel) reads, cut with a box source's margin."""
     return CropSpec(levels=tuple(model.input_levels), size=int(model.input_size), head_expand=float(head_expand),
-                    num_labels=len(model.labels), multi_label=bool(model.multi_label))
+                    max_side=int(max_side))

