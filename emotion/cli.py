@@ -21,7 +21,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("jobs.serve", "main", "serve the HTTP API (Ray Serve)"),
     "data": ("jobs.data", "main", "prepare datasets: synthetic scenes, Parquet shards, statistics"),
     "client": ("emotion.client", "main", "send images to a running server"),
-    "bench": ("jobs.bench", "main", "benchmarks"),
 }
 
 

@@ -1,37 +1,64 @@
-"""Evaluate an emotion predictor on a labelled dataset (the ``emotion eval`` command)."""
+"""Evaluate an emotion model on a labelled dataset (the ``emotion eval`` command).
+
+Both kinds of dataset run through the loop and the report that validation during
+training uses (``metrics.score_batches``, ``metrics.evaluation_report``):
+
+* class folders (``evaluate_image_folder``): every image through the predictor, detector
+  included, and the scores of its most confident person;
+* annotated people (``evaluate_dataset``): crops cut from the dataset's boxes as for
+  training (``emotion.training.rows``), scored by ``predict_rows`` exactly as validation
+  scores them.
+
+Dataset classes are matched to the model's labels by name, synonyms included
+(``emotion.labels``: a ``happy`` folder is a model's ``Happiness``).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from emotion import metrics, storage
-from emotion.predictor import EmotionPredictor, decode_batch
+from emotion.image_files import IMAGE_SUFFIXES
+from emotion.labels import remap, remap_scores
+from emotion.predictor import EmotionPredictor
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-# Different datasets name the same category differently.
-_SYNONYMS = {"happiness": "happy", "sadness": "sad", "anger": "angry", "surprised": "surprise",
-             "fearful": "fear", "disgusted": "disgust"}
-
-
-def canonical_label(name: str) -> str:
-    key = name.strip().lower()
-    return _SYNONYMS.get(key, key)
+def predict_rows(model: Any, batch: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
+    """``model.predict`` (an EmotionModel) on the crops of a batch of training rows
+    (``crop_<level>`` columns, ``emotion.training.rows``)."""
+    return model.predict({level: batch[f"crop_{level}"] for level in model.input_levels})
 
 
+def _require_known(classes: Sequence[str], labels: Sequence[str]) -> None:
+    """Raise naming the dataset classes that ``labels`` lacks (synonyms match)."""
+    names = sorted(set(classes))
+    unknown = [name for name, at in zip(names, remap(names, labels)) if at < 0]
+    if unknown:
+        raise ValueError(f"dataset classes {unknown} are not in the model's label set {list(labels)}")
+
+
+def _class_targets(classes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """One-hot [N, K] in ``labels`` order of each sample's class name."""
+    _require_known(classes, labels)
+    names = sorted(set(classes))
+    at = dict(zip(names, remap(names, labels).tolist()))
+    return np.eye(len(labels), dtype=np.float32)[[at[name] for name in classes]]
+
+
+# -- class folders, through the predictor --------------------------------------------------
 def list_image_folder(root: str, split: str | None = None, limit_per_class: int | None = None) -> tuple[list[str], list[str]]:
     """``root[/split]/<class>/*`` -> (image URIs, class names), sorted for determinism."""
     base = f"{root.rstrip('/')}/{split}" if split else root.rstrip("/")
     files = storage.list_files(base, suffixes=IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"no images under {base!r}; expected {base}/<class>/*.jpg")
+        raise FileNotFoundError(f"no images under {base!r}; expected {base}/<class>/<image> "
+                                f"(looked for {', '.join(IMAGE_SUFFIXES)})")
     by_class: dict[str, list[str]] = {}
     for uri in files:
         # The class is the folder an image sits in (<root>/<class>/<image>).
@@ -60,53 +87,47 @@ def _read_files(paths: Sequence[str]) -> tuple[list[bytes | None], list[str | No
     return payloads, errors
 
 
-def predict_scores(predictor: EmotionPredictor, paths: Sequence[str], batch_size: int) -> np.ndarray:
-    """Score of each image's most confident person ([N, K]; NaN rows where no face/error)."""
-    k = len(predictor.model.labels)
-    scores = np.full((len(paths), k), np.nan, dtype=np.float32)
-    for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start:start + batch_size])
-        payloads, read_errors = _read_files(chunk)
-        batch = decode_batch(chunk, payloads, max_side=1280, max_pixels=64_000_000, read_errors=read_errors)
-        table = predictor(batch)
-        first = table.filter(_first_person_mask(table)).to_pydict()
-        row_of = {src: i for i, src in enumerate(chunk)}
-        for src, row in zip(first["source"], first["scores"]):
-            if row is not None:
-                scores[start + row_of[src]] = row
+def first_person_scores(predictor: EmotionPredictor, paths: Sequence[str]) -> np.ndarray:
+    """Scores [N, K] of each image's most confident person; a NaN row where the image
+    has none (no face found, unreadable or undecodable file)."""
+    paths = list(paths)
+    scores = np.full((len(paths), len(predictor.spec.labels)), np.nan, dtype=np.float32)
+    payloads, read_errors = _read_files(paths)
+    table = predictor(predictor.decode(paths, payloads, read_errors=read_errors))
+    first = table.filter(_first_person_mask(table)).to_pydict()
+    row_of = {src: i for i, src in enumerate(paths)}
+    for src, row in zip(first["source"], first["scores"]):
+        if row is not None:
+            scores[row_of[src]] = row
     return scores
 
 
-def _first_person_mask(table) -> "np.ndarray":
+def _first_person_mask(table) -> np.ndarray:
     person = table.column("person_index").to_numpy(zero_copy_only=False)
     return np.nan_to_num(person.astype(float), nan=0.0) == 0
 
 
 def evaluate_image_folder(predictor: EmotionPredictor, root: str, split: str | None = None,
                           batch_size: int = 256, limit_per_class: int | None = None) -> dict:
-    """Accuracy, per-class accuracy and confusion of a single-label model on a folder dataset."""
+    """``metrics.evaluation_report`` of the predictor on a class-folder dataset, plus
+    ``no_prediction`` (images without a person or unreadable: they count as wrong),
+    ``images_per_second`` and ``root``. A folder holds one class per image, so the
+    metrics are single-label (accuracy, per-class accuracy, confusion)."""
     paths, classes = list_image_folder(root, split, limit_per_class)
-    model_labels = [canonical_label(x) for x in predictor.model.labels]
-    unknown = sorted({c for c in classes if canonical_label(c) not in model_labels})
-    if unknown:
-        raise ValueError(f"dataset classes {unknown} are not in the model's label set {list(predictor.model.labels)}")
-    y_true = np.array([model_labels.index(canonical_label(c)) for c in classes])
+    labels = list(predictor.spec.labels)
+    targets = _class_targets(classes, labels)
+    batches = ({"paths": paths[start:start + batch_size], "labels": targets[start:start + batch_size]}
+               for start in range(0, len(paths), batch_size))
     started = time.perf_counter()
-    scores = predict_scores(predictor, paths, batch_size)
+    scored = metrics.score_batches(lambda batch: {"scores": first_person_scores(predictor, batch["paths"])},
+                                   batches, len(labels))
     seconds = time.perf_counter() - started
-    missing = np.isnan(scores).any(axis=1)
-    if missing.all():
+    missing = int(np.isnan(scored["scores"]).any(axis=1).sum())
+    if missing == len(paths):
         raise RuntimeError(f"no image under {root!r} got a prediction (all failed to decode or had no face)")
-    # Images without a prediction (unreadable, or no face found) count as wrong.
-    report = metrics.classification_report(y_true[~missing], scores[~missing].argmax(axis=1),
-                                           list(predictor.model.labels))
-    report["accuracy"] = float((scores[~missing].argmax(axis=1) == y_true[~missing]).sum() / len(y_true))
-    report.update({
-        "n": int(len(paths)),
-        "no_prediction": int(missing.sum()),
-        "images_per_second": round(len(paths) / seconds, 2),
-        "root": root,
-    })
+    report = metrics.evaluation_report(scored["scores"], scored["targets"], labels, multi_label=False)
+    report.update({"no_prediction": missing, "images_per_second": round(len(paths) / max(seconds, 1e-9), 2),
+                   "root": root})
     return report
 
 
@@ -128,49 +149,44 @@ def _dataset_samples(data: Mapping, split: str) -> tuple[tuple[str, ...], list[d
     return tuple(sample_set.labels), list(sample_set.samples(split))
 
 
-def evaluate_dataset(model, data: Mapping, split: str, batch_size: int = 64, limit: int | None = None) -> dict:
-    """Metrics of ``model`` (an EmotionModel) on the annotated people of one split.
+def evaluate_dataset(model, data: Mapping, split: str, *, max_side: int, batch_size: int = 64,
+                     limit: int | None = None) -> dict:
+    """``metrics.evaluation_report`` of ``model`` (an EmotionModel) on the annotated people
+    of one split, plus ``skipped`` (people without the boxes the model needs), ``images``,
+    ``split``, ``root`` and ``people_per_second``.
 
-    People are cropped from their annotated boxes exactly as for training
-    (``emotion.training.rows``), so no detector runs. Single-label sets give accuracy,
-    per-class recall and the confusion matrix; multi-label sets give mAP and per-class
-    AP; VAD error is added when the model predicts ``vad`` and the data has it.
+    People are cropped from their annotated boxes exactly as for training (images shrunk
+    to ``max_side`` first, as the predictor does), so no detector runs; the metrics are
+    multi-label ones when the model is multi-label.
     """
-    from emotion.labels import remap_scores
-    from emotion.training.families import classification_metrics
-    from emotion.training.rows import CropSpec, RowCounts, person_rows
+    from emotion.training.rows import RowCounts, build_crop_spec, person_rows
 
     data_labels, samples = _dataset_samples(data, split)
     if limit:
         samples = samples[: int(limit)]
-    model_labels = [canonical_label(x) for x in model.labels]
+    labels = list(model.labels)
     present = np.zeros(len(data_labels), dtype=bool)
     for sample in samples:
         present |= np.asarray(sample["labels"]).reshape(-1, len(data_labels)).max(axis=0, initial=0) > 0
-    unknown = sorted(x for x, seen in zip(data_labels, present) if seen and canonical_label(x) not in model_labels)
-    if unknown:
-        raise ValueError(f"dataset classes {unknown} are not in the model's label set {list(model.labels)}")
-    spec = CropSpec(levels=tuple(model.input_levels), size=int(model.input_size),
-                    head_expand=float(data.get("head_expand", 1.0)), num_labels=len(data_labels),
-                    multi_label=bool(model.multi_label))
+    _require_known([name for name, seen in zip(data_labels, present) if seen], labels)
+    spec = build_crop_spec(model, float(data.get("head_expand", 1.0)), max_side)
     counts = RowCounts()
-    scores, targets, vad_true, vad_pred = [], [], [], []
+
+    def row_batches():
+        for start in range(0, len(samples), batch_size):
+            rows = person_rows(samples[start:start + batch_size], spec, counts, num_labels=len(data_labels),
+                               multi_label=bool(model.multi_label))
+            if len(rows["labels"]):
+                rows["labels"] = remap_scores(rows["labels"], list(data_labels), labels)
+                yield rows
+
     started = time.perf_counter()
-    for start in range(0, len(samples), batch_size):
-        rows = person_rows(samples[start:start + batch_size], spec, counts)
-        if len(rows["labels"]) == 0:
-            continue
-        out = model.predict({level: rows[f"crop_{level}"] for level in model.input_levels})
-        scores.append(np.asarray(out["scores"], dtype=np.float32))
-        targets.append(remap_scores(rows["labels"], list(data_labels), list(model.labels)))
-        vad_true.append(rows["vad"])
-        vad_pred.append(np.asarray(out["vad"], np.float32) if "vad" in out else np.full_like(rows["vad"], np.nan))
-    if not scores:
-        raise RuntimeError(f"split {split!r} of {data['root']!r} has no person the model can score ({counts.skipped})")
+    scored = metrics.score_batches(lambda batch: predict_rows(model, batch), row_batches(), len(labels))
     seconds = time.perf_counter() - started
-    report = classification_metrics(np.concatenate(scores), np.concatenate(targets), tuple(model.labels),
-                                    bool(model.multi_label), np.concatenate(vad_true), np.concatenate(vad_pred))
-    report.pop("score", None)
+    if len(scored["scores"]) == 0:
+        raise RuntimeError(f"split {split!r} of {data['root']!r} has no person the model can score ({counts.skipped})")
+    report = metrics.evaluation_report(scored["scores"], scored["targets"], labels, bool(model.multi_label),
+                                       scored["vad_true"], scored["vad_pred"])
     report.update({"skipped": counts.skipped, "images": len(samples), "split": split, "root": str(data["root"]),
                    "people_per_second": round(report["n"] / max(seconds, 1e-9), 2)})
     return report

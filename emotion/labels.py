@@ -3,16 +3,18 @@
 Every label set is a tuple of class names in the order a model's outputs use. Names are
 compared lower-cased with a few synonyms (happy/happiness, sad/sadness, angry/anger,
 surprised/surprise, ...), so ``remap(FER_MODEL_CLASSES, CAER_CLASSES)`` lines up classes
-that different datasets spell differently.
+that different datasets spell differently. ``_SYNONYMS`` is the project's one synonym
+table: matching goes through ``canonical_name`` on both sides, so the same table maps a
+dataset's names onto a model's (``emotion eval``) and a model's onto a dataset's.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
-# EMOTIC: 26 categories, in the order of METHODS.md and of every public EMOTIC codebase.
+# EMOTIC: 26 categories, in the order of the EMOTIC annotations and of every public EMOTIC codebase.
 EMOTIC_CATEGORIES: tuple[str, ...] = (
     "Affection", "Anger", "Annoyance", "Anticipation", "Aversion", "Confidence",
     "Disapproval", "Disconnection", "Disquietment", "Doubt/Confusion", "Embarrassment",
@@ -45,7 +47,8 @@ LABEL_SETS: dict[str, tuple[str, ...]] = {
     "synthetic": SYNTHETIC_CATEGORIES,
 }
 
-# Spellings that name the same class; each maps to one canonical lower-case name.
+# Spellings that name the same class; each maps to one canonical lower-case name (the
+# RAF-DB / EMOTIC spelling). The only synonym table: add a dataset's spellings here.
 _SYNONYMS: dict[str, str] = {
     "happy": "happiness",
     "sad": "sadness",
@@ -120,10 +123,3 @@ def names_to_multi_hot(names: Sequence[str], labels: Sequence[str], where: str =
         vector[position] = 1.0
     return vector
 
-
-def build_label_set(cfg: Mapping) -> tuple[str, ...]:
-    """``cfg['labels']`` (an explicit list) or the registered set ``cfg['label_set']``."""
-    explicit = cfg.get("labels")
-    if explicit:
-        return tuple(str(name) for name in explicit)
-    return get_label_set(str(cfg.get("label_set", "emotic")))

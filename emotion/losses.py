@@ -1,6 +1,6 @@
 """Training losses, DETR-style: one ``loss_<term>`` method per term, weights in ``weight_dict``.
 
-``CocoERCriterion`` (METHODS.md section 1, "Training"): the public code trains with
+``CocoERCriterion`` (the CocoER paper's training recipe): the public code trains with
 
     0.2 x (fused + head + body + context + vocabulary classification losses)
     + 0.1 x gradient distance
@@ -103,10 +103,4 @@ class CocoERCriterion(nn.Module):
         losses = {term: getattr(self, term)(outputs, targets) for term in self.weight_dict}
         losses["loss"] = sum(self.weight_dict[t] * losses[t] for t in self.weight_dict)
         return losses
-
-
-def build_criterion(cfg: Mapping[str, Any]) -> CocoERCriterion:
-    """``cfg``: multi_label (bool), optional weight_dict / loss_weights mapping."""
-    weights = cfg.get("weight_dict", cfg.get("loss_weights", None))
-    return CocoERCriterion(bool(cfg.get("multi_label", True)), dict(weights) if weights is not None else None)
 

@@ -1,15 +1,34 @@
-"""One storage layer over local paths and ``s3://`` URIs.
+"""One storage layer over local paths and ``s3://`` URIs, on ``pyarrow.fs``.
 
 Everything that reads or writes data (tagging inputs and outputs, datasets, checkpoints,
 weights) goes through these functions, so a job runs unchanged on a laptop folder, on
 AWS S3 or on an S3-compatible store (MinIO, Ceph, moto).
+
+The file operations are PyArrow's: ``get_filesystem`` gives a ``LocalFileSystem`` or an
+``S3FileSystem`` (the same object handed to ``pyarrow.parquet`` and Ray Data), and reads,
+writes, listings, copies, moves and deletes are calls on it. What this module adds:
+
+* one credentials path (``_pyarrow_credentials``) and one error translation
+  (``_translate``): a missing object is a ``FileNotFoundError`` naming the URI; a missing
+  bucket, denied access or bad credentials, throttling and an unreachable endpoint are a
+  ``StorageError`` naming the URI, the bucket and the endpoint;
+* globs (``*`` and ``?`` within one path segment, ``**`` across segments) over a listing;
+* the ``max_bytes`` cap of ``read_bytes`` (checked against the size PyArrow learns when it
+  opens the file, a HEAD request on S3, before anything is read);
+* atomic writes: a local file is written to a temporary name in its folder, then renamed;
+  an S3 object appears whole or not at all (see ``_write``);
+* the conditional create ``create_exclusive``, the one operation that still uses boto3
+  (PyArrow cannot send ``If-None-Match``);
+* local listings use ``os.walk``: PyArrow decodes file names as UTF-8 and fails on the
+  whole folder when one name is not.
 
 Credentials follow the standard AWS chain and nothing else: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` (/ ``AWS_SESSION_TOKEN``), ``AWS_PROFILE`` and the shared
 config files, then an instance, task or pod role. The endpoint of an S3-compatible store
 comes from ``S3Config.endpoint_url``, else ``AWS_ENDPOINT_URL_S3``, else
 ``AWS_ENDPOINT_URL``. Throttling and 5xx answers are retried with exponential backoff
-(boto3 ``adaptive`` mode, PyArrow's ``AwsStandardS3RetryStrategy``).
+(PyArrow's ``AwsStandardS3RetryStrategy``; boto3 ``adaptive`` mode for the conditional
+create), up to ``S3Config.max_attempts`` requests.
 
 Secrets never appear in logs, in ``repr(S3Config)`` or in exception messages.
 
@@ -20,17 +39,18 @@ starts, or pass them in the runtime environment.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
+import itertools
 import logging
 import os
 import re
-import shutil
 import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import pyarrow.fs as pafs
 
@@ -42,20 +62,25 @@ _GLOB_CHARS = "*?["
 # Timeouts in seconds; a stalled connection then counts as a retryable failure.
 _CONNECT_TIMEOUT_S = 10.0
 _READ_TIMEOUT_S = 60.0
+# Streamed copies (copy_to_local, upload_file) move this much per read and write.
+_CHUNK_BYTES = 8 * 1024 * 1024
+_LOCAL = pafs.LocalFileSystem()
 
-# Error codes S3 (and S3-compatible stores) answer with, grouped by what they mean.
+# Error codes S3 (and S3-compatible stores) answer with, grouped by what they mean. PyArrow
+# reports the AWS SDK's names (ACCESS_DENIED), which _error_fields turns back into these.
 _ACCESS_DENIED_CODES = {
     "AccessDenied",
     "AllAccessDisabled",
     "ExpiredToken",
     "Forbidden",
     "InvalidAccessKeyId",
+    "InvalidClientTokenId",
     "InvalidToken",
+    "MissingAuthenticationToken",
     "SignatureDoesNotMatch",
     "TokenRefreshRequired",
-    "403",
 }
-_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
+_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "ResourceNotFound", "404"}
 _THROTTLING_CODES = {
     "SlowDown",
     "Throttling",
@@ -63,8 +88,11 @@ _THROTTLING_CODES = {
     "RequestLimitExceeded",
     "TooManyRequestsException",
     "ServiceUnavailable",
-    "503",
 }
+_UNREACHABLE_CODES = {"NetworkConnection", "EndpointConnectionError", "ConnectionError",
+                      "ConnectTimeoutError", "ReadTimeoutError"}
+# "When reading ...: AWS Error ACCESS_DENIED during HeadObject operation: No response body."
+_PYARROW_AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))? during \w+ operation: ?(.*)", re.S)
 
 
 class StorageError(OSError):
@@ -264,179 +292,229 @@ def _redact(text: str, res: _Resolved) -> str:
 _lock = threading.Lock()
 _clients: dict[_Resolved, Any] = {}
 _filesystems: dict[tuple[_Resolved, str | None], pafs.S3FileSystem] = {}
-
-
-def _boto3_client(res: _Resolved):
-    """A cached boto3 S3 client (clients are thread-safe; creating one is slow)."""
-    with _lock:
-        client = _clients.get(res)
-        if client is not None:
-            return client
-        import boto3
-        from botocore.config import Config
-
-        config = Config(
-            retries={"total_max_attempts": res.max_attempts, "mode": "adaptive"},
-            connect_timeout=_CONNECT_TIMEOUT_S,
-            read_timeout=_READ_TIMEOUT_S,
-            # S3-compatible stores rarely have per-bucket DNS names.
-            s3={"addressing_style": "path"} if res.endpoint_url else None,
-        )
-        from botocore.exceptions import ProfileNotFound
-
-        try:
-            session = boto3.session.Session(profile_name=res.profile)
-        except ProfileNotFound:
-            raise StorageError(f"AWS profile {res.profile!r} is not configured") from None
-        client = session.client(
-            "s3",
-            endpoint_url=res.endpoint_url,
-            region_name=res.region,
-            aws_access_key_id=res.access_key_id,
-            aws_secret_access_key=res.secret_access_key,
-            aws_session_token=res.session_token,
-            config=config,
-        )
-        logger.debug(
-            "created S3 client for %s, region %s, max_attempts %d",
-            res.where,
-            res.region,
-            res.max_attempts,
-        )
-        _clients[res] = client
-        return client
+_regions: dict[str, str | None] = {}
 
 
 def _pyarrow_credentials(res: _Resolved) -> dict[str, str]:
+    """The one credentials path: explicit keys, else a profile's keys, else ``{}`` for the
+    SDK's default chain (env, shared files, instance/pod role), once we know it has some.
+
+    PyArrow's C++ SDK silently sends unsigned requests when the chain is empty, and takes no
+    profile argument: botocore resolves profiles (SSO, credential_process, ...) and tells
+    whether the default chain holds anything. Role credentials are not copied out of the
+    default chain, so the SDK keeps refreshing them.
+    """
     if res.access_key_id:
         creds = {"access_key": res.access_key_id, "secret_key": res.secret_access_key}
         if res.session_token:
             creds["session_token"] = res.session_token
         return creds
-    if res.profile:
-        # The C++ SDK reads AWS_PROFILE but takes no profile argument: let boto3 resolve
-        # the profile (SSO, credential_process, ...) and hand over the keys.
-        import boto3
+    import boto3
+    from botocore.exceptions import ProfileNotFound
 
+    try:
         found = boto3.session.Session(profile_name=res.profile).get_credentials()
-        if found is None:
+    except ProfileNotFound:
+        raise StorageError(f"AWS profile {res.profile!r} is not configured") from None
+    if found is None:
+        if res.profile:
             raise StorageError(f"AWS profile {res.profile!r} has no credentials")
-        frozen = found.get_frozen_credentials()
-        creds = {"access_key": frozen.access_key, "secret_key": frozen.secret_key}
-        if frozen.token:
-            creds["session_token"] = frozen.token
-        return creds
-    return {}  # the SDK's default chain: env, shared files, instance/pod role
+        raise StorageError(
+            f"no usable AWS credentials for {res.where}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance/pod role"
+        )
+    if not res.profile:
+        return {}
+    frozen = found.get_frozen_credentials()
+    creds = {"access_key": frozen.access_key, "secret_key": frozen.secret_key}
+    if frozen.token:
+        creds["session_token"] = frozen.token
+    return creds
 
 
 def _s3_filesystem(res: _Resolved, bucket: str | None) -> pafs.S3FileSystem:
     region = res.region
     if region is None and res.endpoint_url is None and bucket:
-        try:
-            region = pafs.resolve_s3_region(bucket)
-        except OSError:
-            region = None  # let the SDK pick; the request will say what is wrong
+        if bucket not in _regions:
+            try:
+                _regions[bucket] = pafs.resolve_s3_region(bucket)
+            except OSError:
+                _regions[bucket] = None  # let the SDK pick; the request will say what is wrong
+        region = _regions[bucket]
     key = (res, region)
     with _lock:
         fs = _filesystems.get(key)
-        if fs is not None:
-            return fs
-        kwargs: dict[str, Any] = dict(
-            region=region,
-            connect_timeout=_CONNECT_TIMEOUT_S,
-            request_timeout=_READ_TIMEOUT_S,
-            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=res.max_attempts),
-        )
-        if res.endpoint_url:
-            scheme, _, host = res.endpoint_url.partition("://")
-            kwargs.update(endpoint_override=host, scheme=scheme)
-        fs = pafs.S3FileSystem(**kwargs, **_pyarrow_credentials(res))
-        _filesystems[key] = fs
+    if fs is not None:
         return fs
+    kwargs: dict[str, Any] = dict(
+        region=region,
+        connect_timeout=_CONNECT_TIMEOUT_S,
+        request_timeout=_READ_TIMEOUT_S,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=res.max_attempts),
+        **_pyarrow_credentials(res),
+    )
+    if res.endpoint_url:
+        scheme, _, host = res.endpoint_url.partition("://")
+        kwargs.update(endpoint_override=host, scheme=scheme)
+    try:
+        # Delayed open: an object up to 10 MiB is sent as one PutObject when the stream
+        # closes, instead of CreateMultipartUpload + UploadPart + CompleteMultipartUpload.
+        fs = pafs.S3FileSystem(**kwargs, allow_delayed_open=True)
+    except TypeError:  # pyarrow < 21: always a multipart upload, completed on close
+        fs = pafs.S3FileSystem(**kwargs)
+    logger.debug("created S3 filesystem for %s, region %s, max_attempts %d", res.where, region,
+                 res.max_attempts)
+    with _lock:
+        return _filesystems.setdefault(key, fs)
+
+
+def _boto3_client(res: _Resolved):
+    """A cached boto3 S3 client, only for what PyArrow cannot send (``create_exclusive``)."""
+    with _lock:
+        client = _clients.get(res)
+    if client is not None:
+        return client
+    import boto3
+    from botocore.config import Config
+
+    creds = _pyarrow_credentials(res)
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=res.endpoint_url,
+        region_name=res.region,
+        aws_access_key_id=creds.get("access_key"),
+        aws_secret_access_key=creds.get("secret_key"),
+        aws_session_token=creds.get("session_token"),
+        config=Config(
+            retries={"total_max_attempts": res.max_attempts, "mode": "adaptive"},
+            connect_timeout=_CONNECT_TIMEOUT_S,
+            read_timeout=_READ_TIMEOUT_S,
+            # S3-compatible stores rarely have per-bucket DNS names.
+            s3={"addressing_style": "path"} if res.endpoint_url else None,
+        ),
+    )
+    with _lock:
+        return _clients.setdefault(res, client)
+
+
+def _fs(uri: str | os.PathLike, s3: S3Config | None) -> tuple[pafs.FileSystem, Any, _Resolved | None]:
+    """(filesystem, path in it, resolved S3 settings or None for a local path).
+
+    Local paths go to PyArrow as bytes (``os.fsencode``): a name that is not UTF-8 then
+    still works, where PyArrow would reject the ``str`` form.
+    """
+    if is_s3(uri):
+        res = _resolve(s3)
+        bucket, key = split_s3(uri)
+        return _s3_filesystem(res, bucket), f"{bucket}/{key}".rstrip("/"), res
+    return _LOCAL, os.fsencode(_local_path(uri)), None
 
 
 # ------------------------------------------------------------------- errors
 
 
-def _translate(err: Exception, uri: str, res: _Resolved, action: str) -> Exception:
-    """Turn a botocore exception into a FileNotFoundError or a StorageError."""
-    from botocore.exceptions import (
-        ClientError,
-        ConnectionError as BotoConnectionError,
-        NoCredentialsError,
-        PartialCredentialsError,
-    )
+def _error_fields(err: BaseException) -> tuple[str, int | None, str]:
+    """(S3 error code, HTTP status, detail) from a PyArrow OSError or a botocore error."""
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        error = response.get("Error", {})
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return str(error.get("Code", "")), status, str(error.get("Message") or "")
+    if type(err).__module__.startswith("botocore"):  # raised before any answer came
+        name = type(err).__name__
+        return ("NoCredentials" if "Credentials" in name else name), None, str(err)
+    if isinstance(err, FileNotFoundError):  # PyArrow: "Path does not exist 'bucket/key'"
+        return "NoSuchKey", 404, str(err)
+    found = _PYARROW_AWS_ERROR.search(str(err))
+    if found is None:
+        return "", None, str(err)
+    name, status, detail = found.groups()
+    # The SDK's enum name (NO_SUCH_BUCKET) spells the S3 code (NoSuchBucket) in capitals.
+    code = "" if name == "UNKNOWN" else "".join(part.capitalize() for part in name.split("_"))
+    return code, int(status) if status else None, detail.strip()
 
-    bucket = split_s3(uri)[0] if is_s3(uri) else "?"
-    if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
-        msg = (
-            f"no usable AWS credentials to {action} {uri} at {res.where}: set "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an "
-            "instance/pod role"
-        )
-        return StorageError(_redact(msg, res))
-    if isinstance(err, BotoConnectionError):
-        return StorageError(_redact(f"cannot reach {res.where} to {action} {uri}: {err}", res))
-    if not isinstance(err, ClientError):
-        return StorageError(_redact(f"failed to {action} {uri} at {res.where}: {err}", res))
 
-    code = str(err.response.get("Error", {}).get("Code", ""))
-    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    detail = err.response.get("Error", {}).get("Message") or ""
+def _bucket_missing(uri: str, res: _Resolved, action: str) -> StorageError:
+    bucket = split_s3(uri)[0]
+    return StorageError(_redact(
+        f"bucket {bucket!r} does not exist at {res.where} (while trying to {action} {uri})", res))
+
+
+def _translate(err: BaseException, uri: str, res: _Resolved | None, action: str) -> BaseException:
+    """The one error translation: a PyArrow (or botocore) error -> FileNotFoundError or
+    StorageError naming the URI, bucket and endpoint. Local errors other than a missing
+    file are PyArrow's own OSErrors (they name the path) and pass through."""
+    if isinstance(err, StorageError):
+        return err
+    if res is None:
+        if isinstance(err, FileNotFoundError):
+            return FileNotFoundError(f"no such file or directory: {uri}")
+        return err
+    bucket = split_s3(uri)[0]
+    code, status, detail = _error_fields(err)
+    shown = code or f"HTTP {status}"
     if code == "NoSuchBucket":
-        msg = f"bucket {bucket!r} does not exist at {res.where} (while trying to {action} {uri})"
-    elif code in _NOT_FOUND_CODES:
+        return _bucket_missing(uri, res, action)
+    if code in _NOT_FOUND_CODES:
+        # A HEAD answer has no body, so a missing bucket also reads "404": ask the bucket.
+        with contextlib.suppress(OSError):
+            if _s3_filesystem(res, bucket).get_file_info(bucket).type == pafs.FileType.NotFound:
+                return _bucket_missing(uri, res, action)
         return FileNotFoundError(_redact(f"no such object: {uri} (at {res.where})", res))
-    elif code in _ACCESS_DENIED_CODES or status == 403:
+    if code in _ACCESS_DENIED_CODES or status == 403:
         msg = (
             f"access denied to bucket {bucket!r} at {res.where} (while trying to {action} "
-            f"{uri}): the credentials are invalid or lack permission ({code or status}). "
+            f"{uri}): the credentials are invalid or lack permission ({shown}). "
             "Credentials come from the standard AWS chain: AWS_ACCESS_KEY_ID/"
             "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance/pod role"
         )
     elif code in _THROTTLING_CODES or status in (429, 503):
         msg = (
-            f"{res.where} kept throttling requests to {action} {uri} ({code or status}) "
+            f"{res.where} kept throttling requests to {action} {uri} ({shown}) "
             f"after {res.max_attempts} attempts; lower the request rate or raise "
             "S3Config.max_attempts"
         )
+    elif code in _UNREACHABLE_CODES:
+        msg = f"cannot reach {res.where} to {action} {uri}: {detail}"
+    elif code == "NoCredentials":
+        msg = (
+            f"no usable AWS credentials to {action} {uri} at {res.where}: set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an "
+            "instance/pod role"
+        )
     else:
-        msg = f"failed to {action} {uri} at {res.where}: {code or status} {detail}".rstrip()
-    return StorageError(_redact(msg, res))
+        msg = f"failed to {action} {uri} at {res.where}: {code or status or ''} {detail}".replace("  ", " ")
+    return StorageError(_redact(msg.rstrip(), res))
 
 
-def _call(res: _Resolved, uri: str, action: str, fn, *args, **kwargs):
-    from botocore.exceptions import BotoCoreError, ClientError
-
+@contextlib.contextmanager
+def _errors(uri: str | os.PathLike, res: _Resolved | None, action: str) -> Iterator[None]:
+    """Translate the OSErrors PyArrow raises inside the block (see ``_translate``)."""
     try:
-        return fn(*args, **kwargs)
-    except (ClientError, BotoCoreError) as err:
-        translated = _translate(err, uri, res, action)
-        if isinstance(translated, FileNotFoundError) and is_s3(uri):
-            # A HEAD answer has no body, so a missing bucket also reads "404":
-            # ask the bucket itself to tell the two apart.
-            check_bucket(uri, _config_of(res))
+        yield
+    except OSError as err:
+        translated = _translate(err, os.fspath(uri), res, action)
+        if translated is err:
+            raise
         raise translated from err
 
 
 def check_bucket(uri: str, s3: S3Config | None = None) -> None:
     """Raise a clear StorageError now if the URI's bucket is missing or not accessible.
 
-    Jobs call this before handing a filesystem to Ray Data, whose errors are vaguer.
+    Jobs call this before handing a filesystem to Ray Data, whose errors are vaguer. One
+    HeadBucket request: 404 means no such bucket, 403 no access (HEAD answers carry no
+    error code, but for a bucket the status alone tells the two apart).
     """
     res = _resolve(s3)
-    bucket, _ = split_s3(uri)
-    client = _boto3_client(res)
-    from botocore.exceptions import BotoCoreError, ClientError
+    with _errors(uri, res, "check"):
+        _require_bucket(uri, res, "check")
 
-    try:
-        # ListObjectsV2 answers with an error body (HeadBucket cannot: HEAD has no body).
-        client.list_objects_v2(Bucket=bucket, MaxKeys=1)
-    except (ClientError, BotoCoreError) as err:
-        translated = _translate(err, uri, res, "list")
-        if isinstance(translated, FileNotFoundError):
-            translated = StorageError(f"bucket {bucket!r} not found at {res.where}")
-        raise translated from err
+
+def _require_bucket(uri: str, res: _Resolved, action: str) -> None:
+    bucket = split_s3(uri)[0]
+    if _s3_filesystem(res, bucket).get_file_info(bucket).type == pafs.FileType.NotFound:
+        raise _bucket_missing(uri, res, action)
 
 
 # ------------------------------------------------------------------ public API
@@ -448,11 +526,14 @@ def get_filesystem(
     """A PyArrow filesystem and the path inside it, for ``pyarrow.parquet`` and Ray Data.
 
     ``s3://bucket/key`` -> ``(S3FileSystem, "bucket/key")``; a local path ->
-    ``(LocalFileSystem, absolute path)``. No request is made.
+    ``(LocalFileSystem, absolute path)``. Every function here uses the same filesystem
+    (one per S3 settings and region, cached). The only request it may make: with neither a
+    region nor an endpoint configured, it asks AWS for the bucket's region (once per bucket).
+    Raises StorageError when no credentials can be found.
     """
     if is_s3(uri):
-        bucket, key = split_s3(uri)
-        return _s3_filesystem(_resolve(s3), bucket), f"{bucket}/{key}".rstrip("/")
+        fs, path, _ = _fs(uri, s3)
+        return fs, path
     return pafs.LocalFileSystem(), _local_path(uri)
 
 
@@ -479,9 +560,9 @@ def list_entries(
     recursive: bool = True,
     s3: S3Config | None = None,
 ) -> list[tuple[str, int]]:
-    """Like ``list_files``, with each file's size in bytes where the listing gives it
-    for free (S3 listings do), else -1 (local files: stat when read, not here: a stat per
-    file over a network file system costs more than the listing)."""
+    """Like ``list_files``, with each file's size in bytes: S3 sizes come with the listing;
+    local sizes are -1 (``os.walk`` does not stat, and a stat per file over a network file
+    system costs more than the listing; ``read_bytes`` stats the file it opens anyway)."""
     keep = _suffix_filter(suffixes)
     if is_s3(uri):
         found = _list_s3(uri, recursive, _resolve(s3))
@@ -520,46 +601,23 @@ def _walk_files(base: str, recursive: bool, max_depth: int | None) -> Iterable[s
 
 
 def _list_s3(uri: str, recursive: bool, res: _Resolved) -> list[tuple[str, int]]:
+    """One PyArrow listing (it follows ListObjectsV2 pages); a glob filters it."""
     bucket, key = split_s3(uri)
-    client = _boto3_client(res)
+    fs = _s3_filesystem(res, bucket)
+    base, regex = f"{bucket}/{key}".rstrip("/"), None
     if _has_glob(key):
-        regex = _glob_to_regex(key)
-        keys = _list_keys(client, res, uri, bucket, _literal_prefix(key), delimiter=None)
-        return [(f"{S3_SCHEME}{bucket}/{k}", size) for k, size in keys if regex.match(k)]
-    prefix = key.rstrip("/") + "/" if key else ""
-    keys = _list_keys(client, res, uri, bucket, prefix, delimiter=None if recursive else "/")
-    if not keys and key and not key.endswith("/") and exists(uri, _config_of(res)):
-        return [(uri, -1)]  # the URI names one object
-    return [(f"{S3_SCHEME}{bucket}/{k}", size) for k, size in keys]
-
-
-def _list_keys(client, res: _Resolved, uri: str, bucket: str, prefix: str, delimiter) -> list[tuple[str, int]]:
-    """All (key, size) under ``prefix``; the paginator follows ListObjectsV2 continuation tokens."""
-    paginator = client.get_paginator("list_objects_v2")
-    params = {"Bucket": bucket, "Prefix": prefix}
-    if delimiter:
-        params["Delimiter"] = delimiter
-    keys: list[tuple[str, int]] = []
-
-    def collect() -> None:
-        for page in paginator.paginate(**params):
-            keys.extend((o["Key"], int(o.get("Size", -1))) for o in page.get("Contents", ())
-                        if not o["Key"].endswith("/"))
-
-    _call(res, uri, "list", collect)
-    return keys
-
-
-def _config_of(res: _Resolved) -> S3Config:
-    return S3Config(
-        endpoint_url=res.endpoint_url,
-        region=res.region,
-        max_attempts=res.max_attempts,
-        profile=res.profile,
-        access_key_id=res.access_key_id,
-        secret_access_key=res.secret_access_key,
-        session_token=res.session_token,
-    )
+        regex = _glob_to_regex(f"{bucket}/{key}")
+        base = _literal_prefix(f"{bucket}/{key}").rpartition("/")[0]
+        rest = f"{bucket}/{key}"[len(base) + 1 :]
+        recursive = "**" in rest or "/" in rest  # "dir/*.jpg" needs only one level
+    with _errors(uri, res, "list"):
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
+        except FileNotFoundError:  # nothing under the prefix (a missing bucket raises NoSuchBucket)
+            # ... or the URI names one object.
+            infos = [] if regex else [fs.get_file_info(base)]
+    files = [(f"{S3_SCHEME}{i.path}", i.size) for i in infos if i.type == pafs.FileType.File]
+    return [(u, size) for u, size in files if regex is None or regex.match(u[len(S3_SCHEME) :])]
 
 
 class FileTooLargeError(StorageError):
@@ -571,38 +629,18 @@ def read_bytes(uri: str | os.PathLike, s3: S3Config | None = None, *, max_bytes:
     """The whole content of a local file or an S3 object.
 
     ``max_bytes``: refuse (``FileTooLargeError``) a file larger than this before reading
-    it: its size comes from ``known_size`` (e.g. a listing), else a stat (local) or a
-    HEAD request (S3). At most ``max_bytes`` are ever read, even if the file grows.
+    it: its size comes from ``known_size`` (e.g. a listing; then no request is made for a
+    file above the cap), else from opening the file (a stat, or on S3 the HEAD request
+    PyArrow sends before any GET). The file is read as it was when opened (its size then),
+    so never more than ``max_bytes`` are read.
     """
-    if not is_s3(uri):
-        path = _local_path(uri)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no such file: {path}")
-        with open(path, "rb") as f:
-            if max_bytes is not None:
-                _check_size(uri, os.fstat(f.fileno()).st_size, max_bytes)
-                data = f.read(max_bytes + 1)
-                _check_size(uri, len(data), max_bytes)
-                return data
-            return f.read()
-    res = _resolve(s3)
-    bucket, key = split_s3(uri)
-    client = _boto3_client(res)
-    extra: dict[str, str] = {}
     if max_bytes is not None:
-        if known_size < 0:
-            head = _call(res, uri, "check", client.head_object, Bucket=bucket, Key=key)
-            known_size = int(head.get("ContentLength", -1))
         _check_size(uri, known_size, max_bytes)
-        extra["Range"] = f"bytes=0-{max_bytes}"  # one byte past the cap shows growth
-
-    def get() -> bytes:
-        return client.get_object(Bucket=bucket, Key=key, **extra)["Body"].read()
-
-    data = _call(res, uri, "read", get)
-    if max_bytes is not None:
-        _check_size(uri, len(data), max_bytes)
-    return data
+    fs, path, res = _fs(uri, s3)
+    with _errors(uri, res, "read"), fs.open_input_file(path) as f:
+        if max_bytes is not None:
+            _check_size(uri, f.size(), max_bytes)
+        return f.read()
 
 
 def _check_size(uri: str | os.PathLike, size: int, max_bytes: int) -> None:
@@ -611,66 +649,92 @@ def _check_size(uri: str | os.PathLike, size: int, max_bytes: int) -> None:
 
 
 def write_bytes(uri: str | os.PathLike, data: bytes, s3: S3Config | None = None) -> None:
-    """Write ``data`` to a local file (atomically, creating folders) or an S3 object."""
-    if not is_s3(uri):
-        path = Path(_local_path(uri))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write-then-rename: readers never see a half-written file.
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.part"
+    """Write ``data`` to a local file or an S3 object, atomically (see ``_write``);
+    local folders are created."""
+    _write(uri, [data], s3, "write")
+
+
+def _write(uri: str | os.PathLike, chunks: Iterable[bytes], s3: S3Config | None, action: str) -> None:
+    """The one write path (``write_bytes``, ``upload_file``, ``copy_to_local``).
+
+    Local: the chunks go to ``.NAME.<uuid>.part`` in the target's folder, which is then
+    renamed over the target: readers never see a half-written file.
+
+    S3: PyArrow's output stream sends nothing the object store shows before ``close()``:
+    up to 10 MiB it buffers and sends one PutObject on close; above, it uploads 10 MiB parts
+    in the background and sends CompleteMultipartUpload on close only if every part
+    succeeded (parts of a failed upload stay invisible until the bucket's lifecycle rule
+    removes them). So a failed request leaves the previous object, or none. PyArrow has no
+    ``abort()`` in Python, though, and *closes* (completes) a stream that is dropped open:
+    when the chunks themselves fail midway (a local read error), the partial object is
+    completed by that close and deleted here, so none remains. A source that fails before
+    its first chunk leaves the target untouched (nothing is opened).
+    """
+    fs, path, res = _fs(uri, s3)
+    target = path
+    if res is not None:
+        key = split_s3(os.fspath(uri))[1]
+        if not key or key.endswith("/"):
+            raise ValueError(f"cannot {action} to a bucket or prefix: {uri!r}")
+    else:
+        folder, name = os.path.split(path)
+        target = os.path.join(folder, b".%s.%s.part" % (name, uuid.uuid4().hex.encode()))
+    chunks = iter(chunks)
+    first = next(chunks, b"")
+    with _errors(uri, res, action):
+        if res is None:
+            fs.create_dir(folder, recursive=True)
+        out = fs.open_output_stream(target, compression=None)
         try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            for chunk in itertools.chain([first], chunks):
+                out.write(chunk)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(Exception):
+                out.close()  # what PyArrow would do when the stream is dropped ...
+                fs.delete_file(target)  # ... so remove what it wrote (only if it closed)
             raise
-        return
-    res = _resolve(s3)
-    bucket, key = split_s3(uri)
-    if not key or key.endswith("/"):
-        raise ValueError(f"cannot write bytes to a bucket or prefix: {uri!r}")
-    client = _boto3_client(res)
-    _call(res, uri, "write", client.put_object, Bucket=bucket, Key=key, Body=data)
+        try:
+            out.close()
+            if target != path:
+                fs.move(target, path)
+        except BaseException:
+            if target != path:
+                with contextlib.suppress(OSError):
+                    fs.delete_file(target)
+            raise
+
+
+def _chunks(f, uri: str | os.PathLike, res: _Resolved | None, action: str) -> Iterator[bytes]:
+    with f:
+        while True:
+            with _errors(uri, res, action):
+                chunk = f.read(_CHUNK_BYTES)
+            if not chunk:
+                return
+            yield chunk
 
 
 def copy_to_local(
     uri: str | os.PathLike, dest_path: str | os.PathLike, s3: S3Config | None = None
 ) -> Path:
-    """Copy a local file or S3 object to ``dest_path`` (folders created); returns it."""
-    dest = Path(dest_path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if not is_s3(uri):
-        src = _local_path(uri)
-        if not os.path.isfile(src):
-            raise FileNotFoundError(f"no such file: {src}")
-        shutil.copyfile(src, dest)
-        return dest
-    res = _resolve(s3)
-    bucket, key = split_s3(uri)
-    client = _boto3_client(res)
-    # download_file streams in parts, so large checkpoints need not fit in memory.
-    _call(res, uri, "download", client.download_file, bucket, key, str(dest))
-    return dest
+    """Copy a local file or S3 object to ``dest_path`` (folders created, written atomically,
+    streamed in 8 MiB reads, so large checkpoints need not fit in memory); returns it."""
+    fs, path, res = _fs(uri, s3)
+    with _errors(uri, res, "download"):
+        source = fs.open_input_file(path)
+    _write(dest_path, _chunks(source, uri, res, "download"), None, "download")
+    return Path(dest_path)
 
 
 def upload_file(
     local_path: str | os.PathLike, uri: str | os.PathLike, s3: S3Config | None = None
 ) -> None:
-    """Copy a local file to a local path or an S3 object (multipart when large)."""
+    """Copy a local file to a local path or an S3 object, streamed in 8 MiB pieces, through
+    the same atomic write as ``write_bytes`` (one PutObject up to 10 MiB, else multipart)."""
     src = _local_path(local_path)
-    if not os.path.isfile(src):
-        raise FileNotFoundError(f"no such file: {src}")
-    if not is_s3(uri):
-        dest = Path(_local_path(uri))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
-        return
-    res = _resolve(s3)
-    bucket, key = split_s3(uri)
-    if not key or key.endswith("/"):
-        raise ValueError(f"upload target must name an object, got {uri!r}")
-    client = _boto3_client(res)
-    _call(res, uri, "upload", client.upload_file, src, bucket, key)
+    with _errors(src, None, "upload"):
+        source = _LOCAL.open_input_file(os.fsencode(src))
+    _write(uri, _chunks(source, src, None, "upload"), s3, "upload")
 
 
 def exists(uri: str | os.PathLike, s3: S3Config | None = None) -> bool:
@@ -679,22 +743,13 @@ def exists(uri: str | os.PathLike, s3: S3Config | None = None) -> bool:
     A missing bucket is an error (StorageError), not ``False``: it is almost always a
     typo or a missing setup step.
     """
-    if not is_s3(uri):
-        return os.path.exists(_local_path(uri))
-    res = _resolve(s3)
-    bucket, key = split_s3(uri)
-    client = _boto3_client(res)
-    if key and not key.endswith("/"):
-        try:
-            _call(res, uri, "check", client.head_object, Bucket=bucket, Key=key)
+    fs, path, res = _fs(uri, s3)
+    with _errors(uri, res, "check"):
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
             return True
-        except FileNotFoundError:
-            pass  # maybe a "folder": fall through to a prefix listing
-    prefix = key.rstrip("/") + "/" if key else ""
-    page = _call(
-        res, uri, "check", client.list_objects_v2, Bucket=bucket, Prefix=prefix, MaxKeys=1
-    )
-    return not key or page.get("KeyCount", 0) > 0
+        if res is not None:
+            _require_bucket(os.fspath(uri), res, "check")
+    return False
 
 
 def create_exclusive(uri: str | os.PathLike, data: bytes, s3: S3Config | None = None) -> bool:
@@ -705,8 +760,8 @@ def create_exclusive(uri: str | os.PathLike, data: bytes, s3: S3Config | None = 
     callers that need certainty read the object back.
     """
     if not is_s3(uri):
-        path = Path(_local_path(uri))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = _local_path(uri)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
             with open(path, "xb") as f:
                 f.write(data)
@@ -716,50 +771,44 @@ def create_exclusive(uri: str | os.PathLike, data: bytes, s3: S3Config | None = 
     res = _resolve(s3)
     bucket, key = split_s3(uri)
     client = _boto3_client(res)
-    from botocore.exceptions import ClientError
-
     try:
+        # boto3, not PyArrow: PyArrow's output stream cannot send a conditional PUT.
         client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-    except ClientError as err:
-        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if status in (409, 412) or err.response.get("Error", {}).get("Code") in ("PreconditionFailed",
-                                                                                  "ConditionalRequestConflict"):
+    except Exception as err:  # noqa: BLE001 - botocore errors, translated below
+        code, status, _ = _error_fields(err)
+        if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
             return False
         raise _translate(err, uri, res, "write") from err
     return True
 
 
 def delete(uri: str | os.PathLike, s3: S3Config | None = None) -> None:
-    """Remove a local file or an S3 object; a missing one is not an error."""
-    if not is_s3(uri):
-        Path(_local_path(uri)).unlink(missing_ok=True)
-        return
-    res = _resolve(s3)
-    bucket, key = split_s3(uri)
-    _call(res, uri, "delete", _boto3_client(res).delete_object, Bucket=bucket, Key=key)
+    """Remove a local file or an S3 object; a missing one is not an error (a missing
+    bucket is)."""
+    fs, path, res = _fs(uri, s3)
+    with contextlib.suppress(FileNotFoundError), _errors(uri, res, "delete"):
+        fs.delete_file(path)
 
 
 def move(src: str | os.PathLike, dest: str | os.PathLike, s3: S3Config | None = None) -> None:
-    """Move a file within one store (a rename locally; copy then delete on S3)."""
+    """Move a file within one store (a rename locally; on S3, PyArrow's CopyObject then
+    DeleteObject, so up to 5 GiB)."""
     if is_s3(src) != is_s3(dest):
         raise ValueError(f"cannot move between a local path and S3: {src!r} -> {dest!r}")
-    if not is_s3(src):
-        target = Path(_local_path(dest))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(_local_path(src), target)
-        return
-    res = _resolve(s3)
-    (src_bucket, src_key), (bucket, key) = split_s3(src), split_s3(dest)
-    client = _boto3_client(res)
-    _call(res, src, "copy", client.copy_object, Bucket=bucket, Key=key,
-          CopySource={"Bucket": src_bucket, "Key": src_key})
-    _call(res, src, "delete", client.delete_object, Bucket=src_bucket, Key=src_key)
+    fs, src_path, res = _fs(src, s3)
+    dest_path = _fs(dest, s3)[1]
+    with _errors(src, res, "move"):
+        if res is None:
+            fs.create_dir(os.path.dirname(dest_path), recursive=True)
+        fs.move(src_path, dest_path)
 
 
 def makedirs(uri: str | os.PathLike, s3: S3Config | None = None) -> None:
     """Create a local folder and its parents; a no-op on S3, which has no folders."""
     if not is_s3(uri):
-        Path(_local_path(uri)).mkdir(parents=True, exist_ok=True)
+        fs, path, res = _fs(uri, s3)
+        with _errors(uri, res, "create"):
+            fs.create_dir(path, recursive=True)
 
 
 def build_s3_config(cfg: Mapping[str, Any] | None) -> S3Config | None:

@@ -92,20 +92,23 @@ class ActorStage(_Strict):
 
 
 class Stages(_Strict):
+    """The ``stages`` group: tagging's Ray Data stage sizing."""
+
+    wait_for_min_actors_s: Optional[float] = Field(ge=0)
     decode: TaskStage
     detect: ActorStage
     recognize: ActorStage
 
 
 class RaySettings(_Strict):
+    """The ``ray`` group: how to reach Ray (every job)."""
+
     address: Optional[str]
     num_cpus: Optional[int] = Field(ge=1)
     num_gpus: Optional[int] = Field(ge=0)
     include_dashboard: bool
-    wait_for_min_actors_s: Optional[float] = Field(ge=0)
     log_to_driver: bool
     object_store_memory: Optional[int] = Field(None, ge=78_643_200)  # not in the YAML: Ray sizes it
-    stages: Stages
 
 
 # -- the job -----------------------------------------------------------------------------
@@ -129,6 +132,7 @@ class TagSettings(_Strict):
     model: ModelSettings
     predictor: PredictorSettings
     ray: RaySettings
+    stages: Stages
 
 
 def _describe(error: Mapping[str, Any], data: Mapping) -> str:

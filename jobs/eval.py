@@ -39,7 +39,8 @@ def run(cfg: DictConfig) -> dict:
         split = data.get("split") or data.get("test_split") or data.get("val_split")
         if not split:
             raise ValueError(f"data.format={data['format']!r}: say which split to evaluate with data.split=NAME")
-        report = evaluate_dataset(model, data, str(split), int(plain.get("batch_size", 256)), plain.get("limit"))
+        report = evaluate_dataset(model, data, str(split), max_side=int(plain["predictor"]["max_image_side"]),
+                                  batch_size=int(plain.get("batch_size", 256)), limit=plain.get("limit"))
     report["model"] = f"{model.name}@sha256:{model.checkpoint_hash[:16]}"
     if plain.get("confusion_png") and "confusion" in report:
         storage.write_bytes(plain["confusion_png"], plot_confusion(report["confusion"], list(model.labels),

@@ -49,8 +49,8 @@ def train_rows(synthetic_root) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
     from emotion.training.rows import CropSpec, person_rows
 
     data = read_dataset("synthetic", str(synthetic_root), splits=["train"])
-    spec = CropSpec(("head", "body", "context"), SIZE, head_expand=1.25, num_labels=len(data.labels), multi_label=True)
-    return person_rows(data.samples("train"), spec), tuple(data.labels)
+    spec = CropSpec(("head", "body", "context"), SIZE, head_expand=1.25, max_side=960)
+    return person_rows(data.samples("train"), spec, num_labels=len(data.labels), multi_label=True), tuple(data.labels)
 
 
 def batches_of(rows: dict[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:
@@ -82,11 +82,11 @@ def test_family_is_registered_and_collate_matches_predict(train_rows):
         assert set(inputs) == {"head", "body", "context"}
         assert all(x.shape == (b, 3, SIZE, SIZE) and x.dtype == torch.float32 for x in inputs.values())
         assert targets["labels"].shape == (b, k) and torch.equal(targets["labels"], torch.from_numpy(batch["labels"]))
-    # Evaluation inputs are what predict() feeds the network, so validation scores are
-    # exactly the tagging scores of the same crops.
+    # Non-training inputs are what predict() feeds the network, so the projection
+    # pre-training (which embeds them) sees exactly what tagging sees.
     inputs, _ = family.collate(batch, model, False, torch.device("cpu"))
     with torch.no_grad():
-        scores = family.scores(model, model(**inputs)).numpy()
+        scores = model.probabilities(model(**inputs)["logits"].float()).numpy()
     predicted = model.predict({m: batch[f"crop_{m}"] for m in model.input_levels})["scores"]
     np.testing.assert_array_equal(scores, predicted)
     assert scores.shape == (b, k) and ((scores > 0) & (scores < 1)).all()  # sigmoid: multi-label

@@ -356,6 +356,17 @@ def test_label_sets_and_remap():
     np.testing.assert_array_equal(remap_scores(scores, FER_MODEL_CLASSES, FER_CLASSES), [[0, 1, 2, 3, 6, 4, 5]])
 
 
+def test_one_synonym_table_maps_both_ways():
+    """Dataset names onto a model's (what `emotion eval` needs) and a model's onto a
+    dataset's come from the same table: the two maps are inverse permutations."""
+    forward = remap(RAFDB_CLASSES, FER_MODEL_CLASSES)  # Happiness, Sadness, Anger -> happy, sad, angry
+    backward = remap(FER_MODEL_CLASSES, RAFDB_CLASSES)
+    assert (forward >= 0).all() and (backward >= 0).all()
+    assert backward[forward].tolist() == list(range(7)) and forward[backward].tolist() == list(range(7))
+    assert FER_MODEL_CLASSES[forward[RAFDB_CLASSES.index("Happiness")]] == "happy"
+    assert RAFDB_CLASSES[backward[FER_MODEL_CLASSES.index("angry")]] == "Anger"
+
+
 def test_samples_round_trip_through_arrow(caer_root: Path):
     data = read_caer(str(caer_root))
     table = samples_to_table(data.samples(), data.labels, data.label_set)

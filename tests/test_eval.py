@@ -106,8 +106,30 @@ def test_eval_counts_unreadable_files_as_no_prediction(fer_root, tmp_path, capsy
     from emotion.predictor import build_predictor
 
     predictor = build_predictor(OmegaConf.to_container(fer_eval_cfg(tmp_path), resolve=True))
-    scores = evaluation.predict_scores(predictor, [str(gone), str(faces[-1])], batch_size=8)
+    scores = evaluation.first_person_scores(predictor, [str(gone), str(faces[-1])])
     assert np.isnan(scores[0]).all() and np.isfinite(scores[1]).all()
+
+
+def test_eval_reads_a_tiff_class_folder(fer_root, tmp_path, capsys):
+    """JAFFE ships as TIFF: `emotion eval` lists and scores .tif/.tiff faces as it does JPEGs
+    (it once looked for other suffixes only and stopped with "no images under ...")."""
+    from PIL import Image
+
+    from emotion.image_files import IMAGE_SUFFIXES
+
+    assert {".tif", ".tiff"} <= set(IMAGE_SUFFIXES)
+    jpegs = copy_fer_faces(fer_root, tmp_path / "jpeg")
+    for i, face in enumerate(jpegs):
+        target = tmp_path / "tiff" / face.parent.name / f"{face.stem}.{'tif' if i % 2 else 'TIFF'}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(face).save(target, format="TIFF")
+
+    report, line = eval_folder(tmp_path / "tiff", capsys)
+    assert line["n"] == 2 * FACES_PER_CLASS and line["no_prediction"] == 0
+    assert set(line["per_class"]) >= {"happy", "sad"}
+    # The same faces as JPEG score the same: TIFF is lossless, so the pixels are identical.
+    jpeg_report, _ = eval_folder(tmp_path / "jpeg", capsys)
+    assert report["accuracy"] == jpeg_report["accuracy"] and report["confusion"] == jpeg_report["confusion"]
 
 
 def test_eval_rejects_unknown_classes(tmp_path):
@@ -135,3 +157,40 @@ def test_cli_reports_bad_config_key(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "emotion.cli", "tag", "detector.scroe_threshold=0.5"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode != 0 and "scroe_threshold" in bad.stderr
+
+
+def test_dataset_eval_is_validation_with_the_model_spelling_its_classes_its_own_way(tmp_path):
+    """`emotion eval data=synthetic` and validation during training give one report: the
+    same rows, loop and metrics. The model names the classes differently from the data
+    (happy for Happiness, ...): the one synonym table lines them up."""
+    import torch
+
+    from emotion.data import read_dataset
+    from emotion.data.synthetic import generate_synthetic_emotic
+    from emotion.evaluation import evaluate_dataset
+    from emotion.labels import SYNTHETIC_CATEGORIES, remap_scores
+    from emotion.models.registry import build_model
+    from emotion.training.loop import evaluate
+    from emotion.training.rows import build_crop_spec, person_rows
+
+    generate_synthetic_emotic(tmp_path, n_train=1, n_val=4, n_test=0, image_size=(96, 96), max_people=2, seed=0)
+    model_labels = ["peace", "happy", "sad", "angry", "fearful", "surprised"]  # another order, other spellings
+    torch.manual_seed(0)
+    model = build_model("cocoer", dict(labels=model_labels, multi_label=True, backbone="toy", vocab_backbone="toy",
+                                       pretrained=False, input_size=32, d_h=32, d=32, n_blocks=1, n_heads=4,
+                                       d_ff=64, dropout=0.0))
+    data = {"format": "synthetic", "root": str(tmp_path), "head_expand": 1.25}
+    report = evaluate_dataset(model, data, "val", max_side=960, batch_size=3)
+
+    samples = read_dataset("synthetic", str(tmp_path), splits=["val"]).samples("val")
+    rows = person_rows(samples, build_crop_spec(model, 1.25, 960), num_labels=6, multi_label=True)
+    rows["labels"] = remap_scores(rows["labels"], list(SYNTHETIC_CATEGORIES), model_labels)
+    validation = evaluate(model, [rows])
+    assert report["n"] == validation["n"] == len(rows["labels"]) >= 4
+    assert set(report["per_class_ap"]) == set(model_labels)
+    assert report["mAP"] == pytest.approx(validation["mAP"], abs=1e-6)
+    assert report["per_class_ap"] == pytest.approx(validation["per_class_ap"], abs=1e-6)
+    assert report["split"] == "val" and report["images"] == 4 and "score" not in report
+    with pytest.raises(ValueError, match="Peace"):
+        evaluate_dataset(build_model("cocoer", {**model.config, "labels": model_labels[1:]}), data, "val",
+                         max_side=960)

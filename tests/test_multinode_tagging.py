@@ -41,13 +41,13 @@ def test_tagging_on_two_nodes_uses_both_and_is_complete(two_node_ray, s3_server,
     cmd = [sys.executable, "-m", "emotion.cli", "tag", "input=s3://multi/in/", "output=s3://multi/out/",
            "ray=cluster", f"ray.address={two_node_ray.address}", f"summary_json={summary_path}",
            # two detect actors spread over the two nodes, small batches so work interleaves
-           "ray.stages.decode.num_cpus=0.1", "ray.stages.decode.batch_size=2",
-           "ray.stages.detect.pool_min=2", "ray.stages.detect.pool_max=2", "ray.stages.detect.num_cpus=0.3",
-           "ray.stages.detect.resources={detect_slot: 1}", "ray.wait_for_min_actors_s=120",
-           "ray.stages.detect.batch_size=1", "ray.stages.detect.torch_threads=1",
-           "ray.stages.detect.max_tasks_in_flight=1",
-           "ray.stages.recognize.pool_min=1", "ray.stages.recognize.pool_max=1",
-           "ray.stages.recognize.num_cpus=0.2", "ray.stages.recognize.torch_threads=1"]
+           "stages.decode.num_cpus=0.1", "stages.decode.batch_size=2",
+           "stages.detect.pool_min=2", "stages.detect.pool_max=2", "stages.detect.num_cpus=0.3",
+           "stages.detect.resources={detect_slot: 1}", "stages.wait_for_min_actors_s=120",
+           "stages.detect.batch_size=1", "stages.detect.torch_threads=1",
+           "stages.detect.max_tasks_in_flight=1",
+           "stages.recognize.pool_min=1", "stages.recognize.pool_max=1",
+           "stages.recognize.num_cpus=0.2", "stages.recognize.torch_threads=1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

@@ -66,7 +66,7 @@ def test_two_workers_on_two_nodes_survive_a_killed_worker(two_node_ray, tmp_path
     output = tmp_path / "out"
     overrides = [
         f"ray.address={two_node_ray.address}",
-        "ray.train.num_workers=2", "ray.train.cpus_per_worker=0.5", "ray.train.placement_strategy=STRICT_SPREAD",
+        "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "scaling.placement_strategy=STRICT_SPREAD",
         "max_failures=1",
         "data=image_folder", f"data.root={data}",
         "model.backbone=toy", "model.pretrained=false", "model.input_size=64",

@@ -248,12 +248,13 @@ def test_retry_policy_is_configured(s3_endpoint):
 
 def test_throttling_is_retried_then_reported(s3_bucket, s3_endpoint):
     storage.write_bytes(f"s3://{s3_bucket}/k.txt", b"payload")
-    # boto3 path: a real 503 SlowDown answer, then success on the second attempt.
+    # A real 503 SlowDown answer, then success on the second attempt. PyArrow sends a HEAD
+    # (which gives the size) before the GET: throttled HEAD, HEAD, GET.
     with ThrottlingProxy(s3_endpoint, failures=1) as proxy:
         cfg = S3Config(endpoint_url=proxy.endpoint, max_attempts=2)
         assert storage.read_bytes(f"s3://{s3_bucket}/k.txt", s3=cfg) == b"payload"
-        assert proxy.requests_seen == 2
-    # PyArrow path (what Ray Data uses): same server behaviour, same outcome.
+        assert proxy.requests_seen == 3
+    # Through the filesystem handed to Ray Data: same server behaviour, same outcome.
     with ThrottlingProxy(s3_endpoint, failures=2) as proxy:
         fs, path = storage.get_filesystem(
             f"s3://{s3_bucket}/k.txt", s3=S3Config(endpoint_url=proxy.endpoint, max_attempts=3)
@@ -261,12 +262,16 @@ def test_throttling_is_retried_then_reported(s3_bucket, s3_endpoint):
         with fs.open_input_stream(path) as f:
             assert f.read() == b"payload"
         assert proxy.requests_seen == 4  # 2 throttled HEADs, then HEAD and GET
-    # Out of attempts: a clear error, after exactly max_attempts requests.
+    # Out of attempts: a clear error, after exactly max_attempts requests. A HEAD answer has
+    # no body, so only its status names the cause; a listing's answer carries the code.
     with ThrottlingProxy(s3_endpoint, failures=100) as proxy:
         cfg = S3Config(endpoint_url=proxy.endpoint, max_attempts=2)
-        with pytest.raises(StorageError, match="throttling.*SlowDown.*2 attempts"):
+        with pytest.raises(StorageError, match="throttling.*HTTP 503.*2 attempts"):
             storage.read_bytes(f"s3://{s3_bucket}/k.txt", s3=cfg)
         assert proxy.requests_seen == 2
+        with pytest.raises(StorageError, match="throttling.*SlowDown.*2 attempts"):
+            storage.list_files(f"s3://{s3_bucket}/", s3=cfg)
+        assert proxy.requests_seen == 4
 
 
 def test_unknown_profile_is_a_clear_error(s3_endpoint):

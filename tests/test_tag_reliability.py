@@ -117,7 +117,7 @@ def photo_folder(tmp_path_factory, sample_photos) -> Path:
 def start_tag(folder: Path, output: Path, log: Path, *extra: str) -> subprocess.Popen:
     # Small recognize batches make small units: a unit is at least one batch of rows.
     cmd = [EMOTION, "tag", f"input={folder}", f"output={output}", "commit_every_rows=10",
-           "ray.stages.recognize.batch_size=8", "ray.num_cpus=2", "progress_every_s=0", *extra]
+           "stages.recognize.batch_size=8", "ray.num_cpus=2", "progress_every_s=0", *extra]
     return subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -196,9 +196,9 @@ def test_driver_killed_twice_then_resumed_loses_and_repeats_nothing(photo_folder
 BAD_CONFIGS = {
     "detector.score_threshold=abc": "detector.score_threshold",
     "detector.score_threshold=2": "detector.score_threshold",
-    "ray.stages.detect.pool_max=0": "ray.stages.detect.pool_max",
-    "ray.stages.decode.batch_size=0": "ray.stages.decode.batch_size",
-    "ray.stages.recognize.batch_size=0": "ray.stages.recognize.batch_size",
+    "stages.detect.pool_max=0": "stages.detect.pool_max",
+    "stages.decode.batch_size=0": "stages.decode.batch_size",
+    "stages.recognize.batch_size=0": "stages.recognize.batch_size",
     "commit_every_rows=-5": "commit_every_rows",
     "output=OUTPUT_IS_A_FILE": "output",
     "output=s3://no-such-bucket/tags": "s3://no-such-bucket/tags",

@@ -20,7 +20,7 @@ fer             the same with the FER2013 class names               ``read_image
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from emotion.data.caer import read_caer
 from emotion.data.emotic import read_emotic, read_emotic_csv
@@ -52,10 +52,4 @@ def read_dataset(fmt: str, root: str, **kwargs: Any) -> SampleSet:
     return reader(str(root), **kwargs)
 
 
-def build_dataset(cfg: Mapping[str, Any]) -> SampleSet:
-    """``read_dataset(cfg['format'], cfg['root'], **cfg.get('options', {}))``."""
-    options = dict(cfg.get("options") or {})
-    return read_dataset(str(cfg["format"]), str(cfg["root"]), **options)
-
-
-__all__ = ["READERS", "SampleSet", "build_dataset", "list_formats", "read_dataset"]
+__all__ = ["READERS", "SampleSet", "list_formats", "read_dataset"]

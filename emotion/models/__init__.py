@@ -1,1 +1,1 @@
-"""Models: detectors, backbones, the joint CocoER model, DSCT and face models."""
+"""Models: detectors, backbones, the joint CocoER model and face models."""

@@ -327,8 +327,8 @@ def _tag(settings: TagSettings, todo: list[tuple[str, int]], summary: TagSummary
     spec = input_spec(cfg["model"])
     schema = output_schema(list(spec.labels), spec.model_id)
 
-    _wait_for_pools(cfg["ray"]["wait_for_min_actors_s"])
-    stages = cfg["ray"]["stages"]
+    stages = cfg["stages"]
+    _wait_for_pools(stages["wait_for_min_actors_s"])
     env = forwarded_env()
     remote_env = {"runtime_env": {"env_vars": env}} if env else {}
     block = int(stages["decode"]["batch_size"])

@@ -289,17 +289,17 @@ class TrainSummary:
         return json.dumps({k: v for k, v in asdict(self).items() if k != "history"}, indent=2)
 
 
-def _scaling_config(ray_cfg: Mapping[str, Any]) -> ray.train.ScalingConfig:
-    train = dict(ray_cfg.get("train") or {})
-    use_gpu = train.get("use_gpu", "auto")
+def _scaling_config(scaling: Mapping[str, Any]) -> ray.train.ScalingConfig:
+    """The ``scaling`` group (``jobs/configs/scaling/``) as Ray Train's ScalingConfig."""
+    use_gpu = scaling["use_gpu"]
     if use_gpu == "auto":
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    resources = {"CPU": float(train.get("cpus_per_worker", 1))}
+    resources = {"CPU": float(scaling["cpus_per_worker"])}
     if use_gpu:
-        resources["GPU"] = float(train.get("gpus_per_worker", 1))
-    return ray.train.ScalingConfig(num_workers=int(train.get("num_workers", 1)), use_gpu=bool(use_gpu),
+        resources["GPU"] = float(scaling["gpus_per_worker"])
+    return ray.train.ScalingConfig(num_workers=int(scaling["num_workers"]), use_gpu=bool(use_gpu),
                                    resources_per_worker=resources,
-                                   placement_strategy=str(train.get("placement_strategy", "PACK")))
+                                   placement_strategy=str(scaling["placement_strategy"]))
 
 
 def _storage(cfg: Mapping[str, Any]) -> tuple[str, Any, str]:
@@ -382,7 +382,6 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
     log.info("training rows: %d, validation rows: %d (%s)", train_rows, val_rows, ", ".join(spec.levels))
     datasets["train"] = datasets["train"].randomize_block_order()  # a new block order every epoch
 
-    ray_cfg = cfg.get("ray") or {}
     failure = ray.train.FailureConfig(max_failures=int(cfg.get("max_failures", 2)))
     checkpoints = ray.train.CheckpointConfig(num_to_keep=cfg.get("keep_checkpoints", 2),
                                              checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max")
@@ -395,7 +394,7 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
     loop_config = {"job": dict(cfg), "model_name": model_name, "model_cfg": model_cfg, "train_rows": train_rows,
                    "resume_from": cfg.get("resume_from")}
     trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
-                           scaling_config=_scaling_config(ray_cfg), run_config=run_config, datasets=datasets,
+                           scaling_config=_scaling_config(cfg["scaling"]), run_config=run_config, datasets=datasets,
                            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
     result = trainer.fit()
     if result.error is not None:

@@ -1,5 +1,6 @@
 """The training family of CocoER (``emotion.models.joint.cocoer``): what the generic loop
-(``loop.py``, ``emotion.pipelines.training``) needs to train the joint model.
+(``loop.py``, ``emotion.pipelines.training``) needs to train the joint model
+(``families.Family``; ``families.FAMILIES`` registers it).
 
 * ``build_model(cfg)``: the registry's ``cocoer`` builder (labels from the dataset);
 * ``build_criterion(train_cfg, model)``: ``emotion.losses.CocoERCriterion`` — fused, head,
@@ -7,15 +8,15 @@
   distance, weighted by ``train_cfg.loss_weights`` (defaults: ``DEFAULT_WEIGHTS``);
 * ``collate``: rows (``crop_head``/``crop_body``/``crop_context`` uint8 [B, S, S, 3],
   ``labels`` multi-hot) -> the forward's ``head``/``body``/``context`` float tensors.
-  Evaluation batches go through ``CocoER._crops_to_tensor``, the very function
-  ``CocoER.predict`` uses, so validation sees exactly what tagging sees; training batches
-  go through ``augment`` (same ImageNet normalisation after the random transforms);
-* ``scores``: ``CocoER.probabilities`` of the fused logits (sigmoid for multi-label sets);
-* ``metrics``: mAP and per-class AP (multi-label) or accuracy (single-label);
+  Non-training batches go through ``CocoER._crops_to_tensor``, the very function
+  ``CocoER.predict`` uses, so the projection pre-training embeds exactly what tagging
+  sees; training batches go through ``augment`` (same ImageNet normalisation after the
+  random transforms). Validation needs no family: ``loop.evaluate`` calls
+  ``CocoER.predict`` itself;
 * ``before_training(model, batches, train_cfg, device)``: the short pre-training of the
-  vocabulary projection ω (METHODS.md 1.4): frozen image embeddings of the training
-  split's context windows, then ``pretrain_projection`` towards the class prototypes of
-  each person's labels. The loop calls it once, before the first epoch of a fresh run
+  vocabulary projection ω (step 4 of the pipeline in ``cocoer.py``; ``vocabulary.py``):
+  frozen image embeddings of the training split's context windows, then
+  ``pretrain_projection`` towards the class prototypes of each person's labels. The loop calls it once, before the first epoch of a fresh run
   (a resumed run has ω in its checkpoint). Settings: ``train_cfg.projection``
   (``PROJECTION_DEFAULTS``; ``steps: 0`` skips it).
 
@@ -35,7 +36,6 @@ from torch import nn
 from emotion.losses import CocoERCriterion
 from emotion.models.joint.vocabulary import collect_embeddings, pretrain_projection, projection_loss
 from emotion.training.augment import AugmentConfig, augment
-from emotion.training.families import ClassifierFamily
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,13 @@ def projection_settings(train_cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {**PROJECTION_DEFAULTS, **given}
 
 
-class CocoERFamily(ClassifierFamily):
+class CocoERFamily:
     """CocoER's training family (see the module doc)."""
 
-    def __init__(self, builder_name: str = "cocoer"):
-        super().__init__(builder_name)
+    def build_model(self, cfg: Mapping[str, Any]) -> nn.Module:
+        from emotion.models.registry import build_model
+
+        return build_model("cocoer", cfg)
 
     def build_criterion(self, cfg: Mapping[str, Any], model: nn.Module) -> nn.Module:
         weights = cfg.get("loss_weights")
@@ -101,9 +103,6 @@ class CocoERFamily(ClassifierFamily):
             inputs = model._crops_to_tensor(crops)  # noqa: SLF001 - the normalisation predict() applies
         labels = torch.as_tensor(np.array(batch["labels"], dtype=np.float32), device=device)  # a writable copy
         return inputs, {"labels": labels, "classes": labels.argmax(dim=-1)}
-
-    def scores(self, model: nn.Module, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return model.probabilities(outputs["logits"].float())
 
     def context_batches(self, model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]],
                         device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -143,6 +142,3 @@ class CocoERFamily(ClassifierFamily):
                  report["projection_images"], before, after)
         return report
 
-
-def build_cocoer_family(builder_name: str = "cocoer") -> CocoERFamily:
-    return CocoERFamily(builder_name)

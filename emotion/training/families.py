@@ -1,7 +1,7 @@
 """Model families: what the trainer needs to know about a kind of model.
 
 The training loop (``loop.py``) is the same for every model; a family supplies the
-parts that differ:
+parts that differ (``Family``):
 
 * ``build_model(cfg) -> nn.Module`` — an ``EmotionModel`` that is also an ``nn.Module``,
   with ``config`` (a JSON-able mapping that ``emotion.models.registry.build_model(name,
@@ -9,28 +9,40 @@ parts that differ:
   ``input_size``; ``forward(**{level: images})`` returns a dict with ``logits`` [B, K];
 * ``build_criterion(cfg, model) -> nn.Module`` — ``criterion(outputs, targets)`` returns
   a dict of loss terms with the total under ``loss``;
-* ``collate(batch, model, train, device, generator) -> (inputs, targets)`` — training
-  rows (``rows.py``: ``crop_<level>`` uint8, ``labels`` multi-hot, ``vad``) into the
-  forward's keyword inputs (augmented when ``train``) and the criterion's targets;
-* ``scores(model, outputs) -> Tensor [B, K]`` — probabilities for the metrics;
-* ``metrics(scores, labels, vad_true, vad_pred, label_names, multi_label) -> dict`` with
-  ``score``, the number the best checkpoint is chosen by (accuracy for single-label
-  sets, mean AP for multi-label ones).
+* ``collate(batch, model, train, device, augment_cfg, generator) -> (inputs, targets)`` —
+  training rows (``rows.py``: ``crop_<level>`` uint8, ``labels`` multi-hot, ``vad``)
+  into the forward's keyword inputs (augmented when ``train``) and the criterion's
+  targets (``labels`` multi-hot [B, K], ``classes`` [B]).
+
+Validation needs nothing from a family: the model owns its outputs (``predict``), and
+``loop.evaluate`` scores and reports exactly as ``emotion eval`` does (``emotion.metrics``).
 
 ``FAMILIES`` maps a registered model name to its family.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emotion import metrics as metric_fns
-from emotion.training.augment import AugmentConfig, augment, build_augment, prepare_eval
+from emotion.training.augment import AugmentConfig, augment, prepare_eval
+from emotion.training.cocoer_family import CocoERFamily
+
+
+class Family(Protocol):
+    """What ``loop.py`` and ``emotion.pipelines.training`` call on a family (module doc)."""
+
+    def build_model(self, cfg: Mapping[str, Any]) -> nn.Module: ...
+
+    def build_criterion(self, cfg: Mapping[str, Any], model: nn.Module) -> nn.Module: ...
+
+    def collate(self, batch: Mapping[str, np.ndarray], model: nn.Module, train: bool, device: torch.device,
+                augment_cfg: AugmentConfig | None = None,
+                generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]: ...
 
 
 class ClassificationCriterion(nn.Module):
@@ -83,52 +95,15 @@ class ClassifierFamily:
             inputs[level] = augment(images, augment_cfg or AugmentConfig(), generator) if train else prepare_eval(images)
         return inputs, _targets(batch, device)
 
-    def scores(self, model: nn.Module, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        logits = outputs["logits"].float()
-        return torch.sigmoid(logits) if model.multi_label else torch.softmax(logits, dim=-1)
-
-    def metrics(self, scores: np.ndarray, labels: np.ndarray, label_names: tuple[str, ...], multi_label: bool,
-                vad_true: np.ndarray | None = None, vad_pred: np.ndarray | None = None) -> dict[str, Any]:
-        return classification_metrics(scores, labels, label_names, multi_label, vad_true, vad_pred)
-
-
-def classification_metrics(scores: np.ndarray, labels: np.ndarray, label_names: tuple[str, ...], multi_label: bool,
-                           vad_true: np.ndarray | None = None, vad_pred: np.ndarray | None = None) -> dict[str, Any]:
-    """``score`` (accuracy or mAP) plus details, from scores [N, K] and multi-hot labels [N, K]."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    if scores.shape != labels.shape or scores.ndim != 2 or len(scores) == 0:
-        raise ValueError(f"scores and labels must both be non-empty [N, K], got {scores.shape} and {labels.shape}")
-    out: dict[str, Any] = {"n": int(len(scores))}
-    if multi_label:
-        mean_ap, per_class = metric_fns.mean_average_precision((labels > 0.5).astype(np.int64), scores)
-        out.update({"score": mean_ap, "mAP": mean_ap,
-                    "per_class_ap": {name: (None if np.isnan(v) else float(v)) for name, v in zip(label_names, per_class)}})
-    else:
-        report = metric_fns.classification_report(labels.argmax(axis=1), scores.argmax(axis=1), list(label_names))
-        out.update({"score": report["accuracy"], "accuracy": report["accuracy"], "per_class": report["per_class"],
-                    "confusion": report["confusion"]})
-    if vad_true is not None and vad_pred is not None:
-        known = np.isfinite(vad_true).all(axis=1) & np.isfinite(vad_pred).all(axis=1)
-        if known.any():
-            out["vad_mae"] = [float(v) for v in metric_fns.vad_error(vad_true[known], vad_pred[known])]
-    return out
-
-
-def _cocoer_family() -> ClassifierFamily:
-    # emotion.training.cocoer_family imports this module: import it when first asked for.
-    from emotion.training.cocoer_family import build_cocoer_family
-
-    return build_cocoer_family("cocoer")
-
 
 # Registered model name -> its family.
-FAMILIES: dict[str, Callable[[], ClassifierFamily]] = {
+FAMILIES: dict[str, Callable[[], Family]] = {
     "face_cnn": lambda: ClassifierFamily("face_cnn"),
-    "cocoer": _cocoer_family,
+    "cocoer": CocoERFamily,
 }
 
 
-def get_family(model_name: str) -> ClassifierFamily:
+def get_family(model_name: str) -> Family:
     """The training family of registered model ``model_name``."""
     try:
         return FAMILIES[model_name]()
@@ -136,5 +111,4 @@ def get_family(model_name: str) -> ClassifierFamily:
         raise KeyError(f"model {model_name!r} has no training family; trainable models: {sorted(FAMILIES)}") from None
 
 
-__all__ = ["FAMILIES", "ClassificationCriterion", "ClassifierFamily", "build_augment",
-           "classification_metrics", "get_family"]
+__all__ = ["FAMILIES", "ClassificationCriterion", "ClassifierFamily", "CocoERFamily", "Family", "get_family"]

@@ -1,9 +1,10 @@
-"""The framework-free training loop: one epoch of training, evaluation, optimiser,
+"""The framework-free training loop: one epoch of training, validation, optimiser,
 precision, and saving/restoring the training state in the project's checkpoint format.
 
 Batches are dicts of numpy arrays (``rows.py``); where they come from (Ray Data shards,
 a list in a test) does not matter here. Distributed runs wrap the model in DDP before
-calling ``train_epoch``; ``evaluate`` gathers predictions from every rank through
+calling ``train_epoch``; ``evaluate`` scores rows as ``emotion eval`` does
+(``emotion.metrics``) and gathers predictions from every rank through
 ``torch.distributed`` when a process group is up.
 """
 
@@ -20,6 +21,8 @@ import torch
 from torch import nn
 
 from emotion.checkpoint import load_checkpoint, save_checkpoint
+from emotion.evaluation import predict_rows
+from emotion.metrics import evaluation_report, score_batches
 from emotion.training.augment import AugmentConfig
 from emotion.training.schedule import LRSchedule
 
@@ -140,59 +143,44 @@ def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], f
     }
 
 
-def _gather_fields(fields: list[np.ndarray]) -> list[np.ndarray]:
-    """Concatenate each field over every rank, in rank order (identity without a group)."""
+def _gather(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Concatenate each array over every rank, in rank order (identity without a group)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return fields
+        return arrays
     everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, fields)
-    return [np.concatenate([rank_fields[j] for rank_fields in everyone]) for j in range(len(fields))]
+    dist.all_gather_object(everyone, arrays)
+    return {key: np.concatenate([rank_arrays[key] for rank_arrays in everyone]) for key in arrays}
 
 
-@torch.no_grad()
-def predict_batches(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], family: Any, *,
-                    device: torch.device, amp_dtype: torch.dtype | None = None, rank: int = 0,
-                    world_size: int = 1) -> dict[str, np.ndarray]:
-    """Scores [N, K], labels [N, K], vad true/pred [N, 3] of every row of ``batches``.
+def evaluate(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], family: Any = None, *,
+             device: torch.device | None = None, amp_dtype: torch.dtype | None = None, rank: int = 0,
+             world_size: int = 1) -> dict[str, Any]:
+    """Validation: ``emotion.metrics.evaluation_report`` of ``model`` over row ``batches``,
+    plus ``score`` (accuracy, or mAP for a multi-label model: the number the best
+    checkpoint is chosen by) and ``seconds``.
 
-    With ``world_size`` > 1 every rank reads all batches but scores only those with
-    ``index % world_size == rank``; the results are gathered, so every rank returns all.
+    Rows are scored by ``model.predict`` (``emotion.evaluation.predict_rows``) through
+    ``metrics.score_batches``, the loop and report ``emotion eval`` uses, in fp32 as there
+    whatever the training precision, so validation numbers are ``emotion eval`` numbers.
+    With ``world_size`` > 1 every rank reads all batches, scores every ``world_size``-th
+    one and the ranks' results are gathered, so every rank returns the same report.
+    ``family``, ``device`` and ``amp_dtype`` are not used (the model owns its outputs and
+    its device); they stay while ``emotion.pipelines.training`` passes them.
     """
-    core = unwrap(model)
-    core.eval()
-    scores, labels, vad_true, vad_pred = [], [], [], []
-    for index, batch in enumerate(batches):
-        if index % world_size != rank:
-            continue
-        inputs, targets = family.collate(batch, core, False, device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            outputs = core(**inputs)
-        scores.append(family.scores(core, outputs).float().cpu().numpy())
-        labels.append(np.asarray(batch["labels"], dtype=np.float32))
-        n = len(scores[-1])
-        vad_true.append(np.asarray(batch.get("vad", np.full((n, 3), np.nan)), dtype=np.float32).reshape(n, 3))
-        vad = outputs.get("vad") if isinstance(outputs, Mapping) else None
-        vad_pred.append(vad.float().cpu().numpy() if vad is not None else np.full((n, 3), np.nan, np.float32))
-    k = len(core.labels)
-    widths = (k, k, 3, 3)
-    fields = [np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
-              for parts, width in zip((scores, labels, vad_true, vad_pred), widths)]
-    gathered = _gather_fields(fields) if world_size > 1 else fields
-    return dict(zip(("scores", "labels", "vad_true", "vad_pred"), gathered))
-
-
-def evaluate(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], family: Any, *, device: torch.device,
-             amp_dtype: torch.dtype | None = None, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
-    """The family's metrics (``score``, accuracy or mAP, ...) over ``batches``."""
+    del family, device, amp_dtype
     core = unwrap(model)
     started = time.perf_counter()
-    out = predict_batches(model, batches, family, device=device, amp_dtype=amp_dtype, rank=rank, world_size=world_size)
-    if out["scores"].size == 0:
+    scored = score_batches(lambda batch: predict_rows(core, batch), batches, len(core.labels),
+                           rank=rank, world_size=world_size)
+    if world_size > 1:
+        scored = _gather(scored)
+    if len(scored["scores"]) == 0:
         raise ValueError("the validation split has no rows: check data.val_split and the dataset")
-    report = family.metrics(out["scores"], out["labels"], tuple(core.labels), bool(core.multi_label),
-                            out["vad_true"], out["vad_pred"])
+    report = evaluation_report(scored["scores"], scored["targets"], tuple(core.labels), bool(core.multi_label),
+                               scored["vad_true"], scored["vad_pred"])
+    report["score"] = report["mAP"] if core.multi_label else report["accuracy"]
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report
 

@@ -103,13 +103,6 @@ def person_rows(samples: Iterable[Mapping[str, Any]], spec: CropSpec, counts: Ro
     return out
 
 
-def concat_rows(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenate row batches column by column (all parts must share their columns)."""
-    if not parts:
-        raise ValueError("no row batches to concatenate")
-    return {key: np.concatenate([np.asarray(part[key]) for part in parts]) for key in parts[0]}
-
-
 def build_crop_spec(model: Any, head_expand: float, max_side: int) -> CropSpec:
     """The crops ``model`` (an EmotionModel) reads, cut with a box source's margin."""
     return CropSpec(levels=tuple(model.input_levels), size=int(model.input_size), head_expand=float(head_expand),

@@ -1,6 +1,6 @@
 """Hierarchical feature extraction: patch tokens, cross-level attention, pooled level vectors.
 
-METHODS.md section 1, steps 1-2. For level m and the context tokens ū_c (N x d_h):
+Steps 1-2 of the pipeline in ``cocoer.py``. For level m and the context tokens ū_c (N x d_h):
 
     Q = ū_m W0,  K = ū_c Wc,  V = ū_m W1          (V from the level itself, as written)
     γ = softmax(Q Kᵀ / √d_k)   per head (d_k = d_h / n_heads)

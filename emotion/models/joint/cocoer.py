@@ -1,6 +1,6 @@
 """CocoER: multi-level features aligned by competition and coordination (CVPR 2025).
 
-Pipeline (METHODS.md section 1), for a batch of people:
+Pipeline (the paper's, as its public code runs it), for a batch of people:
 
 1. three windows (head, body, context), each through its own trainable backbone R_m
    (``backbones.py``) to a feature map, cut into 1x1 patches, projected to d_h

@@ -1,4 +1,4 @@
-"""Vocabulary-informed alignment (METHODS.md 1.4): the pseudo label y_t.
+"""Vocabulary-informed alignment (step 4 of the pipeline in ``cocoer.py``): the pseudo label y_t.
 
 A frozen image encoder embeds the whole image (the context crop): û = normalise(mean-pooled
 ImageNet backbone features). A linear projection ω (no bias) maps û into the text space of

@@ -1,4 +1,5 @@
-"""The workspace: competition and coordination of the level heads (METHODS.md 1.5-1.6).
+"""The workspace: competition and coordination of the level heads (steps 5-6 of the
+pipeline in ``cocoer.py``).
 
 Everything here is batched over the samples and closed-form: no per-sample loop, no
 autograd inside the step, no external QP solver.
