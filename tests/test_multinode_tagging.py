@@ -39,7 +39,7 @@ def test_tagging_on_two_nodes_uses_both_and_is_complete(two_node_ray, s3_server,
     env = dict(os.environ, **two_node_ray.env, RAY_ADDRESS=two_node_ray.address)
     summary_path = tmp_path / "summary.json"
     cmd = [sys.executable, "-m", "emotion.cli", "tag", "input=s3://multi/in/", "output=s3://multi/out/",
-           "ray=cluster", f"ray.address={two_node_ray.address}", f"summary_json={summary_path}",
+           "ray=cluster", "stages=cluster", f"ray.address={two_node_ray.address}", f"summary_json={summary_path}",
            # two detect actors spread over the two nodes, small batches so work interleaves
            "stages.decode.num_cpus=0.1", "stages.decode.batch_size=2",
            "stages.detect.pool_min=2", "stages.detect.pool_max=2", "stages.detect.num_cpus=0.3",
