@@ -20,6 +20,7 @@ the safe unpickler accepts it):
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -60,10 +61,13 @@ def save_checkpoint(path_or_s3_uri: str | os.PathLike, *, model_name: str, model
                     state_dict: Mapping[str, torch.Tensor], labels: Sequence[str], epoch: int | None = None,
                     optimizer_state: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
                     extra: Mapping[str, Any] | None = None, s3: Any = None) -> str:
-    """Write a checkpoint atomically (temp file + rename, or upload); returns its location.
+    """Write a checkpoint atomically through ``emotion.storage.write_bytes`` (temp file +
+    rename locally; on S3 an object that appears whole or not at all); returns its location.
 
-    Tensors are moved to the CPU first, so a checkpoint saved on a GPU loads anywhere.
-    ``s3`` is an optional ``emotion.storage.S3Config`` for ``s3://`` destinations.
+    The file is serialized in memory first (the tensors are in memory already, so this
+    at most doubles them). Tensors are moved to the CPU first, so a checkpoint saved on a
+    GPU loads anywhere. ``s3`` is an optional ``emotion.storage.S3Config`` for ``s3://``
+    destinations.
     """
     payload = {
         "format_version": FORMAT_VERSION,
@@ -76,26 +80,14 @@ def save_checkpoint(path_or_s3_uri: str | os.PathLike, *, model_name: str, model
         "metrics_json": _dumps(metrics),
         "extra_json": _dumps(extra),
     }
-    target = str(path_or_s3_uri)
-    if _is_s3(target):
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / "checkpoint.pt"
-            torch.save(payload, local)
-            from emotion import storage
+    target = str(path_or_s3_uri) if _is_s3(path_or_s3_uri) else str(Path(path_or_s3_uri).expanduser())
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    from emotion import storage
 
-            storage.upload_file(local, target, s3) if s3 is not None else storage.upload_file(local, target)
-        return target
-    path = Path(target).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp_name)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-    return str(path)
+    # The one atomic write: a temp file renamed into place, or one S3 upload that appears whole.
+    storage.write_bytes(target, buffer.getbuffer(), s3)
+    return target
 
 
 def _read_local(path: Path, map_location: str | torch.device) -> dict[str, Any]:

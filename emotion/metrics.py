@@ -52,16 +52,6 @@ def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] |
     return counts.reshape(num_classes, num_classes).astype(np.int64)
 
 
-def per_class_accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-                       labels: Sequence[str]) -> dict[str, float]:
-    """Recall of each class, keyed by name: correct / samples of that class (nan if none)."""
-    confusion = confusion_matrix(y_true, y_pred, len(labels))
-    support = confusion.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.diag(confusion) / support
-    return {label: float(value) for label, value in zip(labels, recall)}
-
-
 def average_precision(y_true_binary: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
     """Area under the precision-recall curve, scikit-learn style; nan without positives."""
     y_true = np.asarray(y_true_binary)

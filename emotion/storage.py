@@ -68,29 +68,13 @@ _LOCAL = pafs.LocalFileSystem()
 
 # Error codes S3 (and S3-compatible stores) answer with, grouped by what they mean. PyArrow
 # reports the AWS SDK's names (ACCESS_DENIED), which _error_fields turns back into these.
-_ACCESS_DENIED_CODES = {
-    "AccessDenied",
-    "AllAccessDisabled",
-    "ExpiredToken",
-    "Forbidden",
-    "InvalidAccessKeyId",
-    "InvalidClientTokenId",
-    "InvalidToken",
-    "MissingAuthenticationToken",
-    "SignatureDoesNotMatch",
-    "TokenRefreshRequired",
-}
+_ACCESS_DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "ExpiredToken", "Forbidden", "InvalidAccessKeyId",
+                        "InvalidClientTokenId", "InvalidToken", "MissingAuthenticationToken",
+                        "SignatureDoesNotMatch", "TokenRefreshRequired"}
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "ResourceNotFound", "404"}
-_THROTTLING_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "TooManyRequestsException",
-    "ServiceUnavailable",
-}
-_UNREACHABLE_CODES = {"NetworkConnection", "EndpointConnectionError", "ConnectionError",
-                      "ConnectTimeoutError", "ReadTimeoutError"}
+_THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                     "TooManyRequestsException", "ServiceUnavailable"}
+_UNREACHABLE_CODES = {"NetworkConnection", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"}
 # "When reading ...: AWS Error ACCESS_DENIED during HeadObject operation: No response body."
 _PYARROW_AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))? during \w+ operation: ?(.*)", re.S)
 
@@ -304,32 +288,26 @@ def _pyarrow_credentials(res: _Resolved) -> dict[str, str]:
     whether the default chain holds anything. Role credentials are not copied out of the
     default chain, so the SDK keeps refreshing them.
     """
-    if res.access_key_id:
-        creds = {"access_key": res.access_key_id, "secret_key": res.secret_access_key}
-        if res.session_token:
-            creds["session_token"] = res.session_token
-        return creds
-    import boto3
-    from botocore.exceptions import ProfileNotFound
+    key, secret, token = res.access_key_id, res.secret_access_key, res.session_token
+    if not key:
+        import boto3
+        from botocore.exceptions import ProfileNotFound
 
-    try:
-        found = boto3.session.Session(profile_name=res.profile).get_credentials()
-    except ProfileNotFound:
-        raise StorageError(f"AWS profile {res.profile!r} is not configured") from None
-    if found is None:
-        if res.profile:
+        try:
+            found = boto3.session.Session(profile_name=res.profile).get_credentials()
+        except ProfileNotFound:
+            raise StorageError(f"AWS profile {res.profile!r} is not configured") from None
+        if found is None and res.profile:
             raise StorageError(f"AWS profile {res.profile!r} has no credentials")
-        raise StorageError(
-            f"no usable AWS credentials for {res.where}: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance/pod role"
-        )
-    if not res.profile:
-        return {}
-    frozen = found.get_frozen_credentials()
-    creds = {"access_key": frozen.access_key, "secret_key": frozen.secret_key}
-    if frozen.token:
-        creds["session_token"] = frozen.token
-    return creds
+        if found is None:
+            raise StorageError(
+                f"no usable AWS credentials for {res.where}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance/pod role"
+            )
+        if not res.profile:
+            return {}
+        key, secret, token = found.get_frozen_credentials()
+    return {"access_key": key, "secret_key": secret, **({"session_token": token} if token else {})}
 
 
 def _s3_filesystem(res: _Resolved, bucket: str | None) -> pafs.S3FileSystem:
@@ -421,8 +399,7 @@ def _error_fields(err: BaseException) -> tuple[str, int | None, str]:
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return str(error.get("Code", "")), status, str(error.get("Message") or "")
     if type(err).__module__.startswith("botocore"):  # raised before any answer came
-        name = type(err).__name__
-        return ("NoCredentials" if "Credentials" in name else name), None, str(err)
+        return type(err).__name__, None, str(err)
     if isinstance(err, FileNotFoundError):  # PyArrow: "Path does not exist 'bucket/key'"
         return "NoSuchKey", 404, str(err)
     found = _PYARROW_AWS_ERROR.search(str(err))
@@ -458,7 +435,7 @@ def _translate(err: BaseException, uri: str, res: _Resolved | None, action: str)
     if code in _NOT_FOUND_CODES:
         # A HEAD answer has no body, so a missing bucket also reads "404": ask the bucket.
         with contextlib.suppress(OSError):
-            if _s3_filesystem(res, bucket).get_file_info(bucket).type == pafs.FileType.NotFound:
+            if not _bucket_exists(res, bucket):
                 return _bucket_missing(uri, res, action)
         return FileNotFoundError(_redact(f"no such object: {uri} (at {res.where})", res))
     if code in _ACCESS_DENIED_CODES or status == 403:
@@ -476,15 +453,9 @@ def _translate(err: BaseException, uri: str, res: _Resolved | None, action: str)
         )
     elif code in _UNREACHABLE_CODES:
         msg = f"cannot reach {res.where} to {action} {uri}: {detail}"
-    elif code == "NoCredentials":
-        msg = (
-            f"no usable AWS credentials to {action} {uri} at {res.where}: set "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an "
-            "instance/pod role"
-        )
     else:
-        msg = f"failed to {action} {uri} at {res.where}: {code or status or ''} {detail}".replace("  ", " ")
-    return StorageError(_redact(msg.rstrip(), res))
+        msg = f"failed to {action} {uri} at {res.where}: " + " ".join(str(x) for x in (code or status, detail) if x)
+    return StorageError(_redact(msg, res))
 
 
 @contextlib.contextmanager
@@ -508,13 +479,12 @@ def check_bucket(uri: str, s3: S3Config | None = None) -> None:
     """
     res = _resolve(s3)
     with _errors(uri, res, "check"):
-        _require_bucket(uri, res, "check")
+        if not _bucket_exists(res, split_s3(uri)[0]):
+            raise _bucket_missing(uri, res, "check")
 
 
-def _require_bucket(uri: str, res: _Resolved, action: str) -> None:
-    bucket = split_s3(uri)[0]
-    if _s3_filesystem(res, bucket).get_file_info(bucket).type == pafs.FileType.NotFound:
-        raise _bucket_missing(uri, res, action)
+def _bucket_exists(res: _Resolved, bucket: str) -> bool:
+    return _s3_filesystem(res, bucket).get_file_info(bucket).type != pafs.FileType.NotFound
 
 
 # ------------------------------------------------------------------ public API
@@ -747,8 +717,8 @@ def exists(uri: str | os.PathLike, s3: S3Config | None = None) -> bool:
     with _errors(uri, res, "check"):
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             return True
-        if res is not None:
-            _require_bucket(os.fspath(uri), res, "check")
+        if res is not None and not _bucket_exists(res, split_s3(os.fspath(uri))[0]):
+            raise _bucket_missing(os.fspath(uri), res, "check")
     return False
 
 
@@ -768,13 +738,14 @@ def create_exclusive(uri: str | os.PathLike, data: bytes, s3: S3Config | None = 
         except FileExistsError:
             return False
         return True
+    from botocore.exceptions import BotoCoreError, ClientError
+
     res = _resolve(s3)
     bucket, key = split_s3(uri)
-    client = _boto3_client(res)
     try:
         # boto3, not PyArrow: PyArrow's output stream cannot send a conditional PUT.
-        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-    except Exception as err:  # noqa: BLE001 - botocore errors, translated below
+        _boto3_client(res).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except (BotoCoreError, ClientError) as err:
         code, status, _ = _error_fields(err)
         if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
             return False

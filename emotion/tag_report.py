@@ -28,7 +28,7 @@ from emotion import storage
 from emotion.images import ImageDecodeError, decode_image, resize_max_side
 from emotion.schema import labels_from_schema
 from emotion.sources import source_path
-from emotion.tag_settings import ConfigError, check_output_location
+from emotion.settings import ConfigError, check_output_location
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,9 @@
 """Evaluation job: ``emotion eval model=fer data=image_folder data.root=PATH``.
 
 Prints one JSON line: ``accuracy`` and ``per_class`` for single-label sets, ``mAP`` and
-``per_class_ap`` for multi-label ones, ``vad_mae`` when the model predicts VAD.
+``per_class_ap`` for multi-label ones, ``vad_mae`` when the model predicts VAD; the
+report and the scoring loop are the ones validation uses during training
+(``emotion.metrics.evaluation_report``, ``emotion.metrics.score_batches``).
 
 * ``data=image_folder``: class folders, scored through the predictor (detector included);
 * any other format (``data=synthetic``, ``data=prepared``, ...): the split's annotated

@@ -67,11 +67,13 @@ def run(cfg: DictConfig, blocking: bool = False) -> str:
 def shutdown(wait_s: float = SHUTDOWN_WAIT_S) -> None:
     """Stop Serve (waiting at most ``wait_s`` seconds for it), then Ray.
 
-    Ctrl-C and process-group stops signal Ray's own processes too: the GCS is then gone
-    or going, and ``serve.shutdown()`` (30 s for the controller) and ``ray.shutdown()``
-    (seconds of RPC timeouts) would wait on it. So the wait for Serve ends as soon as the
-    GCS stops answering, and the process then exits without ``ray.shutdown()``: Ray's
-    processes are stopping on the same signal.
+    A SIGTERM to the whole process group (``kill -TERM -<pgid>``, a process manager
+    stopping the group) reaches Ray's own processes too: the GCS is then gone or going,
+    and ``serve.shutdown()`` (30 s for the controller) and ``ray.shutdown()`` (seconds of
+    RPC timeouts) would wait on it. So the wait for Serve ends as soon as the GCS stops
+    answering, and the process then exits (status 0) without ``ray.shutdown()``: Ray's
+    processes are stopping on the same signal. (Ray's processes outlive a Ctrl-C: Serve
+    then drains within ``wait_s`` and Ray stops as usual.)
     """
     if not ray.is_initialized():
         return
@@ -81,7 +83,7 @@ def shutdown(wait_s: float = SHUTDOWN_WAIT_S) -> None:
         log.info("Ray's processes are stopping already (they got the signal too): exiting")
         _exit_now()
     if not stopped:
-        log.info("Serve did not stop within %.0f s; stopping Ray", wait_s)
+        log.info("Serve's shutdown did not finish within %.0f s; stopping Ray", wait_s)
     ray.shutdown()
 
 

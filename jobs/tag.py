@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from emotion.pipelines.tagging import TagSummary, run_tagging
 from emotion import storage, tag_report
 from emotion.tag_output import OutputLockedError
-from emotion.tag_settings import TagSettings, parse_settings
+from emotion.settings import TagSettings, parse_settings
 from jobs.user_errors import USER_ERRORS, exit_on_user_error
 
 # A storage failure (bucket missing, no credentials) and a locked output are the user's to

@@ -14,8 +14,9 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from emotion import storage
 from emotion.pipelines.training import TrainSummary, run_training
-from jobs.user_errors import exit_on_user_error
+from jobs.user_errors import USER_ERRORS, exit_on_user_error
 
 log = logging.getLogger("emotion.train")
 
@@ -31,7 +32,7 @@ def run(cfg: DictConfig) -> TrainSummary:
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error(log):
+    with exit_on_user_error(log, errors=(*USER_ERRORS, storage.StorageError)):
         run(cfg)
 
 

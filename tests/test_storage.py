@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,7 @@ from tests.s3_server import (  # noqa: F401 (fixtures)
     MotoProcess,
     ThrottlingProxy,
     boto3_client,
+    free_port,
     s3_bucket,
     s3_endpoint,
     s3_server,
@@ -79,6 +81,37 @@ def test_local_missing_paths_are_named(tmp_path):
         storage.copy_to_local(str(missing), tmp_path / "out.jpg")
     with pytest.raises(FileNotFoundError, match="x.jpg"):
         storage.upload_file(str(missing), str(tmp_path / "out.jpg"))
+
+
+def test_local_names_that_are_not_utf8(tmp_path):
+    # PyArrow's own local listing refuses a folder holding such a name; ours keeps it.
+    name = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9-\xff.jpg")
+    storage.write_bytes(name, b"bytes")
+    assert storage.list_files(str(tmp_path)) == [name]
+    assert storage.read_bytes(name, max_bytes=5) == b"bytes" and storage.exists(name)
+    storage.move(name, name + ".moved")
+    storage.delete(name + ".moved")
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_write_leaves_no_partial_file_or_object(s3_bucket, tmp_path):
+    def failing(first: bytes | None):
+        if first is not None:
+            yield first
+        raise OSError("source broke")
+
+    for uri in (str(tmp_path / "out.bin"), f"s3://{s3_bucket}/out.bin"):
+        # Small (one PutObject on close) and above 10 MiB (a multipart upload).
+        for first in (b"x" * 100, b"y" * (11 * 1024 * 1024)):
+            with pytest.raises(OSError, match="source broke"):
+                storage._write(uri, failing(first), None, "write")
+            assert not storage.exists(uri), (uri, len(first))
+        storage.write_bytes(uri, b"old")
+        # A source that fails before its first chunk leaves the previous content.
+        with pytest.raises(OSError, match="source broke"):
+            storage._write(uri, failing(None), None, "write")
+        assert storage.read_bytes(uri) == b"old"
+    assert os.listdir(tmp_path) == ["out.bin"]  # no temporary file left behind
 
 
 def test_local_filesystem_for_parquet(tmp_path):

@@ -26,7 +26,7 @@ from emotion.tag_report import (
     read_images,
     top_emotion,
 )
-from emotion.tag_settings import ConfigError
+from emotion.settings import ConfigError
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 

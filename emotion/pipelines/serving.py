@@ -67,7 +67,11 @@ class _Strict(BaseModel):
 
 
 class Limits(_Strict):
-    """What one request may carry (bigger inputs get 413 before the model sees them)."""
+    """What one request may carry (bigger inputs get 413 before the model sees them).
+
+    How far images shrink before detection is the predictor's ``max_image_side``, as in
+    tagging: one setting for every path.
+    """
 
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
@@ -75,7 +79,6 @@ class Limits(_Strict):
     # and a batch of them would cost the recognizer the memory and time of their sum.
     max_request_pixels: int = Field(40_000_000, ge=1)
     max_batch_files: int = Field(16, ge=1)
-    max_side: int = Field(1280, ge=0)  # decoded images shrink to this before detection
 
 
 class RecognizerOptions(_Strict):
@@ -414,8 +417,7 @@ class EmotionRecognizer:
 
     def _predict(self, sources: list[str], payloads: list[bytes]) -> list[dict]:
         try:
-            table = self._predictor.predict_bytes(sources, payloads, max_side=self._limits.max_side,
-                                                  max_pixels=self._limits.max_image_pixels)
+            table = self._predictor.predict_bytes(sources, payloads, max_pixels=self._limits.max_image_pixels)
             return [image_response(records, self._info) for records in split_by_image(table, len(sources))]
         except Exception as exc:  # keep the replica and the rest of the batch alive
             if len(sources) == 1:

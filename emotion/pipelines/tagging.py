@@ -35,7 +35,7 @@ from emotion.pipelines.ray_env import forwarded_env, gpus_available, init_ray
 from emotion.sources import UnnameableSourceError, encode_source, source_path
 from emotion.tag_output import ROWS_IN_IMAGE, OutputLock, UnitWriter, drop_superseded, remove_partial_writes, \
     scan_output
-from emotion.tag_settings import TagSettings, parse_tag_settings
+from emotion.settings import TagSettings, parse_tag_settings
 
 log = logging.getLogger(__name__)
 

@@ -45,6 +45,7 @@ from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, e
                                    restore_training_checkpoint, save_training_checkpoint, seed_everything,
                                    train_epoch)
 from emotion.models.registry import input_spec
+from emotion.settings import parse_train_settings
 from emotion.training.rows import CropSpec, RowCounts, person_rows
 from emotion.training.schedule import build_schedule
 
@@ -362,6 +363,7 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
     from ray.train.torch import TorchTrainer
 
     started = time.perf_counter()
+    parse_train_settings(cfg)  # a bad key or value stops here, naming it, before Ray starts
     # Workers run in their own folders: local paths must not be relative.
     cfg = {**cfg, **{key: _absolute(cfg[key]) for key in ("output", "storage_path", "resume_from") if cfg.get(key)}}
     model_name = str(cfg["model"]["name"])

@@ -16,9 +16,10 @@
 * ``before_training(model, batches, train_cfg, device)``: the short pre-training of the
   vocabulary projection ω (step 4 of the pipeline in ``cocoer.py``; ``vocabulary.py``):
   frozen image embeddings of the training split's context windows, then
-  ``pretrain_projection`` towards the class prototypes of each person's labels. The loop calls it once, before the first epoch of a fresh run
-  (a resumed run has ω in its checkpoint). Settings: ``train_cfg.projection``
-  (``PROJECTION_DEFAULTS``; ``steps: 0`` skips it).
+  ``pretrain_projection`` towards the class prototypes of each person's labels. The loop
+  calls it once, before the first epoch of a fresh run (a resumed run has ω in its
+  checkpoint). Settings: ``train_cfg.projection`` (``PROJECTION_DEFAULTS``; ``steps: 0``
+  skips it).
 
 Only trainable parameters reach the optimiser (``loop.build_optimizer`` keeps those with
 ``requires_grad``): the vocabulary image encoder and ω are frozen inside the model.

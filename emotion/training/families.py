@@ -42,7 +42,8 @@ class Family(Protocol):
 
     def collate(self, batch: Mapping[str, np.ndarray], model: nn.Module, train: bool, device: torch.device,
                 augment_cfg: AugmentConfig | None = None,
-                generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]: ...
+                generator: torch.Generator | None = None
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]: ...
 
 
 class ClassificationCriterion(nn.Module):

@@ -1,11 +1,13 @@
-"""The tagging job's settings, validated once before anything starts (Ray included).
+"""The jobs' settings (tag, eval, train), validated once before anything starts (Ray included).
 
-The YAML files under ``jobs/configs`` hold every default; these models only say what a
-valid value is. A mistake raises ``ConfigError`` with one line naming the key, the value
-and what is allowed, e.g.::
+One model per config group (``detector``, ``predictor``, ``model``, ``data``, ``ray``,
+``stages``, ``scaling``, ``train``) and one per job; the serve job's ``serve`` group is
+``emotion.pipelines.serving.ServeSettings``. The YAML files under ``jobs/configs`` hold
+every default; these models only say what a valid value is. A mistake raises
+``ConfigError`` with one line naming the key, the value and what is allowed, e.g.::
 
     bad config: detector.score_threshold='abc': Input should be a valid number
-    bad config: ray.stages.detect.pool_max=0: must be >= pool_min (1)
+    bad config: stages.detect: pool_max (0) must be >= pool_min (1)
 """
 
 from __future__ import annotations
@@ -135,7 +137,86 @@ class TagSettings(_Strict):
     stages: Stages
 
 
+# -- eval and train ---------------------------------------------------------------------
+class DataSettings(BaseModel):
+    """The ``data`` group; format-specific keys are the readers' (``emotion.data``)."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    format: str = Field(min_length=1)
+    root: str = Field(min_length=1)
+    head_expand: float = Field(ge=1.0)
+    multi_label: Optional[bool]
+
+
+class EvalSettings(_Strict):
+    batch_size: int = Field(ge=1)
+    limit_per_class: Optional[int] = Field(ge=1)
+    confusion_png: Optional[str]
+    output_json: Optional[str]
+    limit: Optional[int] = Field(None, ge=1)
+    detector: DetectorSettings = Field(discriminator="name")
+    model: ModelSettings
+    predictor: PredictorSettings
+    data: DataSettings
+
+
+class ScalingSettings(_Strict):
+    """The ``scaling`` group: Ray Train workers."""
+
+    num_workers: int = Field(ge=1)
+    use_gpu: Union[Literal["auto"], bool]
+    cpus_per_worker: float = Field(gt=0)
+    gpus_per_worker: float = Field(gt=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+
+
+class AugmentSettings(_Strict):
+    flip: bool
+    max_rotation_deg: float = Field(ge=0, le=180)
+    min_scale: float = Field(gt=0, le=1)
+    max_shift: float = Field(ge=0, lt=1)
+    brightness: float = Field(ge=0, le=1)
+    contrast: float = Field(ge=0, le=1)
+    erase_prob: float = Fraction
+
+
+class LoopSettings(BaseModel):
+    """The ``train`` group (the training loop); experiments may add family-specific keys."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    schedule: Literal["cosine", "step", "constant"]
+    warmup_epochs: float = Field(ge=0)
+    label_smoothing: float = Field(ge=0, lt=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    torch_threads: Optional[int] = Field(ge=1)
+    rows_per_task: int = Field(ge=1)
+    augment: AugmentSettings
+
+
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    output: str = Field(min_length=1)
+    run_name: str = Field(min_length=1)
+    resume: bool
+    max_failures: int = Field(ge=0)
+    keep_checkpoints: int = Field(ge=1)
+    seed: int
+    limit: Optional[int] = Field(ge=1)
+    train: LoopSettings
+    model: ModelSettings
+    data: DataSettings
+    predictor: PredictorSettings
+    ray: RaySettings
+    scaling: ScalingSettings
+
+
 def _describe(error: Mapping[str, Any], data: Mapping) -> str:
+    # Drop the union tag pydantic adds to the location (``detector.retinaface.top_k``).
     loc = [str(p) for p in error["loc"] if not (isinstance(p, str) and p in ("retinaface", "full_frame"))]
     key = ".".join(loc)
     message = error["msg"].removeprefix("Value error, ")
@@ -158,6 +239,16 @@ def parse_settings(model: type[BaseModel], data: Mapping, what: str = "config") 
         first = exc.errors()[0]
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"bad {what}: {_describe(first, data)}{more}") from None
+
+
+def parse_eval_settings(cfg: Mapping) -> EvalSettings:
+    return parse_settings(EvalSettings, cfg)
+
+
+def parse_train_settings(cfg: Mapping) -> TrainSettings:
+    settings = parse_settings(TrainSettings, cfg)
+    check_output_location(settings.output)
+    return settings
 
 
 def parse_tag_settings(cfg: Mapping) -> TagSettings:
