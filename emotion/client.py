@@ -67,7 +67,7 @@ class EmotionClient:
         return self._request("GET", "/healthz")
 
     def ready(self) -> dict:
-        """``{"status": "ready", "model": ...}`` once the model answers (raises otherwise)."""
+        """``{"status": "ready"}`` once the model answers (raises otherwise)."""
         return self._request("GET", "/readyz")
 
     def close(self) -> None:
