@@ -238,6 +238,14 @@ class EmotionPredictor:
         """Raw image bytes -> output table (the Python API, Serve and eval)."""
         return self(self.decode(sources, payloads, max_pixels))
 
+    def predict_images(self, sources: Sequence[str], payloads: Sequence[bytes],
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> list[pa.Table]:
+        """Raw image bytes -> one output table per image, in input order (grouped by the
+        rows' ``image_index``, never by row order)."""
+        people = self.detect(self.decode(sources, payloads, max_pixels))
+        table = self.recognize(people)
+        return split_rows(table, people["image_index"], len(sources))
+
     # -- helpers ------------------------------------------------------------------------
     def _emotion_names(self, row: np.ndarray, labels: list[str]) -> list[str]:
         if self.spec.multi_label:
@@ -290,6 +298,12 @@ class EmotionPredictor:
             "error": pa.array([str(e) if has_error(e) else None for e in people["error"]], pa.string()),
         }
         return pa.table([columns[f.name] for f in schema], schema=schema)
+
+
+def split_rows(table: pa.Table, image_index: np.ndarray, n_images: int) -> list[pa.Table]:
+    """Rows -> one table per image, by each row's image index."""
+    image_index = np.asarray(image_index)
+    return [table.take(pa.array(np.flatnonzero(image_index == i))) for i in range(n_images)]
 
 
 # -- builders ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 
 from emotion.client import EmotionAPIError, EmotionClient, format_person
+from emotion.predictor import split_rows
 from emotion.pipelines.serving import (
     APIError,
     ServeArgs,
@@ -39,7 +40,6 @@ from emotion.pipelines.serving import (
     probe_image,
     resolve_config,
     source_name,
-    split_by_image,
     upload_files,
 )
 from tests.conftest import PROJECT_ROOT, jpeg_bytes
@@ -458,10 +458,9 @@ def test_helpers():
     assert source_name("../../etc/passwd", "upload") == "passwd"
     assert source_name(None, "upload") == "upload" and source_name("  ", "u-1") == "u-1"
     assert json_safe({"a": [1.0, math.nan], "b": {"c": math.inf}}) == {"a": [1.0, None], "b": {"c": None}}
-    table = pa.table({"person_index": pa.array([0, 1, None, 0], pa.int32()), "x": [1, 2, 3, 4]})
-    assert [[r["x"] for r in g] for g in split_by_image(table, 3)] == [[1, 2], [3], [4]]
-    with pytest.raises(RuntimeError):
-        split_by_image(table, 2)
+    # Rows go to their image by image_index, whatever their order.
+    table = pa.table({"x": [1, 2, 3, 4]})
+    assert [t.column("x").to_pylist() for t in split_rows(table, np.array([2, 0, 2, 1]), 3)] == [[2], [4], [1, 3]]
     with pytest.raises(ValueError, match="max_ongoing_requests"):
         ServeSettings(recognizer={"max_batch_size": 32, "max_ongoing_requests": 8})
     with pytest.raises(ValueError):

@@ -36,7 +36,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator, Literal, Mapping, Optional, Sequence, Union
 
-import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -324,22 +323,6 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def split_by_image(table: pa.Table, n_images: int) -> list[list[dict]]:
-    """Output rows -> one list of records per input image, in input order.
-
-    The predictor writes each image's rows together, in input order: ``person_index``
-    0, 1, ... or a single row with ``person_index`` null (no person, or an error).
-    """
-    groups: list[list[dict]] = []
-    for record in table.to_pylist():
-        if record["person_index"] in (None, 0) or not groups:
-            groups.append([])
-        groups[-1].append(record)
-    if len(groups) != n_images:
-        raise RuntimeError(f"predictor returned rows for {len(groups)} images, expected {n_images}")
-    return groups
-
-
 def image_response(records: Sequence[dict], info: Mapping[str, Any]) -> dict:
     """One image's records -> the API's response body (or an ``error`` entry)."""
     first = records[0]
@@ -417,8 +400,8 @@ class EmotionRecognizer:
 
     def _predict(self, sources: list[str], payloads: list[bytes]) -> list[dict]:
         try:
-            table = self._predictor.predict_bytes(sources, payloads, max_pixels=self._limits.max_image_pixels)
-            return [image_response(records, self._info) for records in split_by_image(table, len(sources))]
+            tables = self._predictor.predict_images(sources, payloads, max_pixels=self._limits.max_image_pixels)
+            return [image_response(table.to_pylist(), self._info) for table in tables]
         except Exception as exc:  # keep the replica and the rest of the batch alive
             if len(sources) == 1:
                 log.exception("predictor failed on %s", sources[0])
