@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from emotion import storage
 from emotion.evaluation import evaluate_dataset, evaluate_image_folder, plot_confusion
 from emotion.predictor import build_emotion_model, build_predictor
+from emotion.settings import parse_eval_settings
 from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger("emotion.eval")
@@ -30,6 +31,7 @@ log = logging.getLogger("emotion.eval")
 
 def run(cfg: DictConfig) -> dict:
     plain = OmegaConf.to_container(cfg, resolve=True)
+    parse_eval_settings(plain)  # a bad key or value stops here, naming it
     data = plain["data"]
     if data["format"] == "image_folder":
         predictor = build_predictor(plain)

@@ -86,3 +86,8 @@ def test_a_model_fills_its_own_output_columns():
     assert set(columns["level_scores"]) == {"head", "body", "context", "vocabulary"}
     assert columns["scores"].shape == (3, 2) and columns["refined"].shape == (3,)
     assert all(set(names) <= {"head", "body", "context"} for names in columns["dropped_levels"])
+
+
+def test_input_spec_refuses_unknown_levels():
+    with pytest.raises(ValueError, match="subset of"):
+        InputSpec(name="m", levels=("face",), input_size=32, labels=("a",), multi_label=False, model_id="m")

@@ -188,6 +188,40 @@ def test_s3_glob_and_shallow_listing(s3_bucket):
     assert storage.list_files(f"{base}/empty/") == []
 
 
+def test_s3_writes_are_single_puts_and_listings_carry_sizes(s3_bucket, s3_endpoint):
+    with ThrottlingProxy(s3_endpoint, failures=0) as proxy:  # here only to count requests
+        cfg = S3Config(endpoint_url=proxy.endpoint)
+        storage.write_bytes(f"s3://{s3_bucket}/a/x.json.gz", b"not gzip", s3=cfg)
+        if "allow_delayed_open" in (pafs.S3FileSystem.__doc__ or ""):  # pyarrow >= 21
+            assert proxy.requests_seen == 1  # one PutObject, no multipart upload
+    # Written as given: a ".gz" name does not make PyArrow compress.
+    body = boto3_client(s3_endpoint).get_object(Bucket=s3_bucket, Key="a/x.json.gz")["Body"].read()
+    assert body == b"not gzip"
+    storage.write_bytes(f"s3://{s3_bucket}/a/b/y.bin", b"12345")
+    assert storage.list_entries(f"s3://{s3_bucket}/a") == [
+        (f"s3://{s3_bucket}/a/b/y.bin", 5), (f"s3://{s3_bucket}/a/x.json.gz", 8),
+    ]
+    assert storage.list_entries(f"s3://{s3_bucket}/a/b/y.bin") == [(f"s3://{s3_bucket}/a/b/y.bin", 5)]
+    with pytest.raises(storage.FileTooLargeError, match="5 bytes, above the limit of 4"):
+        storage.read_bytes(f"s3://{s3_bucket}/a/b/y.bin", max_bytes=4)
+    assert storage.read_bytes(f"s3://{s3_bucket}/a/b/y.bin", max_bytes=5) == b"12345"
+    storage.move(f"s3://{s3_bucket}/a/b/y.bin", f"s3://{s3_bucket}/moved/y.bin")
+    assert storage.list_files(f"s3://{s3_bucket}/moved") == [f"s3://{s3_bucket}/moved/y.bin"]
+    assert not storage.exists(f"s3://{s3_bucket}/a/b/y.bin")
+    with pytest.raises(FileNotFoundError, match="a/b/y.bin"):
+        storage.move(f"s3://{s3_bucket}/a/b/y.bin", f"s3://{s3_bucket}/moved/z.bin")
+    storage.delete(f"s3://{s3_bucket}/moved/y.bin")
+    storage.delete(f"s3://{s3_bucket}/moved/y.bin")  # already gone: not an error
+    assert storage.list_files(f"s3://{s3_bucket}/moved") == []
+
+
+def test_unreachable_endpoint_is_named(s3_endpoint):
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(StorageError, match=f"cannot reach endpoint {dead} to read s3://b/k") as info:
+        storage.read_bytes("s3://b/k", s3=S3Config(endpoint_url=dead, max_attempts=1))
+    assert not isinstance(info.value, FileNotFoundError)
+
+
 def test_s3_missing_bucket_is_named(s3_endpoint, tmp_path):
     uri = "s3://no-such-bucket-here/x/y.jpg"
     calls = [
@@ -196,6 +230,7 @@ def test_s3_missing_bucket_is_named(s3_endpoint, tmp_path):
         lambda: storage.exists(uri),
         lambda: storage.copy_to_local(uri, tmp_path / "y.jpg"),  # HEAD: 404 without body
         lambda: storage.write_bytes(uri, b"x"),
+        lambda: storage.delete(uri),
         lambda: storage.check_bucket(uri),
     ]
     for call in calls:

@@ -18,8 +18,8 @@ from typing import Mapping, Sequence
 from emotion import storage
 from emotion.data.records import SampleSet, make_sample, one_hot, probe_image_size, relative_parts, whole_image_box
 from emotion.labels import canonical_name, get_label_set, index_by_name
+from emotion.image_files import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 def list_class_images(root: str, splits: Sequence[str] | None = None) -> dict[str, list[tuple[str, str]]]:

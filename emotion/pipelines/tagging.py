@@ -21,12 +21,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
 from emotion import storage
+from emotion.image_files import IMAGE_SUFFIXES
 from emotion.models.protocol import InputSpec
 from emotion.models.registry import input_spec
 from emotion.predictor import DecodedBatch, build_predictor, has_error
@@ -39,7 +39,6 @@ from emotion.settings import TagSettings, parse_tag_settings
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 
 

@@ -241,7 +241,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                     log_every=int(train_cfg.get("log_every", 0)) if rank == 0 else 0,
                                     max_steps=steps_per_epoch)
         val_batches = val_shard.iter_batches(batch_size=int(train_cfg.get("eval_batch_size", 256)), batch_format="numpy")
-        val = evaluate(model, val_batches, family, device=device, amp_dtype=amp_dtype, rank=rank, world_size=world_size)
+        val = evaluate(model, val_batches, rank=rank, world_size=world_size)
         state.epoch = epoch + 1
         row = _epoch_row(epoch, train_metrics, val, world_size, start_epoch, nodes, pids, time.perf_counter() - started)
         improved = state.record(row)
@@ -367,7 +367,7 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
     # Workers run in their own folders: local paths must not be relative.
     cfg = {**cfg, **{key: _absolute(cfg[key]) for key in ("output", "storage_path", "resume_from") if cfg.get(key)}}
     model_name = str(cfg["model"]["name"])
-    family = get_family(model_name)
+    get_family(model_name)  # a family that cannot be trained fails here, before Ray starts
     storage_path, filesystem, run_uri = _storage(cfg)
     _check_resume(cfg, run_uri)
     # The hook silences Ray Train's per-second PlacementGroupCleaner warning (see ray_env).

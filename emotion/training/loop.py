@@ -154,8 +154,7 @@ def _gather(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {key: np.concatenate([rank_arrays[key] for rank_arrays in everyone]) for key in arrays}
 
 
-def evaluate(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], family: Any = None, *,
-             device: torch.device | None = None, amp_dtype: torch.dtype | None = None, rank: int = 0,
+def evaluate(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], *, rank: int = 0,
              world_size: int = 1) -> dict[str, Any]:
     """Validation: ``emotion.metrics.evaluation_report`` of ``model`` over row ``batches``,
     plus ``score`` (accuracy, or mAP for a multi-label model: the number the best
@@ -166,10 +165,7 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], fami
     whatever the training precision, so validation numbers are ``emotion eval`` numbers.
     With ``world_size`` > 1 every rank reads all batches, scores every ``world_size``-th
     one and the ranks' results are gathered, so every rank returns the same report.
-    ``family``, ``device`` and ``amp_dtype`` are not used (the model owns its outputs and
-    its device); they stay while ``emotion.pipelines.training`` passes them.
     """
-    del family, device, amp_dtype
     core = unwrap(model)
     started = time.perf_counter()
     scored = score_batches(lambda batch: predict_rows(core, batch), batches, len(core.labels),
