@@ -601,8 +601,9 @@ def read_bytes(uri: str | os.PathLike, s3: S3Config | None = None, *, max_bytes:
     ``max_bytes``: refuse (``FileTooLargeError``) a file larger than this before reading
     it: its size comes from ``known_size`` (e.g. a listing; then no request is made for a
     file above the cap), else from opening the file (a stat, or on S3 the HEAD request
-    PyArrow sends before any GET). The file is read as it was when opened (its size then),
-    so never more than ``max_bytes`` are read.
+    PyArrow sends before its GET, even when the size is known: its Python API cannot skip
+    it). The file is read as it was when opened (its size then), so never more than
+    ``max_bytes`` are read.
     """
     if max_bytes is not None:
         _check_size(uri, known_size, max_bytes)
