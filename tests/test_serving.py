@@ -558,3 +558,83 @@ def _group_alive(proc: subprocess.Popen) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+# -- one image, the same records on every path ---------------------------------------------
+COMPARED = ("person_index", "face_box", "body_box", "detector_score", "scores", "level_scores", "emotions",
+            "image_width", "image_height", "model", "error")
+
+
+def _compare(got: list[dict], want: list[dict], path: str) -> None:
+    assert len(got) == len(want) and got, path
+    for g, w in zip(got, want):
+        for key in COMPARED:
+            if key in ("face_box", "body_box"):
+                np.testing.assert_allclose(g[key], w[key], atol=1e-4, err_msg=f"{path}: {key}")
+            elif key in ("scores", "detector_score", "level_scores"):
+                np.testing.assert_allclose(_floats(g[key]), _floats(w[key]), atol=1e-5, err_msg=f"{path}: {key}")
+            else:
+                assert g[key] == w[key], f"{path}: {key}"
+
+
+@pytest.mark.parametrize("max_side", [None, 400])
+def test_one_image_gives_the_same_records_from_tag_http_eval_and_predictor(service, served_cfg, photos, tmp_path,
+                                                                           max_side):
+    """The same bytes through `emotion tag`, the HTTP API, `emotion eval`'s scoring and
+    the Python predictor, at the default `predictor.max_image_side` and a changed one."""
+    import pyarrow.parquet as pq
+    from omegaconf import OmegaConf
+    from ray import serve
+
+    from emotion.evaluation import first_person_scores
+    from emotion.predictor import build_predictor
+    from jobs.eval import run as run_eval  # noqa: F401 - the eval job scores with first_person_scores
+    from jobs.tag import run as run_tag
+    from tests.test_tagging import compose_tag
+
+    side = [f"predictor.max_image_side={max_side}"] if max_side else []
+    url = service
+    if max_side:  # a second app with the changed setting
+        plain = OmegaConf.to_container(compose_serve(list(served_cfg_overrides(served_cfg)) + side), resolve=True)
+        serve.run(build_app(ServeArgs(**{k: plain[k] for k in ("detector", "model", "predictor", "serve")})),
+                  name="side", route_prefix="/side")
+        url = service + "/side"
+    try:
+        data = photos["obama.jpg"]
+        (tmp_path / "in" / "happy").mkdir(parents=True)
+        path = tmp_path / "in" / "happy" / "obama.jpg"
+        path.write_bytes(data)
+
+        response = post_file(url, "obama.jpg", data)
+        assert response.status_code == 200, response.text
+        http = response.json()["people"]
+
+        predictor_cfg = OmegaConf.to_container(compose_serve(["detector.device=cpu", "model.device=cpu", *side]),
+                                               resolve=True)
+        predictor = build_predictor(predictor_cfg)
+        direct = [r for r in predictor.predict_bytes([str(path)], [data]).to_pylist() if r["person_index"] is not None]
+
+        run_tag(compose_tag([f"input={path}", f"output={tmp_path / 'tags'}", "detector.device=cpu",
+                             "model.device=cpu", *side]))
+        tagged = pq.read_table(sorted((tmp_path / "tags").glob("*.parquet"))).to_pylist()
+
+        evaluated = first_person_scores(predictor, [str(path)])[0]
+
+        _compare(http, direct, "HTTP vs predictor")
+        _compare(tagged, direct, "tag vs predictor")
+        np.testing.assert_allclose(evaluated, direct[0]["scores"], atol=1e-5, err_msg="eval vs predictor")
+        assert tagged[0]["source"] == direct[0]["source"] == str(path) and http[0]["source"] == "obama.jpg"
+    finally:
+        if max_side:
+            serve.delete("side")
+
+
+def served_cfg_overrides(cfg) -> list[str]:
+    """The module's serve config as overrides (a fresh port is not needed: same Serve)."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    limits, rec = plain["serve"]["limits"], plain["serve"]["recognizer"]
+    return [f"serve.port={plain['serve']['port']}", "serve.recognizer.num_cpus=0.5",
+            f"serve.recognizer.torch_threads={rec['torch_threads']}", "serve.ingress.num_cpus=0.1",
+            f"serve.limits.max_image_pixels={limits['max_image_pixels']}", "detector.device=cpu", "model.device=cpu"]

@@ -44,6 +44,16 @@ class InputSpec:
             raise ValueError(f"input_size must be >= 1, got {self.input_size}")
 
 
+def adopt_config(model: object, cfg: dict) -> None:
+    """Set the ``EmotionModel`` attributes a trainable family keeps from its resolved config
+    (``config`` goes into checkpoints; the hash is set when a checkpoint is loaded)."""
+    model.config = cfg
+    model.labels = tuple(cfg["labels"])
+    model.multi_label = bool(cfg["multi_label"])
+    model.input_size = int(cfg["input_size"])
+    model.checkpoint_hash = "untrained"
+
+
 def single_level_columns(scores: np.ndarray, level: str = "head") -> dict:
     """The output columns of a model that reads one level: its scores are that level's."""
     n = len(scores)

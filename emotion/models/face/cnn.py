@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from emotion.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, crops_to_input
-from emotion.models.protocol import InputSpec, single_level_columns
+from emotion.models.protocol import InputSpec, adopt_config, single_level_columns
 from emotion.models.registry import register_model, register_spec
 
 DEFAULTS: dict[str, Any] = {
@@ -77,11 +77,7 @@ class FaceCNN(nn.Module):
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__()
         cfg = resolve_config(cfg)
-        self.config = cfg
-        self.labels = tuple(cfg["labels"])
-        self.multi_label = bool(cfg["multi_label"])
-        self.input_size = int(cfg["input_size"])
-        self.checkpoint_hash = "untrained"
+        adopt_config(self, cfg)
         self.to_gray = ToGray() if cfg["grayscale"] else nn.Identity()
         self.backbone, channels = build_backbone(cfg["backbone"], bool(cfg["pretrained"]), cfg["backbone_weights"])
         self.dropout = nn.Dropout(float(cfg["dropout"]))

@@ -41,7 +41,7 @@ from emotion.models.joint.text_encoder import DEFAULT_TEMPLATE, class_prototypes
 from emotion.models.joint.vocabulary import VocabularyAlignment, build_vocabulary
 from emotion.models.joint.workspace import Workspace, level_probabilities, pseudo_label_losses
 from emotion.models.protocol import LEVELS
-from emotion.models.protocol import InputSpec
+from emotion.models.protocol import InputSpec, adopt_config
 from emotion.models.registry import register_model, register_spec
 
 VOCABULARY_LEVEL = "vocabulary"
@@ -175,13 +175,9 @@ class CocoER(nn.Module):
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__()
         cfg = resolve_config(cfg)
-        self.config = cfg
-        self.labels = tuple(cfg["labels"])
-        self.multi_label = bool(cfg["multi_label"])
-        self.input_size = int(cfg["input_size"])
+        adopt_config(self, cfg)
         self.use_workspace = bool(cfg["workspace"])
         self.vocab_level = str(cfg["vocab_level"])
-        self.checkpoint_hash = "untrained"
         self.level_names = (*LEVELS, VOCABULARY_LEVEL)
         k, d_h, d = len(self.labels), int(cfg["d_h"]), int(cfg["d"])
         dropout = float(cfg["dropout"])
