@@ -588,9 +588,6 @@ def test_one_image_gives_the_same_records_from_tag_http_eval_and_predictor(servi
 
     from emotion.evaluation import first_person_scores
     from emotion.predictor import build_predictor
-    from jobs.eval import run as run_eval  # noqa: F401 - the eval job scores with first_person_scores
-    from jobs.tag import run as run_tag
-    from tests.test_tagging import compose_tag
 
     side = [f"predictor.max_image_side={max_side}"] if max_side else []
     url = service
@@ -614,8 +611,12 @@ def test_one_image_gives_the_same_records_from_tag_http_eval_and_predictor(servi
         predictor = build_predictor(predictor_cfg)
         direct = [r for r in predictor.predict_bytes([str(path)], [data]).to_pylist() if r["person_index"] is not None]
 
-        run_tag(compose_tag([f"input={path}", f"output={tmp_path / 'tags'}", "detector.device=cpu",
-                             "model.device=cpu", *side]))
+        # `emotion tag` as a user runs it, with its own local Ray: this module's Ray has its
+        # CPUs reserved by the Serve replicas.
+        tag = subprocess.run([str(Path(sys.executable).parent / "emotion"), "tag", f"input={path}",
+                              f"output={tmp_path / 'tags'}", "detector.device=cpu", "model.device=cpu",
+                              "ray.num_cpus=2", *side], capture_output=True, text=True, timeout=300)
+        assert tag.returncode == 0, tag.stdout[-2000:] + tag.stderr[-2000:]
         tagged = pq.read_table(sorted((tmp_path / "tags").glob("*.parquet"))).to_pylist()
 
         evaluated = first_person_scores(predictor, [str(path)])[0]
