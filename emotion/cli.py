@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "client": ("emotion.client", "main", "send images to a running server"),
 }
 
+# Hydra apps whose overrides are checked before the app runs (``jobs/overrides.py``).
+CONFIG_NAMES: dict[str, str] = {"tag": "tag", "eval": "eval", "train": "train", "serve": "serve"}
+
 
 def usage() -> str:
     lines = ["usage: emotion COMMAND [overrides...]", "", "commands:"]
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"emotion: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     module_name, function, _ = COMMANDS[command]
+    if command in CONFIG_NAMES:
+        # One line and exit 2 for an unknown key or group option, as for any bad value.
+        importlib.import_module("jobs.overrides").exit_on_bad_overrides(CONFIG_NAMES[command], rest)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -215,10 +215,13 @@ class TrainSettings(BaseModel):
     scaling: ScalingSettings
 
 
-def _describe(error: Mapping[str, Any], data: Mapping) -> str:
+_SECRET_WORDS = ("token", "secret", "password")
+
+
+def _describe(error: Mapping[str, Any], data: Mapping, prefix: str = "") -> str:
     # Drop the union tag pydantic adds to the location (``detector.retinaface.top_k``).
     loc = [str(p) for p in error["loc"] if not (isinstance(p, str) and p in ("retinaface", "full_frame"))]
-    key = ".".join(loc)
+    key = ".".join([prefix, *loc] if prefix else loc)
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
@@ -227,18 +230,31 @@ def _describe(error: Mapping[str, Any], data: Mapping) -> str:
     value: Any = data
     for part in loc:
         value = value.get(part) if isinstance(value, Mapping) else None
-    shown = f"={value!r}" if value is not None and not isinstance(value, Mapping) else ""
+    secret = any(word in key.lower() for word in _SECRET_WORDS)  # never echo a credential
+    shown = f"={value!r}" if value is not None and not isinstance(value, Mapping) and not secret else ""
     return f"{key}{shown}: {message}"
 
 
-def parse_settings(model: type[BaseModel], data: Mapping, what: str = "config") -> Any:
-    """Validate ``data``; a mistake raises ``ConfigError`` with one line naming the key."""
+def parse_settings(model: type[BaseModel], data: Mapping, what: str = "config", prefix: str = "") -> Any:
+    """Validate ``data`` (the config section at ``prefix``); a mistake raises
+    ``ConfigError`` with one line naming the key."""
     try:
         return model.model_validate(dict(data))
     except ValidationError as exc:
         first = exc.errors()[0]
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"bad {what}: {_describe(first, data)}{more}") from None
+        raise ConfigError(f"bad {what}: {_describe(first, data, prefix)}{more}") from None
+
+
+class ServeJobSettings(_Strict):
+    """The serve job's groups; the ``serve`` group itself is ``ServeSettings``
+    (``emotion.pipelines.serving.settings``)."""
+
+    detector: DetectorSettings = Field(discriminator="name")
+    model: ModelSettings
+    predictor: PredictorSettings
+    ray: RaySettings
+    serve: dict
 
 
 def parse_eval_settings(cfg: Mapping) -> EvalSettings:
@@ -261,7 +277,10 @@ def check_output_location(output: str) -> None:
     """Fail now, before Ray starts, if ``output`` cannot be a writable folder."""
     if storage.is_s3(output):
         storage.split_s3(output)  # malformed URIs raise ValueError
-        storage.check_bucket(output)  # missing bucket or credentials: StorageError, one line
+        try:
+            storage.check_bucket(output)
+        except storage.StorageError as exc:  # missing bucket or credentials: one line naming the key
+            raise storage.StorageError(f"output={output!r}: {exc}") from None
         return
     path = os.path.abspath(os.path.expanduser(output))
     if os.path.exists(path) and not os.path.isdir(path):

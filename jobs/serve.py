@@ -23,6 +23,7 @@ from ray import serve
 
 from emotion.pipelines.ray_env import init_ray
 from emotion.pipelines.serving import ServeArgs, ServeSettings, build_app
+from emotion.settings import ServeJobSettings, parse_settings
 from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger("emotion.serve")
@@ -43,7 +44,9 @@ def run(cfg: DictConfig, blocking: bool = False) -> str:
     Serve down themselves.
     """
     plain = OmegaConf.to_container(cfg, resolve=True)
-    settings = ServeSettings.model_validate(plain["serve"])  # fail on a bad config before starting Ray
+    # Fail on a bad config before starting Ray, with one line naming the key.
+    parse_settings(ServeJobSettings, plain)
+    settings = parse_settings(ServeSettings, plain["serve"], prefix="serve")
     if settings.throughput_optimized:
         # Read by Ray's processes when they start, so set before the local Ray starts.
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")

@@ -202,6 +202,9 @@ BAD_CONFIGS = {
     "commit_every_rows=-5": "commit_every_rows",
     "output=OUTPUT_IS_A_FILE": "output",
     "output=s3://no-such-bucket/tags": "s3://no-such-bucket/tags",
+    "detector.scor_threshold=0.5": "detector.scor_threshold",  # a typo: unknown key
+    "+detector.scor_threshold=0.5": "detector.scor_threshold",  # forced past Hydra: still unknown
+    "detector=nosuch": "detector/nosuch",
 }
 
 
@@ -257,3 +260,22 @@ def test_killed_detect_and_recognize_workers_lose_nothing(ray_local, photo_folde
     rows = read_rows(output)
     assert_each_input_once(rows, {str(p) for p in photo_folder.glob("*.jpg")})
     assert summary.images == 120 and summary.errors == 0
+
+
+@pytest.mark.parametrize("command, override, key", [
+    ("eval", "batch_size=0", "batch_size"),
+    ("eval", "predictor.max_image_side=-1", "predictor.max_image_side"),
+    ("train", "train.lr=abc", "train.lr"),
+    ("train", "scaling.num_workers=0", "scaling.num_workers"),
+    ("serve", "serve.port=abc", "serve.port"),
+    ("serve", "serve.auth_token=1.5", "serve.auth_token"),
+    ("serve", "predictor.threshold=5", "predictor.threshold"),
+])
+def test_every_job_reports_a_config_mistake_in_one_line(command, override, key, tmp_path):
+    result = subprocess.run([EMOTION, command, "data.root=/nowhere", override] if command != "serve"
+                            else [EMOTION, command, override], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    text = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2, text
+    assert len(text.splitlines()) == 1 and "Traceback" not in text and key in text, text
+    assert "1.5" not in text or command != "serve"  # a token's value is never echoed
