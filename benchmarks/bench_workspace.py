@@ -24,6 +24,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,28 +66,20 @@ def summarise(samples: list[float]) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--backbone", default="mobilenet_v2")
-    parser.add_argument("--reps", type=int, default=5, help="timed forwards per setting (after 1 warm-up)")
-    parser.add_argument("--ws-reps", type=int, default=50, help="timed calls of the workspace step alone")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="intra-op threads; 1 by default: see benchmarks/README.md")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_workspace_results.json"))
-    args = parser.parse_args()
+def measure_workspace(backbone: str, batch: int, size: int, reps: int, ws_reps: int,
+                      device: torch.device) -> tuple[dict, dict, dict, Any]:
+    """Time CocoER's forward with the workspace on and off, and the workspace step alone.
 
-    torch.set_num_threads(args.threads)
+    Returns (wall samples {"on", "off"}, CPU samples {"on", "off", "workspace_step"},
+    workspace-step wall samples, the model).
+    """
     torch.manual_seed(0)
-    device = torch.device(args.device)
     model = CocoER({
-        "labels": list(EMOTIC_CATEGORIES), "multi_label": True, "backbone": args.backbone,
-        "vocab_backbone": args.backbone, "pretrained": False, "input_size": args.size,
+        "labels": list(EMOTIC_CATEGORIES), "multi_label": True, "backbone": backbone,
+        "vocab_backbone": backbone, "pretrained": False, "input_size": size,
     }).to(device).eval()
     gen = torch.Generator().manual_seed(1)
-    x = {m: torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(device) for m in LEVELS}
+    x = {m: torch.randn(batch, 3, size, size, generator=gen).to(device) for m in LEVELS}
 
     def forward(workspace_on: bool):
         model.use_workspace = workspace_on
@@ -96,7 +89,7 @@ def main() -> None:
     cpu: dict[str, list[float]] = {"on": [], "off": [], "workspace_step": []}
     with torch.inference_mode():
         forward(True), forward(False)  # warm-up (allocator, kernels)
-        for rep in range(args.reps):
+        for rep in range(reps):
             # Alternate which setting goes first so drift on a shared machine hits both.
             order = ("on", "off") if rep % 2 == 0 else ("off", "on")
             for setting in order:
@@ -116,10 +109,30 @@ def main() -> None:
         pseudo = model.vocabulary(x["context"])["pseudo_label"]
         model.workspace(hidden, logits, weight, bias, pseudo)  # warm-up
         ws_samples = []
-        for _ in range(args.ws_reps):
+        for _ in range(ws_reps):
             wall, used = timed(lambda: model.workspace(hidden, logits, weight, bias, pseudo), device)
             ws_samples.append(wall)
             cpu["workspace_step"].append(used)
+    return samples, cpu, ws_samples, model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--backbone", default="mobilenet_v2")
+    parser.add_argument("--reps", type=int, default=5, help="timed forwards per setting (after 1 warm-up)")
+    parser.add_argument("--ws-reps", type=int, default=50, help="timed calls of the workspace step alone")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads; 1 by default: see benchmarks/README.md")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_workspace_results.json"))
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    samples, cpu, ws_samples, model = measure_workspace(args.backbone, args.batch, args.size, args.reps, args.ws_reps,
+                                                        device)
 
     on, off, ws = summarise(samples["on"]), summarise(samples["off"]), summarise(ws_samples)
     cpu_on, cpu_off, cpu_ws = summarise(cpu["on"]), summarise(cpu["off"]), summarise(cpu["workspace_step"])
