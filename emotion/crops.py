@@ -40,21 +40,20 @@ def person_crops(pixels: np.ndarray, faces: np.ndarray, bodies: np.ndarray, spec
     """
     faces = np.asarray(faces, dtype=np.float32).reshape(-1, 4)
     bodies = np.array(bodies, dtype=np.float32).reshape(-1, 4)
-    n, size = len(faces), spec.size
+    size = spec.size
+    if len(faces) == 0:
+        return {level: np.zeros((0, size, size, 3), dtype=np.uint8) for level in spec.levels}
     unknown = ~np.isfinite(bodies).all(axis=1)
     if unknown.any():
         bodies[unknown] = body_box_from_face(faces[unknown], pixels.shape[:2])
     out: dict[str, np.ndarray] = {}
     for level in spec.levels:
         if level == "head":
-            heads = square_box(faces, spec.head_expand)
-            out[level] = np.stack([crop_resize(pixels, box, size) for box in heads]) if n else None
+            out[level] = np.stack([crop_resize(pixels, box, size) for box in square_box(faces, spec.head_expand)])
         elif level == "body":
-            out[level] = np.stack([crop_resize(pixels, box, size) for box in bodies]) if n else None
+            out[level] = np.stack([crop_resize(pixels, box, size) for box in bodies])
         else:
-            out[level] = np.repeat(context_window(pixels, size)[None], n, axis=0)
-        if out[level] is None:
-            out[level] = np.zeros((0, size, size, 3), dtype=np.uint8)
+            out[level] = np.repeat(context_window(pixels, size)[None], len(faces), axis=0)
     return out
 
 

@@ -25,6 +25,7 @@ from emotion import metrics, storage
 from emotion.image_files import IMAGE_SUFFIXES
 from emotion.labels import remap, remap_scores
 from emotion.predictor import EmotionPredictor
+from emotion.sources import read_source
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +76,8 @@ def _read_files(paths: Sequence[str]) -> tuple[list[bytes | None], list[str | No
     """(each file's bytes, why it could not be read): a file gone since the listing or
     one we may not read becomes that image's error, as a decode failure does, instead of
     ending the whole evaluation."""
-    payloads: list[bytes | None] = []
-    errors: list[str | None] = []
-    for path in paths:
-        try:
-            payloads.append(storage.read_bytes(path))
-            errors.append(None)
-        except Exception as exc:  # noqa: BLE001 - any read failure is one image's error (as in tagging)
-            payloads.append(None)
-            errors.append(f"read failed: {type(exc).__name__}: {exc}")
-    return payloads, errors
+    read = [read_source(path) for path in paths]
+    return [data for data, _ in read], [error for _, error in read]
 
 
 def first_person_scores(predictor: EmotionPredictor, paths: Sequence[str]) -> np.ndarray:

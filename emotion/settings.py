@@ -270,25 +270,28 @@ def parse_train_settings(cfg: Mapping) -> TrainSettings:
 def parse_tag_settings(cfg: Mapping) -> TagSettings:
     settings = parse_settings(TagSettings, cfg)
     check_output_location(settings.output)
+    if settings.annotate:  # a bad folder must fail now, not after hours of tagging
+        check_output_location(settings.annotate, key="annotate")
     return settings
 
 
-def check_output_location(output: str) -> None:
-    """Fail now, before Ray starts, if ``output`` cannot be a writable folder."""
+def check_output_location(output: str, key: str = "output") -> None:
+    """Fail now, before Ray starts, if ``output`` (the config's ``key``) cannot be a
+    writable folder; the message names the key."""
     if storage.is_s3(output):
         storage.split_s3(output)  # malformed URIs raise ValueError
         try:
             storage.check_bucket(output)
         except storage.StorageError as exc:  # missing bucket or credentials: one line naming the key
-            raise storage.StorageError(f"output={output!r}: {exc}") from None
+            raise storage.StorageError(f"{key}={output!r}: {exc}") from None
         return
     path = os.path.abspath(os.path.expanduser(output))
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"bad config: output={output!r}: is a file; give a folder (it is created if missing)")
+        raise ConfigError(f"bad config: {key}={output!r}: is a file; give a folder (it is created if missing)")
     parent = path
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ConfigError(f"bad config: output={output!r}: {parent} is a file, so the folder cannot be created")
+        raise ConfigError(f"bad config: {key}={output!r}: {parent} is a file, so the folder cannot be created")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"bad config: output={output!r}: {parent} is not writable")
+        raise ConfigError(f"bad config: {key}={output!r}: {parent} is not writable")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 
+from emotion import storage
+
 
 class UnnameableSourceError(ValueError):
     """A name that is neither valid text nor bytes from the file system (a lone surrogate
@@ -52,3 +54,15 @@ def source_path(text: str, raw: bytes | None) -> str:
     """The path to open for a (``source``, ``source_bytes``) pair."""
     return os.fsdecode(raw) if raw else text
 
+
+
+def read_source(path: str, max_bytes: int | None = None, known_size: int = -1) -> tuple[bytes | None, str | None]:
+    """(the file's bytes, None), or (None, why it could not be read): in tagging and
+    evaluation a read failure is that image's error, never the end of the job. A file
+    above ``max_bytes`` is refused before it is read (``storage.read_bytes``)."""
+    try:
+        return storage.read_bytes(path, max_bytes=max_bytes, known_size=known_size), None
+    except storage.FileTooLargeError as exc:
+        return None, f"file too large: {exc}"
+    except Exception as exc:  # noqa: BLE001 - any read failure becomes the image's error
+        return None, f"read failed: {type(exc).__name__}: {exc}"

@@ -28,7 +28,6 @@ from emotion import storage
 from emotion.images import ImageDecodeError, decode_image, resize_max_side
 from emotion.schema import labels_from_schema
 from emotion.sources import source_path
-from emotion.settings import ConfigError, check_output_location
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +140,6 @@ class AnnotateResult:
         skipped = [f"{n} {what}" for n, what in ((self.failed, "failed"), (self.unreadable, "unreadable")) if n]
         more = f" (skipped {', '.join(skipped)})" if skipped else ""
         return f"annotated {len(self.written)} images into {self.folder}{more}"
-
-
-def check_annotate_folder(folder: str) -> None:
-    """Fail before the run starts, not after hours of tagging, if ``folder`` cannot be written."""
-    try:
-        check_output_location(folder)
-    except ConfigError as exc:
-        # Same checks as for ``output``; the message must name the key the user gave.
-        raise ConfigError(str(exc).replace("output=", "annotate=", 1)) from None
 
 
 def output_names(images: Sequence[TaggedImage]) -> dict[str, str]:

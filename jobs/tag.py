@@ -7,10 +7,10 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from emotion.pipelines.tagging import TagSummary, run_tagging
+from emotion.pipelines.tagging import TagSummary, tag_images
 from emotion import storage, tag_report
 from emotion.tag_output import OutputLockedError
-from emotion.settings import TagSettings, parse_settings
+from emotion.settings import parse_tag_settings
 from jobs.user_errors import USER_ERRORS, exit_on_user_error
 
 # A storage failure (bucket missing, no credentials) and a locked output are the user's to
@@ -23,18 +23,16 @@ log = logging.getLogger("emotion.tag")
 def run(cfg: DictConfig) -> TagSummary:
     """Run the job from a composed config (tests call this directly)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    settings = parse_settings(TagSettings, plain)  # run_tagging validates too; the report needs its keys first
-    if settings.annotate:
-        tag_report.check_annotate_folder(settings.annotate)  # a bad folder must not cost the whole run
-    summary = run_tagging(plain)
+    settings = parse_tag_settings(plain)  # once, before anything starts (annotate's folder included)
+    summary = tag_images(settings)
     # A few images are worth a line each; thousands would bury the summary.
     echo = 0 < summary.images <= settings.echo_images
     images = tag_report.read_images(summary.files) if echo or settings.annotate else []
     if echo:
         tag_report.print_images(images)
     print(summary.render(), flush=True)
-    if cfg.get("summary_json"):
-        storage.write_bytes(cfg.summary_json, summary.to_json().encode())
+    if settings.summary_json:
+        storage.write_bytes(settings.summary_json, summary.to_json().encode())
     if settings.annotate:
         print(tag_report.annotate(images, settings.annotate).render(), flush=True)
     return summary

@@ -17,7 +17,6 @@ from emotion.schema import image_id_for, output_schema
 from emotion.tag_report import (
     ANNOTATE_MAX_SIDE,
     annotate,
-    check_annotate_folder,
     fit,
     image_line,
     output_names,
@@ -26,7 +25,7 @@ from emotion.tag_report import (
     read_images,
     top_emotion,
 )
-from emotion.settings import ConfigError
+from emotion.settings import ConfigError, check_output_location
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 
@@ -161,7 +160,7 @@ def test_annotate_folder_that_is_a_file_is_refused_naming_the_key(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
     with pytest.raises(ConfigError, match="annotate="):
-        check_annotate_folder(str(blocker))
+        check_output_location(str(blocker), key="annotate")
 
 
 def test_annotated_jpeg_decodes(collection, tmp_path):

@@ -32,7 +32,7 @@ from emotion.models.registry import input_spec
 from emotion.predictor import DecodedBatch, build_predictor, has_error
 from emotion.schema import output_schema
 from emotion.pipelines.ray_env import forwarded_env, gpus_available, init_ray
-from emotion.sources import UnnameableSourceError, encode_source, source_path
+from emotion.sources import UnnameableSourceError, encode_source, read_source, source_path
 from emotion.tag_output import ROWS_IN_IMAGE, OutputLock, UnitWriter, drop_superseded, remove_partial_writes, \
     scan_output
 from emotion.settings import TagSettings, parse_tag_settings
@@ -136,13 +136,7 @@ def read_and_decode(batch: dict[str, np.ndarray], max_side: int, max_pixels: int
         raw = bytes(raw) if raw is not None else b""
         data = None
         if not error:
-            try:
-                data = storage.read_bytes(source_path(str(text), raw), max_bytes=max_file_bytes,
-                                          known_size=int(size))
-            except storage.FileTooLargeError as exc:
-                error = f"file too large: {exc}"
-            except Exception as exc:  # noqa: BLE001 - any read failure becomes an error row
-                error = f"read failed: {type(exc).__name__}: {exc}"
+            data, error = read_source(source_path(str(text), raw), max_bytes=max_file_bytes, known_size=int(size))
         out.add(str(text), data, max_side, max_pixels, source_bytes=raw, error=error or None)
         del data
     return out.to_batch()
@@ -287,8 +281,12 @@ def run_tagging(cfg: Mapping) -> TagSummary:
     ``cfg`` is a plain mapping (the composed Hydra config converted to a dict). It is
     validated first (``ConfigError`` naming the key), before anything starts.
     """
+    return tag_images(parse_tag_settings(cfg))
+
+
+def tag_images(settings: TagSettings) -> TagSummary:
+    """``run_tagging`` for settings already validated (``emotion.settings.parse_tag_settings``)."""
     started = time.perf_counter()
-    settings = parse_tag_settings(cfg)
     output = settings.output.rstrip("/")
     inputs = list_inputs(settings.input, settings.path_column)
     if settings.limit:

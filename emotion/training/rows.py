@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from emotion.crops import CropSpec, person_crops
+from emotion.images import DEFAULT_MAX_PIXELS
 from emotion.predictor import decode_one
 
 __all__ = ["CropSpec", "RowCounts", "build_crop_spec", "person_rows"]
@@ -46,7 +47,7 @@ def _working_image(sample: Mapping[str, Any], max_side: int) -> tuple[np.ndarray
         from emotion import storage
 
         data = storage.read_bytes(sample["image_uri"])
-    pixels, scale, _, _ = decode_one(bytes(data), max_side, max_pixels=64_000_000)
+    pixels, scale, _, _ = decode_one(bytes(data), max_side, max_pixels=DEFAULT_MAX_PIXELS)
     return pixels, scale
 
 
