@@ -108,6 +108,16 @@ def evaluate_image_folder(predictor: EmotionPredictor, root: str, split: str | N
     metrics are single-label (accuracy, per-class accuracy, confusion)."""
     paths, classes = list_image_folder(root, split, limit_per_class)
     labels = list(predictor.spec.labels)
+    known = dict(zip(sorted(set(classes)), (remap(sorted(set(classes)), labels) >= 0).tolist()))
+    left_out = {name: classes.count(name) for name, ok in known.items() if not ok}
+    if left_out:  # folders of a class the model lacks: left out and counted, not certain errors
+        log.warning("left out %s: the model's label set %s has no such class", left_out, labels)
+        paths, classes = zip(*[(p, c) for p, c in zip(paths, classes) if known[c]]) if len(left_out) < len(known) \
+            else ([], [])
+        paths, classes = list(paths), list(classes)
+    if not paths:
+        raise ValueError(f"no class folder under {root!r} is in the model's label set {labels} "
+                         f"(folders: {sorted(left_out)})")
     targets = _class_targets(classes, labels)
     batches = ({"paths": paths[start:start + batch_size], "labels": targets[start:start + batch_size]}
                for start in range(0, len(paths), batch_size))
@@ -119,8 +129,8 @@ def evaluate_image_folder(predictor: EmotionPredictor, root: str, split: str | N
     if missing == len(paths):
         raise RuntimeError(f"no image under {root!r} got a prediction (all failed to decode or had no face)")
     report = metrics.evaluation_report(scored["scores"], scored["targets"], labels, multi_label=False)
-    report.update({"no_prediction": missing, "images_per_second": round(len(paths) / max(seconds, 1e-9), 2),
-                   "root": root})
+    report.update({"no_prediction": missing, "left_out_classes": left_out,
+                   "images_per_second": round(len(paths) / max(seconds, 1e-9), 2), "root": root})
     return report
 
 
@@ -158,6 +168,9 @@ def evaluate_dataset(model, data: Mapping, split: str, *, max_side: int, batch_s
     if limit:
         samples = samples[: int(limit)]
     labels = list(model.labels)
+    left_out: dict[str, int] = {}
+    if not model.multi_label:
+        samples, left_out = _only_known_classes(samples, data_labels, labels)
     present = np.zeros(len(data_labels), dtype=bool)
     for sample in samples:
         present |= np.asarray(sample["labels"]).reshape(-1, len(data_labels)).max(axis=0, initial=0) > 0
@@ -180,9 +193,30 @@ def evaluate_dataset(model, data: Mapping, split: str, *, max_side: int, batch_s
         raise RuntimeError(f"split {split!r} of {data['root']!r} has no person the model can score ({counts.skipped})")
     report = metrics.evaluation_report(scored["scores"], scored["targets"], labels, bool(model.multi_label),
                                        scored["vad_true"], scored["vad_pred"])
-    report.update({"skipped": counts.skipped, "images": len(samples), "split": split, "root": str(data["root"]),
-                   "people_per_second": round(report["n"] / max(seconds, 1e-9), 2)})
+    report.update({"skipped": counts.skipped, "left_out_classes": left_out, "images": len(samples), "split": split,
+                   "root": str(data["root"]), "people_per_second": round(report["n"] / max(seconds, 1e-9), 2)})
     return report
+
+
+def _only_known_classes(samples: list[dict], data_labels: Sequence[str],
+                        labels: Sequence[str]) -> tuple[list[dict], dict[str, int]]:
+    """Single-label data scored by a model with another label set (a 7-class model on FER+'s
+    8): samples whose class the model cannot predict are left out, and counted per class,
+    rather than scored as certain errors."""
+    known = remap(list(data_labels), list(labels)) >= 0
+    kept, left_out = [], {}
+    for sample in samples:
+        rows = np.asarray(sample["labels"]).reshape(-1, len(data_labels))
+        classes = rows.argmax(axis=1) if len(rows) else np.zeros(0, dtype=np.int64)
+        missing = [int(c) for c, row in zip(classes, rows) if row.max() > 0 and not known[c]]
+        if missing:
+            for c in missing:
+                left_out[data_labels[c]] = left_out.get(data_labels[c], 0) + 1
+        else:
+            kept.append(sample)
+    if left_out:
+        log.warning("left out %s: the model's label set %s has no such class", left_out, list(labels))
+    return kept, left_out
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str = "") -> bytes:

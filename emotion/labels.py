@@ -34,6 +34,10 @@ FER_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", 
 # The output order of the `fer` package's mini-Xception (FER2013 CSV label order 0..6).
 FER_MODEL_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
+# FER+ (Microsoft's relabelled FER2013): the order of label.csv's first 8 vote columns
+# (then unknown and NF, not a face, which are not classes).
+FERPLUS_CLASSES: tuple[str, ...] = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+
 # Synthetic scenes (emotion.data.synthetic): a subset of the EMOTIC names, so
 # text prompts and metrics read the same as on EMOTIC.
 SYNTHETIC_CATEGORIES: tuple[str, ...] = ("Happiness", "Sadness", "Anger", "Fear", "Surprise", "Peace")
@@ -44,6 +48,7 @@ LABEL_SETS: dict[str, tuple[str, ...]] = {
     "rafdb": RAFDB_CLASSES,
     "fer": FER_CLASSES,
     "fer_model": FER_MODEL_CLASSES,
+    "ferplus": FERPLUS_CLASSES,
     "synthetic": SYNTHETIC_CATEGORIES,
 }
 

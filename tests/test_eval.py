@@ -145,6 +145,19 @@ def test_eval_rejects_unknown_classes(tmp_path):
         run(cfg)
 
 
+def test_eval_leaves_out_and_counts_faces_of_a_class_the_model_lacks(fer_root, tmp_path, capsys):
+    """The 7-class mini-Xception on folders that include FER+'s contempt: the contempt faces
+    are left out and counted, not scored as certain errors."""
+    import shutil
+
+    for name in ("happy", "contempt"):
+        (tmp_path / name).mkdir()
+        for path in sorted((fer_root / "val" / "happy").glob("*.jpg"))[:3]:
+            shutil.copy(path, tmp_path / name / path.name)
+    report, _ = eval_folder(tmp_path, capsys)  # model=fer
+    assert report["n"] == 3 and report["left_out_classes"] == {"contempt": 3}
+
+
 def test_cli_help_and_unknown_command():
     out = subprocess.run([sys.executable, "-m", "emotion.cli", "--help"], capture_output=True, text=True, check=True)
     assert "tag" in out.stdout and "eval" in out.stdout

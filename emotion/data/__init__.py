@@ -14,6 +14,8 @@ caer            ``{train,test}/<Class>/<frame>``                    ``read_caer`
 rafdb           ``EmoLabel/list_patition_label.txt`` + ``Image/``   ``read_rafdb``
 image_folder    ``<split>/<class>/<image>`` (classes from folders)  ``read_image_folder``
 fer             the same with the FER2013 class names               ``read_image_folder``
+ferplus         ``FER2013{Train,Valid,Test}/`` + ``label.csv``       ``read_ferplus``
+                votes (Microsoft's FER+ release; ``mode`` option)
 =============== =================================================== ===================
 """
 
@@ -24,6 +26,7 @@ from typing import Any, Callable
 
 from emotion.data.caer import read_caer
 from emotion.data.emotic import read_emotic, read_emotic_csv
+from emotion.data.ferplus import read_ferplus
 from emotion.data.image_folder import read_image_folder
 from emotion.data.rafdb import read_rafdb
 from emotion.data.records import SampleSet
@@ -36,6 +39,7 @@ READERS: dict[str, Callable[..., SampleSet]] = {
     "rafdb": read_rafdb,
     "image_folder": read_image_folder,
     "fer": partial(read_image_folder, label_set="fer"),
+    "ferplus": read_ferplus,
 }
 
 
