@@ -148,3 +148,17 @@ def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.devi
     model.load_state_dict(ckpt["state_dict"], strict=True)
     model.checkpoint_hash = ckpt["sha256"]
     return model.to(device).eval()
+
+
+def export_weights(source: str | os.PathLike, target: str | os.PathLike, *, half: bool = True) -> str:
+    """Write ``source``'s model as a checkpoint to ship: no optimiser state, and with
+    ``half`` every floating-point tensor stored as float16 (half the bytes; the model is
+    rebuilt in float32 when loaded). Returns ``target``."""
+    ckpt = load_checkpoint(source)
+    state = {name: tensor.half() if half and tensor.is_floating_point() else tensor
+             for name, tensor in ckpt["state_dict"].items()}
+    extra = {**(ckpt.get("extra") or {}), "exported_from_sha256": ckpt["sha256"],
+             "stored_dtype": "float16" if half else "float32"}
+    return save_checkpoint(target, model_name=ckpt["model_name"], model_cfg=ckpt["model_cfg"], state_dict=state,
+                           labels=ckpt["labels"], epoch=ckpt["epoch"], optimizer_state=None,
+                           metrics=ckpt["metrics"], extra=extra)

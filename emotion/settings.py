@@ -97,7 +97,9 @@ class Stages(_Strict):
     """The ``stages`` group: tagging's Ray Data stage sizing."""
 
     wait_for_min_actors_s: Optional[float] = Field(ge=0)
+    fuse: bool
     decode: TaskStage
+    predict: ActorStage
     detect: ActorStage
     recognize: ActorStage
 
@@ -192,6 +194,9 @@ class LoopSettings(BaseModel):
     schedule: Literal["cosine", "step", "constant"]
     warmup_epochs: float = Field(ge=0)
     label_smoothing: float = Field(ge=0, lt=1)
+    target_mode: Literal["majority", "probability", "crossentropy", "multi_target"] = "majority"
+    sam_rho: float = Field(0.0, ge=0)
+    logit_adjust_tau: float = Field(0.0, ge=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     torch_threads: Optional[int] = Field(ge=1)
     rows_per_task: int = Field(ge=1)

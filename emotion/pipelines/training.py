@@ -154,6 +154,15 @@ def build_datasets(cfg: Mapping[str, Any], spec: CropSpec, samples: list[dict[st
     return out
 
 
+def class_prior(dataset: ray.data.Dataset, num_labels: int) -> list[float]:
+    """Share of each class in the training rows (label rows summed: soft targets count
+    fractionally)."""
+    totals = np.zeros(num_labels, dtype=np.float64)
+    for batch in dataset.select_columns(["labels"]).iter_batches(batch_size=8192, batch_format="numpy"):
+        totals += np.asarray(batch["labels"], dtype=np.float64).reshape(-1, num_labels).sum(axis=0)
+    return (totals / max(totals.sum(), 1e-12)).round(6).tolist()
+
+
 # -- the worker loop --------------------------------------------------------------------
 def _resume_file(path: str) -> str:
     """A ``.ckpt`` file, or the checkpoint file inside a Ray checkpoint folder."""
@@ -239,7 +248,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                     augment_cfg=augment_cfg, amp_dtype=amp_dtype, scaler=scaler,
                                     grad_clip=train_cfg.get("grad_clip"), generator=generator,
                                     log_every=int(train_cfg.get("log_every", 0)) if rank == 0 else 0,
-                                    max_steps=steps_per_epoch)
+                                    max_steps=steps_per_epoch, sam_rho=float(train_cfg.get("sam_rho") or 0.0))
         val_batches = val_shard.iter_batches(batch_size=int(train_cfg.get("eval_batch_size", 256)), batch_format="numpy")
         val = evaluate(model, val_batches, rank=rank, world_size=world_size)
         state.epoch = epoch + 1
@@ -332,7 +341,8 @@ def _check_resume(cfg: Mapping[str, Any], run_uri: str) -> None:
 
 def model_config(cfg: Mapping[str, Any], labels: tuple[str, ...]) -> dict[str, Any]:
     """The model's config: ``model`` minus job-only keys, with the dataset's labels."""
-    model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k not in ("name", "checkpoint", "device")}
+    # Job-only keys: `weights` names shipped weights to tag with, never a training start point.
+    model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k not in ("name", "checkpoint", "device", "weights")}
     if model_cfg.get("labels") and list(model_cfg["labels"]) != list(labels):
         raise ValueError(f"model.labels {model_cfg['labels']} differ from the dataset's labels {list(labels)}")
     model_cfg["labels"] = list(labels)
@@ -393,7 +403,11 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
                                      storage_filesystem=filesystem, failure_config=failure,
                                      checkpoint_config=checkpoints,
                                      worker_runtime_env={"env_vars": env_vars} if env_vars else None)
-    loop_config = {"job": dict(cfg), "model_name": model_name, "model_cfg": model_cfg, "train_rows": train_rows,
+    job = dict(cfg)
+    if float(cfg["train"].get("logit_adjust_tau") or 0) > 0:
+        job["train"] = {**cfg["train"], "class_prior": class_prior(datasets["train"], len(labels))}
+        log.info("class prior of the train split: %s", dict(zip(labels, job["train"]["class_prior"])))
+    loop_config = {"job": job, "model_name": model_name, "model_cfg": model_cfg, "train_rows": train_rows,
                    "resume_from": cfg.get("resume_from")}
     trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
                            scaling_config=_scaling_config(cfg["scaling"]), run_config=run_config, datasets=datasets,

@@ -31,6 +31,8 @@ from torch import nn
 
 from emotion.training.augment import AugmentConfig, augment, prepare_eval
 from emotion.training.cocoer_family import CocoERFamily
+from emotion.training.qcs_family import QCSFamily
+from emotion.training.targets import check_target_mode, classification_loss, logit_adjustment
 
 
 class Family(Protocol):
@@ -47,19 +49,24 @@ class Family(Protocol):
 
 
 class ClassificationCriterion(nn.Module):
-    """Cross-entropy with label smoothing (single-label) or BCE-with-logits (multi-label)."""
+    """BCE-with-logits (multi-label), or a single-label loss read per ``target_mode``
+    (``emotion.training.targets``: cross-entropy on the class by default)."""
 
-    def __init__(self, multi_label: bool, label_smoothing: float = 0.0):
+    def __init__(self, multi_label: bool, label_smoothing: float = 0.0, target_mode: str = "majority",
+                 adjustment: torch.Tensor | None = None):
         super().__init__()
         self.multi_label = bool(multi_label)
         self.label_smoothing = float(label_smoothing)
+        self.target_mode = check_target_mode(target_mode)
+        self.adjustment = adjustment
 
     def forward(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = outputs["logits"].float()
         if self.multi_label:
             loss = F.binary_cross_entropy_with_logits(logits, targets["labels"].to(logits.dtype))
         else:
-            loss = F.cross_entropy(logits, targets["classes"], label_smoothing=self.label_smoothing)
+            loss = classification_loss(logits, targets["labels"], self.target_mode, self.label_smoothing,
+                                       adjustment=self.adjustment)
         return {"loss": loss, "loss_cls": loss.detach()}
 
 
@@ -81,7 +88,9 @@ class ClassifierFamily:
         return build_model(self.builder_name, cfg)
 
     def build_criterion(self, cfg: Mapping[str, Any], model: nn.Module) -> nn.Module:
-        return ClassificationCriterion(model.multi_label, float(cfg.get("label_smoothing", 0.0)))
+        return ClassificationCriterion(model.multi_label, float(cfg.get("label_smoothing", 0.0)),
+                                       str(cfg.get("target_mode") or "majority"),
+                                       logit_adjustment(cfg.get("class_prior"), float(cfg.get("logit_adjust_tau") or 0)))
 
     def collate(self, batch: Mapping[str, np.ndarray], model: nn.Module, train: bool, device: torch.device,
                 augment_cfg: AugmentConfig | None = None,
@@ -101,6 +110,7 @@ class ClassifierFamily:
 FAMILIES: dict[str, Callable[[], Family]] = {
     "face_cnn": lambda: ClassifierFamily("face_cnn"),
     "cocoer": CocoERFamily,
+    "qcs": QCSFamily,
 }
 
 
@@ -112,4 +122,4 @@ def get_family(model_name: str) -> Family:
         raise KeyError(f"model {model_name!r} has no training family; trainable models: {sorted(FAMILIES)}") from None
 
 
-__all__ = ["FAMILIES", "ClassificationCriterion", "ClassifierFamily", "CocoERFamily", "Family", "get_family"]
+__all__ = ["FAMILIES", "ClassificationCriterion", "ClassifierFamily", "CocoERFamily", "Family", "QCSFamily", "get_family"]

@@ -87,14 +87,33 @@ def seed_everything(seed: int) -> None:
 
 
 # -- one epoch --------------------------------------------------------------------------
+def _forward_backward(model: nn.Module, criterion: nn.Module, inputs: Mapping[str, torch.Tensor],
+                      targets: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler | None, amp_dtype: torch.dtype | None, device: torch.device,
+                      step: int) -> torch.Tensor:
+    """One forward and backward pass (gradients zeroed first, unscaled when fp16); the loss."""
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        loss = criterion(model(**inputs), targets)["loss"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower the learning rate or check the data")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    return loss
+
+
 def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], family: Any, criterion: nn.Module,
                 optimizer: torch.optim.Optimizer, schedule: LRSchedule, state: TrainState, *, device: torch.device,
                 augment_cfg: AugmentConfig, amp_dtype: torch.dtype | None = None,
                 scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
                 generator: torch.Generator | None = None, log_every: int = 0,
-                max_steps: int | None = None) -> dict[str, float]:
+                max_steps: int | None = None, sam_rho: float = 0.0) -> dict[str, float]:
     """Train over ``batches`` once; advances ``state.step``. Returns train_loss (mean per
-    image), train_images, train_seconds, train_images_per_s, lr (last)."""
+    image), train_images, train_seconds, train_images_per_s, lr (last). ``sam_rho`` > 0
+    wraps the optimiser in SAM (Foret et al. 2021: two forward/backward passes a step)."""
     model.train()
     core = unwrap(model)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -103,17 +122,14 @@ def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], f
     for batch in batches:
         inputs, targets = family.collate(batch, core, True, device, augment_cfg, generator)
         factor = schedule.apply(optimizer, state.step)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            outputs = model(**inputs)
-            loss = criterion(outputs, targets)["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {state.step}: lower the learning rate or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
+        run = (model, criterion, inputs, targets, optimizer, scaler, amp_dtype, device, state.step)
+        loss = _forward_backward(*run)
+        if sam_rho:
+            # SAM: the gradient is taken again at the worst nearby point, w + rho g/|g|, then
+            # the step is applied from w with that gradient.
+            moved = sam_ascend(model, float(sam_rho))
+            _forward_backward(*run)
+            sam_descend(moved)
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
         if scaler is not None:
@@ -141,6 +157,29 @@ def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], f
         "train_images_per_s": round(images / max(seconds, 1e-9), 2),
         "lr": float(base_lr * factor),
     }
+
+
+@torch.no_grad()
+def sam_ascend(model: nn.Module, rho: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Move every parameter with a gradient by rho g / |g| (global norm); returns the moves."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return []
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    scale = rho / (norm + 1e-12)
+    moved = []
+    for p in params:
+        step = p.grad * scale
+        p.add_(step)
+        moved.append((p, step))
+    return moved
+
+
+@torch.no_grad()
+def sam_descend(moved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Undo ``sam_ascend`` (the gradients computed at the moved point stay)."""
+    for p, step in moved:
+        p.sub_(step)
 
 
 def _gather(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
