@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -66,8 +67,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_side: int | None = None) -> DecodedImage:
     """Decode image bytes to upright RGB.
+
+    ``draft_side``: the longer side the caller will shrink the image to. A JPEG at least
+    twice that size is then decoded at 1/2, 1/4 or 1/8 scale in the DCT (Pillow's draft
+    mode; never below ``draft_side``), which is several times faster on camera photos;
+    ``original_height``/``original_width`` stay those of the full image.
 
     Raises:
         ImageDecodeError: empty, truncated, unsupported, corrupt or oversized input; this
@@ -87,10 +93,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
                 raise ImageDecodeError(
                     f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}"
                 )
+            if draft_side and fmt == "JPEG" and max(width, height) >= 2 * draft_side:
+                ratio = draft_side / max(width, height)
+                img.draft(None, (math.ceil(width * ratio), math.ceil(height * ratio)))
             img.load()  # forces a full decode: truncated files fail here
-            img = _upright(img)
-            rgb = _to_rgb(img)
-            pixels = np.asarray(rgb, dtype=np.uint8)
+            img, turned = _upright(img)
+            pixels = np.asarray(_to_rgb(img), dtype=np.uint8)
+            # The upright full-size dimensions (orientations 5-8 swap the stored ones).
+            upright_hw = (width, height) if turned else (height, width)
     except ImageDecodeError:
         raise
     except MemoryError:
@@ -105,18 +115,20 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         raise ImageDecodeError(f"corrupt image ({type(exc).__name__}: {exc})") from None
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.size == 0:
         raise ImageDecodeError(f"corrupt image: decoded to an array of shape {pixels.shape}")
-    return DecodedImage(pixels, pixels.shape[0], pixels.shape[1], fmt)
+    return DecodedImage(pixels, upright_hw[0], upright_hw[1], fmt)
 
 
-def _upright(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a damaged EXIF block leaves the image as stored."""
+def _upright(img: Image.Image) -> tuple[Image.Image, bool]:
+    """Apply the EXIF orientation; returns the image and whether it was turned by 90
+    degrees. A damaged EXIF block leaves the image as stored."""
     try:
-        return ImageOps.exif_transpose(img)
+        orientation = img.getexif().get(0x0112, 1)
+        return ImageOps.exif_transpose(img), orientation in (5, 6, 7, 8)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - any EXIF parsing failure (struct.error, TypeError, ...)
         log.debug("ignoring a damaged EXIF block (%s: %s)", type(exc).__name__, exc)
-        return img
+        return img, False
 
 
 def resize_max_side(pixels: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:

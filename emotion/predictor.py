@@ -34,8 +34,11 @@ def has_error(value: object) -> bool:
 def decode_one(data: bytes | None, max_side: int, max_pixels: int) -> tuple[np.ndarray, float, int, int]:
     """Bytes -> (working pixels shrunk to ``max_side``, scale back to the original,
     original height, original width). Raises ``ImageDecodeError`` only."""
-    decoded = decode_image(data or b"", max_pixels=max_pixels)
-    pixels, scale = resize_max_side(decoded.pixels, max_side)
+    decoded = decode_image(data or b"", max_pixels=max_pixels, draft_side=max_side)
+    pixels, _ = resize_max_side(decoded.pixels, max_side)
+    # From the full-size original: a draft-mode decode already shrank the pixels.
+    original_longer = max(decoded.original_height, decoded.original_width)
+    scale = original_longer / max(pixels.shape[:2]) if original_longer != max(pixels.shape[:2]) else 1.0
     return pixels, scale, decoded.original_height, decoded.original_width
 
 

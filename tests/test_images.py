@@ -61,3 +61,36 @@ def test_resize_max_side_reports_scale():
     assert small.shape == (100, 200, 3) and scale == pytest.approx(3.0)
     same, scale = resize_max_side(pixels, 1000)
     assert same is pixels and scale == 1.0
+
+
+def test_large_jpegs_decode_in_draft_mode_to_the_same_working_image(sample_photos):
+    """A JPEG at least twice the working size is decoded at a DCT scale (Pillow draft
+    mode): same working size and scale back to the original, nearly the same pixels,
+    EXIF orientation included."""
+    import io
+
+    from emotion.predictor import decode_one
+
+    photo = Image.open(sample_photos["batman"]).resize((2400, 2100))
+    for orientation in (1, 6):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        buffer = io.BytesIO()
+        photo.save(buffer, "JPEG", quality=92, exif=exif.tobytes())
+        data = buffer.getvalue()
+        full = decode_image(data)
+        draft = decode_image(data, draft_side=960)
+        assert max(draft.pixels.shape[:2]) < max(full.pixels.shape[:2])  # decoded smaller
+        assert (draft.original_height, draft.original_width) == (full.original_height, full.original_width)
+        expected_hw = (2100, 2400) if orientation == 1 else (2400, 2100)
+        assert (draft.original_height, draft.original_width) == expected_hw
+        working, scale, height, width = decode_one(data, 960, 64_000_000)
+        reference, reference_scale = resize_max_side(full.pixels, 960)
+        assert working.shape == reference.shape and scale == pytest.approx(reference_scale)
+        assert (height, width) == expected_hw
+        assert np.abs(working.astype(int) - reference.astype(int)).mean() < 2.0
+
+
+def test_small_and_non_jpeg_images_are_not_drafted(sample_photos):
+    data = open(sample_photos["obama"], "rb").read()  # 550 x 500: below twice the working size
+    assert np.array_equal(decode_image(data, draft_side=960).pixels, decode_image(data).pixels)

@@ -117,7 +117,8 @@ def photo_folder(tmp_path_factory, sample_photos) -> Path:
 def start_tag(folder: Path, output: Path, log: Path, *extra: str) -> subprocess.Popen:
     # Small recognize batches make small units: a unit is at least one batch of rows.
     cmd = [EMOTION, "tag", f"input={folder}", f"output={output}", "commit_every_rows=10",
-           "stages.recognize.batch_size=8", "ray.num_cpus=2", "progress_every_s=0", *extra]
+           "stages.recognize.batch_size=8", "stages.predict.batch_size=8", "ray.num_cpus=2", "progress_every_s=0",
+           *extra]
     return subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -235,14 +236,18 @@ def _kill_one(title: str) -> int | None:
     return None
 
 
-def test_killed_detect_and_recognize_workers_lose_nothing(ray_local, photo_folder, tmp_path):
+@pytest.mark.parametrize("fuse, titles", [
+    pytest.param(True, ("PredictStage", "PredictStage"), id="fused"),  # the local default
+    pytest.param(False, ("DetectStage", "RecognizeStage"), id="two-pools", marks=pytest.mark.slow),
+])
+def test_killed_detect_and_recognize_workers_lose_nothing(ray_local, photo_folder, tmp_path, fuse, titles):
     from jobs.tag import run
 
     output = tmp_path / "tags"
     killed: list[int] = []
 
     def killer() -> None:
-        for title in ("DetectStage", "RecognizeStage"):
+        for title in titles:
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline:
                 if len(list_units(str(output))) >= 1 + len(killed):
@@ -254,7 +259,8 @@ def test_killed_detect_and_recognize_workers_lose_nothing(ray_local, photo_folde
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    summary = run(compose_tag([f"input={photo_folder}", f"output={output}", "commit_every_rows=10"]))
+    summary = run(compose_tag([f"input={photo_folder}", f"output={output}", "commit_every_rows=10",
+                               f"stages.fuse={str(fuse).lower()}"]))
     thread.join(timeout=5)
     assert len(killed) == 2, "both workers should have been killed mid-run"
     rows = read_rows(output)

@@ -15,6 +15,7 @@ the conversion itself.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,24 @@ from emotion.models.detection.priors import (
 )
 
 BGR_MEAN = (104.0, 117.0, 123.0)
+# Canvases are rounded up to the network's largest stride (the P5 level), so every
+# feature map tiles its canvas exactly.
+CANVAS_STRIDE = 32
+# Padding kept below and right of an image smaller than the largest canvas: a face that
+# touches the canvas edge is scored differently (by up to 12 canvas pixels on upscaled
+# 48 px faces) than one with padding beyond it, as on the fixed 640 canvas used before.
+CANVAS_MARGIN = 16
+
+
+@dataclass
+class CanvasGroup:
+    """Images of a batch that share a canvas shape: their positions in the batch,
+    ``pixels`` float [G, 3, H, W] (normalised BGR) and ``scales`` [G, 2] (x, y) from
+    original to canvas pixels."""
+
+    indices: list[int]
+    pixels: torch.Tensor
+    scales: torch.Tensor
 
 
 # --- building blocks (module names match the pretrained state dict) -------------------
@@ -226,6 +245,12 @@ def _check_image(image: Any, index: int) -> np.ndarray:
     return image
 
 
+def _writable(image: np.ndarray) -> np.ndarray:
+    """C-contiguous and writable (Ray Data hands out read-only arrays; torch wants to own
+    writable memory): a copy only when needed."""
+    return image if image.flags.c_contiguous and image.flags.writeable else np.array(image, order="C")
+
+
 def _empty_result() -> dict[str, np.ndarray]:
     return {
         "boxes": np.zeros((0, 4), np.float32),
@@ -241,10 +266,14 @@ class FaceDetector(nn.Module):
     upscaled, so a tight 48x48 face crop becomes a face the anchors can match; with
     ``upscale_size`` below ``max_size``, small images are only enlarged up to
     ``upscale_size`` and those in between keep their size) and placed in the top-left
-    corner of a ``max_size`` x ``max_size`` canvas; the rest of the canvas is the mean
-    colour (zero after normalisation). Because the canvas is the same for every image,
-    an image's detections do not depend on which other images share its batch: Ray
-    Data, Ray Serve and the Python API give identical boxes.
+    corner of its own canvas: the resized size rounded up to a multiple of 32 (the
+    network's largest stride), keeping at least ``CANVAS_MARGIN`` pixels of padding below
+    and right of an image smaller than ``max_size``: a 268 x 339 photo runs on a 288 x 384
+    canvas instead of 640 x 640. The rest of the canvas is the mean colour (zero after
+    normalisation).
+    Because an image's canvas depends on that image alone, its detections do not depend
+    on which other images share its batch: Ray Data, Ray Serve and the Python API give
+    identical boxes. Images of a batch that share a canvas shape run as one batch.
 
     The default ``score_threshold`` 0.6 is the upstream visualisation threshold. On the
     sample photos true faces score >= 0.97 while the best non-face (a fist in
@@ -298,12 +327,22 @@ class FaceDetector(nn.Module):
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.anchors = anchors
         self.register_buffer("priors", prior_boxes((max_size, max_size), anchors), persistent=False)
+        self._prior_cache: dict[tuple[Any, ...], torch.Tensor] = {}
         self.register_buffer("bgr_mean", torch.tensor(BGR_MEAN).view(1, 3, 1, 1), persistent=False)
         self.eval()
 
     @property
     def device(self) -> torch.device:
         return self.priors.device
+
+    def _priors(self, hw: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        """Anchors of a canvas shape, made once per shape, device and dtype."""
+        if hw == (self.max_size, self.max_size) and dtype == self.priors.dtype:
+            return self.priors
+        key = (hw, self.device, dtype)
+        if key not in self._prior_cache:
+            self._prior_cache[key] = prior_boxes(hw, self.anchors, device=self.device, dtype=dtype)
+        return self._prior_cache[key]
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Dense (per-anchor) detections before thresholding and NMS.
@@ -317,10 +356,7 @@ class FaceDetector(nn.Module):
         """
         # Channels-last runs the depthwise/1x1 convolutions ~20% faster on CPU (same values).
         raw = self.net(pixels.contiguous(memory_format=torch.channels_last))
-        hw = tuple(pixels.shape[-2:])
-        priors = self.priors if hw == (self.max_size, self.max_size) else prior_boxes(
-            hw, self.anchors, device=pixels.device, dtype=pixels.dtype
-        )
+        priors = self._priors(tuple(pixels.shape[-2:]), pixels.dtype)
         variances = self.anchors.variances
         return {
             "boxes": decode_boxes(raw["box_deltas"], priors, variances),
@@ -328,32 +364,57 @@ class FaceDetector(nn.Module):
             "scores": raw["logits"].softmax(dim=-1)[..., 1],
         }
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Resize RGB uint8 images into one normalised BGR canvas batch.
+    def layout(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(resized height, width, canvas height, width) of an image: its longer side
+        brought to ``max_size`` (or ``upscale_size`` for small images), and a canvas of
+        that size plus ``CANVAS_MARGIN``, rounded up to the network's largest stride and
+        at most ``max_size``."""
+        longer = max(height, width)
+        ratio = min(max(longer, self.upscale_size), self.max_size) / longer
+        new_h = min(self.max_size, max(1, round(height * ratio)))
+        new_w = min(self.max_size, max(1, round(width * ratio)))
 
-        Returns:
-            ``pixels`` float [B, 3, max_size, max_size] on the detector's device and
-            ``scales`` float [B, 2]: (x, y) factors from original to canvas pixels.
+        def canvas(side: int) -> int:
+            return min(self.max_size, -(-(side + CANVAS_MARGIN) // CANVAS_STRIDE) * CANVAS_STRIDE)
+
+        return new_h, new_w, canvas(new_h), canvas(new_w)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> list[CanvasGroup]:
+        """RGB uint8 images -> canvas batches, one per canvas shape.
+
+        Each image travels to the device as uint8, is resized there (uint8 antialiased
+        bilinear on CPU, float on GPU) into the top-left of a canvas filled with the mean
+        colour, and each group is turned into normalised BGR floats in one call.
         """
-        side = self.max_size
-        canvas = torch.zeros(len(images), 3, side, side, device=self.device, dtype=self.bgr_mean.dtype)
-        scales = torch.empty(len(images), 2, dtype=torch.float64)
-        for i, image in enumerate(images):
-            height, width = _check_image(image, i).shape[:2]
-            longer = max(height, width)
-            ratio = min(max(longer, self.upscale_size), self.max_size) / longer
-            new_h = min(self.max_size, max(1, round(height * ratio)))
-            new_w = min(self.max_size, max(1, round(width * ratio)))
-            # RGB -> BGR on the CPU view, so only the original bytes travel to the device.
-            bgr = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1])).to(self.device)
-            bgr = bgr.permute(2, 0, 1)[None].to(canvas.dtype)
-            if ratio != 1.0:
-                # antialias matters when shrinking large photos; it is a no-op when enlarging.
-                bgr = F.interpolate(bgr, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
-            canvas[i, :, :new_h, :new_w] = bgr[0] - self.bgr_mean[0]
-            scales[i, 0] = new_w / width
-            scales[i, 1] = new_h / height
-        return canvas, scales
+        shapes = [self.layout(*_check_image(image, i).shape[:2]) for i, image in enumerate(images)]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (_, _, canvas_h, canvas_w) in enumerate(shapes):
+            groups.setdefault((canvas_h, canvas_w), []).append(i)
+        # uint8 resizing has a fast CPU kernel; on a GPU the work is float.
+        work_dtype = torch.uint8 if self.device.type == "cpu" else self.bgr_mean.dtype
+        rgb_mean = torch.tensor(BGR_MEAN[::-1], device=self.device).view(3, 1, 1).to(work_dtype)
+        out = []
+        for (canvas_h, canvas_w), members in groups.items():
+            canvas = rgb_mean.expand(len(members), 3, canvas_h, canvas_w).contiguous(
+                memory_format=torch.channels_last)
+            scales = torch.empty(len(members), 2, dtype=torch.float64)
+            for j, i in enumerate(members):
+                height, width = images[i].shape[:2]
+                new_h, new_w = shapes[i][:2]
+                # [1, 3, H, W] viewing the HWC bytes: channels-last, no copy before the upload.
+                pixels = torch.from_numpy(_writable(images[i])).to(self.device).permute(2, 0, 1)[None]
+                pixels = pixels.to(work_dtype)
+                if (new_h, new_w) != (height, width):
+                    # antialias matters when shrinking large photos; it is a no-op when enlarging.
+                    pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bilinear", align_corners=False,
+                                           antialias=True)
+                canvas[j, :, :new_h, :new_w] = pixels[0]
+                scales[j, 0] = new_w / width
+                scales[j, 1] = new_h / height
+            # RGB -> BGR minus the mean: the padding becomes exactly zero.
+            bgr = canvas.flip(1).to(self.bgr_mean.dtype) - self.bgr_mean
+            out.append(CanvasGroup(members, bgr.contiguous(memory_format=torch.channels_last), scales))
+        return out
 
     def postprocess(
         self, dense: Mapping[str, torch.Tensor], scales: torch.Tensor, image_hws: Sequence[tuple[int, int]]
@@ -413,9 +474,13 @@ class FaceDetector(nn.Module):
         if self.net.training:
             # Batch-norm statistics of a training-mode net would depend on the batch.
             raise RuntimeError("FaceDetector is in training mode; call .eval() before detect()")
-        pixels, scales = self.preprocess(images)
-        dense = self.forward(pixels)
-        return self.postprocess(dense, scales, [image.shape[:2] for image in images])
+        results: list[dict[str, np.ndarray]] = [_empty_result()] * len(images)
+        for group in self.preprocess(images):
+            dense = self.forward(group.pixels)
+            found = self.postprocess(dense, group.scales, [images[i].shape[:2] for i in group.indices])
+            for i, result in zip(group.indices, found):
+                results[i] = result
+        return results
 
 
 def build_detector(cfg: Mapping[str, Any] | None = None) -> FaceDetector:
