@@ -335,6 +335,9 @@ def build_emotion_model(cfg: Mapping) -> EmotionModel:
     from emotion.models.registry import build_model
 
     device = _resolve_device(cfg.get("device"))
+    if cfg.get("checkpoint") == "???":  # Hydra's "required" marker, left unset
+        raise ValueError(f"model={cfg.get('name')} has no shipped weights: pass model.checkpoint=PATH "
+                         "(a checkpoint from `emotion train`)")
     if cfg.get("checkpoint"):
         from emotion.checkpoint import load_model_from_checkpoint
 

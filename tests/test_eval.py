@@ -207,3 +207,15 @@ def test_dataset_eval_is_validation_with_the_model_spelling_its_classes_its_own_
     with pytest.raises(ValueError, match="Peace"):
         evaluate_dataset(build_model("cocoer", {**model.config, "labels": model_labels[1:]}), data, "val",
                          max_side=960)
+
+
+def test_a_model_without_shipped_weights_asks_for_its_checkpoint(tmp_path):
+    from emotion.models.registry import input_spec
+    from jobs.eval import run
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=["model=qcs", "data=ferplus", f"data.root={tmp_path}"])
+    with pytest.raises(ValueError, match="model.checkpoint=PATH"):
+        run(cfg)
+    with pytest.raises(ValueError, match="model.checkpoint=PATH"):
+        input_spec({"name": "qcs", "checkpoint": "???"})

@@ -57,6 +57,9 @@ def input_spec(cfg: Mapping[str, Any]) -> Any:
     (its saved config and file hash; the weights are read, no network is built) or from
     ``cfg.name``."""
     _import_model_modules()
+    if cfg.get("checkpoint") == "???":  # Hydra's "required" marker, left unset
+        raise ValueError(f"model={cfg.get('name')} has no shipped weights: pass model.checkpoint=PATH "
+                         "(a checkpoint from `emotion train`)")
     if cfg.get("checkpoint"):
         from emotion.checkpoint import load_checkpoint
 
