@@ -53,14 +53,14 @@ def rate(fn, n_items: int, reps: int, device: torch.device) -> float:
     return n_items / statistics.median(seconds)
 
 
-def build(device: str, max_side: int, model: str):
+def build(device: str, max_side: int, model: str, checkpoint: str | None):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from emotion.predictor import build_predictor
 
     overrides = [f"model={model}", f"detector.device={device}", f"model.device={device}",
-                 f"predictor.max_image_side={max_side}"]
+                 f"predictor.max_image_side={max_side}"] + ([f"model.checkpoint={checkpoint}"] if checkpoint else [])
     with initialize_config_dir(config_dir=str(ROOT / "jobs" / "configs"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name="tag", overrides=overrides), resolve=True)
     return build_predictor(cfg)
@@ -73,7 +73,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="images per detect + recognize call")
     parser.add_argument("--max-side", type=int, default=960)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--model", default="qcs", help="the face model (a model config name: qcs, fer)")
+    parser.add_argument("--model", default="fer", help="the face model's config name (fer, qcs, ...)")
+    parser.add_argument("--checkpoint", default=None, help="model.checkpoint (models trained here, e.g. qcs)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--workspace-backbones", default="mobilenet_v2,resnet50",
                         help="comma-separated; empty to skip the workspace measurement")
@@ -86,7 +87,7 @@ def main() -> None:
 
     from emotion.predictor import decode_batch, decode_one
 
-    predictor = build(args.device, args.max_side, args.model)
+    predictor = build(args.device, args.max_side, args.model, args.checkpoint)
     payloads = photo_bytes(args.photos)
     chunks = [list(range(i, min(i + args.batch, args.photos))) for i in range(0, args.photos, args.batch)]
 

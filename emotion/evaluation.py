@@ -108,13 +108,9 @@ def evaluate_image_folder(predictor: EmotionPredictor, root: str, split: str | N
     metrics are single-label (accuracy, per-class accuracy, confusion)."""
     paths, classes = list_image_folder(root, split, limit_per_class)
     labels = list(predictor.spec.labels)
-    known = dict(zip(sorted(set(classes)), (remap(sorted(set(classes)), labels) >= 0).tolist()))
-    left_out = {name: classes.count(name) for name, ok in known.items() if not ok}
-    if left_out:  # folders of a class the model lacks: left out and counted, not certain errors
-        log.warning("left out %s: the model's label set %s has no such class", left_out, labels)
-        paths, classes = zip(*[(p, c) for p, c in zip(paths, classes) if known[c]]) if len(left_out) < len(known) \
-            else ([], [])
-        paths, classes = list(paths), list(classes)
+    keep, left_out = _leave_out_unknown([[name] for name in classes], labels)
+    paths = [path for path, kept in zip(paths, keep) if kept]
+    classes = [name for name, kept in zip(classes, keep) if kept]
     if not paths:
         raise ValueError(f"no class folder under {root!r} is in the model's label set {labels} "
                          f"(folders: {sorted(left_out)})")
@@ -170,7 +166,10 @@ def evaluate_dataset(model, data: Mapping, split: str, *, max_side: int, batch_s
     labels = list(model.labels)
     left_out: dict[str, int] = {}
     if not model.multi_label:
-        samples, left_out = _only_known_classes(samples, data_labels, labels)
+        names = [[data_labels[int(row.argmax())] for row in np.asarray(sample["labels"]).reshape(-1, len(data_labels))
+                  if row.max() > 0] for sample in samples]  # each person's class
+        keep, left_out = _leave_out_unknown(names, labels)
+        samples = [sample for sample, kept in zip(samples, keep) if kept]
     present = np.zeros(len(data_labels), dtype=bool)
     for sample in samples:
         present |= np.asarray(sample["labels"]).reshape(-1, len(data_labels)).max(axis=0, initial=0) > 0
@@ -198,25 +197,22 @@ def evaluate_dataset(model, data: Mapping, split: str, *, max_side: int, batch_s
     return report
 
 
-def _only_known_classes(samples: list[dict], data_labels: Sequence[str],
-                        labels: Sequence[str]) -> tuple[list[dict], dict[str, int]]:
-    """Single-label data scored by a model with another label set (a 7-class model on FER+'s
-    8): samples whose class the model cannot predict are left out, and counted per class,
-    rather than scored as certain errors."""
-    known = remap(list(data_labels), list(labels)) >= 0
-    kept, left_out = [], {}
-    for sample in samples:
-        rows = np.asarray(sample["labels"]).reshape(-1, len(data_labels))
-        classes = rows.argmax(axis=1) if len(rows) else np.zeros(0, dtype=np.int64)
-        missing = [int(c) for c, row in zip(classes, rows) if row.max() > 0 and not known[c]]
-        if missing:
-            for c in missing:
-                left_out[data_labels[c]] = left_out.get(data_labels[c], 0) + 1
-        else:
-            kept.append(sample)
+def _leave_out_unknown(names: Sequence[Sequence[str]], labels: Sequence[str]) -> tuple[list[bool], dict[str, int]]:
+    """Single-label data scored by a model with another label set (the 7-class
+    mini-Xception on FER+'s 8): which items to keep (every class they are labelled with is
+    one the model has, synonyms matched), and how many were left out per class the model
+    lacks, rather than scoring them as certain errors. ``names``: each item's class names."""
+    known_names = sorted({name for item in names for name in item})
+    known = dict(zip(known_names, (remap(known_names, list(labels)) >= 0).tolist()))
+    keep, left_out = [], {}
+    for item in names:
+        missing = [name for name in item if not known[name]]
+        for name in missing:
+            left_out[name] = left_out.get(name, 0) + 1
+        keep.append(not missing)
     if left_out:
         log.warning("left out %s: the model's label set %s has no such class", left_out, list(labels))
-    return kept, left_out
+    return keep, left_out
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str = "") -> bytes:

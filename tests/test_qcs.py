@@ -195,7 +195,7 @@ def test_a_tiny_qcs_model_overfits_a_few_images():
 
 def test_a_qcs_checkpoint_is_a_backbone_for_another_models_level(tmp_path):
     """The joint model's head level can start from the face model's backbone
-    (``backbone_weights={head: qcs_ferplus}``)."""
+    (``backbone_weights={head: PATH}``)."""
     from emotion.checkpoint import export_weights, load_model_from_checkpoint, save_checkpoint
     from emotion.models.backbones import build_backbone
 
@@ -230,12 +230,3 @@ def test_logit_adjustment_adds_tau_log_prior_in_the_loss_only():
     assert torch.isclose(adjusted, torch.nn.functional.cross_entropy(logits + adjustment, torch.tensor([1])))
     assert adjusted > classification_loss(logits, labels)  # a rare class's target costs more: its margin grows
 
-
-def test_weights_inside_this_package_resolve_by_the_emotion_scheme():
-    from emotion.weights import WeightSpec, WeightsNotFoundError, resolve, sha256_of
-
-    path = resolve(WeightSpec("emotion://models/face/qcs.py", None))
-    assert path.name == "qcs.py" and path.is_file()
-    assert resolve(WeightSpec("emotion://models/face/qcs.py", sha256_of(path))) == path
-    with pytest.raises(WeightsNotFoundError, match="reinstall"):
-        resolve(WeightSpec("emotion://packaged/missing.ckpt", None))

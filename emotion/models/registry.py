@@ -52,18 +52,26 @@ def register_spec(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     return decorator
 
 
+def checkpoint_of(cfg: Mapping[str, Any]) -> str | None:
+    """The checkpoint a ``model`` config names, or None; a required one left unset
+    (Hydra's ``???``) is an error saying what to pass."""
+    checkpoint = cfg.get("checkpoint")
+    if checkpoint == "???":
+        raise ValueError(f"model={cfg.get('name')} has no shipped weights: pass model.checkpoint=PATH "
+                         "(a checkpoint from `emotion train`)")
+    return str(checkpoint) if checkpoint else None
+
+
 def input_spec(cfg: Mapping[str, Any]) -> Any:
     """The ``InputSpec`` of the model a ``model`` config names: from ``cfg.checkpoint``
     (its saved config and file hash; the weights are read, no network is built) or from
     ``cfg.name``."""
     _import_model_modules()
-    if cfg.get("checkpoint") == "???":  # Hydra's "required" marker, left unset
-        raise ValueError(f"model={cfg.get('name')} has no shipped weights: pass model.checkpoint=PATH "
-                         "(a checkpoint from `emotion train`)")
-    if cfg.get("checkpoint"):
+    checkpoint = checkpoint_of(cfg)
+    if checkpoint:
         from emotion.checkpoint import load_checkpoint
 
-        ckpt = load_checkpoint(cfg["checkpoint"])
+        ckpt = load_checkpoint(checkpoint)
         saved = {**dict(ckpt["model_cfg"]), "labels": ckpt["model_cfg"].get("labels") or ckpt["labels"]}
         return _spec_fn(ckpt["model_name"])(saved, checkpoint_hash=ckpt["sha256"])
     return _spec_fn(cfg["name"])(cfg)

@@ -174,9 +174,11 @@ class TagProgress:
 class DetectStage:
     """Actor: loads the detector once, turns decoded images into person rows with crops."""
 
+    recognizes = False  # whether the actor also loads the emotion model
+
     def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None, progress: Any = None):
         _limit_threads(torch_threads)
-        self.predictor = build_predictor(cfg, recognize=False, spec=spec)
+        self.predictor = build_predictor(cfg, recognize=self.recognizes, spec=spec)
         self.progress = progress
         self.node_id = ray.get_runtime_context().get_node_id()
 
@@ -196,11 +198,7 @@ class PredictStage(DetectStage):
     actor through the object store, and lets each actor use its cores for the whole path.
     """
 
-    def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None, progress: Any = None):
-        _limit_threads(torch_threads)
-        self.predictor = build_predictor(cfg, spec=spec)
-        self.progress = progress
-        self.node_id = ray.get_runtime_context().get_node_id()
+    recognizes = True
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:  # type: ignore[override]
         people = super().__call__(batch)

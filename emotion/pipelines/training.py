@@ -341,8 +341,7 @@ def _check_resume(cfg: Mapping[str, Any], run_uri: str) -> None:
 
 def model_config(cfg: Mapping[str, Any], labels: tuple[str, ...]) -> dict[str, Any]:
     """The model's config: ``model`` minus job-only keys, with the dataset's labels."""
-    # Job-only keys: `weights` names shipped weights to tag with, never a training start point.
-    model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k not in ("name", "checkpoint", "device", "weights")}
+    model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k not in ("name", "checkpoint", "device")}
     if model_cfg.get("labels") and list(model_cfg["labels"]) != list(labels):
         raise ValueError(f"model.labels {model_cfg['labels']} differ from the dataset's labels {list(labels)}")
     model_cfg["labels"] = list(labels)

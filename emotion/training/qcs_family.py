@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from emotion.training.augment import AugmentConfig, augment, prepare_eval
+from emotion.training.augment import AugmentConfig
+from emotion.training.classifier_family import ClassifierFamily
 from emotion.training.quadruplets import sample_quadruplets
-from emotion.training.targets import check_target_mode, classification_loss, logit_adjustment
+from emotion.training.targets import check_target_mode, classification_loss, loss_settings
 
 DEFAULT_WEIGHTS: dict[str, float] = {"base": 1.0, "refined": 1.0}
 
@@ -68,33 +69,25 @@ class QCSCriterion(nn.Module):
         return {"loss": total, **{f"loss_{name}": value.detach() for name, value in terms.items()}}
 
 
-class QCSFamily:
-    """What the trainer needs for ``qcs`` (``emotion.training.families.Family``)."""
+class QCSFamily(ClassifierFamily):
+    """What the trainer needs for ``qcs`` (``emotion.training.families.Family``): the
+    classifier's collate plus the batch's quadruplets, and ``QCSCriterion``."""
 
-    def build_model(self, cfg: Mapping[str, Any]) -> nn.Module:
-        from emotion.models.registry import build_model
-
-        return build_model("qcs", cfg)
+    def __init__(self) -> None:
+        super().__init__("qcs")
 
     def build_criterion(self, cfg: Mapping[str, Any], model: nn.Module) -> nn.Module:
-        return QCSCriterion(str(cfg.get("target_mode") or "majority"), float(cfg.get("label_smoothing", 0.0)),
-                            cfg.get("loss_weights"), refined=model.cross is not None,
-                            adjustment=logit_adjustment(cfg.get("class_prior"), float(cfg.get("logit_adjust_tau") or 0)))
+        return QCSCriterion(weights=cfg.get("loss_weights"), refined=model.cross is not None, **loss_settings(cfg))
 
     def collate(self, batch: Mapping[str, np.ndarray], model: nn.Module, train: bool, device: torch.device,
                 augment_cfg: AugmentConfig | None = None,
                 generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        if "crop_head" not in batch:
-            raise KeyError(f"training batch has no 'crop_head' column (columns: {sorted(batch)})")
-        images = torch.from_numpy(np.require(batch["crop_head"], dtype=np.uint8, requirements="W")).to(device)
-        labels = torch.as_tensor(np.asarray(batch["labels"], dtype=np.float32), device=device)
-        inputs = {"head": augment(images, augment_cfg or AugmentConfig(), generator) if train else prepare_eval(images)}
-        targets = {"labels": labels, "classes": labels.argmax(dim=-1)}
+        inputs, targets = super().collate(batch, model, train, device, augment_cfg, generator)
         if train and model.cross is not None:
             # The quadruplets' seed comes from the epoch's generator, so a resumed epoch repeats them.
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device if generator
                                      is not None else "cpu").item())
-            classes = np.asarray(batch["labels"], dtype=np.float32).argmax(axis=-1)
+            classes = targets["classes"].cpu().numpy()
             quads = torch.as_tensor(sample_quadruplets(classes, np.random.default_rng(seed)), device=device)
             inputs["quadruplets"] = targets["quadruplets"] = quads
         return inputs, targets

@@ -16,6 +16,8 @@ multi_target     -log sum_{k: t_k > 0} softmax(z)_k: any of the classes voted fo
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 import torch.nn.functional as F
 
@@ -67,3 +69,12 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, mode: str = 
         return -(target * log_p).sum(dim=-1).mean()
     accepted = labels > 0  # multi_target
     return -torch.logsumexp(log_p.masked_fill(~accepted, float("-inf")), dim=-1).mean()
+
+
+def loss_settings(train_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The single-label loss keywords a criterion takes from the ``train`` config:
+    ``target_mode``, ``label_smoothing`` and the logit ``adjustment`` (``class_prior`` is
+    put there by the trainer when ``logit_adjust_tau`` > 0)."""
+    return {"target_mode": check_target_mode(str(train_cfg.get("target_mode") or "majority")),
+            "label_smoothing": float(train_cfg.get("label_smoothing", 0.0)),
+            "adjustment": logit_adjustment(train_cfg.get("class_prior"), float(train_cfg.get("logit_adjust_tau") or 0))}

@@ -245,12 +245,6 @@ def _check_image(image: Any, index: int) -> np.ndarray:
     return image
 
 
-def _writable(image: np.ndarray) -> np.ndarray:
-    """C-contiguous and writable (Ray Data hands out read-only arrays; torch wants to own
-    writable memory): a copy only when needed."""
-    return image if image.flags.c_contiguous and image.flags.writeable else np.array(image, order="C")
-
-
 def _empty_result() -> dict[str, np.ndarray]:
     return {
         "boxes": np.zeros((0, 4), np.float32),
@@ -401,9 +395,10 @@ class FaceDetector(nn.Module):
             for j, i in enumerate(members):
                 height, width = images[i].shape[:2]
                 new_h, new_w = shapes[i][:2]
-                # [1, 3, H, W] viewing the HWC bytes: channels-last, no copy before the upload.
-                pixels = torch.from_numpy(_writable(images[i])).to(self.device).permute(2, 0, 1)[None]
-                pixels = pixels.to(work_dtype)
+                # Ray Data hands out read-only arrays and torch wants writable memory (copied only
+                # then); [1, 3, H, W] views the HWC bytes: channels-last, no copy before the upload.
+                pixels = torch.from_numpy(np.require(images[i], requirements="CW")).to(self.device)
+                pixels = pixels.permute(2, 0, 1)[None].to(work_dtype)
                 if (new_h, new_w) != (height, width):
                     # antialias matters when shrinking large photos; it is a no-op when enlarging.
                     pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bilinear", align_corners=False,

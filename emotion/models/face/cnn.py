@@ -68,6 +68,23 @@ class ToGray(nn.Module):
         return (gray - self.mean) / self.std
 
 
+@torch.inference_mode()
+def head_logits(model: nn.Module, crops: dict[str, np.ndarray]) -> torch.Tensor:
+    """float32 logits [B, K] of a head-crop model (``forward(head)`` returning ``logits``)
+    on uint8 crops [B, S, S, 3], computed in eval mode (the model's mode is restored)."""
+    if "head" not in crops:
+        raise KeyError(f"{model.name} needs the 'head' crop; got levels {sorted(crops)}")
+    x = crops_to_input(crops["head"], model.input_size, next(model.parameters()).device, "head crops")
+    if len(x) == 0:
+        return torch.zeros(0, len(model.labels))
+    was_training = model.training
+    model.eval()
+    try:
+        return model(x)["logits"].float()
+    finally:
+        model.train(was_training)
+
+
 class FaceCNN(nn.Module):
     """Backbone + linear head over the head crop; an ``EmotionModel``."""
 
@@ -92,21 +109,9 @@ class FaceCNN(nn.Module):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
 
-    @torch.inference_mode()
     def predict(self, crops: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """uint8 head crops [B, S, S, 3] (RGB, S = input_size) -> ``scores`` float32 [B, K]."""
-        if "head" not in crops:
-            raise KeyError(f"face_cnn needs the 'head' crop; got levels {sorted(crops)}")
-        x = crops_to_input(crops["head"], self.input_size, next(self.parameters()).device, "head crops")
-        if len(x) == 0:
-            return {"scores": np.zeros((0, len(self.labels)), dtype=np.float32)}
-        was_training = self.training
-        self.eval()
-        try:
-            logits = self(x)["logits"]
-        finally:
-            self.train(was_training)
-        return {"scores": self.probabilities(logits.float()).cpu().numpy().astype(np.float32)}
+        return {"scores": self.probabilities(head_logits(self, crops)).cpu().numpy().astype(np.float32)}
 
     def output_columns(self, outputs: dict[str, np.ndarray]) -> dict:
         return single_level_columns(outputs["scores"])

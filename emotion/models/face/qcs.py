@@ -31,8 +31,7 @@ forward(head [B, 3, S, S] ImageNet-normalised, quadruplets int64 [Q, 4] or None)
 ``scores`` [B, K]. ``cross_similarity: false`` builds the plain network without the
 attention (the ablation's cross-entropy baseline: same backbone, same head).
 
-Trained weights load from ``checkpoint`` (any ``emotion train`` checkpoint) or ``weights``
-(a name in ``emotion.weights.KNOWN_WEIGHTS``, or a checkpoint path / s3:// URI, hash-checked).
+Trained weights load from a checkpoint of ``emotion train`` (``model.checkpoint``).
 """
 
 from __future__ import annotations
@@ -45,8 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from emotion.models.backbones import build_backbone, crops_to_input
-from emotion.models.face.cnn import ToGray
+from emotion.models.backbones import build_backbone
+from emotion.models.face.cnn import ToGray, head_logits
 from emotion.models.protocol import InputSpec, adopt_config, single_level_columns
 from emotion.models.registry import register_model, register_spec
 
@@ -151,22 +150,10 @@ class QCSNet(nn.Module):
             out["refined_logits"] = self.classify(self.refine(tokens, quadruplets))
         return out
 
-    @torch.inference_mode()
     def predict(self, crops: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """uint8 head crops [B, S, S, 3] (RGB, S = input_size) -> ``scores`` float32 [B, K]:
         the base branch alone."""
-        if "head" not in crops:
-            raise KeyError(f"qcs needs the 'head' crop; got levels {sorted(crops)}")
-        x = crops_to_input(crops["head"], self.input_size, next(self.parameters()).device, "head crops")
-        if len(x) == 0:
-            return {"scores": np.zeros((0, len(self.labels)), dtype=np.float32)}
-        was_training = self.training
-        self.eval()
-        try:
-            logits = self(x)["logits"]
-        finally:
-            self.train(was_training)
-        return {"scores": torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float32)}
+        return {"scores": torch.softmax(head_logits(self, crops), dim=-1).cpu().numpy().astype(np.float32)}
 
     def output_columns(self, outputs: dict[str, np.ndarray]) -> dict:
         return single_level_columns(outputs["scores"])
@@ -175,21 +162,8 @@ class QCSNet(nn.Module):
         return json.dumps(self.config, sort_keys=True)
 
 
-def _packaged(cfg: Mapping[str, Any]) -> str | None:
-    """The weight file a job config names (``weights``), or None to build from scratch."""
-    weights = cfg.get("weights")
-    return str(weights) if weights else None
-
-
 @register_spec("qcs")
 def qcs_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") -> InputSpec:
-    weights = _packaged(cfg)
-    if weights and not cfg.get("labels"):
-        from emotion.checkpoint import load_checkpoint
-        from emotion.weights import resolve
-
-        ckpt = load_checkpoint(resolve(weights))
-        cfg, checkpoint_hash = {**ckpt["model_cfg"], "labels": ckpt["labels"]}, ckpt["sha256"]
     resolved = resolve_config(cfg)
     return InputSpec(name="qcs", levels=QCSNet.input_levels, input_size=resolved["input_size"],
                      labels=tuple(resolved["labels"]), multi_label=False,
@@ -198,14 +172,6 @@ def qcs_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") -
 
 @register_model("qcs")
 def build_qcs(cfg: Mapping[str, Any]) -> QCSNet:
-    """Build ``qcs`` from a config mapping (keys and defaults: ``DEFAULTS``). With
-    ``weights`` (a name in ``emotion.weights.KNOWN_WEIGHTS``, a path or s3:// URI of a
-    checkpoint) the trained model is loaded from that hash-checked file instead."""
-    weights = _packaged(cfg)
-    if weights is None:
-        return QCSNet(cfg)
-    from emotion.checkpoint import load_model_from_checkpoint
-    from emotion.weights import resolve
-
-    device = cfg.get("device") or "cpu"
-    return load_model_from_checkpoint(resolve(weights), device=device if device != "auto" else "cpu")
+    """Build ``qcs`` from a config mapping (keys and defaults: ``DEFAULTS``); a trained
+    model comes from its checkpoint (``model.checkpoint``, ``emotion.checkpoint``)."""
+    return QCSNet(cfg)
