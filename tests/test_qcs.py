@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from emotion.models.backbones import imagenet_normalize
+from emotion.models.face.cnn import equalize_histogram
 from emotion.models.face.qcs import CROSS_PARTNER, SAME_PARTNER, CrossSimilarityAttention, QCSNet
 from emotion.training.loop import sam_ascend, sam_descend
 from emotion.training.qcs_family import QCSCriterion, QCSFamily
@@ -230,3 +232,34 @@ def test_logit_adjustment_adds_tau_log_prior_in_the_loss_only():
     assert torch.isclose(adjusted, torch.nn.functional.cross_entropy(logits + adjustment, torch.tensor([1])))
     assert adjusted > classification_loss(logits, labels)  # a rare class's target costs more: its margin grows
 
+
+
+def test_histogram_equalisation_is_batched_monotone_and_undoes_contrast_changes():
+    gen = torch.Generator().manual_seed(0)
+    faces = torch.rand(3, 1, 20, 20, generator=gen) * 0.5 + 0.2  # low contrast, mid-gray
+    equalised = equalize_histogram(faces)
+    assert torch.allclose(equalised[1:2], equalize_histogram(faces[1:2]))  # batched == one at a time
+    assert equalised.min() == 0.0 and equalised.max() == 1.0  # the full range is used
+    flat, order = faces[0].flatten(), faces[0].flatten().argsort()
+    assert (equalised[0].flatten()[order].diff() >= 0).all()  # the mapping keeps the pixel order
+    stretched = (faces - 0.2) * 2.0  # a monotone contrast stretch of the same faces
+    assert (equalize_histogram(stretched) - equalised).abs().max() < 0.02
+    constant = torch.full((1, 1, 8, 8), 0.4)
+    assert torch.equal(equalize_histogram(constant), constant)
+    assert flat.shape == (400,)
+
+
+def test_equalize_is_part_of_the_model_and_needs_grayscale():
+    model = tiny_qcs(grayscale=True, equalize=True).eval()
+    assert model.config["equalize"] is True and model.to_gray.equalize
+    levels = torch.randint(0, 100, (2, 1, 32, 32), generator=torch.Generator().manual_seed(1)).float()
+
+    def as_input(gray: torch.Tensor) -> torch.Tensor:  # a gray face as the model's normalised RGB input
+        return imagenet_normalize(gray.expand(-1, 3, -1, -1) / 255.0)
+
+    with torch.no_grad():
+        dark = model(as_input(levels))["logits"]
+        bright = model(as_input(2.0 * levels + 20.0))["logits"]  # the same face, other exposure
+    assert torch.allclose(dark, bright, atol=1e-4)
+    with pytest.raises(ValueError, match="equalize=true needs grayscale"):
+        tiny_qcs(equalize=True)

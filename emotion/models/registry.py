@@ -18,6 +18,7 @@ MODEL_MODULES: list[str] = [
     "emotion.models.joint.cocoer",
     "emotion.models.face.cnn",
     "emotion.models.face.qcs",
+    "emotion.models.dsct.model",
 ]
 
 _REGISTRY: dict[str, Builder] = {}

@@ -26,7 +26,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -94,16 +94,18 @@ def _label_info(data_cfg: Mapping[str, Any]) -> tuple[str, tuple[str, ...], list
     return sample_set.label_set, tuple(sample_set.labels), samples
 
 
-def _rows_batch(batch: pa.Table, spec: CropSpec, num_labels: int, multi_label: bool) -> dict[str, np.ndarray]:
+def _rows_batch(batch: pa.Table, spec: CropSpec, num_labels: int, multi_label: bool,
+                make_rows: Callable[..., dict[str, np.ndarray]] = person_rows) -> dict[str, np.ndarray]:
     from emotion.data.records import row_to_sample
 
     samples = [row_to_sample(row, num_labels) for row in batch.to_pylist()]
-    return person_rows(samples, spec, RowCounts(), num_labels=num_labels, multi_label=multi_label)
+    return make_rows(samples, spec, RowCounts(), num_labels=num_labels, multi_label=multi_label)
 
 
 def _split_dataset(data_cfg: Mapping[str, Any], samples: list[dict[str, Any]] | None, labels: tuple[str, ...],
                    label_set: str, split: str, spec: CropSpec, multi_label: bool, seed: int, limit: int | None,
-                   rows_per_task: int) -> ray.data.Dataset:
+                   rows_per_task: int, make_rows: Callable[..., dict[str, np.ndarray]] = person_rows
+                   ) -> ray.data.Dataset:
     """One split as a Ray Dataset of training rows, shuffled once, materialised."""
     if samples is None:  # prepared Parquet shards: `<split>-NNNNN.parquet`
         from emotion.data.prepare import list_shards
@@ -129,7 +131,7 @@ def _split_dataset(data_cfg: Mapping[str, Any], samples: list[dict[str, Any]] | 
         chunks = [table.slice(i, rows_per_task) for i in range(0, table.num_rows, rows_per_task)]
         ds = ray.data.from_arrow(chunks)
     ds = ds.map_batches(_rows_batch, fn_kwargs={"spec": spec, "num_labels": len(labels),
-                                                "multi_label": multi_label},
+                                                "multi_label": multi_label, "make_rows": make_rows},
                         batch_format="pyarrow", batch_size=rows_per_task)
     ds = ds.materialize()
     if ds.count() == 0:
@@ -138,8 +140,10 @@ def _split_dataset(data_cfg: Mapping[str, Any], samples: list[dict[str, Any]] | 
 
 
 def build_datasets(cfg: Mapping[str, Any], spec: CropSpec, samples: list[dict[str, Any]] | None,
-                   labels: tuple[str, ...], label_set: str, multi_label: bool) -> dict[str, ray.data.Dataset]:
-    """``{"train": ..., "val": ...}`` Ray Datasets of crop rows (test is never used here)."""
+                   labels: tuple[str, ...], label_set: str, multi_label: bool,
+                   make_rows: Callable[..., dict[str, np.ndarray]] = person_rows) -> dict[str, ray.data.Dataset]:
+    """``{"train": ..., "val": ...}`` Ray Datasets of training rows (test is never used
+    here): one per person with its crops, or what the family's ``make_rows`` makes."""
     data_cfg = cfg["data"]
     seed = int(cfg.get("seed", 0))
     rows_per_task = int(cfg["train"].get("rows_per_task", 512))
@@ -150,7 +154,7 @@ def build_datasets(cfg: Mapping[str, Any], spec: CropSpec, samples: list[dict[st
         if not split:
             raise ValueError(f"data.{key}_split is not set: training needs a train split and a validation split")
         out[key] = _split_dataset(data_cfg, samples, labels, label_set, str(split), spec, multi_label, seed, limit,
-                                  rows_per_task)
+                                  rows_per_task, make_rows)
     return out
 
 
@@ -186,7 +190,7 @@ def _gather_placement() -> tuple[list[str], list[int]]:
 def _epoch_row(epoch: int, train: Mapping[str, Any], val: Mapping[str, Any], world_size: int, start_epoch: int,
                nodes: list[str], pids: list[int], seconds: float) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": epoch, **train, SCORE_METRIC: val["score"]}
-    for key in ("accuracy", "mAP"):
+    for key in ("accuracy", "mAP", "ap50"):  # ap50: subject-box detection (single-stage models)
         if key in val:
             row[f"val_{key}"] = val[key]
     if "vad_mae" in val:
@@ -212,7 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     family = get_family(config["model_name"])
     model = family.build_model(config["model_cfg"]).to(device)
     criterion = family.build_criterion(train_cfg, model)
-    optimizer = build_optimizer(model, train_cfg)
+    optimizer = build_optimizer(model, train_cfg, family)
     amp_dtype = amp_dtype_for(str(train_cfg.get("precision", "auto")), device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     epochs, batch_size = int(train_cfg["epochs"]), int(train_cfg["batch_size"])
@@ -250,7 +254,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                     log_every=int(train_cfg.get("log_every", 0)) if rank == 0 else 0,
                                     max_steps=steps_per_epoch, sam_rho=float(train_cfg.get("sam_rho") or 0.0))
         val_batches = val_shard.iter_batches(batch_size=int(train_cfg.get("eval_batch_size", 256)), batch_format="numpy")
-        val = evaluate(model, val_batches, rank=rank, world_size=world_size)
+        val = getattr(family, "evaluate", evaluate)(model, val_batches, rank=rank, world_size=world_size)
         state.epoch = epoch + 1
         row = _epoch_row(epoch, train_metrics, val, world_size, start_epoch, nodes, pids, time.perf_counter() - started)
         improved = state.record(row)
@@ -376,7 +380,7 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
     # Workers run in their own folders: local paths must not be relative.
     cfg = {**cfg, **{key: _absolute(cfg[key]) for key in ("output", "storage_path", "resume_from") if cfg.get(key)}}
     model_name = str(cfg["model"]["name"])
-    get_family(model_name)  # a family that cannot be trained fails here, before Ray starts
+    family = get_family(model_name)  # a family that cannot be trained fails here, before Ray starts
     storage_path, filesystem, run_uri = _storage(cfg)
     _check_resume(cfg, run_uri)
     # The hook silences Ray Train's per-second PlacementGroupCleaner warning (see ray_env).
@@ -388,7 +392,8 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
     contract = input_spec({**model_cfg, "name": cfg["model"]["name"]})
     spec = CropSpec(levels=contract.levels, size=contract.input_size, head_expand=float(cfg["data"]["head_expand"]),
                     max_side=int(cfg["predictor"]["max_image_side"]))
-    datasets = build_datasets(cfg, spec, samples, labels, label_set, contract.multi_label)
+    make_rows = family.row_maker(model_cfg) if hasattr(family, "row_maker") else person_rows
+    datasets = build_datasets(cfg, spec, samples, labels, label_set, contract.multi_label, make_rows)
     train_rows, val_rows = datasets["train"].count(), datasets["val"].count()
     log.info("training rows: %d, validation rows: %d (%s)", train_rows, val_rows, ", ".join(spec.levels))
     datasets["train"] = datasets["train"].randomize_block_order()  # a new block order every epoch

@@ -17,6 +17,17 @@ parts that differ (``Family``):
 Validation needs nothing from a family: the model owns its outputs (``predict``), and
 ``loop.evaluate`` scores and reports exactly as ``emotion eval`` does (``emotion.metrics``).
 
+Optional seams, for models that are not crop classifiers (DSCT finds the people itself):
+
+* ``row_maker(model_cfg) -> make_rows`` — rows other than one per person (default
+  ``rows.person_rows``), called as ``make_rows(samples, spec, counts, num_labels=,
+  multi_label=)``;
+* ``parameter_groups(model, train_cfg)`` — optimiser groups (default: weight decay on
+  matrices and kernels only, one learning rate);
+* ``evaluate(model, batches, rank=, world_size=)`` — validation (default ``loop.evaluate``);
+  returns a report with ``score``;
+* ``before_training(model, batches, train_cfg, device)`` — once per fresh run (CocoER).
+
 ``FAMILIES`` maps a registered model name to its family.
 """
 
@@ -31,6 +42,7 @@ from torch import nn
 from emotion.training.augment import AugmentConfig
 from emotion.training.classifier_family import ClassificationCriterion, ClassifierFamily
 from emotion.training.cocoer_family import CocoERFamily
+from emotion.training.dsct_family import DSCTFamily
 from emotion.training.qcs_family import QCSFamily
 
 
@@ -52,6 +64,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {
     "face_cnn": lambda: ClassifierFamily("face_cnn"),
     "cocoer": CocoERFamily,
     "qcs": QCSFamily,
+    "dsct": DSCTFamily,
 }
 
 
@@ -63,4 +76,4 @@ def get_family(model_name: str) -> Family:
         raise KeyError(f"model {model_name!r} has no training family; trainable models: {sorted(FAMILIES)}") from None
 
 
-__all__ = ["FAMILIES", "ClassificationCriterion", "ClassifierFamily", "CocoERFamily", "Family", "QCSFamily", "get_family"]
+__all__ = ["FAMILIES", "ClassificationCriterion", "ClassifierFamily", "CocoERFamily", "DSCTFamily", "Family", "QCSFamily", "get_family"]

@@ -57,13 +57,17 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
-def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """AdamW; weight decay on weight matrices/kernels only (not on biases and norms)."""
+def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], family: Any = None) -> torch.optim.Optimizer:
+    """AdamW; weight decay on weight matrices/kernels only (not on biases and norms), or
+    the groups of ``family.parameter_groups(model, cfg)`` where a family has them."""
+    betas = tuple(float(b) for b in cfg.get("betas", (0.9, 0.999)))
+    if family is not None and hasattr(family, "parameter_groups"):
+        groups = family.parameter_groups(model, cfg)
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=float(cfg.get("lr", 1e-3)), betas=betas)
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
-    betas = tuple(float(b) for b in cfg.get("betas", (0.9, 0.999)))
     groups = [{"params": decay, "weight_decay": float(cfg.get("weight_decay", 0.05))},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=float(cfg.get("lr", 1e-3)), betas=betas)

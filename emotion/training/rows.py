@@ -26,7 +26,7 @@ from emotion.crops import CropSpec, person_crops
 from emotion.images import DEFAULT_MAX_PIXELS
 from emotion.predictor import decode_one
 
-__all__ = ["CropSpec", "RowCounts", "build_crop_spec", "person_rows"]
+__all__ = ["CropSpec", "RowCounts", "build_crop_spec", "person_rows", "working_image"]
 
 
 @dataclass
@@ -40,7 +40,7 @@ class RowCounts:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-def _working_image(sample: Mapping[str, Any], max_side: int) -> tuple[np.ndarray, float]:
+def working_image(sample: Mapping[str, Any], max_side: int) -> tuple[np.ndarray, float]:
     """The image shrunk as the predictor shrinks it, and the scale back to the original."""
     data = sample.get("image_bytes")
     if data is None:
@@ -70,7 +70,7 @@ def person_rows(samples: Iterable[Mapping[str, Any]], spec: CropSpec, counts: Ro
         sample_labels = np.asarray(sample["labels"], dtype=np.float32).reshape(-1, width)
         if len(sample_labels) == 0:
             continue
-        pixels, scale = _working_image(sample, spec.max_side)
+        pixels, scale = working_image(sample, spec.max_side)
         faces = np.asarray(sample["face_boxes"], dtype=np.float32).reshape(-1, 4) / scale
         bodies = np.asarray(sample["person_boxes"], dtype=np.float32).reshape(-1, 4) / scale
         people_vad = np.asarray(sample.get("vad") if sample.get("vad") is not None

@@ -43,6 +43,10 @@ are sampled, and the body geometry that gives the boxes), ``drawing`` (scenes an
 rendered to pixels: ``render_scene``, ``iter_scenes``) and ``writer`` (the EMOTIC-format
 dataset on disk: ``generate_synthetic_emotic``, ``build_synthetic``). The names below are
 re-exported from here.
+
+The subpackage ``scenes_v2`` is a second, harder generator on the same categories, poses,
+scenes and rule: real FER+ faces, body and context cues shown clear / weak / absent, and
+1-6 people at many sizes (``emotion data scenes_v2``; docs/scenes_v2.md).
 """
 
 from emotion.data.synthetic.drawing import iter_scenes, render_scene

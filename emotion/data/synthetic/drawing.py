@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -142,12 +142,28 @@ def _tree(draw: ImageDraw.ImageDraw, x: float, y: float, size: float, rng: np.ra
 def draw_person(draw: ImageDraw.ImageDraw, person: PersonSpec, scale: float = 1.0) -> None:
     """Draw body (pose cue) and face (expression cue); ``scale`` maps spec pixels to canvas."""
     geometry = person_geometry(person)
+    draw_body(draw, geometry, person.skin, person.clothes, scale)
+    outline = (25, 25, 25)
+    hx, hy = geometry["joints"]["head"]
+    hx, hy = hx * scale, hy * scale
+    radius = geometry["radius"] * scale
+    draw.ellipse([hx - radius, hy - radius, hx + radius, hy + radius], fill=person.skin, outline=outline, width=max(1, int(scale)))
+    draw_face(draw, person.face, hx, hy, radius, scale)
+
+
+def draw_body(
+    draw: ImageDraw.ImageDraw,
+    geometry: Mapping[str, Any],
+    skin: tuple[int, int, int],
+    clothes: tuple[int, int, int],
+    scale: float = 1.0,
+) -> None:
+    """Draw a body without its head (legs, torso, neck, arms, hands) from ``geometry``
+    (``person_geometry`` / ``geometry_from_joints``); ``scale`` maps its pixels to canvas."""
     joints = {k: (x * scale, y * scale) for k, (x, y) in geometry["joints"].items()}
     limb = geometry["limb"] * scale
     hand = geometry["hand"] * scale
-    radius = geometry["radius"] * scale
     outline = (25, 25, 25)
-    clothes = person.clothes
     dark_clothes = tuple(int(c * 0.7) for c in clothes)
 
     def limb_line(a: str, b: str, color: tuple[int, ...]) -> None:
@@ -165,15 +181,12 @@ def draw_person(draw: ImageDraw.ImageDraw, person: PersonSpec, scale: float = 1.
     sx = (joints["shoulder_r"][0] - joints["shoulder_l"][0]) * 0.12
     torso = [(torso[0][0] - sx, torso[0][1]), (torso[1][0] + sx, torso[1][1]), torso[2], torso[3]]
     draw.polygon(torso, fill=clothes, outline=outline)
-    limb_line("neck", "neck", person.skin)
+    limb_line("neck", "neck", skin)
     for side in ("l", "r"):
         limb_line(f"shoulder_{side}", f"elbow_{side}", clothes)
         limb_line(f"elbow_{side}", f"hand_{side}", clothes)
         x, y = joints[f"hand_{side}"]
-        draw.ellipse([x - hand, y - hand, x + hand, y + hand], fill=person.skin, outline=outline)
-    hx, hy = joints["head"]
-    draw.ellipse([hx - radius, hy - radius, hx + radius, hy + radius], fill=person.skin, outline=outline, width=max(1, int(scale)))
-    draw_face(draw, person.face, hx, hy, radius, scale)
+        draw.ellipse([x - hand, y - hand, x + hand, y + hand], fill=skin, outline=outline)
 
 
 def draw_face(draw: ImageDraw.ImageDraw, category: int, cx: float, cy: float, r: float, scale: float = 1.0) -> None:

@@ -10,7 +10,7 @@ pixel joints and the exact body and face boxes written as labels.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -175,7 +175,12 @@ POSES: dict[int, dict[str, tuple[float, float]]] = {
 
 def _joints(body: int, jitter: Sequence[float] = (0.0,) * 12) -> dict[str, tuple[float, float]]:
     """Unit-coordinate joints of pose ``body`` (both sides) with small per-person jitter."""
-    pose = POSES[body]
+    return pose_joints(POSES[body], jitter)
+
+
+def pose_joints(pose: Mapping[str, tuple[float, float]], jitter: Sequence[float] = (0.0,) * 12) -> dict[str, tuple[float, float]]:
+    """Unit-coordinate joints (both sides) of a pose given as ``POSES`` entries are (right
+    elbow, hand, knee, foot and an optional head offset), with small per-person jitter."""
     head_dx, head_dy = pose.get("head", (0.0, 0.0))
     j = list(jitter) + [0.0] * (12 - len(jitter))
     joints = {"head": (head_dx, HEAD_RADIUS + head_dy), "neck": (head_dx * 0.5, 0.26 + head_dy * 0.5)}
@@ -204,13 +209,20 @@ def _pose_extent(body: int) -> tuple[float, float, float]:
 
 def person_geometry(person: PersonSpec) -> dict[str, object]:
     """Pixel joints, head circle and the exact body and face boxes of a person."""
-    joints_unit = _joints(person.body, person.jitter)
+    return geometry_from_joints(_joints(person.body, person.jitter), person.center_x, person.ground_y, person.height)
+
+
+def geometry_from_joints(
+    joints_unit: Mapping[str, tuple[float, float]], center_x: float, ground_y: float, height: float
+) -> dict[str, object]:
+    """``person_geometry`` of unit-coordinate joints placed at ``center_x`` / ``ground_y``
+    with standing height ``height`` pixels."""
     bottom = max(y for _, y in joints_unit.values())
-    h = person.height
-    top = person.ground_y - bottom * h  # seated/crouched people rest on the ground too
+    h = height
+    top = ground_y - bottom * h  # seated/crouched people rest on the ground too
 
     def to_px(point: tuple[float, float]) -> tuple[float, float]:
-        return person.center_x + point[0] * h, top + point[1] * h
+        return center_x + point[0] * h, top + point[1] * h
 
     joints = {name: to_px(p) for name, p in joints_unit.items()}
     head_x, head_y = joints["head"]

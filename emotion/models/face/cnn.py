@@ -54,10 +54,18 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class ToGray(nn.Module):
-    """ImageNet-normalised RGB -> the luma replicated to three channels, still normalised."""
+    """ImageNet-normalised RGB -> the luma replicated to three channels, still normalised.
 
-    def __init__(self) -> None:
+    With ``equalize`` the luma is histogram-equalised per image first (256 levels, the
+    classic ``cdf`` mapping). FER2013 circulates in two renderings of the same faces: the
+    raw pixels (FER+'s PNGs) and histogram-equalised JPEGs (the class-folder copies); and
+    photos differ in exposure and contrast. Equalising inside the model maps all of them
+    to one rendering, for training and inference alike, at the cost of a histogram.
+    """
+
+    def __init__(self, equalize: bool = False) -> None:
         super().__init__()
+        self.equalize = bool(equalize)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("luma", torch.tensor(_LUMA).view(1, 3, 1, 1), persistent=False)
@@ -65,7 +73,26 @@ class ToGray(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raw = x * self.std + self.mean
         gray = (raw * self.luma).sum(dim=1, keepdim=True)
+        if self.equalize:
+            gray = equalize_histogram(gray)
         return (gray - self.mean) / self.std
+
+
+@torch.no_grad()
+def equalize_histogram(gray: torch.Tensor) -> torch.Tensor:
+    """Per-image histogram equalisation of float images [B, 1, H, W] in [0, 1] (256 levels):
+    each level goes to (cdf(level) - cdf_min) / (N - cdf_min). A constant image is returned
+    unchanged. Batched: one scatter, one cumsum, one gather for the whole batch."""
+    b = gray.shape[0]
+    levels = (gray.reshape(b, -1).clamp(0.0, 1.0) * 255.0).round().long()  # [B, N]
+    count = levels.shape[1]
+    hist = torch.zeros(b, 256, device=gray.device, dtype=gray.dtype).scatter_add_(1, levels, torch.ones_like(gray.reshape(b, -1)))
+    cdf = hist.cumsum(dim=1)
+    cdf_min = cdf.gather(1, levels.min(dim=1, keepdim=True).values)  # pixels at the darkest level
+    span = count - cdf_min
+    mapped = (cdf.gather(1, levels) - cdf_min) / span.clamp(min=1.0)
+    flat = torch.where(span > 0, mapped, gray.reshape(b, -1))
+    return flat.reshape(gray.shape)
 
 
 @torch.inference_mode()

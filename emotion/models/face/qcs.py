@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "embed_dim": 256,
     "dropout": 0.2,
     "grayscale": True,
+    "equalize": False,  # histogram-equalise the gray face first (ToGray); needs grayscale
     "cross_similarity": True,  # False: no attention, no refined branch (the baseline)
 }
 
@@ -79,6 +80,8 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"qcs input_size must be >= 32 pixels, got {out['input_size']}")
     if out["embed_dim"] < 8:
         raise ValueError(f"qcs embed_dim must be >= 8, got {out['embed_dim']}")
+    if out["equalize"] and not out["grayscale"]:
+        raise ValueError("qcs equalize=true needs grayscale=true (the gray face is what is equalised)")
     if out["multi_label"]:
         raise ValueError("qcs is a single-label model (quadruplets need one class per image): multi_label must be false")
     return out
@@ -113,7 +116,7 @@ class QCSNet(nn.Module):
         cfg = resolve_config(cfg)
         adopt_config(self, cfg)
         dim = cfg["embed_dim"]
-        self.to_gray = ToGray() if cfg["grayscale"] else nn.Identity()
+        self.to_gray = ToGray(cfg["equalize"]) if cfg["grayscale"] else nn.Identity()
         self.backbone, channels = build_backbone(cfg["backbone"], bool(cfg["pretrained"]), cfg["backbone_weights"])
         self.embed = nn.Sequential(nn.Conv2d(channels, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
         self.cross = CrossSimilarityAttention(dim) if cfg["cross_similarity"] else None
