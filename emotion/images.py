@@ -145,3 +145,29 @@ def resize_max_side(pixels: np.ndarray, max_side: int) -> tuple[np.ndarray, floa
     new_size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
     resized = Image.fromarray(pixels).resize(new_size, Image.BILINEAR)
     return np.asarray(resized), longer / max_side
+
+
+def working_size(height: int, width: int, max_side: int) -> tuple[int, int] | None:
+    """The (height, width) ``resize_max_side`` shrinks an image of this size to, or None
+    when it keeps it (already small enough, or ``max_side`` <= 0)."""
+    longer = max(height, width)
+    if max_side <= 0 or longer <= max_side:
+        return None
+    ratio = max_side / longer
+    return max(1, round(height * ratio)), max(1, round(width * ratio))
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1-8) of an opened image, read from its headers only (no
+    pixels decoded); 1 when absent or when the EXIF block is damaged, as ``decode_image``
+    then leaves the image as stored."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            orientation = img.getexif().get(0x0112, 1)
+        return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as _upright: any EXIF parsing failure
+        log.debug("ignoring a damaged EXIF block (%s: %s)", type(exc).__name__, exc)
+        return 1

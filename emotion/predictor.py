@@ -66,6 +66,11 @@ class DecodedBatch:
                 pixels, scale, height, width = decode_one(data, max_side, max_pixels)
             except ImageDecodeError as exc:
                 error = str(exc)
+        self.append(source, pixels, scale, height, width, source_bytes=source_bytes, error=error)
+
+    def append(self, source: str, pixels: np.ndarray, scale: float, height: int, width: int, *,
+               source_bytes: bytes = b"", error: str | None = None) -> None:
+        """Append an image decoded elsewhere (``decode_one``'s four values)."""
         self.sources.append(source)
         self.source_bytes.append(source_bytes)
         self.images.append(pixels)
@@ -94,11 +99,29 @@ _PLACEHOLDER = np.zeros((1, 1, 3), dtype=np.uint8)
 
 
 def decode_batch(sources: Sequence[str], payloads: Sequence[bytes | None], max_side: int,
-                 max_pixels: int, read_errors: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
-    """Decode raw bytes into the batch ``detect`` takes; failures become error rows."""
+                 max_pixels: int, read_errors: Sequence[str | None] | None = None,
+                 device: Any | None = None) -> dict[str, np.ndarray]:
+    """Decode raw bytes into the batch ``detect`` takes; failures become error rows.
+
+    ``device`` (a torch device, CUDA or CPU): JPEGs are decoded there in one batched
+    ``decode_jpeg`` call, turned upright and shrunk there (``emotion.device_decode``);
+    every other file, and any the device fails on, takes the Pillow path (``decode_one``).
+    None (the default): Pillow for every file.
+    """
+    errors = list(read_errors) if read_errors is not None else [None] * len(sources)
+    done: list[tuple[np.ndarray, float, int, int] | None] = [None] * len(sources)
+    if device is not None:
+        from emotion.device_decode import decode_on_device
+
+        wanted = [i for i, err in enumerate(errors) if err is None]
+        for i, result in zip(wanted, decode_on_device([payloads[i] for i in wanted], max_side, max_pixels, device)):
+            done[i] = result
     batch = DecodedBatch()
     for i, (source, data) in enumerate(zip(sources, payloads)):
-        batch.add(source, data, max_side, max_pixels, error=read_errors[i] if read_errors is not None else None)
+        if done[i] is not None:
+            batch.append(source, *done[i])
+        else:
+            batch.add(source, data, max_side, max_pixels, error=errors[i])
     return batch.to_batch()
 
 
@@ -116,16 +139,41 @@ class EmotionPredictor:
         threshold: score above which a category is listed in ``emotions`` (multi-label
             models); single-label models list their top category.
         max_people: per image, highest detector scores first.
+        crops: where crops are cut (``predictor.crops``): ``pil`` (``emotion.crops``, on
+            the host), ``device`` (``emotion.device_crops``: the same crops within one grey
+            level, cut where ``device`` is), ``auto`` (``device`` on CUDA, else ``pil``).
+        decode: how ``decode`` reads bytes (``predictor.decode``): ``pil``, ``device``
+            (JPEGs through ``torchvision.io.decode_jpeg`` on ``device``,
+            ``emotion.device_decode``), ``auto`` (``device`` on CUDA, else ``pil``).
+        precision: ``fp32``, ``fp16`` (CUDA only) or ``bf16`` (``predictor.precision``):
+            autocast around the detector's and the model's forward (``emotion.precision``).
+        device: where device crops and decoding run; default the detector's device, else
+            the model's, else CPU.
     """
 
     def __init__(self, detector: Any | None, model: EmotionModel | None, *, spec: InputSpec, crop: CropSpec,
-                 threshold: float, max_people: int):
+                 threshold: float, max_people: int, crops: str = "pil", decode: str = "pil",
+                 precision: str = "fp32", device: Any | None = None):
+        from emotion.precision import PRECISIONS, check_precision
+
         self.detector = detector
         self.model = model
         self.spec = spec
         self.crop = crop
         self.threshold = threshold
         self.max_people = max_people
+        self.detector_device = _device_of(detector)
+        self.model_device = _device_of(model)
+        self.device = str(device) if device is not None else (self.detector_device or self.model_device or "cpu")
+        on_cuda = self.device.startswith("cuda")
+        self.crop_mode = _resolve_mode("predictor.crops", crops, on_cuda)
+        self.decode_mode = _resolve_mode("predictor.decode", decode, on_cuda)
+        for network, where in ((self.detector_device, "the detector"), (self.model_device, "the model")):
+            if network is not None:
+                check_precision(precision, network, where)
+        if precision not in PRECISIONS:
+            raise ValueError(f"predictor.precision={precision!r} is not one of {list(PRECISIONS)}")
+        self.precision = precision
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -138,8 +186,10 @@ class EmotionPredictor:
     # -- step 0 -------------------------------------------------------------------------
     def decode(self, sources: Sequence[str], payloads: Sequence[bytes | None], max_pixels: int = DEFAULT_MAX_PIXELS,
                read_errors: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
-        """Image bytes -> the batch ``detect`` takes, shrunk to this predictor's ``max_side``."""
-        return decode_batch(sources, payloads, self.crop.max_side, max_pixels, read_errors)
+        """Image bytes -> the batch ``detect`` takes, shrunk to this predictor's ``max_side``
+        (JPEGs decoded on the device with ``decode=device``)."""
+        return decode_batch(sources, payloads, self.crop.max_side, max_pixels, read_errors,
+                            device=self.device if self.decode_mode == "device" else None)
 
     # -- step 1 -------------------------------------------------------------------------
     def detect(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -148,14 +198,18 @@ class EmotionPredictor:
         Every row carries ``image_index`` (its image's position in ``batch``) and
         ``rows_in_image``, so no consumer infers image boundaries from row order.
         """
+        from emotion.precision import autocast
+
         ok = [i for i, err in enumerate(batch["error"]) if not has_error(err)]
-        detections = self.detector.detect([batch["image"][i] for i in ok]) if ok else []
+        with autocast(self.detector_device, self.precision):
+            detections = self.detector.detect([batch["image"][i] for i in ok]) if ok else []
         found = dict(zip(ok, detections))
         size = self.input_size
         blank = np.zeros((1, size, size, 3), dtype=np.uint8)
         source_bytes = batch.get("source_bytes")
         per_image: list[int] = []
-        faces, bodies, scores, crops = [], [], [], {level: [] for level in self.levels}
+        faces, bodies, scores = [], [], []
+        people: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # image -> working faces, bodies
         for i in range(len(batch["source"])):
             pixels, scale = batch["image"][i], float(batch["scale"][i])
             det = found.get(i)
@@ -165,16 +219,16 @@ class EmotionPredictor:
                 faces.append(np.full((1, 4), np.nan, np.float32))
                 bodies.append(np.full((1, 4), np.nan, np.float32))
                 scores.append(np.full(1, np.nan, np.float32))
-                for level in self.levels:
-                    crops[level].append(blank)
                 continue
             working_faces = det["boxes"][:n].astype(np.float32)
             working_bodies = body_box_from_face(working_faces, pixels.shape[:2])
-            for level, cut in person_crops(pixels, working_faces, working_bodies, self.crop).items():
-                crops[level].append(cut)
+            people[i] = (working_faces, working_bodies)
             faces.append(working_faces * scale)
             bodies.append(working_bodies * scale)
             scores.append(np.asarray(det["scores"][:n], np.float32))
+        cut = self._cut_crops(batch["image"], people)
+        crops = {level: [cut[i][level] if i in cut else blank for i in range(len(per_image))]
+                 for level in self.levels}
         rows_per_image = np.maximum(np.asarray(per_image, dtype=np.int32), 1)
         image_index = np.repeat(np.arange(len(per_image), dtype=np.int32), rows_per_image)
         person_index = np.concatenate([np.arange(n, dtype=np.int32) if n else np.full(1, -1, np.int32)
@@ -204,6 +258,27 @@ class EmotionPredictor:
                                     else np.zeros((0, size, size, 3), np.uint8)).astype(np.uint8)
         return out
 
+    def _cut_crops(self, images: np.ndarray, people: Mapping[int, tuple[np.ndarray, np.ndarray]]
+                   ) -> dict[int, dict[str, np.ndarray]]:
+        """Image -> level -> uint8 [n, S, S, 3] numpy crops of its people (``crops`` mode)."""
+        if self.crop_mode != "device" or not people:
+            return {i: person_crops(images[i], f, b, self.crop) for i, (f, b) in people.items()}
+        from emotion.device_crops import batch_person_crops_on_device
+
+        order = list(people)
+        cut = batch_person_crops_on_device([images[i] for i in order], [people[i][0] for i in order],
+                                           [people[i][1] for i in order], self.crop, device=self.device)
+        # One transfer per level for the whole batch.
+        out: dict[int, dict[str, np.ndarray]] = {i: {} for i in order}
+        counts = np.cumsum([len(people[i][0]) for i in order])[:-1]
+        import torch
+
+        for level in self.levels:
+            host = torch.cat([c[level] for c in cut]).cpu().numpy()
+            for i, part in zip(order, np.split(host, counts)):
+                out[i][level] = part
+        return out
+
     # -- step 2 -------------------------------------------------------------------------
     def recognize(self, people: Mapping[str, np.ndarray]) -> pa.Table:
         """Person rows -> output table (one row per person / empty image / failed image).
@@ -222,8 +297,11 @@ class EmotionPredictor:
         refined = np.zeros(n, dtype=bool)
         dropped: list[list[str] | None] = [None] * n
         if len(idx):
-            columns = model.output_columns(model.predict(
-                {level: np.asarray(people[f"crop_{level}"])[idx] for level in self.levels}))
+            from emotion.precision import autocast
+
+            with autocast(self.model_device, self.precision):
+                raw = model.predict({level: np.asarray(people[f"crop_{level}"])[idx] for level in self.levels})
+            columns = model.output_columns(raw)
             scores[idx] = columns["scores"]
             for name, values in columns["level_scores"].items():
                 level_scores[idx, LEVEL_NAMES.index(name)] = values
@@ -309,6 +387,33 @@ def split_rows(table: pa.Table, image_index: np.ndarray, n_images: int) -> list[
     return [table.take(pa.array(np.flatnonzero(image_index == i))) for i in range(n_images)]
 
 
+CROP_MODES = DECODE_MODES = ("auto", "pil", "device")
+
+
+def _resolve_mode(key: str, value: str, on_cuda: bool) -> str:
+    """``auto`` -> ``device`` on CUDA, else ``pil``; ``pil``/``device`` as given."""
+    if value not in CROP_MODES:
+        raise ValueError(f"{key}={value!r} is not one of {list(CROP_MODES)}")
+    if value == "auto":
+        return "device" if on_cuda else "pil"
+    return value
+
+
+def _device_of(obj: Any) -> str | None:
+    """Where a detector or model runs ("cuda:0", "cpu"), or None for one without a
+    network (the full-frame detector) or no object at all."""
+    if obj is None:
+        return None
+    device = getattr(obj, "device", None)
+    if device is not None:
+        return str(device)
+    parameters = getattr(obj, "parameters", None)
+    if callable(parameters):
+        for parameter in parameters():
+            return str(parameter.device)
+    return None
+
+
 # -- builders ---------------------------------------------------------------------------
 def _resolve_device(device: str | None) -> str:
     import torch
@@ -369,5 +474,8 @@ def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True
                     # The margin around a face box is the box source's convention.
                     head_expand=float(cfg["detector"]["head_expand"]),
                     max_side=int(predictor_cfg["max_image_side"]))
+    # Configs written before these keys existed (a saved serve config) get the YAML defaults.
     return EmotionPredictor(detector, model, spec=spec, crop=crop, threshold=float(predictor_cfg["threshold"]),
-                            max_people=int(predictor_cfg["max_people"]))
+                            max_people=int(predictor_cfg["max_people"]), crops=str(predictor_cfg.get("crops", "auto")),
+                            decode=str(predictor_cfg.get("decode", "auto")),
+                            precision=str(predictor_cfg.get("precision", "fp32")))

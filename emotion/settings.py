@@ -56,6 +56,9 @@ class PredictorSettings(_Strict):
     threshold: float = Fraction
     max_people: int = Field(ge=1)
     max_image_side: int = Field(ge=0)  # 0: never shrink
+    crops: Literal["auto", "pil", "device"]
+    decode: Literal["auto", "pil", "device"]
+    precision: Literal["fp32", "fp16", "bf16"]
 
 
 class ModelSettings(BaseModel):

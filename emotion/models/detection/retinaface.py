@@ -350,6 +350,9 @@ class FaceDetector(nn.Module):
         """
         # Channels-last runs the depthwise/1x1 convolutions ~20% faster on CPU (same values).
         raw = self.net(pixels.contiguous(memory_format=torch.channels_last))
+        # Under autocast (predictor.precision fp16/bf16) the heads come out in half precision:
+        # boxes are decoded, and NMS runs, in float32 (a no-op in fp32).
+        raw = {name: value.float() for name, value in raw.items()}
         priors = self._priors(tuple(pixels.shape[-2:]), pixels.dtype)
         variances = self.anchors.variances
         return {
