@@ -7,7 +7,11 @@ training uses (``metrics.score_batches``, ``metrics.evaluation_report``):
   included, and the scores of its most confident person;
 * annotated people (``evaluate_dataset``): crops cut from the dataset's boxes as for
   training (``emotion.training.rows``), scored by ``predict_rows`` exactly as validation
-  scores them.
+  scores them;
+* whole images (``evaluate_scenes``): for models that find people themselves (DSCT), or
+  any predictor judged end to end: every image through the predictor, each annotated
+  person matched to the predicted body box with the highest IoU (the DSCT protocol,
+  ``emotion.models.dsct.evaluation``), plus the boxes' detection AP50.
 
 Dataset classes are matched to the model's labels by name, synonyms included
 (``emotion.labels``: a ``happy`` folder is a model's ``Happiness``).
@@ -246,3 +250,83 @@ def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], ti
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     return buffer.getvalue()
+
+
+# -- whole images, people found by the predictor (the DSCT protocol) -----------------------
+LEVEL_KEYS = ("head", "body", "context")
+
+
+def image_predictions(tables: Sequence[Any], num_labels: int) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Per-image output tables (``EmotionPredictor.predict_images``) -> per image the
+    found people's ``boxes`` (body boxes, original pixels), ``scores`` (detector or person
+    score) and ``emotion_probs``: under ``"scores"`` the model's output, and under each
+    level name that level's own scores where every row has them (CocoER's levels)."""
+    out: dict[str, list[dict[str, np.ndarray]]] = {"scores": [], **{level: [] for level in LEVEL_KEYS}}
+    for table in tables:
+        rows = [r for r in table.to_pylist() if r["person_index"] is not None]
+        boxes = np.array([r["body_box"] for r in rows], np.float64).reshape(-1, 4)
+        scores = np.array([r["detector_score"] for r in rows], np.float64)
+        emotion = np.array([r["scores"] for r in rows], np.float64).reshape(-1, num_labels)
+        out["scores"].append({"boxes": boxes, "scores": scores, "emotion_probs": emotion})
+        for level in LEVEL_KEYS:
+            values = [(r["level_scores"] or {}).get(level) for r in rows]
+            if all(v is not None for v in values):
+                out[level].append({"boxes": boxes, "scores": scores,
+                                   "emotion_probs": np.array(values, np.float64).reshape(-1, num_labels)})
+    return {key: value for key, value in out.items() if len(value) == len(tables)}
+
+
+def top1_accuracy(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Share of people whose highest-scoring class is one of theirs; an unscored (NaN) row
+    counts as wrong."""
+    scored = ~np.isnan(scores).any(axis=1)
+    hit = np.zeros(len(scores), dtype=bool)
+    if scored.any():
+        hit[scored] = targets[scored, np.argmax(scores[scored], axis=1)] > 0
+    return float(hit.mean()) if len(hit) else 0.0
+
+
+def evaluate_scenes(predictor: EmotionPredictor, data: Mapping, split: str, *, batch_size: int = 16,
+                    limit: int | None = None, levels: bool = False) -> dict:
+    """End-to-end report of ``predictor`` on the annotated images of one split: the
+    DSCT protocol's ``mAP`` / ``accuracy`` over every annotated person (a person no
+    predicted box overlaps counts as wrong), ``top1_accuracy`` (multi-label sets with one
+    true class per person), ``ap50`` of the predicted body boxes, ``images``,
+    ``images_per_second``. With ``levels``, ``level_reports`` holds the same numbers for
+    each level's own scores where the model gives them (CocoER)."""
+    from emotion.models.dsct.evaluation import dsct_report, person_scores
+
+    data_labels, samples = _dataset_samples(data, split)
+    if limit:
+        samples = samples[: int(limit)]
+    labels = list(predictor.spec.labels)
+    _require_known(list(data_labels), labels)
+    truth = []
+    for sample in samples:
+        targets = remap_scores(np.asarray(sample["labels"], np.float32).reshape(len(sample["labels"]), -1),
+                               list(data_labels), labels)
+        truth.append({"boxes": np.asarray(sample["person_boxes"], np.float64).reshape(-1, 4), "labels": targets})
+    if not any(np.isfinite(t["boxes"]).all(axis=1).any() for t in truth):
+        raise ValueError(f"split {split!r} of {data['root']!r} has no person boxes: the whole-image protocol needs them")
+    tables = []
+    started = time.perf_counter()
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        payloads, errors = _read_files([s["image_uri"] for s in chunk])
+        tables += predictor.predict_images([s["image_uri"] for s in chunk], [p or b"" for p in payloads])
+    seconds = time.perf_counter() - started
+    predictions = image_predictions(tables, len(labels))
+
+    def one(preds: list[dict[str, np.ndarray]]) -> dict:
+        report = dsct_report(preds, truth, labels, bool(predictor.spec.multi_label))
+        people = person_scores(preds, truth, len(labels))
+        report["top1_accuracy"] = top1_accuracy(people["scores"], people["targets"])
+        return report
+
+    report = one(predictions["scores"])
+    if levels:
+        report["level_reports"] = {level: {k: v for k, v in one(predictions[level]).items() if k != "confusion"}
+                                   for level in LEVEL_KEYS if level in predictions}
+    report.update({"images": len(samples), "split": split, "root": str(data["root"]),
+                   "images_per_second": round(len(samples) / max(seconds, 1e-9), 2), "protocol": "dsct"})
+    return report

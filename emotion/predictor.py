@@ -22,7 +22,7 @@ import pyarrow as pa
 from emotion.boxes import body_box_from_face
 from emotion.crops import CropSpec, person_crops
 from emotion.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, resize_max_side
-from emotion.models.protocol import EmotionModel, InputSpec
+from emotion.models.protocol import EmotionModel, InputSpec, single_level_columns
 from emotion.schema import LEVEL_NAMES, image_id_for, output_schema
 
 
@@ -149,11 +149,16 @@ class EmotionPredictor:
             autocast around the detector's and the model's forward (``emotion.precision``).
         device: where device crops and decoding run; default the detector's device, else
             the model's, else CPU.
+        person_threshold: for a single-stage model (``spec.finds_people``, DSCT): the
+            least person score a found person needs. Such a model replaces the detector:
+            ``detect`` calls its ``find_people`` on the whole images, rows get its body
+            boxes (no face box) and its emotion scores (``person_scores``), and
+            ``recognize`` only places them; no crops are cut.
     """
 
     def __init__(self, detector: Any | None, model: EmotionModel | None, *, spec: InputSpec, crop: CropSpec,
                  threshold: float, max_people: int, crops: str = "pil", decode: str = "pil",
-                 precision: str = "fp32", device: Any | None = None):
+                 precision: str = "fp32", device: Any | None = None, person_threshold: float = 0.5):
         from emotion.precision import PRECISIONS, check_precision
 
         self.detector = detector
@@ -162,6 +167,7 @@ class EmotionPredictor:
         self.crop = crop
         self.threshold = threshold
         self.max_people = max_people
+        self.person_threshold = float(person_threshold)  # single-stage models: least person score kept
         self.detector_device = _device_of(detector)
         self.model_device = _device_of(model)
         self.device = str(device) if device is not None else (self.detector_device or self.model_device or "cpu")
@@ -201,6 +207,8 @@ class EmotionPredictor:
         from emotion.precision import autocast
 
         ok = [i for i, err in enumerate(batch["error"]) if not has_error(err)]
+        if self.spec.finds_people:
+            return self._detect_single_stage(batch, ok)
         with autocast(self.detector_device, self.precision):
             detections = self.detector.detect([batch["image"][i] for i in ok]) if ok else []
         found = dict(zip(ok, detections))
@@ -258,6 +266,63 @@ class EmotionPredictor:
                                     else np.zeros((0, size, size, 3), np.uint8)).astype(np.uint8)
         return out
 
+    def _detect_single_stage(self, batch: Mapping[str, np.ndarray], ok: list[int]) -> dict[str, np.ndarray]:
+        """``detect`` for a model that finds people itself: its boxes are body boxes (face
+        boxes unknown), its scores ride along in ``person_scores`` [N, K] (NaN rows for
+        images without people); no crop columns."""
+        from emotion.precision import autocast
+
+        with autocast(self.model_device, self.precision):
+            found = self.model.find_people([batch["image"][i] for i in ok], self.person_threshold,
+                                           self.max_people) if ok else []
+        by_image = dict(zip(ok, found))
+        k = len(self.spec.labels)
+        per_image, bodies, scores, emotions = [], [], [], []
+        for i in range(len(batch["source"])):
+            det = by_image.get(i)
+            n = 0 if det is None else len(det["scores"])
+            per_image.append(n)
+            if n == 0:
+                bodies.append(np.full((1, 4), np.nan, np.float32))
+                scores.append(np.full(1, np.nan, np.float32))
+                emotions.append(np.full((1, k), np.nan, np.float32))
+                continue
+            bodies.append(np.asarray(det["boxes"], np.float32) * float(batch["scale"][i]))
+            scores.append(np.asarray(det["scores"], np.float32))
+            emotions.append(np.asarray(det["emotion_probs"], np.float32))
+        out = self._rows(batch, per_image)
+        out.update({
+            "face_box": np.full((len(out["image_index"]), 4), np.nan, np.float32),
+            "body_box": np.concatenate(bodies).reshape(-1, 4) if bodies else np.zeros((0, 4), np.float32),
+            "detector_score": np.concatenate(scores) if scores else np.zeros(0, np.float32),
+            "person_scores": np.concatenate(emotions).reshape(-1, k) if emotions else np.zeros((0, k), np.float32),
+        })
+        return out
+
+    def _rows(self, batch: Mapping[str, np.ndarray], per_image: list[int]) -> dict[str, np.ndarray]:
+        """The per-row columns every detect output has, for ``per_image`` people per image
+        (an image without people keeps one row)."""
+        rows_per_image = np.maximum(np.asarray(per_image, dtype=np.int32), 1)
+        image_index = np.repeat(np.arange(len(per_image), dtype=np.int32), rows_per_image)
+        person_index = np.concatenate([np.arange(n, dtype=np.int32) if n else np.full(1, -1, np.int32)
+                                       for n in per_image]) if per_image else np.zeros(0, np.int32)
+        source_bytes = batch.get("source_bytes")
+
+        def repeat(column: str, dtype: Any) -> np.ndarray:
+            return np.repeat(np.asarray(batch[column], dtype=dtype), rows_per_image)
+
+        return {
+            "image_index": image_index,
+            "source": repeat("source", object),
+            "source_bytes": np.repeat(np.asarray(source_bytes, dtype=object), rows_per_image)
+            if source_bytes is not None else np.full(len(image_index), b"", dtype=object),
+            "person_index": person_index,
+            "rows_in_image": np.repeat(rows_per_image, rows_per_image),
+            "image_height": repeat("image_height", np.int32),
+            "image_width": repeat("image_width", np.int32),
+            "error": repeat("error", object),
+        }
+
     def _cut_crops(self, images: np.ndarray, people: Mapping[int, tuple[np.ndarray, np.ndarray]]
                    ) -> dict[int, dict[str, np.ndarray]]:
         """Image -> level -> uint8 [n, S, S, 3] numpy crops of its people (``crops`` mode)."""
@@ -299,9 +364,12 @@ class EmotionPredictor:
         if len(idx):
             from emotion.precision import autocast
 
-            with autocast(self.model_device, self.precision):
-                raw = model.predict({level: np.asarray(people[f"crop_{level}"])[idx] for level in self.levels})
-            columns = model.output_columns(raw)
+            if "person_scores" in people:  # a single-stage model scored them while finding them
+                columns = single_level_columns(np.asarray(people["person_scores"], np.float32)[idx], level="context")
+            else:
+                with autocast(self.model_device, self.precision):
+                    raw = model.predict({level: np.asarray(people[f"crop_{level}"])[idx] for level in self.levels})
+                columns = model.output_columns(raw)
             scores[idx] = columns["scores"]
             for name, values in columns["level_scores"].items():
                 level_scores[idx, LEVEL_NAMES.index(name)] = values
@@ -342,9 +410,10 @@ class EmotionPredictor:
         ok = np.array([not has_error(e) for e in people["error"]], dtype=bool)
         scored = has_person & ok
 
-        def boxes(col: str) -> pa.Array:
-            values = pa.array(np.asarray(people[col], dtype=np.float32).reshape(-1))
-            return pa.FixedSizeListArray.from_arrays(values, 4, mask=pa.array(~has_person))
+        def boxes(col: str) -> pa.Array:  # null where unknown (no person, or a box the model does not give)
+            array = np.asarray(people[col], dtype=np.float32).reshape(-1, 4)
+            unknown = ~has_person | np.isnan(array).any(axis=1)
+            return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), 4, mask=pa.array(unknown))
 
         def per_label(values: np.ndarray, mask: np.ndarray) -> pa.Array:
             flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
@@ -452,7 +521,8 @@ def spec_of(model: EmotionModel) -> InputSpec:
     """The input contract of a built model (no second read of its checkpoint)."""
     return InputSpec(name=model.name, levels=tuple(model.input_levels), input_size=int(model.input_size),
                      labels=tuple(model.labels), multi_label=bool(model.multi_label),
-                     model_id=f"{model.name}@sha256:{model.checkpoint_hash[:16]}")
+                     model_id=f"{model.name}@sha256:{model.checkpoint_hash[:16]}",
+                     finds_people=bool(getattr(model, "finds_people", False)))
 
 
 def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True,
@@ -466,10 +536,16 @@ def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True
     from emotion.models.registry import input_spec
 
     predictor_cfg = cfg["predictor"]
-    detector = build_detector_from_config(cfg["detector"]) if detect else None
-    model = build_emotion_model(cfg["model"]) if recognize else None
+    given = spec is not None
     if spec is None:
-        spec = spec_of(model) if model is not None else input_spec(cfg["model"])
+        spec = input_spec(cfg["model"])
+    if spec.finds_people:  # single stage: the model is the detector; recognize only places its scores
+        detector, model = None, build_emotion_model(cfg["model"]) if detect else None
+    else:
+        detector = build_detector_from_config(cfg["detector"]) if detect else None
+        model = build_emotion_model(cfg["model"]) if recognize else None
+    if model is not None and not given:
+        spec = spec_of(model)  # the loaded weights' hash
     crop = CropSpec(levels=spec.levels, size=spec.input_size,
                     # The margin around a face box is the box source's convention.
                     head_expand=float(cfg["detector"]["head_expand"]),
@@ -478,4 +554,5 @@ def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True
     return EmotionPredictor(detector, model, spec=spec, crop=crop, threshold=float(predictor_cfg["threshold"]),
                             max_people=int(predictor_cfg["max_people"]), crops=str(predictor_cfg.get("crops", "auto")),
                             decode=str(predictor_cfg.get("decode", "auto")),
-                            precision=str(predictor_cfg.get("precision", "fp32")))
+                            precision=str(predictor_cfg.get("precision", "fp32")),
+                            person_threshold=float(cfg["model"].get("score_threshold", 0.5)))

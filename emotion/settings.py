@@ -159,6 +159,7 @@ class EvalSettings(_Strict):
     confusion_png: Optional[str]
     output_json: Optional[str]
     limit: Optional[int] = Field(None, ge=1)
+    protocol: Literal["auto", "scenes"] = "auto"
     detector: DetectorSettings = Field(discriminator="name")
     model: ModelSettings
     predictor: PredictorSettings

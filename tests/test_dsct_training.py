@@ -126,3 +126,92 @@ def test_emotion_train_model_dsct_runs_through_ray_train(ray_local, scenes, tmp_
     assert "val_ap50" in summary.history[0]
     model = load_model_from_checkpoint(summary.best_checkpoint)
     assert model.name == "dsct" and model.config["num_subject_queries"] == 4
+
+
+# -- tagging, serving and eval: the single-stage predictor --------------------------------
+@pytest.fixture(scope="module")
+def dsct_checkpoint(scenes, tmp_path_factory):
+    from emotion.checkpoint import save_checkpoint
+    from emotion.training.families import get_family
+
+    _, data = scenes
+    torch.manual_seed(0)
+    model = get_family("dsct").build_model({**TINY, "labels": list(data.labels)}).eval()
+    return str(save_checkpoint(tmp_path_factory.mktemp("dsct") / "dsct.ckpt", model_name="dsct", model_cfg=model.config,
+                               state_dict=model.state_dict(), labels=list(data.labels)))
+
+
+def single_stage_predictor(checkpoint: str, score_threshold: float = 0.0, max_people: int = 3):
+    from emotion.predictor import build_predictor
+
+    cfg = {"model": {"name": "dsct", "checkpoint": checkpoint, "device": "cpu", "score_threshold": score_threshold},
+           "detector": {"name": "retinaface", "head_expand": 1.25, "device": "cpu"},
+           "predictor": {"threshold": 0.5, "max_people": max_people, "max_image_side": 960}}
+    return build_predictor(cfg)
+
+
+def test_a_single_stage_model_replaces_the_detector_and_fills_the_same_schema(scenes, dsct_checkpoint):
+    from emotion import storage
+
+    root, data = scenes
+    predictor = single_stage_predictor(dsct_checkpoint)
+    assert predictor.detector is None and predictor.spec.finds_people and predictor.spec.levels == ("context",)
+    samples = list(data.samples("val"))
+    payloads = [storage.read_bytes(s["image_uri"]) for s in samples] + [b"not an image"]
+    sources = [s["image_uri"] for s in samples] + ["broken.jpg"]
+    people = predictor.detect(predictor.decode(sources, payloads))
+    assert "person_scores" in people and not any(k.startswith("crop_") for k in people)
+    tables = predictor.predict_images(sources, payloads)
+    assert [t.num_rows for t in tables] == [3] * len(samples) + [1]  # max_people each; the bad file: one error row
+    rows = tables[0].to_pylist()
+    assert all(r["face_box"] is None and r["body_box"] is not None for r in rows)
+    assert rows[0]["detector_score"] >= rows[1]["detector_score"] >= rows[2]["detector_score"]
+    assert all(r["level_scores"]["context"] == r["scores"] and r["level_scores"]["head"] is None for r in rows)
+    assert rows[0]["model"].startswith("dsct@sha256:") and tables[-1].to_pylist()[0]["error"]
+    width, height = samples[0]["width"], samples[0]["height"]
+    boxes = np.array([r["body_box"] for r in rows])
+    assert (boxes >= -1e-3).all() and (boxes[:, [0, 2]] <= width + 1e-3).all() and (boxes[:, [1, 3]] <= height + 1e-3).all()
+    nobody = single_stage_predictor(dsct_checkpoint, score_threshold=1.1)  # no person is that sure
+    empty = nobody.predict_images(sources[:1], payloads[:1])[0].to_pylist()
+    assert len(empty) == 1 and empty[0]["person_index"] is None and empty[0]["error"] is None
+
+
+def test_emotion_eval_scores_a_single_stage_model_by_the_dsct_protocol(scenes, dsct_checkpoint, capsys):
+    from jobs.eval import run
+
+    root, data = scenes
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=["model=dsct", f"model.checkpoint={dsct_checkpoint}",
+                                                     "model.score_threshold=0.0", "data=synthetic",
+                                                     f"data.root={root}", "data.split=val", "model.device=cpu"])
+    report = run(cfg)
+    people = sum(len(s["labels"]) for s in data.samples("val"))
+    assert report["protocol"] == "dsct" and report["n"] == people and 0.0 <= report["ap50"] <= 1.0
+    assert 0.0 <= report["mAP"] <= 1.0 and 0.0 <= report["top1_accuracy"] <= 1.0 and report["images"] == 3
+    assert '"ap50"' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_emotion_tag_with_a_single_stage_model_runs_no_detector(ray_local, scenes, dsct_checkpoint, tmp_path):
+    """`emotion tag model=dsct`: the same Ray Data job and schema, both stage layouts."""
+    import pyarrow.parquet as pq
+
+    from jobs.tag import run
+
+    root, data = scenes
+    images = sorted((root / "synthetic" / "images").glob("val_*.jpg"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in images:
+        (folder / path.name).write_bytes(path.read_bytes())
+    for fuse in ("true", "false"):
+        output = tmp_path / f"tags_{fuse}"
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="tag", overrides=[
+                f"input={folder}", f"output={output}", "ray.num_cpus=2", "model=dsct",
+                f"model.checkpoint={dsct_checkpoint}", "model.score_threshold=0.0", "predictor.max_people=2",
+                f"stages.fuse={fuse}"])
+        summary = run(cfg)
+        rows = pq.read_table(sorted(output.glob("*.parquet"))).to_pylist()
+        assert summary.images == len(images) and len(rows) == 2 * len(images)
+        assert all(r["face_box"] is None and r["body_box"] is not None and r["model"].startswith("dsct@") for r in rows)

@@ -35,6 +35,9 @@ class InputSpec:
     labels: tuple[str, ...]
     multi_label: bool
     model_id: str  # name@sha256:<first 16 hex of the weights>, recorded in every output row
+    # True for a single-stage model (DSCT) that reads whole images and finds the people
+    # itself (``find_people``): the predictor then runs no detector and cuts no crops.
+    finds_people: bool = False
 
     def __post_init__(self) -> None:
         unknown = [level for level in self.levels if level not in LEVELS]

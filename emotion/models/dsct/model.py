@@ -125,6 +125,7 @@ class DSCT(nn.Module):
 
     name = "dsct"
     input_levels: tuple[str, ...] = ("context",)
+    finds_people = True  # single stage: the predictor calls find_people, no detector
 
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__()
@@ -199,6 +200,30 @@ class DSCT(nn.Module):
         finally:
             self.train(was_training)
 
+    @torch.inference_mode()
+    def find_people(self, images: Sequence[np.ndarray], score_threshold: float = 0.5,
+                    max_people: int | None = None) -> list[dict[str, np.ndarray]]:
+        """Whole images (uint8 RGB [H, W, 3], any sizes) -> per image the people found:
+        ``boxes`` float32 [n, 4] (x1, y1, x2, y2 in that image's pixels), ``scores`` [n]
+        (person probability >= ``score_threshold``, highest first, at most
+        ``max_people``) and ``emotion_probs`` [n, K]. Each image is resized to the
+        model's square input as training saw it (``emotion.crops.context_window``)."""
+        from emotion.crops import context_window
+        from emotion.models.dsct.postprocess import postprocess
+
+        if len(images) == 0:
+            return []
+        squares = np.stack([context_window(np.asarray(image), self.input_size) for image in images])
+        outputs = self.detect(squares)
+        sizes = [tuple(np.asarray(image).shape[:2]) for image in images]
+        found = []
+        for result in postprocess(outputs, sizes, multi_label=self.multi_label, min_score=float(score_threshold)):
+            keep = slice(0, max_people)
+            found.append({"boxes": result["boxes"][keep].float().cpu().numpy(),
+                          "scores": result["scores"][keep].float().cpu().numpy(),
+                          "emotion_probs": result["emotion_probs"][keep].float().cpu().numpy()})
+        return found
+
     def predict(self, crops: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The ``EmotionModel`` call: one row per person of the two-stage predictor.
 
@@ -254,7 +279,7 @@ def dsct_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") 
     resolved = resolve_config(cfg)
     return InputSpec(name="dsct", levels=DSCT.input_levels, input_size=resolved["input_size"],
                      labels=tuple(resolved["labels"]), multi_label=resolved["multi_label"],
-                     model_id=f"dsct@sha256:{checkpoint_hash[:16]}")
+                     model_id=f"dsct@sha256:{checkpoint_hash[:16]}", finds_people=True)
 
 
 @register_model("dsct")
