@@ -28,7 +28,7 @@ import numpy as np
 from emotion import metrics, storage
 from emotion.image_files import IMAGE_SUFFIXES
 from emotion.labels import remap, remap_scores
-from emotion.predictor import EmotionPredictor
+from emotion.predictor import EmotionPredictor, split_rows
 from emotion.sources import read_source
 
 log = logging.getLogger(__name__)
@@ -301,19 +301,21 @@ def evaluate_scenes(predictor: EmotionPredictor, data: Mapping, split: str, *, b
         samples = samples[: int(limit)]
     labels = list(predictor.spec.labels)
     _require_known(list(data_labels), labels)
-    truth = []
-    for sample in samples:
-        targets = remap_scores(np.asarray(sample["labels"], np.float32).reshape(len(sample["labels"]), -1),
-                               list(data_labels), labels)
-        truth.append({"boxes": np.asarray(sample["person_boxes"], np.float64).reshape(-1, 4), "labels": targets})
-    if not any(np.isfinite(t["boxes"]).all(axis=1).any() for t in truth):
-        raise ValueError(f"split {split!r} of {data['root']!r} has no person boxes: the whole-image protocol needs them")
+    skipped: dict[str, int] = {}
+    truth = [scene_truth(sample, list(data_labels), labels, bool(predictor.spec.multi_label), skipped)
+             for sample in samples]
+    if not any(len(t["boxes"]) for t in truth):
+        raise ValueError(f"split {split!r} of {data['root']!r} has no person with a body or face box: "
+                         f"the whole-image protocol needs them ({skipped})")
     tables = []
+    read_failures = 0
     started = time.perf_counter()
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         payloads, errors = _read_files([s["image_uri"] for s in chunk])
-        tables += predictor.predict_images([s["image_uri"] for s in chunk], [p or b"" for p in payloads])
+        read_failures += sum(e is not None for e in errors)
+        people = predictor.detect(predictor.decode([s["image_uri"] for s in chunk], payloads, read_errors=errors))
+        tables += split_rows(predictor.recognize(people), people["image_index"], len(chunk))
     seconds = time.perf_counter() - started
     predictions = image_predictions(tables, len(labels))
 
@@ -327,6 +329,37 @@ def evaluate_scenes(predictor: EmotionPredictor, data: Mapping, split: str, *, b
     if levels:
         report["level_reports"] = {level: {k: v for k, v in one(predictions[level]).items() if k != "confusion"}
                                    for level in LEVEL_KEYS if level in predictions}
-    report.update({"images": len(samples), "split": split, "root": str(data["root"]),
+    report.update({"images": len(samples), "split": split, "root": str(data["root"]), "skipped": skipped,
+                   "images_not_read": read_failures,
                    "images_per_second": round(len(samples) / max(seconds, 1e-9), 2), "protocol": "dsct"})
     return report
+
+
+def scene_truth(sample: Mapping[str, Any], data_labels: Sequence[str], labels: Sequence[str], multi_label: bool,
+                skipped: dict[str, int]) -> dict[str, np.ndarray]:
+    """One image's annotated people as the whole-image protocol scores them, by training's
+    rules (``emotion.training.image_rows``): ``boxes`` [n, 4] body boxes in original
+    pixels (derived from the face where unknown), ``labels`` [n, K] in ``labels``' order.
+    People with neither box, or single-label people without a class, are counted in
+    ``skipped`` and left out."""
+    from emotion.boxes import body_box_from_face
+    from emotion.data.records import probe_image_size
+
+    targets = np.asarray(sample["labels"], np.float32).reshape(len(sample["labels"]), -1)
+    bodies = np.array(sample["person_boxes"], np.float64).reshape(-1, 4)
+    faces = np.asarray(sample["face_boxes"], np.float64).reshape(-1, 4)
+    keep = []
+    for p, target in enumerate(targets):
+        if not multi_label and target.max() <= 0:
+            skipped["no class"] = skipped.get("no class", 0) + 1
+        elif np.isfinite(bodies[p]).all():
+            keep.append(p)
+        elif np.isfinite(faces[p]).all():
+            width, height = int(sample.get("width", -1)), int(sample.get("height", -1))
+            if width <= 0 or height <= 0:
+                width, height = probe_image_size(sample["image_uri"])
+            bodies[p] = body_box_from_face(faces[p:p + 1], (height, width))[0]
+            keep.append(p)
+        else:
+            skipped["unknown body and face boxes"] = skipped.get("unknown body and face boxes", 0) + 1
+    return {"boxes": bodies[keep], "labels": remap_scores(targets[keep], list(data_labels), list(labels))}

@@ -67,6 +67,7 @@ class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
     name: str = Field(min_length=1)
     device: str
+    score_threshold: Optional[float] = Field(None, ge=0.0, le=1.0)  # single-stage models (dsct)
 
 
 # -- Ray stage sizing --------------------------------------------------------------------

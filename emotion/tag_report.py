@@ -174,6 +174,9 @@ def draw_people(pixels: np.ndarray, people: Sequence[Person], scale: float = 1.0
             draw.rectangle([v / scale for v in person.body_box], outline=BODY_COLOUR, width=width)
     for person in people:
         if person.face_box is None:
+            if person.body_box is not None:  # a single-stage model gives body boxes only: label those
+                x1, y1, _, _ = (v / scale for v in person.body_box)
+                _label(draw, person.label, x1, y1, font, img.width)
             continue
         x1, y1, x2, y2 = (v / scale for v in person.face_box)
         draw.rectangle([x1, y1, x2, y2], outline=FACE_COLOUR, width=width)

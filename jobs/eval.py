@@ -46,8 +46,14 @@ def run(cfg: DictConfig) -> dict:
         split = data.get("split") or data.get("test_split") or data.get("val_split")
         if not split:
             raise ValueError(f"data.format={data['format']!r}: say which split to evaluate with data.split=NAME")
-        if plain.get("protocol", "auto") == "scenes" or input_spec(plain["model"]).finds_people:
-            predictor = build_predictor(plain)
+        spec = input_spec(plain["model"])
+        if plain.get("protocol", "auto") == "scenes" or spec.finds_people:
+            if spec.finds_people:  # as validation during training: every query is a candidate
+                plain["model"]["score_threshold"] = 0.0
+            elif plain["detector"].get("name") == "full_frame":
+                raise ValueError("protocol=scenes finds the people in whole images: it needs a detector "
+                                 "(detector=retinaface), not detector=full_frame")
+            predictor = build_predictor(plain, spec=spec)
             report = evaluate_scenes(predictor, data, str(split), batch_size=int(plain.get("batch_size", 256)),
                                      limit=plain.get("limit"), levels=True)
             report["model"] = predictor.spec.model_id

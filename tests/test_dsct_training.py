@@ -215,3 +215,20 @@ def test_emotion_tag_with_a_single_stage_model_runs_no_detector(ray_local, scene
         rows = pq.read_table(sorted(output.glob("*.parquet"))).to_pylist()
         assert summary.images == len(images) and len(rows) == 2 * len(images)
         assert all(r["face_box"] is None and r["body_box"] is not None and r["model"].startswith("dsct@") for r in rows)
+
+
+def test_scene_truth_derives_unknown_bodies_from_faces_and_counts_people_it_cannot_place():
+    from emotion.boxes import body_box_from_face
+    from emotion.data.records import make_sample
+    from emotion.evaluation import scene_truth
+
+    nan = [np.nan] * 4
+    sample = make_sample("x.jpg", "test", np.eye(3, dtype=np.float32), "synthetic",
+                         person_boxes=np.array([[10, 10, 50, 90], nan, nan], np.float32),
+                         face_boxes=np.array([nan, [60, 10, 70, 20], nan], np.float32), width=100, height=100)
+    skipped: dict[str, int] = {}
+    truth = scene_truth(sample, ["a", "b", "c"], ["c", "b", "a"], True, skipped)
+    assert skipped == {"unknown body and face boxes": 1}
+    assert np.allclose(truth["boxes"][0], [10, 10, 50, 90])
+    assert np.allclose(truth["boxes"][1], body_box_from_face(np.array([[60, 10, 70, 20]], np.float32), (100, 100))[0])
+    assert truth["labels"].tolist() == [[0, 0, 1], [0, 1, 0]]  # in the model's label order

@@ -16,8 +16,9 @@ A row is a dict of arrays (a Ray Data / numpy batch), P = ``max_people``:
 
 A person's box is the dataset's body box; where that is unknown it is derived from the
 face box as tagging does (``emotion.boxes.body_box_from_face``); a person with neither is
-left out and counted. Images keep their place even with no person left: they teach the
-model what an empty scene looks like. People beyond ``max_people`` (the model's subject
+left out and counted. An image annotated with no people is kept (it teaches the model what
+an empty scene looks like); an image whose people were all left out is dropped, since it
+is not an empty scene. People beyond ``max_people`` (the model's subject
 queries) are left out and counted.
 """
 
@@ -67,6 +68,9 @@ def image_rows(samples: Iterable[Mapping[str, Any]], spec: CropSpec, counts: Row
                 if not body_known:
                     bodies[p] = body_box_from_face(faces[p:p + 1], (height, width))[0]
                 keep.append(p)
+        if len(sample_labels) and not keep:
+            counts.skip("image without a usable person")  # not an empty scene: its people lack boxes
+            continue
         row_boxes = np.full((p_max, 4), np.nan, np.float32)
         row_labels = np.zeros((p_max, k), np.float32)
         if keep:

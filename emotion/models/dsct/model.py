@@ -217,9 +217,13 @@ class DSCT(nn.Module):
         outputs = self.detect(squares)
         sizes = [tuple(np.asarray(image).shape[:2]) for image in images]
         found = []
-        for result in postprocess(outputs, sizes, multi_label=self.multi_label, min_score=float(score_threshold)):
+        for (height, width), result in zip(sizes, postprocess(outputs, sizes, multi_label=self.multi_label,
+                                                                min_score=float(score_threshold))):
             keep = slice(0, max_people)
-            found.append({"boxes": result["boxes"][keep].float().cpu().numpy(),
+            boxes = result["boxes"][keep].float().cpu().numpy()
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)  # inside the image, as detector boxes are
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+            found.append({"boxes": boxes,
                           "scores": result["scores"][keep].float().cpu().numpy(),
                           "emotion_probs": result["emotion_probs"][keep].float().cpu().numpy()})
         return found

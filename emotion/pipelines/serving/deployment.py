@@ -108,5 +108,6 @@ def _model_info(predictor: Any, predictor_cfg: Mapping) -> dict:
         "input_levels": list(model.input_levels),
         "input_size": int(model.input_size),
         "threshold": float(predictor.threshold),
-        "detector": str(predictor_cfg["detector"].get("name", "retinaface")),
+        # A single-stage model finds the people itself: no detector runs.
+        "detector": None if predictor.spec.finds_people else str(predictor_cfg["detector"].get("name", "retinaface")),
     }
