@@ -555,4 +555,10 @@ def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True
                             max_people=int(predictor_cfg["max_people"]), crops=str(predictor_cfg.get("crops", "auto")),
                             decode=str(predictor_cfg.get("decode", "auto")),
                             precision=str(predictor_cfg.get("precision", "fp32")),
-                            person_threshold=float(cfg["model"].get("score_threshold", 0.5)))
+                            person_threshold=_person_threshold(cfg["model"]))
+
+
+def _person_threshold(model_cfg: Mapping) -> float:
+    """A single-stage model's least person score (``model.score_threshold``; 0.5 when unset)."""
+    value = model_cfg.get("score_threshold")
+    return 0.5 if value is None else float(value)

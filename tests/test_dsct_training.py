@@ -232,3 +232,12 @@ def test_scene_truth_derives_unknown_bodies_from_faces_and_counts_people_it_cann
     assert np.allclose(truth["boxes"][0], [10, 10, 50, 90])
     assert np.allclose(truth["boxes"][1], body_box_from_face(np.array([[60, 10, 70, 20]], np.float32), (100, 100))[0])
     assert truth["labels"].tolist() == [[0, 0, 1], [0, 1, 0]]  # in the model's label order
+
+
+def test_an_unset_score_threshold_in_a_validated_config_means_the_default():
+    """Settings validation fills model.score_threshold with None for models without it."""
+    from emotion.predictor import _person_threshold
+
+    assert _person_threshold({"name": "fer", "score_threshold": None}) == 0.5
+    assert _person_threshold({"name": "dsct", "score_threshold": 0.0}) == 0.0
+    assert _person_threshold({"name": "fer"}) == 0.5
