@@ -214,7 +214,6 @@ class EmotionPredictor:
         found = dict(zip(ok, detections))
         size = self.input_size
         blank = np.zeros((1, size, size, 3), dtype=np.uint8)
-        source_bytes = batch.get("source_bytes")
         per_image: list[int] = []
         faces, bodies, scores = [], [], []
         people: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # image -> working faces, bodies
@@ -237,30 +236,12 @@ class EmotionPredictor:
         cut = self._cut_crops(batch["image"], people)
         crops = {level: [cut[i][level] if i in cut else blank for i in range(len(per_image))]
                  for level in self.levels}
-        rows_per_image = np.maximum(np.asarray(per_image, dtype=np.int32), 1)
-        image_index = np.repeat(np.arange(len(per_image), dtype=np.int32), rows_per_image)
-        person_index = np.concatenate([np.arange(n, dtype=np.int32) if n else np.full(1, -1, np.int32)
-                                       for n in per_image]) if per_image else np.zeros(0, np.int32)
-
-        def repeat(column: str, dtype: Any) -> np.ndarray:
-            return np.repeat(np.asarray(batch[column], dtype=dtype), rows_per_image)
-
-        out = {
-            "image_index": image_index,
-            "source": repeat("source", object),
-            "source_bytes": np.repeat(np.asarray(source_bytes, dtype=object), rows_per_image)
-            if source_bytes is not None else np.full(len(image_index), b"", dtype=object),
-            "person_index": person_index,
-            # How many rows this image has: lets a consumer of a stream of rows, which
-            # Ray Data may split anywhere, tell when it holds all of an image's rows.
-            "rows_in_image": np.repeat(rows_per_image, rows_per_image),
+        out = self._rows(batch, per_image)
+        out.update({
             "face_box": np.concatenate(faces).reshape(-1, 4) if faces else np.zeros((0, 4), np.float32),
             "body_box": np.concatenate(bodies).reshape(-1, 4) if bodies else np.zeros((0, 4), np.float32),
             "detector_score": np.concatenate(scores) if scores else np.zeros(0, np.float32),
-            "image_height": repeat("image_height", np.int32),
-            "image_width": repeat("image_width", np.int32),
-            "error": repeat("error", object),
-        }
+        })
         for level in self.levels:
             out[f"crop_{level}"] = (np.concatenate(crops[level]) if crops[level]
                                     else np.zeros((0, size, size, 3), np.uint8)).astype(np.uint8)
@@ -317,6 +298,8 @@ class EmotionPredictor:
             "source_bytes": np.repeat(np.asarray(source_bytes, dtype=object), rows_per_image)
             if source_bytes is not None else np.full(len(image_index), b"", dtype=object),
             "person_index": person_index,
+            # How many rows this image has: lets a consumer of a stream of rows, which
+            # Ray Data may split anywhere, tell when it holds all of an image's rows.
             "rows_in_image": np.repeat(rows_per_image, rows_per_image),
             "image_height": repeat("image_height", np.int32),
             "image_width": repeat("image_width", np.int32),

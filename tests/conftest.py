@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -107,3 +108,16 @@ def poison_exif_jpeg(sample_photos) -> bytes:
         except Exception:  # noqa: BLE001 - found one
             return m.data
     pytest.skip("this Pillow survives every EXIF mutation tried: no poison JPEG to test with")
+
+
+# CUDA-only checks; `gpu`-marked as well, so the default run (-m "not gpu") deselects them.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch at one thread for the test (timings and results as on a 1-thread actor)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,16 +20,10 @@ from PIL import Image
 from emotion.crops import CropSpec, person_crops
 from emotion.device_crops import batch_person_crops_on_device, crop_boxes, person_crops_on_device
 
+from tests.conftest import needs_cuda
+
 SPEC = CropSpec(levels=("head", "body", "context"), size=64, head_expand=1.25, max_side=960)
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

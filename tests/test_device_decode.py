@@ -20,18 +20,11 @@ from PIL import Image
 
 from emotion.device_decode import decode_on_device
 from emotion.predictor import decode_batch
-from tests.conftest import jpeg_bytes, write_awkward_images
+
+from tests.conftest import jpeg_bytes, needs_cuda, write_awkward_images
 
 MAX_PIXELS = 64_000_000
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def both(names, payloads, max_side=960, device="cpu", read_errors=None):

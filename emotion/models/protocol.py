@@ -11,7 +11,7 @@ whole image).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -45,6 +45,18 @@ class InputSpec:
             raise ValueError(f"input levels must be a non-empty subset of {list(LEVELS)}, got {list(self.levels)}")
         if self.input_size < 1:
             raise ValueError(f"input_size must be >= 1, got {self.input_size}")
+
+
+def plain_config(value: Any) -> Any:
+    """Mappings/sequences (OmegaConf containers included) -> JSON-able dicts/lists, NumPy
+    scalars -> Python ones: a resolved model config goes into checkpoints as JSON."""
+    if isinstance(value, Mapping):
+        return {str(k): plain_config(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain_config(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def adopt_config(model: object, cfg: dict) -> None:

@@ -48,7 +48,7 @@ from emotion.models.dsct.decoder import build_decoder
 from emotion.models.dsct.encoder import build_encoder
 from emotion.models.dsct.postprocess import emotion_probabilities
 from emotion.models.dsct.relations import RELATIONS
-from emotion.models.protocol import InputSpec, adopt_config, single_level_columns
+from emotion.models.protocol import InputSpec, adopt_config, plain_config, single_level_columns
 from emotion.models.registry import register_model, register_spec
 
 DEFAULTS: dict[str, Any] = {
@@ -75,20 +75,12 @@ OUTPUT_KEYS: tuple[str, ...] = ("pred_logits", "pred_person_logits", "pred_boxes
 PRIOR_PROB = 0.01  # focal-loss prior: heads start predicting "no person", "no emotion"
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``DEFAULTS`` overlaid with ``cfg``, validated; JSON-able (it goes into checkpoints).
     Keys outside ``DEFAULTS`` (``name``, ``checkpoint``, ``device``, training keys) are ignored."""
-    out = {key: _plain(cfg.get(key, value)) for key, value in DEFAULTS.items()}
+    out = {key: plain_config(cfg.get(key, value)) for key, value in DEFAULTS.items()}
     labels = out["labels"]
     if not labels or isinstance(labels, str):
         raise ValueError("dsct needs `labels`: a list of emotion names (the trainer takes them from the dataset)")

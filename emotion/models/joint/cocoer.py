@@ -29,7 +29,7 @@ feeds FFN_1's hidden vector to its global classifier.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from emotion.models.joint.text_encoder import DEFAULT_TEMPLATE, class_prototypes
 from emotion.models.joint.vocabulary import VocabularyAlignment, build_vocabulary
 from emotion.models.joint.workspace import Workspace, level_probabilities, pseudo_label_losses
 from emotion.models.protocol import LEVELS
-from emotion.models.protocol import InputSpec, adopt_config
+from emotion.models.protocol import InputSpec, adopt_config, plain_config
 from emotion.models.registry import register_model, register_spec
 
 VOCABULARY_LEVEL = "vocabulary"
@@ -76,15 +76,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _plain(value: Any) -> Any:
-    """Mappings/sequences (OmegaConf containers included) -> JSON-able dicts/lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,7 +83,7 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(cfg) - set(DEFAULTS) - {"name"})
     if unknown:
         raise ValueError(f"unknown CocoER config keys {unknown}; known: {sorted(DEFAULTS)}")
-    out = {k: _plain(cfg.get(k, v)) for k, v in DEFAULTS.items()}
+    out = {k: plain_config(cfg.get(k, v)) for k, v in DEFAULTS.items()}
     labels = out["labels"]
     if not labels or isinstance(labels, str):
         raise ValueError("CocoER needs 'labels': a list of class names (e.g. the 26 EMOTIC categories)")
