@@ -217,6 +217,47 @@ def test_emotion_tag_with_a_single_stage_model_runs_no_detector(ray_local, scene
         assert all(r["face_box"] is None and r["body_box"] is not None and r["model"].startswith("dsct@") for r in rows)
 
 
+@pytest.mark.slow
+def test_emotion_serve_with_a_single_stage_model_answers_like_the_predictor(ray_local, scenes, dsct_checkpoint):
+    """`emotion serve model=dsct`: the HTTP API on a real local Ray Serve, no detector."""
+    import socket
+
+    import requests
+    from ray import serve
+
+    from emotion import storage
+    from jobs.serve import run
+
+    root, data = scenes
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="serve", overrides=[
+            f"serve.port={port}", "serve.recognizer.num_cpus=0.5", "serve.recognizer.torch_threads=1",
+            "serve.ingress.num_cpus=0.1", "model=dsct", f"model.checkpoint={dsct_checkpoint}",
+            "model.device=cpu", "model.score_threshold=0.0", "predictor.max_people=2"])
+    url = run(cfg)
+    try:
+        sample = next(iter(data.samples("val")))
+        payload = storage.read_bytes(sample["image_uri"])
+        response = requests.post(url + "/v1/recognize", files={"file": ("scene.jpg", payload, "image/jpeg")}, timeout=60)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        expected = single_stage_predictor(dsct_checkpoint, max_people=2).predict_bytes(["scene.jpg"], [payload]).to_pylist()
+        assert body["model"].startswith("dsct@sha256:") and body["labels"] == list(data.labels)
+        assert len(body["people"]) == len(expected) == 2
+        for got, want in zip(body["people"], expected):
+            assert got["face_box"] is None
+            np.testing.assert_allclose(got["body_box"], want["body_box"], atol=1e-3)
+            np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-5)
+            np.testing.assert_allclose(got["detector_score"], want["detector_score"], atol=1e-5)
+        bad = requests.post(url + "/v1/recognize", files={"file": ("x.jpg", b"not an image", "image/jpeg")}, timeout=60)
+        assert bad.status_code == 400 and bad.json()["error"] == "not_an_image"
+    finally:
+        serve.shutdown()
+
+
 def test_scene_truth_derives_unknown_bodies_from_faces_and_counts_people_it_cannot_place():
     from emotion.boxes import body_box_from_face
     from emotion.data.records import make_sample
