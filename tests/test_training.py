@@ -257,6 +257,8 @@ def test_best_checkpoint_is_chosen_on_validation_and_loads_for_prediction(first_
     assert best["epoch"] == best_epoch == summary.best_epoch
     assert best["metrics"]["val_score"] == max(r["val_score"] for r in history)
     assert best["optimizer_state"] is None  # the export is for inference
+    last = load_checkpoint(output / "last.ckpt")  # the final epoch's model, exported alongside
+    assert last["epoch"] == summary.final_epoch and last["optimizer_state"] is None
 
     model = load_model_from_checkpoint(output / "best.ckpt")
     assert isinstance(model, EmotionModel) and model.name == "face_cnn" and model.input_levels == ("head",)

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.ckpt"
 BEST_FILE = "best.ckpt"
+LAST_FILE = "last.ckpt"  # the final epoch's model: the best by val_score is not always the one to use
 SUMMARY_FILE = "summary.json"
 SCORE_METRIC = "val_score"
 
@@ -354,20 +355,27 @@ def model_config(cfg: Mapping[str, Any], labels: tuple[str, ...]) -> dict[str, A
     return model_cfg
 
 
-def export_best(result: Any, output: str, model_name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """Copy the best checkpoint (by ``val_score``) to ``<output>/best.ckpt`` without the
-    optimiser state; returns (its URI, its metrics, the latest checkpoint's extra)."""
-    best = result.get_best_checkpoint(metric=SCORE_METRIC, mode="max")
-    if best is None:
-        raise RuntimeError("the run reported no checkpoint: nothing to export")
-    with best.as_directory() as folder:
+def _export(checkpoint: Any, target: str, model_name: str) -> dict[str, Any]:
+    """Write a Ray checkpoint's model to ``target`` without the optimiser state; returns
+    the whole checkpoint as loaded."""
+    with checkpoint.as_directory() as folder:
         ckpt = load_checkpoint(os.path.join(folder, CHECKPOINT_FILE))
-    target = storage.join(output, BEST_FILE)
     save_checkpoint(target, model_name=model_name, model_cfg=ckpt["model_cfg"], state_dict=ckpt["state_dict"],
                     labels=ckpt["labels"], epoch=ckpt["epoch"], optimizer_state=None, metrics=ckpt["metrics"],
                     extra={k: v for k, v in (ckpt["extra"] or {}).items() if k != "grad_scaler"})
-    with result.checkpoint.as_directory() as folder:
-        latest = load_checkpoint(os.path.join(folder, CHECKPOINT_FILE))
+    return ckpt
+
+
+def export_best(result: Any, output: str, model_name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Copy the best checkpoint (by ``val_score``) to ``<output>/best.ckpt`` and the final
+    epoch's to ``<output>/last.ckpt``, both without the optimiser state; returns (the best's
+    URI, its metrics, the latest checkpoint's extra)."""
+    best = result.get_best_checkpoint(metric=SCORE_METRIC, mode="max")
+    if best is None:
+        raise RuntimeError("the run reported no checkpoint: nothing to export")
+    target = storage.join(output, BEST_FILE)
+    ckpt = _export(best, target, model_name)
+    latest = _export(result.checkpoint, storage.join(output, LAST_FILE), model_name)
     return target, ckpt["metrics"] or {}, latest["extra"] or {}
 
 
