@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 
@@ -75,9 +76,12 @@ def main() -> None:
         if kind not in ("cocoer", "dsct") or not checkpoint:
             parser.error(f"--pipeline {spec!r}: expected NAME=cocoer:CHECKPOINT or NAME=dsct:CHECKPOINT")
         predictor = build(kind, checkpoint, args.min_score)
+        started = time.perf_counter()
         report = evaluate_scenes(predictor, data, args.split, batch_size=args.batch, limit=args.limit, levels=True)
+        wall = round(time.perf_counter() - started, 1)
+        print(f"{name}: scored {report['images']} images in {wall} s", flush=True)
         common = {"kind": kind, "checkpoint": checkpoint, "parameters": parameters(predictor),
-                  "images_per_s": report["images_per_second"], "images": report["images"]}
+                  "images_per_s": report["images_per_second"], "images": report["images"], "eval_wall_s": wall}
         for label, part in [(name, report)] + [(f"{name}: {level} level alone", level_report)
                                                 for level, level_report in report.get("level_reports", {}).items()]:
             rows.append({"pipeline": label, **common, "mAP": part["mAP"], "accuracy": part["top1_accuracy"],
@@ -88,11 +92,11 @@ def main() -> None:
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", "rows": rows}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print("| pipeline | emotion mAP | accuracy | subject-box AP50 | parameters | images/s |")
-    print("|---|---|---|---|---|---|")
+    print("| pipeline | emotion mAP | accuracy | subject-box AP50 | parameters | images/s | eval wall s |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['pipeline']} | {r['mAP']:.4f} | {r['accuracy']:.4f} | {r['ap50']:.4f} | "
-              f"{r['parameters'] / 1e6:.2f} M | {r['images_per_s']:.1f} |")
+              f"{r['parameters'] / 1e6:.2f} M | {r['images_per_s']:.1f} | {r['eval_wall_s']:.0f} |")
 
 
 if __name__ == "__main__":
