@@ -28,9 +28,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from emotion.models.protocol import plain_config
 from emotion.weights import KNOWN_WEIGHTS, resolve, sha256_of
 
 FORMAT_VERSION = 1
@@ -40,21 +40,8 @@ def _is_s3(path: str | os.PathLike) -> bool:
     return str(path).startswith("s3://")
 
 
-def _json_ready(value: Any) -> Any:
-    """Mappings/sequences (OmegaConf included), numpy and torch scalars -> JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
 def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(_json_ready(value), sort_keys=True)
+    return None if value is None else json.dumps(plain_config(value), sort_keys=True)
 
 
 def save_checkpoint(path_or_s3_uri: str | os.PathLike, *, model_name: str, model_cfg: Mapping[str, Any],

@@ -49,13 +49,16 @@ class InputSpec:
 
 def plain_config(value: Any) -> Any:
     """Mappings/sequences (OmegaConf containers included) -> JSON-able dicts/lists, NumPy
-    scalars -> Python ones: a resolved model config goes into checkpoints as JSON."""
+    arrays -> lists, NumPy and 0-d torch scalars -> Python ones: model configs, metrics and
+    training state go into checkpoints as JSON."""
     if isinstance(value, Mapping):
         return {str(k): plain_config(v) for k, v in value.items()}
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return [plain_config(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic) or (hasattr(value, "item") and getattr(value, "ndim", None) == 0):
+        return value.item()  # a 0-d torch tensor too, without importing torch here
     return value
 
 

@@ -75,8 +75,6 @@ OUTPUT_KEYS: tuple[str, ...] = ("pred_logits", "pred_person_logits", "pred_boxes
 PRIOR_PROB = 0.01  # focal-loss prior: heads start predicting "no person", "no emotion"
 
 
-
-
 def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``DEFAULTS`` overlaid with ``cfg``, validated; JSON-able (it goes into checkpoints).
     Keys outside ``DEFAULTS`` (``name``, ``checkpoint``, ``device``, training keys) are ignored."""

@@ -76,8 +76,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-
-
 def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults + ``cfg``, validated; the result is JSON-able (it goes into checkpoints)."""
     unknown = sorted(set(cfg) - set(DEFAULTS) - {"name"})
