@@ -66,8 +66,9 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from emotion import storage
+from emotion.data.fer2013_labels import fer2013_labels
 from emotion.data.records import SampleSet, make_sample, probe_image_size
-from emotion.labels import FERPLUS_CLASSES
+from emotion.labels import FERPLUS_CLASSES, canonical_name
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +226,32 @@ def _list_folder(folder: str) -> dict[str, str]:
     return {uri.replace("\\", "/").rsplit("/", 1)[-1]: uri for uri in uris}
 
 
-def _read_split(root: str, split: str, mode: str, files: dict[str, str]) -> tuple[list[dict[str, Any]], Counter]:
+def mix_second_label(target: np.ndarray, second_label: str | None, weight: float) -> np.ndarray:
+    """``(1 - weight) * target + weight * one-hot(second_label)`` over ``FERPLUS_CLASSES``
+    (FER2013's class names are matched by canonical name); ``target`` unchanged when the
+    face has no second label or ``weight`` is 0."""
+    if not second_label or weight <= 0:
+        return target
+    index = _FERPLUS_INDEX.get(canonical_name(second_label))
+    if index is None:
+        raise ValueError(f"FER2013 class {second_label!r} is not a FER+ class ({', '.join(FERPLUS_CLASSES)})")
+    mixed = (1.0 - weight) * target
+    mixed[index] += weight
+    return mixed.astype(np.float32)
+
+
+_FERPLUS_INDEX = {canonical_name(name): i for i, name in enumerate(FERPLUS_CLASSES)}
+
+
+def _read_split(root: str, split: str, mode: str, files: dict[str, str],
+                second_labels: dict[str, str] | None = None,
+                second_weight: float = 0.0) -> tuple[list[dict[str, Any]], Counter]:
     folder = storage.join(root, SPLIT_FOLDERS[split])
     if LABEL_FILE not in files:
         raise FileNotFoundError(f"FER+ split folder {folder} has no {LABEL_FILE}")
     rows = read_label_csv(files[LABEL_FILE])
     split_mode = mode if split == "train" else "majority"  # val/test: the paper's test protocol
+    second_labels = second_labels or {}
     counts: Counter = Counter({key: 0 for key in COUNT_KEYS})
     missing: list[str] = []
     samples = []
@@ -244,6 +265,7 @@ def _read_split(root: str, split: str, mode: str, files: dict[str, str]) -> tupl
         counts[reason] += 1
         if target is None:
             continue
+        target = mix_second_label(target, second_labels.get(row.name), second_weight)
         x1, y1, x2, y2 = row.box
         width, height = (int(x2), int(y2)) if x1 == 0 and y1 == 0 else probe_image_size(uri)
         samples.append(make_sample(uri, split, target[None, :], LABEL_SET, face_boxes=np.array([row.box], np.float32),
@@ -258,9 +280,15 @@ def _read_split(root: str, split: str, mode: str, files: dict[str, str]) -> tupl
     return samples, counts
 
 
-def _read(root: str, mode: str, splits: Sequence[str] | None) -> tuple[SampleSet, dict[str, dict[str, int]]]:
+def _read(root: str, mode: str, splits: Sequence[str] | None, fer2013_root: str | None = None,
+          fer2013_weight: float = 0.0) -> tuple[SampleSet, dict[str, dict[str, int]]]:
     if mode not in MODES:
         raise ValueError(f"unknown FER+ mode {mode!r}; expected one of {list(MODES)}")
+    fer2013_weight = float(fer2013_weight or 0.0)
+    if not 0.0 <= fer2013_weight < 1.0:
+        raise ValueError(f"fer2013_weight must be in [0, 1), got {fer2013_weight}")
+    if fer2013_weight > 0 and not fer2013_root:
+        raise ValueError("fer2013_weight > 0 needs fer2013_root (FER2013's class folders, e.g. ../shared/data/fer2013)")
     root = str(root)
     requested = splits is not None
     result = SampleSet(label_set=LABEL_SET, labels=FERPLUS_CLASSES)
@@ -272,23 +300,39 @@ def _read(root: str, mode: str, splits: Sequence[str] | None) -> tuple[SampleSet
             if requested:
                 raise FileNotFoundError(f"FER+ split {split!r}: no folder {folder}")
             continue
-        samples, counts = _read_split(root, split, mode, files)
+        second: dict[str, str] = {}
+        if split == "train" and fer2013_weight > 0:
+            pngs = {name: uri for name, uri in files.items() if name.lower().endswith(".png")}
+            second = fer2013_labels(pngs, storage.join(str(fer2013_root), "train"))
+        samples, counts = _read_split(root, split, mode, files, second, fer2013_weight)
+        if second:
+            counts["fer2013_labelled"] = sum(1 for s in samples if s["image_uri"].rsplit("/", 1)[-1] in second)
+            log.info("FER+ %s: %d kept faces also carry FER2013's label (weight %.2f)",
+                     SPLIT_FOLDERS[split], counts["fer2013_labelled"], fer2013_weight)
         result.splits[split] = samples
-        all_counts[split] = {key: int(counts[key]) for key in COUNT_KEYS}
+        all_counts[split] = {key: int(counts[key]) for key in (*COUNT_KEYS, "fer2013_labelled") if key in counts}
     if not result.splits:
         raise FileNotFoundError(f"no FER+ split folder ({', '.join(SPLIT_FOLDERS.values())}) under {root}")
     return result, all_counts
 
 
-def read_ferplus(root: str, mode: str = "majority", splits: Sequence[str] | None = None) -> SampleSet:
+def read_ferplus(root: str, mode: str = "majority", splits: Sequence[str] | None = None,
+                 fer2013_root: str | None = None, fer2013_weight: float = 0.0) -> SampleSet:
     """Read FER+ (label set "ferplus", ``FERPLUS_CLASSES``); ``mode`` sets the train
     split's targets (see the module doc), val/test always use the test protocol.
     ``splits`` (some of train, val, test): None reads every split folder present; a
-    requested split whose folder is absent is a FileNotFoundError."""
-    return _read(root, mode, splits)[0]
+    requested split whose folder is absent is a FileNotFoundError.
+
+    Both label sets: with ``fer2013_weight`` w > 0, each train face that has a copy in
+    FER2013's class folders (``<fer2013_root>/train/<class>/``, matched by pixel ranks,
+    ``emotion.data.fer2013_labels``) trains on ``(1 - w) * FER+ target + w * one-hot(FER2013
+    label)``. val/test are never mixed: they keep the FER+ test protocol."""
+    return _read(root, mode, splits, fer2013_root, fer2013_weight)[0]
 
 
-def ferplus_counts(root: str, mode: str = "majority", splits: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+def ferplus_counts(root: str, mode: str = "majority", splits: Sequence[str] | None = None,
+                   fer2013_root: str | None = None, fer2013_weight: float = 0.0) -> dict[str, dict[str, int]]:
     """{split: {kept / reason: number of images}} as ``read_ferplus`` with the same
-    arguments keeps and leaves them out (keys ``COUNT_KEYS``)."""
-    return _read(root, mode, splits)[1]
+    arguments keeps and leaves them out (keys ``COUNT_KEYS``, plus ``fer2013_labelled``
+    when FER2013's labels are mixed in)."""
+    return _read(root, mode, splits, fer2013_root, fer2013_weight)[1]
