@@ -74,6 +74,7 @@ class ModelSettings(BaseModel):
 class TaskStage(_Strict):
     batch_size: int = Field(ge=1)
     num_cpus: float = Field(gt=0)
+    max_tasks: Optional[int] = Field(None, ge=1)  # concurrent tasks; None: Ray Data decides
 
 
 class ActorStage(_Strict):

@@ -199,6 +199,7 @@ BAD_CONFIGS = {
     "detector.score_threshold=2": "detector.score_threshold",
     "stages.detect.pool_max=0": "stages.detect.pool_max",
     "stages.decode.batch_size=0": "stages.decode.batch_size",
+    "stages.decode.max_tasks=0": "stages.decode.max_tasks",
     "stages.recognize.batch_size=0": "stages.recognize.batch_size",
     "commit_every_rows=-5": "commit_every_rows",
     "output=OUTPUT_IS_A_FILE": "output",

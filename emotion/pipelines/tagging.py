@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from ray.data import ActorPoolStrategy
+from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
 from emotion import storage
 from emotion.image_files import IMAGE_SUFFIXES
@@ -32,6 +32,7 @@ from emotion.models.registry import input_spec
 from emotion.predictor import DecodedBatch, build_predictor, has_error
 from emotion.schema import output_schema
 from emotion.pipelines.ray_env import forwarded_env, gpus_available, init_ray
+from emotion.pipelines.tag_progress import TagProgress
 from emotion.sources import UnnameableSourceError, encode_source, read_source, source_path
 from emotion.tag_output import ROWS_IN_IMAGE, OutputLock, UnitWriter, drop_superseded, remove_partial_writes, \
     scan_output
@@ -147,28 +148,6 @@ def _limit_threads(n: int | None) -> None:
         import torch
 
         torch.set_num_threads(int(n))
-
-
-@ray.remote(num_cpus=0)
-class TagProgress:
-    """Counts what the detect actors did, per node: feeds the live progress line and the
-    summary's per-node figures. Reports are fire-and-forget, so they never slow a stage."""
-
-    def __init__(self) -> None:
-        self.images = 0
-        self.people = 0
-        self.errors = 0
-        self.images_by_node: dict[str, int] = {}
-
-    def report(self, node_id: str, images: int, people: int, errors: int) -> None:
-        self.images += images
-        self.people += people
-        self.errors += errors
-        self.images_by_node[node_id] = self.images_by_node.get(node_id, 0) + images
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"images": self.images, "people": self.people, "errors": self.errors,
-                "images_by_node": dict(self.images_by_node)}
 
 
 class DetectStage:
@@ -352,10 +331,14 @@ def _tag(settings: TagSettings, todo: list[tuple[str, int]], summary: TagSummary
     remote_env = {"runtime_env": {"env_vars": env}} if env else {}
     block = int(stages["decode"]["batch_size"])
     ds = ray.data.from_arrow(source_blocks(todo, block))
+    decode_tasks = stages["decode"]["max_tasks"]
     ds = ds.map_batches(
         read_and_decode,
         batch_size=block,
         num_cpus=float(stages["decode"]["num_cpus"]),
+        # Each concurrent decode task is a worker process that imports Ray Data when it
+        # starts: on a small machine a cap keeps that start-up off the model actors' cores.
+        **({"compute": TaskPoolStrategy(size=int(decode_tasks))} if decode_tasks else {}),
         **remote_env,
         fn_kwargs={"max_side": settings.predictor.max_image_side, "max_pixels": settings.max_pixels,
                    "max_file_bytes": settings.max_file_bytes},
