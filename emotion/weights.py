@@ -89,8 +89,13 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def cache_root() -> Path:
+    """The project's local cache: ``$EMOTION_CACHE``, default ``~/.cache/emotion``."""
+    return Path(os.environ.get("EMOTION_CACHE", Path.home() / ".cache" / "emotion"))
+
+
 def _cache_dir() -> Path:
-    return Path(os.environ.get("EMOTION_CACHE", Path.home() / ".cache" / "emotion")) / "weights"
+    return cache_root() / "weights"
 
 
 def _resolve_package_file(uri: str) -> Path:

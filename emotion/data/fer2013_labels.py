@@ -8,7 +8,7 @@ the order of a face's grey levels, so the two copies of one face are matched by 
 correlation of their pixel ranks (Spearman's rho; about 0.998 for true pairs, under 0.9
 for distinct faces).
 
-``fer2013_labels(ferplus_split_folder, fer2013_split_folder)`` returns
+``fer2013_labels(png_uris, fer2013_split_folder)`` returns
 ``{png file name: FER2013 class name}`` for every PNG whose best match reaches
 ``MIN_RANK_CORRELATION``; the FER+ reader mixes them into the train split's targets
 (``read_ferplus(..., fer2013_root=, fer2013_weight=)``). The matching takes about a
@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from emotion import storage
+from emotion.weights import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,10 @@ def _class_folder_files(fer2013_split_folder: str) -> list[tuple[str, str]]:
 def match_fer2013_labels(png_uris: dict[str, str], fer2013_split_folder: str) -> dict[str, tuple[str, float]]:
     """{png file name: (FER2013 class, rank correlation)} for the PNGs whose best match in
     the class folders reaches ``MIN_RANK_CORRELATION``."""
-    references = _class_folder_files(fer2013_split_folder)
+    return _match(png_uris, _class_folder_files(fer2013_split_folder))
+
+
+def _match(png_uris: dict[str, str], references: list[tuple[str, str]]) -> dict[str, tuple[str, float]]:
     names = sorted(png_uris)
     log.info("matching %d FER+ faces to %d FER2013 class-folder images by pixel ranks",
              len(names), len(references))
@@ -102,23 +106,28 @@ def match_fer2013_labels(png_uris: dict[str, str], fer2013_split_folder: str) ->
 
 def cache_path(png_uris: dict[str, str], fer2013_split_folder: str) -> Path:
     """Where the matching of these PNGs against that folder is cached: keyed by both file
-    listings and ``MATCH_VERSION``, under ``$EMOTION_CACHE`` (default ``~/.cache/emotion``)."""
+    listings and ``MATCH_VERSION``, under ``emotion.weights.cache_root()``."""
+    return _cache_file(png_uris, _class_folder_files(fer2013_split_folder))
+
+
+def _cache_file(png_uris: dict[str, str], references: list[tuple[str, str]]) -> Path:
     digest = hashlib.sha256(MATCH_VERSION.encode())
     for name in sorted(png_uris):
         digest.update(f"{name}\n".encode())
-    for uri, label in _class_folder_files(fer2013_split_folder):
+    for uri, label in references:
         digest.update(f"{label}/{uri.rsplit('/', 1)[-1]}\n".encode())
-    root = Path(os.environ.get("EMOTION_CACHE", Path.home() / ".cache" / "emotion"))
-    return root / "fer2013_labels" / f"{digest.hexdigest()[:32]}.csv"
+    return cache_root() / "fer2013_labels" / f"{digest.hexdigest()[:32]}.csv"
 
 
 def fer2013_labels(png_uris: dict[str, str], fer2013_split_folder: str) -> dict[str, str]:
-    """``match_fer2013_labels``'s classes, read from the cache when it holds this matching."""
-    path = cache_path(png_uris, fer2013_split_folder)
+    """``match_fer2013_labels``'s classes, read from the cache when it holds this matching.
+    The class folders are listed once, for both the cache key and the matching."""
+    references = _class_folder_files(fer2013_split_folder)
+    path = _cache_file(png_uris, references)
     if path.is_file():
         with open(path, newline="") as f:
             return {row["file"]: row["label"] for row in csv.DictReader(f)}
-    matched = match_fer2013_labels(png_uris, fer2013_split_folder)
+    matched = _match(png_uris, references)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     with open(partial, "w", newline="") as f:

@@ -253,6 +253,8 @@ def _read_split(root: str, split: str, mode: str, files: dict[str, str],
     split_mode = mode if split == "train" else "majority"  # val/test: the paper's test protocol
     second_labels = second_labels or {}
     counts: Counter = Counter({key: 0 for key in COUNT_KEYS})
+    if second_labels:
+        counts["fer2013_labelled"] = 0  # kept faces that also carry FER2013's label
     missing: list[str] = []
     samples = []
     for row in rows:
@@ -265,7 +267,10 @@ def _read_split(root: str, split: str, mode: str, files: dict[str, str],
         counts[reason] += 1
         if target is None:
             continue
-        target = mix_second_label(target, second_labels.get(row.name), second_weight)
+        second_label = second_labels.get(row.name)
+        if second_label:
+            counts["fer2013_labelled"] += 1
+        target = mix_second_label(target, second_label, second_weight)
         x1, y1, x2, y2 = row.box
         width, height = (int(x2), int(y2)) if x1 == 0 and y1 == 0 else probe_image_size(uri)
         samples.append(make_sample(uri, split, target[None, :], LABEL_SET, face_boxes=np.array([row.box], np.float32),
@@ -306,7 +311,6 @@ def _read(root: str, mode: str, splits: Sequence[str] | None, fer2013_root: str 
             second = fer2013_labels(pngs, storage.join(str(fer2013_root), "train"))
         samples, counts = _read_split(root, split, mode, files, second, fer2013_weight)
         if second:
-            counts["fer2013_labelled"] = sum(1 for s in samples if s["image_uri"].rsplit("/", 1)[-1] in second)
             log.info("FER+ %s: %d kept faces also carry FER2013's label (weight %.2f)",
                      SPLIT_FOLDERS[split], counts["fer2013_labelled"], fer2013_weight)
         result.splits[split] = samples
