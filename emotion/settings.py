@@ -77,6 +77,12 @@ class TaskStage(_Strict):
     max_tasks: Optional[int] = Field(None, ge=1)  # concurrent tasks; None: Ray Data decides
 
 
+class DecodeStage(TaskStage):
+    # Where images are read and decoded: "auto" (in the first actor stage when the
+    # cluster has no GPU, else in tasks), true (the actors), false (tasks).
+    in_actors: Union[Literal["auto"], bool] = "auto"
+
+
 class ActorStage(_Strict):
     pool_min: int = Field(ge=1)
     pool_max: int = Field(ge=1)
@@ -103,7 +109,7 @@ class Stages(_Strict):
 
     wait_for_min_actors_s: Optional[float] = Field(ge=0)
     fuse: bool
-    decode: TaskStage
+    decode: DecodeStage
     predict: ActorStage
     detect: ActorStage
     recognize: ActorStage

@@ -200,6 +200,7 @@ BAD_CONFIGS = {
     "stages.detect.pool_max=0": "stages.detect.pool_max",
     "stages.decode.batch_size=0": "stages.decode.batch_size",
     "stages.decode.max_tasks=0": "stages.decode.max_tasks",
+    "stages.decode.in_actors=maybe": "stages.decode.in_actors",
     "stages.recognize.batch_size=0": "stages.recognize.batch_size",
     "commit_every_rows=-5": "commit_every_rows",
     "output=OUTPUT_IS_A_FILE": "output",

@@ -107,6 +107,26 @@ def test_tag_resume_after_partial_output(ray_local, mixed_folder, tmp_path):
     assert len(sources) == len(set(sources))  # full_frame: one row per image, never twice
 
 
+def test_decode_in_the_actors_gives_the_rows_of_decode_tasks(ray_local, mixed_folder, tmp_path):
+    """``stages.decode.in_actors``: the predict actors reading and decoding their own
+    batches (the CPU default) tag exactly as decode tasks feeding them do, error rows
+    for the corrupt files included."""
+    from jobs.tag import run
+
+    root, _ = mixed_folder
+    tables = {}
+    for in_actors in ("true", "false"):
+        output = tmp_path / in_actors
+        summary = run(compose_tag([f"input={root}", f"output={output}", f"stages.decode.in_actors={in_actors}"]))
+        assert summary.errors > 0  # the corrupt files
+        table, _ = read_output(output)
+        tables[in_actors] = sorted(
+            (r["source"], r["person_index"] if r["person_index"] is not None else -1, r["error"],
+             tuple(round(v, 3) for v in r["face_box"] or ()), tuple(round(v, 4) for v in r["scores"] or ()))
+            for r in table.to_pylist())
+    assert tables["true"] == tables["false"]
+
+
 def test_manifest_input_and_missing_input(ray_local, mixed_folder, tmp_path):
     import pyarrow as pa
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
+from emotion.models.detection.nms import batched_nms
 from emotion.models.detection.priors import (
     MOBILENET025_ANCHORS,
     AnchorConfig,
@@ -429,7 +429,7 @@ class FaceDetector(nn.Module):
         keep = top_scores > self.score_threshold
         boxes, landmarks, top_scores, image_index = boxes[keep], landmarks[keep], top_scores[keep], image_index[keep]
         # One NMS call for the whole batch; boxes of different images never suppress each other.
-        kept = torchvision.ops.batched_nms(boxes, top_scores, image_index, self.nms_iou)  # score-descending
+        kept = batched_nms(boxes, top_scores, image_index, self.nms_iou)  # score-descending
         boxes, landmarks, top_scores, image_index = boxes[kept], landmarks[kept], top_scores[kept], image_index[kept]
 
         boxes, landmarks = boxes.cpu().double(), landmarks.cpu().double()
