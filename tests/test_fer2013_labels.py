@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
 from emotion.data import fer2013_labels as matching
-from emotion.data.ferplus import mix_second_label, read_ferplus
+from emotion.data.ferplus import ferplus_counts, mix_second_label, read_ferplus, reads_fer2013_copy
 from emotion.labels import FERPLUS_CLASSES
 from tests.conftest import PROJECT_ROOT
 
@@ -28,6 +28,11 @@ FACES = {
     "lonely.png": (None, [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
 }
 VAL_VOTES = [0, 10, 0, 0, 0, 0, 0, 0, 0, 0]
+
+
+def copy_name(i: int) -> str:
+    """The file name of the i-th FACES entry's FER2013 copy (another naming scheme)."""
+    return f"Training_{9000 - i}.jpg"
 
 
 def face(seed: int) -> np.ndarray:
@@ -51,7 +56,7 @@ def two_releases(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
         Image.fromarray(pixels).save(ferplus / "FER2013Train" / name)
         lines.append(f'{name},"(0, 0, 48, 48)",' + ",".join(map(str, votes)))
         if label:
-            copy = fer2013 / "train" / label / f"Training_{9000 - i}.jpg"
+            copy = fer2013 / "train" / label / copy_name(i)
             copy.parent.mkdir(parents=True, exist_ok=True)
             ImageOps.equalize(Image.fromarray(pixels)).save(copy, quality=85)
     (ferplus / "FER2013Train" / "label.csv").write_text("\n".join(lines) + "\n")
@@ -93,9 +98,11 @@ def test_best_matches_chunked_equals_direct(monkeypatch):
 def test_match_finds_each_copy_and_leaves_faces_without_one(two_releases):
     ferplus, fer2013 = two_releases
     matched = matching.match_fer2013_labels(pngs(ferplus), str(fer2013 / "train"))
-    assert {name: label for name, (label, _) in matched.items()} == \
+    assert {name: label for name, (label, _, _) in matched.items()} == \
         {name: label for name, (label, _) in FACES.items() if label}
-    assert all(score >= matching.MIN_RANK_CORRELATION for _, score in matched.values())
+    assert all(score >= matching.MIN_RANK_CORRELATION for _, score, _ in matched.values())
+    assert {name: Path(uri).name for name, (_, _, uri) in matched.items()} == \
+        {name: copy_name(i) for i, (name, (label, _)) in enumerate(FACES.items()) if label}
 
 
 def test_labels_are_cached_and_the_cache_is_keyed_by_the_listings(two_releases, monkeypatch):
@@ -107,7 +114,7 @@ def test_labels_are_cached_and_the_cache_is_keyed_by_the_listings(two_releases, 
     def no_matching(*args, **kwargs):
         raise AssertionError("the cached matching should have been read")
 
-    monkeypatch.setattr(matching, "match_fer2013_labels", no_matching)
+    monkeypatch.setattr(matching, "_match", no_matching)
     assert matching.fer2013_labels(pngs(ferplus), str(fer2013 / "train")) == first
     ImageOps.equalize(Image.fromarray(face(50))).save(fer2013 / "train" / "happy" / "Training_2.jpg")
     assert matching.cache_path(pngs(ferplus), str(fer2013 / "train")) != path  # a new file: a new key
@@ -138,6 +145,36 @@ def test_reader_mixes_fer2013_labels_into_train_targets_only(two_releases):
         np.testing.assert_array_equal(before["labels"], after["labels"])  # the test protocol stays
 
 
+@pytest.mark.parametrize("probability", [0.0, 0.5, 1.0])
+def test_reader_reads_a_fixed_share_of_faces_from_their_fer2013_copy(two_releases, probability):
+    ferplus, fer2013 = two_releases
+    mixed = read_ferplus(str(ferplus), "crossentropy", fer2013_root=str(fer2013), fer2013_image_prob=probability)
+    plain = read_ferplus(str(ferplus), "crossentropy")
+    copies = {name: copy_name(i) for i, (name, (label, _)) in enumerate(FACES.items()) if label}
+    read_from_copy = 0
+    for before, after in zip(plain.samples("train"), mixed.samples("train")):
+        name = Path(before["image_uri"]).name
+        np.testing.assert_array_equal(after["labels"], before["labels"])  # weight 0: FER+ targets
+        if reads_fer2013_copy(name, probability) and name in copies:
+            assert Path(after["image_uri"]).name == copies[name]
+            read_from_copy += 1
+        else:
+            assert after["image_uri"] == before["image_uri"]
+    assert read_from_copy == {0.0: 0, 1.0: len(copies)}.get(probability, read_from_copy)
+    assert [s["image_uri"] for s in mixed.samples("val")] == [s["image_uri"] for s in plain.samples("val")]
+    counts = ferplus_counts(str(ferplus), "crossentropy", fer2013_root=str(fer2013), fer2013_image_prob=probability)
+    assert counts["train"].get("fer2013_rendering", 0) == read_from_copy
+
+
+def test_copy_draw_is_fixed_per_name_and_near_the_probability():
+    names = [f"fer{i:07d}.png" for i in range(4000)]
+    draws = [reads_fer2013_copy(name, 0.5) for name in names]
+    assert draws == [reads_fer2013_copy(name, 0.5) for name in names]
+    assert 0.46 < sum(draws) / len(draws) < 0.54
+    assert not any(reads_fer2013_copy(name, 0.0) for name in names)
+    assert all(reads_fer2013_copy(name, 1.0) for name in names)
+
+
 def test_mix_second_label_rules():
     target = np.array([0.6, 0.4, 0, 0, 0, 0, 0, 0], np.float32)
     np.testing.assert_array_equal(mix_second_label(target, None, 0.3), target)
@@ -151,6 +188,8 @@ def test_mix_second_label_rules():
     ({"fer2013_weight": 0.3}, "needs fer2013_root"),
     ({"fer2013_weight": 1.0, "fer2013_root": "x"}, r"must be in \[0, 1\)"),
     ({"fer2013_weight": -0.1, "fer2013_root": "x"}, r"must be in \[0, 1\)"),
+    ({"fer2013_image_prob": 0.5}, "fer2013_image_prob > 0 needs fer2013_root"),
+    ({"fer2013_image_prob": 1.5, "fer2013_root": "x"}, r"fer2013_image_prob must be in \[0, 1\]"),
 ])
 def test_bad_weight_or_missing_root_is_a_clear_error(two_releases, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -162,5 +201,20 @@ def test_experiment_passes_both_label_sets_to_the_reader():
         cfg = compose(config_name="train", overrides=["experiment=qcs_ferplus_both", "data.root=R",
                                                       "data.fer2013_root=F"])
     options = OmegaConf.to_container(cfg.data.options, resolve=True)
-    assert options == {"mode": "crossentropy", "fer2013_root": "F", "fer2013_weight": 0.25}
+    assert options == {"mode": "crossentropy", "fer2013_root": "F", "fer2013_weight": 0.25, "fer2013_image_prob": 0.0}
     assert cfg.model.name == "qcs" and cfg.model.equalize is True  # the rest is qcs_ferplus
+
+
+def test_renderings_experiment_adds_only_the_fer2013_copies():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        both = compose(config_name="train", overrides=["experiment=qcs_ferplus_both", "data.root=R",
+                                                       "data.fer2013_root=F"])
+        renderings = compose(config_name="train", overrides=["experiment=qcs_ferplus_renderings", "data.root=R",
+                                                             "data.fer2013_root=F"])
+    a, b = (OmegaConf.to_container(c, resolve=True) for c in (both, renderings))
+    assert b["data"]["options"]["fer2013_image_prob"] == 0.5
+    assert a["data"]["options"]["fer2013_image_prob"] == 0.0
+    a["data"]["options"]["fer2013_image_prob"] = b["data"]["options"]["fer2013_image_prob"]
+    a["data"]["fer2013_image_prob"] = b["data"]["fer2013_image_prob"]
+    a["output"] = b["output"]
+    assert a == b  # nothing else differs from the both-label-sets run

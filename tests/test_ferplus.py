@@ -279,7 +279,8 @@ def test_config_mode_reaches_the_reader_options(job: str, extra: list[str]):
     assert data["format"] == "ferplus"
     assert (data["train_split"], data["val_split"], data["split"]) == ("train", "val", "val")
     assert data["options"] == {"mode": "multi_target" if extra else "majority",
-                               "fer2013_root": None, "fer2013_weight": 0.0}  # FER+ labels alone
+                               "fer2013_root": None, "fer2013_weight": 0.0,
+                               "fer2013_image_prob": 0.0}  # FER+ labels and renderings alone
     if job == "eval":
         parse_eval_settings(plain)
 

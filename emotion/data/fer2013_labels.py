@@ -8,11 +8,13 @@ the order of a face's grey levels, so the two copies of one face are matched by 
 correlation of their pixel ranks (Spearman's rho; about 0.998 for true pairs, under 0.9
 for distinct faces).
 
-``fer2013_labels(png_uris, fer2013_split_folder)`` returns
-``{png file name: FER2013 class name}`` for every PNG whose best match reaches
-``MIN_RANK_CORRELATION``; the FER+ reader mixes them into the train split's targets
-(``read_ferplus(..., fer2013_root=, fer2013_weight=)``). The matching takes about a
-minute for the 28,558 training faces on 2 cores and is cached as CSV (see ``cache_path``).
+``fer2013_copies(png_uris, fer2013_split_folder)`` returns
+``{png file name: Fer2013Copy(label, uri)}`` for every PNG whose best match reaches
+``MIN_RANK_CORRELATION`` (``fer2013_labels``: the labels alone). The FER+ reader mixes the
+labels into the train split's targets and can read some faces from their FER2013 copy
+instead of the PNG (``read_ferplus(..., fer2013_root=, fer2013_weight=,
+fer2013_image_prob=)``). The matching takes about a minute for the 28,558 training faces
+on 2 cores and is cached as CSV (see ``cache_path``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 
 MIN_RANK_CORRELATION = 0.95  # below this a PNG has no FER2013 copy: it gets no second label
 MATCH_SIDE = 48  # both releases are 48 x 48; other sizes are resized to this for matching
-MATCH_VERSION = "1"  # part of the cache key: bump when the matching rule changes
+MATCH_VERSION = "2"  # part of the cache key: bump when the matching rule or the cache's columns change
 _CHUNK = 1024  # PNG rows per similarity block (1024 x 28,709 float32 = 118 MB)
 
 
@@ -84,20 +86,27 @@ def _class_folder_files(fer2013_split_folder: str) -> list[tuple[str, str]]:
     return files
 
 
-def match_fer2013_labels(png_uris: dict[str, str], fer2013_split_folder: str) -> dict[str, tuple[str, float]]:
-    """{png file name: (FER2013 class, rank correlation)} for the PNGs whose best match in
-    the class folders reaches ``MIN_RANK_CORRELATION``."""
+class Fer2013Copy(NamedTuple):
+    """A FER+ face's copy in FER2013's class folders."""
+
+    label: str  # FER2013's class (folder) name
+    uri: str  # the class-folder JPEG
+
+
+def match_fer2013_labels(png_uris: dict[str, str], fer2013_split_folder: str) -> dict[str, tuple[str, float, str]]:
+    """{png file name: (FER2013 class, rank correlation, JPEG uri)} for the PNGs whose
+    best match in the class folders reaches ``MIN_RANK_CORRELATION``."""
     return _match(png_uris, _class_folder_files(fer2013_split_folder))
 
 
-def _match(png_uris: dict[str, str], references: list[tuple[str, str]]) -> dict[str, tuple[str, float]]:
+def _match(png_uris: dict[str, str], references: list[tuple[str, str]]) -> dict[str, tuple[str, float, str]]:
     names = sorted(png_uris)
     log.info("matching %d FER+ faces to %d FER2013 class-folder images by pixel ranks",
              len(names), len(references))
     query = rank_vectors([_gray(png_uris[name]) for name in names])
     refs = rank_vectors([_gray(uri) for uri, _ in references])
     index, score = best_matches(query, refs)
-    matched = {name: (references[i][1], float(s)) for name, i, s in zip(names, index, score)
+    matched = {name: (references[i][1], float(s), references[i][0]) for name, i, s in zip(names, index, score)
                if s >= MIN_RANK_CORRELATION}
     log.info("%d of %d FER+ faces matched (rank correlation >= %.2f)", len(matched), len(names),
              MIN_RANK_CORRELATION)
@@ -119,21 +128,26 @@ def _cache_file(png_uris: dict[str, str], references: list[tuple[str, str]]) -> 
     return cache_root() / "fer2013_labels" / f"{digest.hexdigest()[:32]}.csv"
 
 
-def fer2013_labels(png_uris: dict[str, str], fer2013_split_folder: str) -> dict[str, str]:
-    """``match_fer2013_labels``'s classes, read from the cache when it holds this matching.
+def fer2013_copies(png_uris: dict[str, str], fer2013_split_folder: str) -> dict[str, Fer2013Copy]:
+    """``match_fer2013_labels``'s matches, read from the cache when it holds this matching.
     The class folders are listed once, for both the cache key and the matching."""
     references = _class_folder_files(fer2013_split_folder)
     path = _cache_file(png_uris, references)
     if path.is_file():
         with open(path, newline="") as f:
-            return {row["file"]: row["label"] for row in csv.DictReader(f)}
+            return {row["file"]: Fer2013Copy(row["label"], row["uri"]) for row in csv.DictReader(f)}
     matched = _match(png_uris, references)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     with open(partial, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "label", "rank_correlation"])
-        for name, (label, score) in sorted(matched.items()):
-            writer.writerow([name, label, f"{score:.4f}"])
+        writer.writerow(["file", "label", "rank_correlation", "uri"])
+        for name, (label, score, uri) in sorted(matched.items()):
+            writer.writerow([name, label, f"{score:.4f}", uri])
     os.replace(partial, path)  # atomic: a concurrent reader never sees half a file
-    return {name: label for name, (label, _) in matched.items()}
+    return {name: Fer2013Copy(label, uri) for name, (label, _, uri) in matched.items()}
+
+
+def fer2013_labels(png_uris: dict[str, str], fer2013_split_folder: str) -> dict[str, str]:
+    """{png file name: FER2013 class name} (``fer2013_copies``' labels)."""
+    return {name: copy.label for name, copy in fer2013_copies(png_uris, fer2013_split_folder).items()}

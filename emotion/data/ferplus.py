@@ -57,6 +57,7 @@ kept votes are not more than half), ``too_many_emotions``, ``unknown_or_not_face
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import math
@@ -66,7 +67,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from emotion import storage
-from emotion.data.fer2013_labels import fer2013_labels
+from emotion.data.fer2013_labels import Fer2013Copy, fer2013_copies
 from emotion.data.records import SampleSet, make_sample, probe_image_size
 from emotion.labels import FERPLUS_CLASSES, canonical_name
 
@@ -243,18 +244,28 @@ def mix_second_label(target: np.ndarray, second_label: str | None, weight: float
 _FERPLUS_INDEX = {canonical_name(name): i for i, name in enumerate(FERPLUS_CLASSES)}
 
 
+def reads_fer2013_copy(png_name: str, probability: float) -> bool:
+    """Whether a matched train face is read from its FER2013 copy: a fixed draw per file
+    name (the same faces in every run and on every worker, whatever the read order)."""
+    if probability <= 0:
+        return False
+    draw = int.from_bytes(hashlib.sha256(f"fer2013-copy/{png_name}".encode()).digest()[:8], "big") / 2.0 ** 64
+    return draw < probability
+
+
 def _read_split(root: str, split: str, mode: str, files: dict[str, str],
-                second_labels: dict[str, str] | None = None,
-                second_weight: float = 0.0) -> tuple[list[dict[str, Any]], Counter]:
+                copies: dict[str, Fer2013Copy] | None = None, second_weight: float = 0.0,
+                copy_probability: float = 0.0) -> tuple[list[dict[str, Any]], Counter]:
     folder = storage.join(root, SPLIT_FOLDERS[split])
     if LABEL_FILE not in files:
         raise FileNotFoundError(f"FER+ split folder {folder} has no {LABEL_FILE}")
     rows = read_label_csv(files[LABEL_FILE])
     split_mode = mode if split == "train" else "majority"  # val/test: the paper's test protocol
-    second_labels = second_labels or {}
+    copies = copies or {}
     counts: Counter = Counter({key: 0 for key in COUNT_KEYS})
-    if second_labels:
+    if copies:
         counts["fer2013_labelled"] = 0  # kept faces that also carry FER2013's label
+        counts["fer2013_rendering"] = 0  # kept faces read from their FER2013 copy
     missing: list[str] = []
     samples = []
     for row in rows:
@@ -267,10 +278,13 @@ def _read_split(root: str, split: str, mode: str, files: dict[str, str],
         counts[reason] += 1
         if target is None:
             continue
-        second_label = second_labels.get(row.name)
-        if second_label:
+        copy = copies.get(row.name)
+        if copy is not None:
             counts["fer2013_labelled"] += 1
-        target = mix_second_label(target, second_label, second_weight)
+            target = mix_second_label(target, copy.label, second_weight)
+            if reads_fer2013_copy(row.name, copy_probability):
+                uri = copy.uri  # the same face as FER2013's equalised JPEG: another rendering
+                counts["fer2013_rendering"] += 1
         x1, y1, x2, y2 = row.box
         width, height = (int(x2), int(y2)) if x1 == 0 and y1 == 0 else probe_image_size(uri)
         samples.append(make_sample(uri, split, target[None, :], LABEL_SET, face_boxes=np.array([row.box], np.float32),
@@ -286,14 +300,19 @@ def _read_split(root: str, split: str, mode: str, files: dict[str, str],
 
 
 def _read(root: str, mode: str, splits: Sequence[str] | None, fer2013_root: str | None = None,
-          fer2013_weight: float = 0.0) -> tuple[SampleSet, dict[str, dict[str, int]]]:
+          fer2013_weight: float = 0.0,
+          fer2013_image_prob: float = 0.0) -> tuple[SampleSet, dict[str, dict[str, int]]]:
     if mode not in MODES:
         raise ValueError(f"unknown FER+ mode {mode!r}; expected one of {list(MODES)}")
     fer2013_weight = float(fer2013_weight or 0.0)
+    fer2013_image_prob = float(fer2013_image_prob or 0.0)
     if not 0.0 <= fer2013_weight < 1.0:
         raise ValueError(f"fer2013_weight must be in [0, 1), got {fer2013_weight}")
-    if fer2013_weight > 0 and not fer2013_root:
-        raise ValueError("fer2013_weight > 0 needs fer2013_root (FER2013's class folders, e.g. ../shared/data/fer2013)")
+    if not 0.0 <= fer2013_image_prob <= 1.0:
+        raise ValueError(f"fer2013_image_prob must be in [0, 1], got {fer2013_image_prob}")
+    for key, value in (("fer2013_weight", fer2013_weight), ("fer2013_image_prob", fer2013_image_prob)):
+        if value > 0 and not fer2013_root:
+            raise ValueError(f"{key} > 0 needs fer2013_root (FER2013's class folders, e.g. ../shared/data/fer2013)")
     root = str(root)
     requested = splits is not None
     result = SampleSet(label_set=LABEL_SET, labels=FERPLUS_CLASSES)
@@ -305,23 +324,26 @@ def _read(root: str, mode: str, splits: Sequence[str] | None, fer2013_root: str 
             if requested:
                 raise FileNotFoundError(f"FER+ split {split!r}: no folder {folder}")
             continue
-        second: dict[str, str] = {}
-        if split == "train" and fer2013_weight > 0:
+        copies: dict[str, Fer2013Copy] = {}
+        if split == "train" and (fer2013_weight > 0 or fer2013_image_prob > 0):
             pngs = {name: uri for name, uri in files.items() if name.lower().endswith(".png")}
-            second = fer2013_labels(pngs, storage.join(str(fer2013_root), "train"))
-        samples, counts = _read_split(root, split, mode, files, second, fer2013_weight)
-        if second:
-            log.info("FER+ %s: %d kept faces also carry FER2013's label (weight %.2f)",
-                     SPLIT_FOLDERS[split], counts["fer2013_labelled"], fer2013_weight)
+            copies = fer2013_copies(pngs, storage.join(str(fer2013_root), "train"))
+        samples, counts = _read_split(root, split, mode, files, copies, fer2013_weight, fer2013_image_prob)
+        if copies:
+            log.info("FER+ %s: %d kept faces also carry FER2013's label (weight %.2f), %d read from "
+                     "their FER2013 copy", SPLIT_FOLDERS[split], counts["fer2013_labelled"], fer2013_weight,
+                     counts["fer2013_rendering"])
         result.splits[split] = samples
-        all_counts[split] = {key: int(counts[key]) for key in (*COUNT_KEYS, "fer2013_labelled") if key in counts}
+        all_counts[split] = {key: int(counts[key]) for key in (*COUNT_KEYS, "fer2013_labelled", "fer2013_rendering")
+                             if key in counts}
     if not result.splits:
         raise FileNotFoundError(f"no FER+ split folder ({', '.join(SPLIT_FOLDERS.values())}) under {root}")
     return result, all_counts
 
 
 def read_ferplus(root: str, mode: str = "majority", splits: Sequence[str] | None = None,
-                 fer2013_root: str | None = None, fer2013_weight: float = 0.0) -> SampleSet:
+                 fer2013_root: str | None = None, fer2013_weight: float = 0.0,
+                 fer2013_image_prob: float = 0.0) -> SampleSet:
     """Read FER+ (label set "ferplus", ``FERPLUS_CLASSES``); ``mode`` sets the train
     split's targets (see the module doc), val/test always use the test protocol.
     ``splits`` (some of train, val, test): None reads every split folder present; a
@@ -330,13 +352,18 @@ def read_ferplus(root: str, mode: str = "majority", splits: Sequence[str] | None
     Both label sets: with ``fer2013_weight`` w > 0, each train face that has a copy in
     FER2013's class folders (``<fer2013_root>/train/<class>/``, matched by pixel ranks,
     ``emotion.data.fer2013_labels``) trains on ``(1 - w) * FER+ target + w * one-hot(FER2013
-    label)``. val/test are never mixed: they keep the FER+ test protocol."""
-    return _read(root, mode, splits, fer2013_root, fer2013_weight)[0]
+    label)``. With ``fer2013_image_prob`` p > 0, a fixed share p of the matched train faces
+    (drawn from their file names) is read from the FER2013 copy instead of the PNG: the
+    same face rendered another way (histogram-equalised, JPEG), so the model does not
+    learn one release's rendering. val/test are never mixed: they keep the FER+ PNGs and
+    test protocol."""
+    return _read(root, mode, splits, fer2013_root, fer2013_weight, fer2013_image_prob)[0]
 
 
 def ferplus_counts(root: str, mode: str = "majority", splits: Sequence[str] | None = None,
-                   fer2013_root: str | None = None, fer2013_weight: float = 0.0) -> dict[str, dict[str, int]]:
+                   fer2013_root: str | None = None, fer2013_weight: float = 0.0,
+                   fer2013_image_prob: float = 0.0) -> dict[str, dict[str, int]]:
     """{split: {kept / reason: number of images}} as ``read_ferplus`` with the same
     arguments keeps and leaves them out (keys ``COUNT_KEYS``, plus ``fer2013_labelled``
-    when FER2013's labels are mixed in)."""
-    return _read(root, mode, splits, fer2013_root, fer2013_weight)[1]
+    and ``fer2013_rendering`` when FER2013's copies are used)."""
+    return _read(root, mode, splits, fer2013_root, fer2013_weight, fer2013_image_prob)[1]
