@@ -1,7 +1,9 @@
 """FER2013's two label sets, measured on two face models in one run.
 
 1. Rendering gap: FER2013 val's class-folder JPEGs (histogram-equalised copies) against
-   FER+'s raw PNGs of the same faces, both scored on FER2013's original labels.
+   FER+'s raw PNGs of the same faces, both scored on FER2013's original labels; with
+   ``--renderings`` also the matched faces rendered from the PNG in other ways (saved as
+   quality-95 JPEG, equalised by Pillow, both) and the matched class-folder JPEGs alone.
 2. Both label sets: the probability average of a FER+-trained checkpoint and the
    FER2013-trained mini-Xception, weight w on the mini-Xception, on FER2013Valid (FER+
    protocol) and FER2013 val (original labels).
@@ -21,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 import face_models as fm
 
@@ -50,6 +52,33 @@ def png_copy_of_fer2013_val(fer2013: Path, ferplus: Path, target: Path) -> int:
     return matched
 
 
+# name -> (equalise with Pillow, save as quality-95 JPEG), each made from the matched PNGs.
+RENDERINGS = {"png_as_jpeg95": (False, True), "equalised_png": (True, False), "equalised_jpeg95": (True, True)}
+
+
+def write_renderings(png_root: Path, fer2013: Path, target: Path) -> dict[str, Path]:
+    """Folders (``<root>/val/<class>/``) of the matched faces rendered each way of
+    ``RENDERINGS``, plus ``class_folder_jpeg``: the matched faces' own FER2013 JPEGs."""
+    roots = {}
+    for name, (equalise, jpeg) in RENDERINGS.items():
+        for png in sorted((png_root / "val").glob("*/*.png")):
+            image = Image.open(png).convert("L")
+            image = ImageOps.equalize(image) if equalise else image
+            folder = target / name / "val" / png.parent.name
+            folder.mkdir(parents=True, exist_ok=True)
+            if jpeg:
+                image.save(folder / f"{png.stem}.jpg", quality=95)
+            else:
+                image.save(folder / png.name)
+        roots[name] = target / name
+    for png in sorted((png_root / "val").glob("*/*.png")):
+        folder = target / "class_folder_jpeg" / "val" / png.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(fer2013 / "val" / png.parent.name / f"{png.stem}.jpg", folder)
+    roots["class_folder_jpeg"] = target / "class_folder_jpeg"
+    return roots
+
+
 def probabilities(model, data_labels, samples, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """[N, len(names)] class probabilities (a model's missing classes at 0) and true names."""
     from emotion.labels import canonical_name
@@ -74,6 +103,8 @@ def main() -> None:
     parser.add_argument("--ferplus", type=Path, default=SHARED / "ferplus")
     parser.add_argument("--fer2013", type=Path, default=SHARED / "fer2013")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--renderings", action="store_true",
+                        help="also score the matched faces rendered other ways (RENDERINGS)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("face_label_sets_results.json"))
     args = parser.parse_args()
 
@@ -98,6 +129,15 @@ def main() -> None:
                 results["rendering"][f"{name}_{rendering}"] = accuracy
                 print(f"FER2013 val, original labels, {rendering:<4} {name:<13} {accuracy:.4f} (n={len(samples)})",
                       flush=True)
+        if args.renderings:
+            for rendering, root in write_renderings(Path(tmp), args.fer2013, Path(tmp) / "renderings").items():
+                for name, model in models.items():
+                    labels, samples = fm.faces("fer", str(root), "val")
+                    outcome = fm.predictions(model, labels, samples)
+                    accuracy = fm.report(outcome["true"], outcome["predicted"])["accuracy"]
+                    results["rendering"][f"{name}_{rendering}"] = accuracy
+                    print(f"FER2013 val, original labels, matched faces, {rendering:<18} {name:<13} "
+                          f"{accuracy:.4f} (n={len(samples)})", flush=True)
 
     for dataset, (fmt, root) in {"ferplus_valid": ("ferplus", args.ferplus),
                                  "fer2013_val": ("fer", args.fer2013)}.items():

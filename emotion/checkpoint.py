@@ -141,15 +141,18 @@ def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.devi
     return model.to(device).eval()
 
 
-def export_weights(source: str | os.PathLike, target: str | os.PathLike, *, half: bool = True) -> str:
+def export_weights(source: str | os.PathLike, target: str | os.PathLike, *, half: bool = True,
+                   model_cfg_updates: Mapping[str, Any] | None = None) -> str:
     """Write ``source``'s model as a checkpoint to ship: no optimiser state, and with
     ``half`` every floating-point tensor stored as float16 (half the bytes; the model is
-    rebuilt in float32 when loaded). Returns ``target``."""
+    rebuilt in float32 when loaded). ``model_cfg_updates`` sets inference-time keys of the
+    saved model config (e.g. QCS's ``test_flip``); the weights are the same. Returns ``target``."""
     ckpt = load_checkpoint(source)
     state = {name: tensor.half() if half and tensor.is_floating_point() else tensor
              for name, tensor in ckpt["state_dict"].items()}
     extra = {**(ckpt.get("extra") or {}), "exported_from_sha256": ckpt["sha256"],
              "stored_dtype": "float16" if half else "float32"}
-    return save_checkpoint(target, model_name=ckpt["model_name"], model_cfg=ckpt["model_cfg"], state_dict=state,
+    model_cfg = {**ckpt["model_cfg"], **(model_cfg_updates or {})}
+    return save_checkpoint(target, model_name=ckpt["model_name"], model_cfg=model_cfg, state_dict=state,
                            labels=ckpt["labels"], epoch=ckpt["epoch"], optimizer_state=None,
                            metrics=ckpt["metrics"], extra=extra)

@@ -105,9 +105,9 @@ def test_match_finds_each_copy_and_leaves_faces_without_one(two_releases):
         {name: copy_name(i) for i, (name, (label, _)) in enumerate(FACES.items()) if label}
 
 
-def test_labels_are_cached_and_the_cache_is_keyed_by_the_listings(two_releases, monkeypatch):
+def test_copies_are_cached_and_the_cache_is_keyed_by_the_listings(two_releases, monkeypatch):
     ferplus, fer2013 = two_releases
-    first = matching.fer2013_labels(pngs(ferplus), str(fer2013 / "train"))
+    first = matching.fer2013_copies(pngs(ferplus), str(fer2013 / "train"))
     path = matching.cache_path(pngs(ferplus), str(fer2013 / "train"))
     assert path.is_file()
 
@@ -115,7 +115,7 @@ def test_labels_are_cached_and_the_cache_is_keyed_by_the_listings(two_releases, 
         raise AssertionError("the cached matching should have been read")
 
     monkeypatch.setattr(matching, "_match", no_matching)
-    assert matching.fer2013_labels(pngs(ferplus), str(fer2013 / "train")) == first
+    assert matching.fer2013_copies(pngs(ferplus), str(fer2013 / "train")) == first
     ImageOps.equalize(Image.fromarray(face(50))).save(fer2013 / "train" / "happy" / "Training_2.jpg")
     assert matching.cache_path(pngs(ferplus), str(fer2013 / "train")) != path  # a new file: a new key
 

@@ -219,6 +219,29 @@ def test_a_qcs_checkpoint_is_a_backbone_for_another_models_level(tmp_path):
     assert (tmp_path / "qcs_fp16.ckpt").stat().st_size < 0.6 * (tmp_path / "qcs.ckpt").stat().st_size
 
 
+
+def test_test_flip_averages_the_face_and_its_mirror_and_travels_in_the_exported_config(tmp_path):
+    from emotion.checkpoint import export_weights, load_model_from_checkpoint, save_checkpoint
+
+    plain = tiny_qcs().eval()
+    crops = np.random.default_rng(1).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    mirrored = crops[:, :, ::-1].copy()
+    expected = (plain.predict({"head": crops})["scores"] + plain.predict({"head": mirrored})["scores"]) / 2
+    flipping = tiny_qcs(test_flip=True).eval()
+    flipping.load_state_dict(plain.state_dict())
+    scores = flipping.predict({"head": crops})["scores"]
+    assert np.allclose(scores, expected, atol=1e-6) and not np.allclose(scores, plain.predict({"head": crops})["scores"])
+    assert np.allclose(scores, flipping.predict({"head": mirrored})["scores"], atol=1e-6)  # mirror-invariant
+    assert flipping.predict({"head": crops[:0]})["scores"].shape == (0, len(LABELS))
+    # Old checkpoints have no key (off); an export can switch it on without touching the weights.
+    path = save_checkpoint(tmp_path / "q.ckpt", model_name="qcs", model_cfg=plain.config,
+                           state_dict=plain.state_dict(), labels=LABELS)
+    assert load_model_from_checkpoint(path).config["test_flip"] is False
+    exported = load_model_from_checkpoint(export_weights(path, tmp_path / "f.ckpt", half=False,
+                                                         model_cfg_updates={"test_flip": True}))
+    assert exported.config["test_flip"] is True
+    assert np.allclose(exported.predict({"head": crops})["scores"], expected, atol=1e-6)
+
 def test_logit_adjustment_adds_tau_log_prior_in_the_loss_only():
     from emotion.training.targets import logit_adjustment
 

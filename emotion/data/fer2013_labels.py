@@ -10,7 +10,7 @@ for distinct faces).
 
 ``fer2013_copies(png_uris, fer2013_split_folder)`` returns
 ``{png file name: Fer2013Copy(label, uri)}`` for every PNG whose best match reaches
-``MIN_RANK_CORRELATION`` (``fer2013_labels``: the labels alone). The FER+ reader mixes the
+``MIN_RANK_CORRELATION``. The FER+ reader mixes the
 labels into the train split's targets and can read some faces from their FER2013 copy
 instead of the PNG (``read_ferplus(..., fer2013_root=, fer2013_weight=,
 fer2013_image_prob=)``). The matching takes about a minute for the 28,558 training faces
@@ -146,8 +146,3 @@ def fer2013_copies(png_uris: dict[str, str], fer2013_split_folder: str) -> dict[
             writer.writerow([name, label, f"{score:.4f}", uri])
     os.replace(partial, path)  # atomic: a concurrent reader never sees half a file
     return {name: Fer2013Copy(label, uri) for name, (label, _, uri) in matched.items()}
-
-
-def fer2013_labels(png_uris: dict[str, str], fer2013_split_folder: str) -> dict[str, str]:
-    """{png file name: FER2013 class name} (``fer2013_copies``' labels)."""
-    return {name: copy.label for name, copy in fer2013_copies(png_uris, fer2013_split_folder).items()}

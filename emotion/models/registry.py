@@ -87,13 +87,12 @@ def _spec_fn(name: str) -> Callable[..., Any]:
 
 
 def _import_module_of(name: str) -> None:
-    """Import the module that registers ``name`` (every model module for an unknown name,
-    so the error can list what exists)."""
-    if name in _REGISTRY and name in _SPECS:
-        return
+    """Import the module that registers ``name``, if ``MODEL_MODULES`` lists one (a model
+    registered elsewhere, e.g. by a test, is already in the registry). An unknown name's
+    error lists every model through ``list_models``."""
     module = MODEL_MODULES.get(name)
     if module is not None:
-        importlib.import_module(module)
+        importlib.import_module(module)  # a dictionary lookup once imported
 
 
 def _import_model_modules() -> None:

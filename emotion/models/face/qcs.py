@@ -28,7 +28,8 @@ forward(head [B, 3, S, S] ImageNet-normalised, quadruplets int64 [Q, 4] or None)
   * ``refined_logits`` [Q, 4, K]: only when ``quadruplets`` is given.
 
 ``predict`` (``EmotionModel``) takes uint8 crops [B, S, S, 3] and returns softmax
-``scores`` [B, K]. ``cross_similarity: false`` builds the plain network without the
+``scores`` [B, K]; with ``test_flip`` the mean of the face's and its mirror image's
+softmax (faces are left-right symmetric in expression, and training flips them too). ``cross_similarity: false`` builds the plain network without the
 attention (the ablation's cross-entropy baseline: same backbone, same head).
 
 Trained weights load from a checkpoint of ``emotion train`` (``model.checkpoint``).
@@ -61,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "grayscale": True,
     "equalize": False,  # histogram-equalise the gray face first (ToGray); needs grayscale
     "cross_similarity": True,  # False: no attention, no refined branch (the baseline)
+    "test_flip": False,  # inference averages the scores of the face and its mirror image (2x the forward)
 }
 
 # Rows of a quadruplet (a1, a2, b1, b2): each member's same-class and cross-class partner.
@@ -76,6 +78,7 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out["labels"] = [str(x) for x in out["labels"]]
     out["input_size"] = int(out["input_size"])
     out["embed_dim"] = int(out["embed_dim"])
+    out["test_flip"] = bool(out["test_flip"])
     if out["input_size"] < 32:
         raise ValueError(f"qcs input_size must be >= 32 pixels, got {out['input_size']}")
     if out["embed_dim"] < 8:
@@ -155,8 +158,12 @@ class QCSNet(nn.Module):
 
     def predict(self, crops: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """uint8 head crops [B, S, S, 3] (RGB, S = input_size) -> ``scores`` float32 [B, K]:
-        the base branch alone."""
-        return {"scores": torch.softmax(head_logits(self, crops), dim=-1).cpu().numpy().astype(np.float32)}
+        the base branch alone (with ``test_flip``, averaged with the mirrored crops')."""
+        scores = torch.softmax(head_logits(self, crops), dim=-1)
+        if self.config["test_flip"] and len(scores):
+            mirrored = {**crops, "head": np.ascontiguousarray(crops["head"][:, :, ::-1])}
+            scores = (scores + torch.softmax(head_logits(self, mirrored), dim=-1)) / 2
+        return {"scores": scores.cpu().numpy().astype(np.float32)}
 
     def output_columns(self, outputs: dict[str, np.ndarray]) -> dict:
         return single_level_columns(outputs["scores"])
