@@ -55,8 +55,8 @@ KNOWN_WEIGHTS: dict[str, WeightSpec] = {
     ),
     "qcs_ferplus": WeightSpec(
         "res://emotion/assets/qcs_ferplus.ckpt",
-        "SHA256_TBD",
-        "QCS face model (MobileNetV2, 80 px) trained here on FER+ and FER2013 labels, fp16 "
+        "ba7207a98822072c553040a55d9bcff69142b10442fa4ac54f0d0d938d9f23bc",
+        "QCS face model (MobileNetV2, 80 px, mirror-averaged) trained here on FER+ and FER2013 labels, fp16 "
         "(docs/model_card_qcs.md)",
     ),
     "mobilenet_v2_imagenet": WeightSpec(
