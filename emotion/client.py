@@ -2,7 +2,7 @@
 
     >>> client = EmotionClient("http://127.0.0.1:8000", token=None)
     >>> client.recognize("photo.jpg")["people"][0]["emotions"]
-    ['happy']
+    ['happiness']
 
     $ emotion client photo.jpg other.png [--url URL] [--token T] [--json]
 

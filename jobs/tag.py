@@ -9,13 +9,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from emotion.pipelines.tagging import TagSummary, tag_images
 from emotion import storage, tag_report
-from emotion.tag_output import OutputLockedError
+from emotion.tag_output import OutputLockedError, OutputModelMismatch
 from emotion.settings import parse_tag_settings
 from jobs.user_errors import USER_ERRORS, exit_on_user_error
 
-# A storage failure (bucket missing, no credentials) and a locked output are the user's to
-# fix: one line, exit 2, no traceback.
-TAG_USER_ERRORS = (*USER_ERRORS, storage.StorageError, OutputLockedError)
+# A storage failure (bucket missing, no credentials), a locked output and an output of
+# another model are the user's to fix: one line, exit 2, no traceback.
+TAG_USER_ERRORS = (*USER_ERRORS, storage.StorageError, OutputLockedError, OutputModelMismatch)
 
 log = logging.getLogger("emotion.tag")
 

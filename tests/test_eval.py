@@ -214,8 +214,8 @@ def test_a_model_without_shipped_weights_asks_for_its_checkpoint(tmp_path):
     from jobs.eval import run
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="eval", overrides=["model=qcs", "data=ferplus", f"data.root={tmp_path}"])
+        cfg = compose(config_name="eval", overrides=["model=dsct", "data=scenes_v2", f"data.root={tmp_path}"])
     with pytest.raises(ValueError, match="model.checkpoint=PATH"):
         run(cfg)
     with pytest.raises(ValueError, match="model.checkpoint=PATH"):
-        input_spec({"name": "qcs", "checkpoint": "???"})
+        input_spec({"name": "dsct", "checkpoint": "???"})

@@ -28,8 +28,10 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from starlette.datastructures import UploadFile
 
+from emotion.labels import FERPLUS_CLASSES
 from emotion.client import EmotionAPIError, EmotionClient, format_person
 from emotion.predictor import split_rows
+from emotion.weights import KNOWN_WEIGHTS
 from emotion.pipelines.serving import (
     APIError,
     ServeArgs,
@@ -167,7 +169,7 @@ def test_recognize_returns_the_tagging_records(service, local_predictor, photos)
         table = local_predictor.predict_bytes([name], [data])
         expected = [r for r in table.to_pylist() if r["person_index"] is not None]
         assert body["model"] == table.schema.metadata[b"emotion.model"].decode()
-        assert body["labels"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+        assert body["labels"] == list(FERPLUS_CLASSES)  # the default face model: QCS on FER+
         with Image.open(io.BytesIO(data)) as img:
             assert body["image"] == {"width": img.width, "height": img.height}
         assert expected, f"the detector finds nobody in {name}"
@@ -315,9 +317,10 @@ def test_models_health_and_docs(service):
     models = requests.get(service + "/v1/models", timeout=10).json()["models"]
     assert len(models) == 1
     model = models[0]
-    assert model["name"] == "fer" and model["multi_label"] is False
-    assert len(model["checkpoint_hash"]) == 64 and model["id"] == f"fer@sha256:{model['checkpoint_hash'][:16]}"
-    assert model["labels"][3] == "happy" and model["detector"] == "retinaface"
+    assert model["name"] == "qcs" and model["multi_label"] is False
+    assert model["checkpoint_hash"] == KNOWN_WEIGHTS["qcs_ferplus"].sha256
+    assert model["id"] == f"qcs@sha256:{model['checkpoint_hash'][:16]}"
+    assert model["labels"][1] == "happiness" and model["detector"] == "retinaface"
     # Readiness is open to anyone, so it names no model (that needs auth, on /v1/models).
     assert requests.get(service + "/readyz", timeout=10).json() == {"status": "ready"}
     assert requests.get(service + "/docs", timeout=10).status_code == 200
@@ -478,7 +481,7 @@ def test_typed_builder_takes_serve_run_arguments():
     assert isinstance(app, Application)
     cfg = resolve_config(ServeArgs(overrides=["detector=full_frame", "serve.limits.max_batch_files=3"]))
     assert cfg["detector"]["name"] == "full_frame" and cfg["serve"]["limits"]["max_batch_files"] == 3
-    assert cfg["model"]["name"] == "fer"
+    assert cfg["model"]["name"] == "qcs" and cfg["model"]["checkpoint"] == "qcs_ferplus"
     with pytest.raises(FileNotFoundError):
         resolve_config(ServeArgs(config="/nonexistent/serve.yaml"))
 

@@ -16,8 +16,8 @@ import pytest
 from emotion import storage
 from emotion.schema import output_schema
 from emotion.sources import UnnameableSourceError, encode_source, source_path
-from emotion.tag_output import (ROWS_IN_IMAGE, OutputLock, OutputLockedError, UnitWriter, drop_superseded,
-                                list_units, remove_partial_writes, scan_output)
+from emotion.tag_output import (ROWS_IN_IMAGE, OutputLock, OutputLockedError, OutputModelMismatch, UnitWriter,
+                                drop_superseded, list_units, remove_partial_writes, scan_output)
 from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
 
 SCHEMA = output_schema(["happy", "sad"], "test@sha256:0")
@@ -88,6 +88,18 @@ def test_resume_scan_quarantines_a_truncated_unit(tmp_path):
     assert not os.path.exists(bad) and not list(tmp_path.glob(".*.part"))
     assert scan_output(str(tmp_path)).quarantined == []  # moved aside once, not again
 
+
+
+def test_resume_scan_knows_which_model_wrote_the_output_and_refuses_another(tmp_path):
+    with UnitWriter(str(tmp_path), SCHEMA, every_rows=1, every_s=3600) as writer:
+        writer.add(table(rows("a.jpg", 1)))
+        writer.add(table(rows("b.jpg", 2)))
+    state = scan_output(str(tmp_path))
+    assert state.models == {"test@sha256:0": 2}
+    state.check_model("test@sha256:0")  # the same model continues
+    with pytest.raises(OutputModelMismatch, match=r"holds rows of test@sha256:0 \(2 files\).*qcs@sha256:1"):
+        state.check_model("qcs@sha256:1")
+    scan_output(str(tmp_path / "empty")).check_model("qcs@sha256:1")  # nothing there yet
 
 def test_newest_rows_supersede_older_ones(tmp_path):
     with UnitWriter(str(tmp_path), SCHEMA, every_rows=1, every_s=3600, run_started=1_000, run_id="aaaa") as w:

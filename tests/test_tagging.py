@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
+from emotion.labels import FERPLUS_CLASSES
 from emotion.schema import image_id_for, labels_from_schema
 from tests.conftest import PROJECT_ROOT, write_awkward_images
 from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
@@ -53,7 +54,8 @@ def test_tag_mixed_folder_one_row_per_person_and_resume(ray_local, mixed_folder,
     images = sorted(str(p) for p in root.rglob("*") if p.suffix in (".jpg", ".png"))
     table, files = read_output(output)
     rows = table.to_pylist()
-    assert labels_from_schema(pq.read_schema(files[0])) == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    # The default face model is the shipped QCS: FER+'s 8 classes.
+    assert labels_from_schema(pq.read_schema(files[0])) == list(FERPLUS_CLASSES)
     # Every input image appears, nothing else does, and (image, person) pairs are unique.
     assert sorted({r["source"] for r in rows}) == images
     pairs = [(r["source"], r["person_index"]) for r in rows]

@@ -322,6 +322,10 @@ def tag_images(settings: TagSettings) -> TagSummary:
     with OutputLock(output, break_lock=settings.break_lock) as lock:
         remove_partial_writes(output)
         state = scan_output(output) if settings.resume else None
+        # The model's input contract (crops, labels, id) comes from its config: no network is built.
+        spec = input_spec(settings.model_dump()["model"])
+        if state is not None:
+            state.check_model(spec.model_id)
         if state is not None and state.repeated:
             drop_superseded(state)
         done = state.done if state is not None else set()
@@ -334,21 +338,20 @@ def tag_images(settings: TagSettings) -> TagSummary:
         summary = TagSummary(skipped_already_tagged=skipped, retried_errors=retried, output=output,
                              quarantined=list(state.quarantined) if state is not None else [])
         if todo:
-            _tag(settings, todo, summary, lock)
+            _tag(settings, spec, todo, summary, lock)
             if retried:
                 drop_superseded(scan_output(output))  # the new rows replace the old error rows
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _tag(settings: TagSettings, todo: list[tuple[str, int]], summary: TagSummary, lock: OutputLock) -> None:
+def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], summary: TagSummary,
+         lock: OutputLock) -> None:
     """Run the pipeline over ``todo``, committing units into ``summary.output``."""
     cfg = settings.model_dump()
     init_ray(cfg["ray"])
     use_gpu = gpus_available()
     model_cfg = {"detector": cfg["detector"], "model": cfg["model"], "predictor": cfg["predictor"]}
-    # The model's input contract (crops, labels, id) comes from its config: no network is built here.
-    spec = input_spec(cfg["model"])
     schema = output_schema(list(spec.labels), spec.model_id)
 
     stages = cfg["stages"]

