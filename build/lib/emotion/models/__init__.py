@@ -1,0 +1,1 @@
+"""Models: detectors, backbones, the joint CocoER model and face models."""

@@ -1,0 +1,119 @@
+"""Model registry: a name -> builder map, so configs and checkpoints name models by string.
+
+A model module registers its builder with ``@register_model("name")``. ``MODEL_MODULES``
+says which module registers each name, so ``build_model("fer")`` imports the one module
+it needs on first use: callers never import a model module themselves, and a tagging
+actor that runs the mini-Xception does not pay for importing DSCT (and through it
+torchvision, about 2 s of CPU per process). ``list_models`` imports them all.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Mapping
+
+Builder = Callable[[Mapping[str, Any]], Any]
+
+# The module whose import registers each model name. Add yours here.
+MODEL_MODULES: dict[str, str] = {
+    "fer": "emotion.models.face.classifier",
+    "cocoer": "emotion.models.joint.cocoer",
+    "face_cnn": "emotion.models.face.cnn",
+    "qcs": "emotion.models.face.qcs",
+    "dsct": "emotion.models.dsct.model",
+}
+
+_REGISTRY: dict[str, Builder] = {}
+_SPECS: dict[str, Callable[..., Any]] = {}
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: ``@register_model("cocoer") def build_cocoer(cfg): ...``."""
+
+    def decorator(builder: Builder) -> Builder:
+        existing = _REGISTRY.get(name)
+        same = existing is not None and (existing.__module__, existing.__qualname__) == (
+            builder.__module__, builder.__qualname__)  # re-import of the same module: fine
+        if existing is not None and not same:
+            raise ValueError(f"model name {name!r} is already registered by "
+                             f"{existing.__module__}.{existing.__qualname__}")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorator
+
+
+def register_spec(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``@register_spec("fer") def fer_input_spec(cfg, checkpoint_hash=...)``
+    -> ``InputSpec``, derived from the config alone (no network is built)."""
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _SPECS[name] = fn
+        return fn
+
+    return decorator
+
+
+def checkpoint_of(cfg: Mapping[str, Any]) -> str | None:
+    """The checkpoint a ``model`` config names, or None; a required one left unset
+    (Hydra's ``???``) is an error saying what to pass."""
+    checkpoint = cfg.get("checkpoint")
+    if checkpoint == "???":
+        raise ValueError(f"model={cfg.get('name')} has no shipped weights: pass model.checkpoint=PATH "
+                         "(a checkpoint from `emotion train`)")
+    return str(checkpoint) if checkpoint else None
+
+
+def input_spec(cfg: Mapping[str, Any]) -> Any:
+    """The ``InputSpec`` of the model a ``model`` config names: from ``cfg.checkpoint``
+    (its saved config and file hash; the weights are read, no network is built) or from
+    ``cfg.name``."""
+    checkpoint = checkpoint_of(cfg)
+    if checkpoint:
+        from emotion.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint)
+        saved = {**dict(ckpt["model_cfg"]), "labels": ckpt["model_cfg"].get("labels") or ckpt["labels"]}
+        return _spec_fn(ckpt["model_name"])(saved, checkpoint_hash=ckpt["sha256"])
+    return _spec_fn(cfg["name"])(cfg)
+
+
+def _spec_fn(name: str) -> Callable[..., Any]:
+    _import_module_of(name)
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered models: {list_models()}") from None
+
+
+def _import_module_of(name: str) -> None:
+    """Import the module that registers ``name``, if ``MODEL_MODULES`` lists one (a model
+    registered elsewhere, e.g. by a test, is already in the registry). An unknown name's
+    error lists every model through ``list_models``."""
+    module = MODEL_MODULES.get(name)
+    if module is not None:
+        importlib.import_module(module)  # a dictionary lookup once imported
+
+
+def _import_model_modules() -> None:
+    for module in MODEL_MODULES.values():
+        importlib.import_module(module)
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    _import_model_modules()
+    return sorted(_REGISTRY)
+
+
+def get_builder(name: str) -> Builder:
+    _import_module_of(name)
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered models: {list_models()}") from None
+
+
+def build_model(name: str, cfg: Mapping[str, Any] | None = None) -> Any:
+    """Build registered model ``name`` from a plain mapping (or OmegaConf DictConfig)."""
+    return get_builder(name)(cfg or {})

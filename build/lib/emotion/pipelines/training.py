@@ -1,0 +1,443 @@
+"""Ray Train glue: datasets as Ray Data, a ``TorchTrainer`` (DDP) over them, checkpoints
+to a local path or ``s3://``, resume, and the export of the best checkpoint.
+
+What runs where:
+
+* driver (``run_training``): reads the dataset (any ``emotion.data`` format, or prepared
+  Parquet shards), turns samples into per-person crop rows with Ray Data tasks, and
+  materialises them (decoding happens once, not once per epoch); starts the trainer;
+  after it, exports the best checkpoint (chosen on the validation split) to
+  ``<output>/best.ckpt`` and writes ``metrics.csv`` / ``metrics.json`` / ``summary.json``.
+* workers (``train_loop_per_worker``): the framework-free loop of ``emotion.training``,
+  fed from ``ray.train.get_dataset_shard``; three Ray calls matter: ``get_checkpoint``
+  (resume), ``get_dataset_shard`` (data), ``report`` (metrics + checkpoint).
+
+Resume: a run is ``<storage_path>/<run_name>``. Ray Train restores the latest checkpoint
+of a run that already exists there, after a worker crash (``FailureConfig``) or when the
+job is started again with ``resume=true``. ``resume_from=PATH`` starts a new run from a
+checkpoint (a ``.ckpt`` file or a Ray checkpoint folder holding one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from emotion import storage
+from emotion.checkpoint import load_checkpoint, save_checkpoint
+from emotion.pipelines.ray_env import QUIET_TRAIN_POLLING_HOOK, forwarded_env, init_ray
+from emotion.training import history as history_io
+from emotion.training.augment import build_augment
+from emotion.training.families import get_family
+from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, epoch_generator, evaluate,
+                                   restore_training_checkpoint, save_training_checkpoint, seed_everything,
+                                   train_epoch)
+from emotion.models.registry import input_spec
+from emotion.settings import parse_train_settings
+from emotion.training.rows import CropSpec, RowCounts, person_rows
+from emotion.training.schedule import build_schedule
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.ckpt"
+BEST_FILE = "best.ckpt"
+LAST_FILE = "last.ckpt"  # the final epoch's model: the best by val_score is not always the one to use
+SUMMARY_FILE = "summary.json"
+SCORE_METRIC = "val_score"
+
+
+# -- datasets ---------------------------------------------------------------------------
+def _filesystem(uri: str) -> tuple[Any, str]:
+    """``storage.get_filesystem`` for Ray tasks and actors, which need not share this
+    process's environment: S3 keys found in the environment travel inside the
+    filesystem object; without keys here the standard chain (profile, role) applies there."""
+    keys = {"access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+            "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            "session_token": os.environ.get("AWS_SESSION_TOKEN")}
+    s3 = storage.S3Config(**keys) if storage.is_s3(uri) and keys["access_key_id"] and keys["secret_access_key"] else None
+    return storage.get_filesystem(uri, s3)
+
+
+def _label_info(data_cfg: Mapping[str, Any]) -> tuple[str, tuple[str, ...], list[dict[str, Any]] | None]:
+    """(label set, labels, samples; None for prepared data, which Ray Data reads itself)."""
+    fmt = str(data_cfg["format"])
+    root = str(data_cfg["root"])
+    if fmt == "prepared":
+        import pyarrow.parquet as pq
+
+        from emotion.data.prepare import list_shards, prepared_labels
+
+        shards = list_shards(root)
+        if not shards:
+            raise FileNotFoundError(f"no prepared Parquet shards under {root!r} (run `emotion data prepare` first)")
+        filesystem, path = storage.get_filesystem(shards[0])
+        label_set, labels = prepared_labels(pq.read_schema(path, filesystem=filesystem).empty_table())
+        return label_set, labels, None
+    from emotion.data import read_dataset
+
+    options = dict(data_cfg.get("options") or {})
+    splits = [s for s in (data_cfg.get("train_split"), data_cfg.get("val_split")) if s]
+    options.setdefault("splits", splits)
+    sample_set = read_dataset(fmt, root, **options)
+    samples = list(sample_set.samples())
+    return sample_set.label_set, tuple(sample_set.labels), samples
+
+
+def _rows_batch(batch: pa.Table, spec: CropSpec, num_labels: int, multi_label: bool,
+                make_rows: Callable[..., dict[str, np.ndarray]] = person_rows) -> dict[str, np.ndarray]:
+    from emotion.data.records import row_to_sample
+
+    samples = [row_to_sample(row, num_labels) for row in batch.to_pylist()]
+    return make_rows(samples, spec, RowCounts(), num_labels=num_labels, multi_label=multi_label)
+
+
+def _split_dataset(data_cfg: Mapping[str, Any], samples: list[dict[str, Any]] | None, labels: tuple[str, ...],
+                   label_set: str, split: str, spec: CropSpec, multi_label: bool, seed: int, limit: int | None,
+                   rows_per_task: int, make_rows: Callable[..., dict[str, np.ndarray]] = person_rows
+                   ) -> ray.data.Dataset:
+    """One split as a Ray Dataset of training rows, shuffled once, materialised."""
+    if samples is None:  # prepared Parquet shards: `<split>-NNNNN.parquet`
+        from emotion.data.prepare import list_shards
+
+        shards = [s for s in list_shards(str(data_cfg["root"])) if os.path.basename(s).startswith(f"{split}-")]
+        if not shards:
+            raise FileNotFoundError(f"no shards of split {split!r} under {data_cfg['root']!r}")
+        filesystem, _ = _filesystem(shards[0])
+        ds = ray.data.read_parquet([storage.get_filesystem(s)[1] for s in shards], filesystem=filesystem)
+        if limit:
+            ds = ds.limit(int(limit))
+        ds = ds.random_shuffle(seed=seed)
+    else:
+        from emotion.data.records import samples_to_table
+
+        chosen = [s for s in samples if s["split"] == split]
+        if not chosen:
+            raise ValueError(f"split {split!r} of {data_cfg['root']!r} has no images "
+                             f"(splits found: {sorted({s['split'] for s in samples})})")
+        order = np.random.default_rng(seed).permutation(len(chosen))
+        chosen = [chosen[i] for i in order][: int(limit) if limit else None]
+        table = samples_to_table(chosen, labels, label_set)
+        chunks = [table.slice(i, rows_per_task) for i in range(0, table.num_rows, rows_per_task)]
+        ds = ray.data.from_arrow(chunks)
+    ds = ds.map_batches(_rows_batch, fn_kwargs={"spec": spec, "num_labels": len(labels),
+                                                "multi_label": multi_label, "make_rows": make_rows},
+                        batch_format="pyarrow", batch_size=rows_per_task)
+    ds = ds.materialize()
+    if ds.count() == 0:
+        raise ValueError(f"split {split!r} gave no training rows (no labelled person with the boxes the model needs)")
+    return ds
+
+
+def build_datasets(cfg: Mapping[str, Any], spec: CropSpec, samples: list[dict[str, Any]] | None,
+                   labels: tuple[str, ...], label_set: str, multi_label: bool,
+                   make_rows: Callable[..., dict[str, np.ndarray]] = person_rows) -> dict[str, ray.data.Dataset]:
+    """``{"train": ..., "val": ...}`` Ray Datasets of training rows (test is never used
+    here): one per person with its crops, or what the family's ``make_rows`` makes."""
+    data_cfg = cfg["data"]
+    seed = int(cfg.get("seed", 0))
+    rows_per_task = int(cfg["train"].get("rows_per_task", 512))
+    limit = cfg.get("limit")
+    out = {}
+    for key in ("train", "val"):
+        split = data_cfg.get(f"{key}_split")
+        if not split:
+            raise ValueError(f"data.{key}_split is not set: training needs a train split and a validation split")
+        out[key] = _split_dataset(data_cfg, samples, labels, label_set, str(split), spec, multi_label, seed, limit,
+                                  rows_per_task, make_rows)
+    return out
+
+
+def class_prior(dataset: ray.data.Dataset, num_labels: int) -> list[float]:
+    """Share of each class in the training rows (label rows summed: soft targets count
+    fractionally)."""
+    totals = np.zeros(num_labels, dtype=np.float64)
+    for batch in dataset.select_columns(["labels"]).iter_batches(batch_size=8192, batch_format="numpy"):
+        totals += np.asarray(batch["labels"], dtype=np.float64).reshape(-1, num_labels).sum(axis=0)
+    return (totals / max(totals.sum(), 1e-12)).round(6).tolist()
+
+
+# -- the worker loop --------------------------------------------------------------------
+def _resume_file(path: str) -> str:
+    """A ``.ckpt`` file, or the checkpoint file inside a Ray checkpoint folder."""
+    inside = storage.join(path, CHECKPOINT_FILE)
+    return inside if not path.endswith(".ckpt") and storage.exists(inside) else path
+
+
+def _gather_placement() -> tuple[list[str], list[int]]:
+    """(node id, pid) of every rank, in rank order."""
+    import torch.distributed as dist
+
+    mine = (ray.get_runtime_context().get_node_id(), os.getpid())
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+    else:
+        everyone = [mine]
+    return [n for n, _ in everyone], [p for _, p in everyone]
+
+
+def _epoch_row(epoch: int, train: Mapping[str, Any], val: Mapping[str, Any], world_size: int, start_epoch: int,
+               nodes: list[str], pids: list[int], seconds: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"epoch": epoch, **train, SCORE_METRIC: val["score"]}
+    for key in ("accuracy", "mAP", "ap50"):  # ap50: subject-box detection (single-stage models)
+        if key in val:
+            row[f"val_{key}"] = val[key]
+    if "vad_mae" in val:
+        row["val_vad_mae"] = float(np.mean(val["vad_mae"]))
+    row.update({"val_n": val["n"], "val_seconds": val["seconds"], "epoch_seconds": round(seconds, 3),
+                "world_size": world_size, "start_epoch": start_epoch, "node_ids": nodes, "pids": pids})
+    if "per_class" in val:
+        row["val_per_class"] = val["per_class"]
+    return row
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker (see the module doc)."""
+    job, train_cfg = config["job"], config["job"]["train"]
+    if not logging.getLogger().handlers:  # Ray workers have none: progress lines would be lost
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    if train_cfg.get("torch_threads"):
+        torch.set_num_threads(int(train_cfg["torch_threads"]))
+    seed_everything(int(job.get("seed", 0)) + rank)
+    device = ray.train.torch.get_device()
+    family = get_family(config["model_name"])
+    model = family.build_model(config["model_cfg"]).to(device)
+    criterion = family.build_criterion(train_cfg, model)
+    optimizer = build_optimizer(model, train_cfg, family)
+    amp_dtype = amp_dtype_for(str(train_cfg.get("precision", "auto")), device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    epochs, batch_size = int(train_cfg["epochs"]), int(train_cfg["batch_size"])
+    steps_per_epoch = max(1, (config["train_rows"] // world_size) // batch_size)
+    schedule = build_schedule(train_cfg, steps_per_epoch, epochs)
+    augment_cfg = build_augment(train_cfg.get("augment"))
+
+    state = TrainState()
+    checkpoint = ray.train.get_checkpoint()  # set after a crash or on resume=true
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = restore_training_checkpoint(os.path.join(folder, CHECKPOINT_FILE), model, optimizer, scaler)
+    elif config.get("resume_from"):
+        state = restore_training_checkpoint(_resume_file(config["resume_from"]), model, optimizer, scaler)
+    start_epoch = state.epoch
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    before_training = getattr(family, "before_training", None)  # e.g. CocoER's projection pre-training
+    if before_training is not None and checkpoint is None and not config.get("resume_from"):
+        # Once per fresh run, before DDP wraps the model (DDP then copies rank 0's result to every rank).
+        before_training(model, train_shard.iter_batches(batch_size=int(train_cfg.get("eval_batch_size", 256)),
+                                                        batch_format="numpy"), train_cfg, device)
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=train_cfg.get("ddp") or None)
+    nodes, pids = _gather_placement()
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        batches = train_shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
+                                           local_shuffle_buffer_size=train_cfg.get("shuffle_buffer") or None,
+                                           local_shuffle_seed=int(job.get("seed", 0)) * 7919 + epoch * 31 + rank)
+        generator = epoch_generator(int(job.get("seed", 0)), epoch, rank, device)
+        train_metrics = train_epoch(model, batches, family, criterion, optimizer, schedule, state, device=device,
+                                    augment_cfg=augment_cfg, amp_dtype=amp_dtype, scaler=scaler,
+                                    grad_clip=train_cfg.get("grad_clip"), generator=generator,
+                                    log_every=int(train_cfg.get("log_every", 0)) if rank == 0 else 0,
+                                    max_steps=steps_per_epoch, sam_rho=float(train_cfg.get("sam_rho") or 0.0))
+        val_batches = val_shard.iter_batches(batch_size=int(train_cfg.get("eval_batch_size", 256)), batch_format="numpy")
+        val = getattr(family, "evaluate", evaluate)(model, val_batches, rank=rank, world_size=world_size)
+        state.epoch = epoch + 1
+        row = _epoch_row(epoch, train_metrics, val, world_size, start_epoch, nodes, pids, time.perf_counter() - started)
+        improved = state.record(row)
+        metrics = {k: v for k, v in row.items() if k != "val_per_class"}
+        metrics.update({"best_epoch": state.best_epoch, "best_score": state.best_score, "improved": improved})
+        with tempfile.TemporaryDirectory() as folder:
+            ray_checkpoint = None
+            if rank == 0:
+                save_training_checkpoint(os.path.join(folder, CHECKPOINT_FILE), model_name=config["model_name"],
+                                         model=model, optimizer=optimizer, state=state, train_cfg=job,
+                                         metrics=metrics, scaler=scaler)
+                ray_checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=ray_checkpoint)
+        if rank == 0:  # after the report: the files list only epochs whose checkpoint was handed over
+            history_io.write_history(job["output"], state.history)
+            log.info("epoch %d: train loss %.4f, %s %.4f (%.0f s)", epoch, row["train_loss"], SCORE_METRIC,
+                     row[SCORE_METRIC], row["epoch_seconds"])
+
+
+# -- driver -----------------------------------------------------------------------------
+@dataclass
+class TrainSummary:
+    """What a training run produced."""
+
+    output: str
+    best_checkpoint: str
+    best_epoch: int
+    best_val_score: float
+    selection_metric: str
+    epochs_run: int
+    final_epoch: int
+    wall_seconds: float
+    run_path: str
+    train_rows: int
+    val_rows: int
+    history: list[dict[str, Any]]
+
+    def render(self) -> str:
+        lines = [f"{'epoch':>5} {'train_loss':>10} {'val_score':>9}"]
+        lines += [f"{r['epoch']:>5} {r['train_loss']:>10.4f} {r[SCORE_METRIC]:>9.4f}" for r in self.history]
+        lines.append(f"best: epoch {self.best_epoch}, {self.selection_metric} {self.best_val_score:.4f} -> "
+                     f"{self.best_checkpoint} ({self.wall_seconds:.0f} s)")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "history"}, indent=2)
+
+
+def _scaling_config(scaling: Mapping[str, Any]) -> ray.train.ScalingConfig:
+    """The ``scaling`` group (``jobs/configs/scaling/``) as Ray Train's ScalingConfig."""
+    use_gpu = scaling["use_gpu"]
+    if use_gpu == "auto":
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    resources = {"CPU": float(scaling["cpus_per_worker"])}
+    if use_gpu:
+        resources["GPU"] = float(scaling["gpus_per_worker"])
+    return ray.train.ScalingConfig(num_workers=int(scaling["num_workers"]), use_gpu=bool(use_gpu),
+                                   resources_per_worker=resources,
+                                   placement_strategy=str(scaling["placement_strategy"]))
+
+
+def _storage(cfg: Mapping[str, Any]) -> tuple[str, Any, str]:
+    """(storage path for RunConfig, pyarrow filesystem or None, the run's URI)."""
+    uri = str(cfg.get("storage_path") or storage.join(str(cfg["output"]), "ray"))
+    run_uri = storage.join(uri, str(cfg["run_name"]))
+    if storage.is_s3(uri):
+        filesystem, path = _filesystem(uri)  # Ray Train's controller does not see this environment
+        return path, filesystem, run_uri
+    os.makedirs(uri, exist_ok=True)
+    return uri, None, run_uri
+
+
+def _absolute(uri: str) -> str:
+    """A local path made absolute (``~`` expanded); URIs unchanged."""
+    uri = str(uri)
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+def _check_resume(cfg: Mapping[str, Any], run_uri: str) -> None:
+    exists = storage.exists(run_uri) and bool(storage.list_files(run_uri))
+    if exists and not cfg.get("resume"):
+        raise ValueError(f"a training run already exists at {run_uri}: pass resume=true to continue it, "
+                         "or choose another output / run_name")
+    if exists and cfg.get("resume_from"):
+        raise ValueError(f"resume_from starts a new run, but {run_uri} already exists: use resume=true to continue "
+                         "that run, or another run_name")
+
+
+def model_config(cfg: Mapping[str, Any], labels: tuple[str, ...]) -> dict[str, Any]:
+    """The model's config: ``model`` minus job-only keys, with the dataset's labels."""
+    model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k not in ("name", "checkpoint", "device")}
+    if model_cfg.get("labels") and list(model_cfg["labels"]) != list(labels):
+        raise ValueError(f"model.labels {model_cfg['labels']} differ from the dataset's labels {list(labels)}")
+    model_cfg["labels"] = list(labels)
+    if cfg["data"].get("multi_label") is not None:
+        model_cfg["multi_label"] = bool(cfg["data"]["multi_label"])
+    return model_cfg
+
+
+def _export(checkpoint: Any, target: str, model_name: str) -> dict[str, Any]:
+    """Write a Ray checkpoint's model to ``target`` without the optimiser state; returns
+    the whole checkpoint as loaded."""
+    with checkpoint.as_directory() as folder:
+        ckpt = load_checkpoint(os.path.join(folder, CHECKPOINT_FILE))
+    save_checkpoint(target, model_name=model_name, model_cfg=ckpt["model_cfg"], state_dict=ckpt["state_dict"],
+                    labels=ckpt["labels"], epoch=ckpt["epoch"], optimizer_state=None, metrics=ckpt["metrics"],
+                    extra={k: v for k, v in (ckpt["extra"] or {}).items() if k != "grad_scaler"})
+    return ckpt
+
+
+def export_best(result: Any, output: str, model_name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Copy the best checkpoint (by ``val_score``) to ``<output>/best.ckpt`` and the final
+    epoch's to ``<output>/last.ckpt``, both without the optimiser state; returns (the best's
+    URI, its metrics, the latest checkpoint's extra)."""
+    best = result.get_best_checkpoint(metric=SCORE_METRIC, mode="max")
+    if best is None:
+        raise RuntimeError("the run reported no checkpoint: nothing to export")
+    target = storage.join(output, BEST_FILE)
+    ckpt = _export(best, target, model_name)
+    latest = _export(result.checkpoint, storage.join(output, LAST_FILE), model_name)
+    return target, ckpt["metrics"] or {}, latest["extra"] or {}
+
+
+def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
+    """Train ``cfg.model`` on ``cfg.data`` with Ray Train; see the module doc."""
+    from ray.train.torch import TorchTrainer
+
+    started = time.perf_counter()
+    parse_train_settings(cfg)  # a bad key or value stops here, naming it, before Ray starts
+    # Workers run in their own folders: local paths must not be relative.
+    cfg = {**cfg, **{key: _absolute(cfg[key]) for key in ("output", "storage_path", "resume_from") if cfg.get(key)}}
+    model_name = str(cfg["model"]["name"])
+    family = get_family(model_name)  # a family that cannot be trained fails here, before Ray starts
+    storage_path, filesystem, run_uri = _storage(cfg)
+    _check_resume(cfg, run_uri)
+    # The hook silences Ray Train's per-second PlacementGroupCleaner warning (see ray_env).
+    init_ray(cfg.get("ray") or {}, worker_setup_hook=QUIET_TRAIN_POLLING_HOOK)
+
+    label_set, labels, samples = _label_info(cfg["data"])
+    model_cfg = model_config(cfg, labels)
+    # The model's input contract says which crops to cut; crops shrink images as tagging does.
+    contract = input_spec({**model_cfg, "name": cfg["model"]["name"]})
+    spec = CropSpec(levels=contract.levels, size=contract.input_size, head_expand=float(cfg["data"]["head_expand"]),
+                    max_side=int(cfg["predictor"]["max_image_side"]))
+    make_rows = family.row_maker(model_cfg) if hasattr(family, "row_maker") else person_rows
+    datasets = build_datasets(cfg, spec, samples, labels, label_set, contract.multi_label, make_rows)
+    train_rows, val_rows = datasets["train"].count(), datasets["val"].count()
+    log.info("training rows: %d, validation rows: %d (%s)", train_rows, val_rows, ", ".join(spec.levels))
+    datasets["train"] = datasets["train"].randomize_block_order()  # a new block order every epoch
+
+    failure = ray.train.FailureConfig(max_failures=int(cfg.get("max_failures", 2)))
+    checkpoints = ray.train.CheckpointConfig(num_to_keep=cfg.get("keep_checkpoints", 2),
+                                             checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max")
+    # Workers write metrics and read data through emotion.storage: give them the driver's S3 settings.
+    env_vars = forwarded_env()
+    run_config = ray.train.RunConfig(name=str(cfg["run_name"]), storage_path=storage_path,
+                                     storage_filesystem=filesystem, failure_config=failure,
+                                     checkpoint_config=checkpoints,
+                                     worker_runtime_env={"env_vars": env_vars} if env_vars else None)
+    job = dict(cfg)
+    if float(cfg["train"].get("logit_adjust_tau") or 0) > 0:
+        job["train"] = {**cfg["train"], "class_prior": class_prior(datasets["train"], len(labels))}
+        log.info("class prior of the train split: %s", dict(zip(labels, job["train"]["class_prior"])))
+    loop_config = {"job": job, "model_name": model_name, "model_cfg": model_cfg, "train_rows": train_rows,
+                   "resume_from": cfg.get("resume_from")}
+    trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
+                           scaling_config=_scaling_config(cfg["scaling"]), run_config=run_config, datasets=datasets,
+                           dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {result.error}") from result.error
+
+    output = str(cfg["output"])
+    best_uri, best_metrics, latest_extra = export_best(result, output, model_name)
+    history = list(latest_extra.get("history") or [])
+    summary = TrainSummary(
+        output=output, best_checkpoint=best_uri, best_epoch=int(best_metrics["epoch"]),
+        best_val_score=float(best_metrics[SCORE_METRIC]),
+        selection_metric="mAP" if contract.multi_label else "accuracy", epochs_run=len(history),
+        final_epoch=int(history[-1]["epoch"]) if history else -1, wall_seconds=round(time.perf_counter() - started, 1),
+        run_path=run_uri, train_rows=train_rows, val_rows=val_rows, history=history,
+    )
+    history_io.write_history(output, history, {k: v for k, v in asdict(summary).items() if k != "history"})
+    storage.write_bytes(storage.join(output, SUMMARY_FILE), summary.to_json().encode())
+    return summary

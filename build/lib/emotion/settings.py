@@ -1,0 +1,314 @@
+"""The jobs' settings (tag, eval, train), validated once before anything starts (Ray included).
+
+One model per config group (``detector``, ``predictor``, ``model``, ``data``, ``ray``,
+``stages``, ``scaling``, ``train``) and one per job; the serve job's ``serve`` group is
+``emotion.pipelines.serving.ServeSettings``. The YAML files under ``jobs/configs`` hold
+every default; these models only say what a valid value is. A mistake raises
+``ConfigError`` with one line naming the key, the value and what is allowed, e.g.::
+
+    bad config: detector.score_threshold='abc': Input should be a valid number
+    bad config: stages.detect: pool_max (0) must be >= pool_min (1)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal, Mapping, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from emotion import storage
+
+
+class ConfigError(ValueError):
+    """A config key has a bad value; the message names it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+Fraction = Field(ge=0.0, le=1.0)
+
+
+# -- detector, predictor -----------------------------------------------------------------
+class RetinaFaceSettings(_Strict):
+    name: Literal["retinaface"]
+    weights: str
+    score_threshold: float = Fraction
+    nms_iou: float = Fraction
+    max_size: int = Field(ge=32)
+    upscale_size: int = Field(ge=0)
+    top_k: int = Field(ge=1)
+    device: str
+    head_expand: float = Field(ge=1.0)
+
+
+class FullFrameSettings(_Strict):
+    name: Literal["full_frame"]
+    head_expand: float = Field(ge=1.0)
+
+
+DetectorSettings = Union[RetinaFaceSettings, FullFrameSettings]
+
+
+class PredictorSettings(_Strict):
+    threshold: float = Fraction
+    max_people: int = Field(ge=1)
+    max_image_side: int = Field(ge=0)  # 0: never shrink
+    crops: Literal["auto", "pil", "device"]
+    decode: Literal["auto", "pil", "device"]
+    precision: Literal["fp32", "fp16", "bf16"]
+
+
+class ModelSettings(BaseModel):
+    """Family-specific keys are checked by the family's builder; these are common."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    name: str = Field(min_length=1)
+    device: str
+    score_threshold: Optional[float] = Field(None, ge=0.0, le=1.0)  # single-stage models (dsct)
+
+
+# -- Ray stage sizing --------------------------------------------------------------------
+class TaskStage(_Strict):
+    batch_size: int = Field(ge=1)
+    num_cpus: float = Field(gt=0)
+    max_tasks: Optional[int] = Field(None, ge=1)  # concurrent tasks; None: Ray Data decides
+
+
+class DecodeStage(TaskStage):
+    # Where images are read and decoded: "auto" (in the first actor stage when the
+    # cluster has no GPU, else in tasks), true (the actors), false (tasks).
+    in_actors: Union[Literal["auto"], bool] = "auto"
+
+
+class ActorStage(_Strict):
+    pool_min: int = Field(ge=1)
+    pool_max: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    num_cpus: float = Field(ge=0)
+    num_gpus: Union[Literal["auto"], float]
+    gpu_fraction: float = Field(gt=0, le=1)
+    torch_threads: Optional[int] = Field(ge=1)
+    max_tasks_in_flight: Optional[int] = Field(ge=1)
+    scheduling_strategy: Optional[Literal["SPREAD", "DEFAULT"]]
+    resources: Optional[dict[str, float]]
+
+    @model_validator(mode="after")
+    def _pool_order(self) -> "ActorStage":
+        if self.pool_max < self.pool_min:
+            raise ValueError(f"pool_max ({self.pool_max}) must be >= pool_min ({self.pool_min})")
+        if isinstance(self.num_gpus, float) and self.num_gpus < 0:
+            raise ValueError(f"num_gpus must be 'auto' or >= 0, got {self.num_gpus}")
+        return self
+
+
+class Stages(_Strict):
+    """The ``stages`` group: tagging's Ray Data stage sizing."""
+
+    wait_for_min_actors_s: Optional[float] = Field(ge=0)
+    fuse: bool
+    decode: DecodeStage
+    predict: ActorStage
+    detect: ActorStage
+    recognize: ActorStage
+
+
+class RaySettings(_Strict):
+    """The ``ray`` group: how to reach Ray (every job)."""
+
+    address: Optional[str]
+    num_cpus: Optional[int] = Field(ge=1)
+    num_gpus: Optional[int] = Field(ge=0)
+    include_dashboard: bool
+    log_to_driver: bool
+    object_store_memory: Optional[int] = Field(None, ge=78_643_200)  # not in the YAML: Ray sizes it
+
+
+# -- the job -----------------------------------------------------------------------------
+class TagSettings(_Strict):
+    input: str = Field(min_length=1)
+    output: str = Field(min_length=1)
+    path_column: str = Field(min_length=1)
+    resume: bool
+    retry_errors: bool
+    break_lock: bool
+    limit: Optional[int] = Field(None, ge=1)
+    max_pixels: int = Field(ge=1)
+    max_file_bytes: int = Field(ge=1)
+    commit_every_rows: int = Field(ge=1)
+    commit_every_s: float = Field(gt=0)
+    summary_json: Optional[str]
+    progress_every_s: float = Field(ge=0)
+    echo_images: int = Field(ge=0)
+    annotate: Optional[str]
+    detector: DetectorSettings = Field(discriminator="name")
+    model: ModelSettings
+    predictor: PredictorSettings
+    ray: RaySettings
+    stages: Stages
+
+
+# -- eval and train ---------------------------------------------------------------------
+class DataSettings(BaseModel):
+    """The ``data`` group; format-specific keys are the readers' (``emotion.data``)."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    format: str = Field(min_length=1)
+    root: str = Field(min_length=1)
+    head_expand: float = Field(ge=1.0)
+    multi_label: Optional[bool]
+
+
+class EvalSettings(_Strict):
+    batch_size: int = Field(ge=1)
+    limit_per_class: Optional[int] = Field(ge=1)
+    confusion_png: Optional[str]
+    output_json: Optional[str]
+    limit: Optional[int] = Field(None, ge=1)
+    protocol: Literal["auto", "scenes"] = "auto"
+    detector: DetectorSettings = Field(discriminator="name")
+    model: ModelSettings
+    predictor: PredictorSettings
+    data: DataSettings
+
+
+class ScalingSettings(_Strict):
+    """The ``scaling`` group: Ray Train workers."""
+
+    num_workers: int = Field(ge=1)
+    use_gpu: Union[Literal["auto"], bool]
+    cpus_per_worker: float = Field(gt=0)
+    gpus_per_worker: float = Field(gt=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+
+
+class AugmentSettings(_Strict):
+    flip: bool
+    max_rotation_deg: float = Field(ge=0, le=180)
+    min_scale: float = Field(gt=0, le=1)
+    max_shift: float = Field(ge=0, lt=1)
+    brightness: float = Field(ge=0, le=1)
+    contrast: float = Field(ge=0, le=1)
+    erase_prob: float = Fraction
+
+
+class LoopSettings(BaseModel):
+    """The ``train`` group (the training loop); experiments may add family-specific keys."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    schedule: Literal["cosine", "step", "constant"]
+    warmup_epochs: float = Field(ge=0)
+    label_smoothing: float = Field(ge=0, lt=1)
+    target_mode: Literal["majority", "probability", "crossentropy", "multi_target"] = "majority"
+    sam_rho: float = Field(0.0, ge=0)
+    logit_adjust_tau: float = Field(0.0, ge=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    torch_threads: Optional[int] = Field(ge=1)
+    rows_per_task: int = Field(ge=1)
+    augment: AugmentSettings
+
+
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    output: str = Field(min_length=1)
+    run_name: str = Field(min_length=1)
+    resume: bool
+    max_failures: int = Field(ge=0)
+    keep_checkpoints: int = Field(ge=1)
+    seed: int
+    limit: Optional[int] = Field(ge=1)
+    train: LoopSettings
+    model: ModelSettings
+    data: DataSettings
+    predictor: PredictorSettings
+    ray: RaySettings
+    scaling: ScalingSettings
+
+
+_SECRET_WORDS = ("token", "secret", "password")
+
+
+def _describe(error: Mapping[str, Any], data: Mapping, prefix: str = "") -> str:
+    # Drop the union tag pydantic adds to the location (``detector.retinaface.top_k``).
+    loc = [str(p) for p in error["loc"] if not (isinstance(p, str) and p in ("retinaface", "full_frame"))]
+    key = ".".join([prefix, *loc] if prefix else loc)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if error["type"] == "missing":
+        return f"{key}: missing (required)"
+    value: Any = data
+    for part in loc:
+        value = value.get(part) if isinstance(value, Mapping) else None
+    secret = any(word in key.lower() for word in _SECRET_WORDS)  # never echo a credential
+    shown = f"={value!r}" if value is not None and not isinstance(value, Mapping) and not secret else ""
+    return f"{key}{shown}: {message}"
+
+
+def parse_settings(model: type[BaseModel], data: Mapping, what: str = "config", prefix: str = "") -> Any:
+    """Validate ``data`` (the config section at ``prefix``); a mistake raises
+    ``ConfigError`` with one line naming the key."""
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"bad {what}: {_describe(first, data, prefix)}{more}") from None
+
+
+class ServeJobSettings(_Strict):
+    """The serve job's groups; the ``serve`` group itself is ``ServeSettings``
+    (``emotion.pipelines.serving.settings``)."""
+
+    detector: DetectorSettings = Field(discriminator="name")
+    model: ModelSettings
+    predictor: PredictorSettings
+    ray: RaySettings
+    serve: dict
+
+
+def parse_eval_settings(cfg: Mapping) -> EvalSettings:
+    return parse_settings(EvalSettings, cfg)
+
+
+def parse_train_settings(cfg: Mapping) -> TrainSettings:
+    settings = parse_settings(TrainSettings, cfg)
+    check_output_location(settings.output)
+    return settings
+
+
+def parse_tag_settings(cfg: Mapping) -> TagSettings:
+    settings = parse_settings(TagSettings, cfg)
+    check_output_location(settings.output)
+    if settings.annotate:  # a bad folder must fail now, not after hours of tagging
+        check_output_location(settings.annotate, key="annotate")
+    return settings
+
+
+def check_output_location(output: str, key: str = "output") -> None:
+    """Fail now, before Ray starts, if ``output`` (the config's ``key``) cannot be a
+    writable folder; the message names the key."""
+    if storage.is_s3(output):
+        storage.split_s3(output)  # malformed URIs raise ValueError
+        try:
+            storage.check_bucket(output)
+        except storage.StorageError as exc:  # missing bucket or credentials: one line naming the key
+            raise storage.StorageError(f"{key}={output!r}: {exc}") from None
+        return
+    path = os.path.abspath(os.path.expanduser(output))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"bad config: {key}={output!r}: is a file; give a folder (it is created if missing)")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"bad config: {key}={output!r}: {parent} is a file, so the folder cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"bad config: {key}={output!r}: {parent} is not writable")

@@ -1,0 +1,80 @@
+"""Classification losses for the four ways a label can be a target (FER+ training modes).
+
+Labels arrive as float32 [B, K] rows (``emotion.data.records``): one-hot for ordinary
+single-label data, a vote distribution or a set of acceptable classes for FER+
+(``emotion.data.ferplus``). The mode says how a row is read (Barsoum et al., ICMI 2016):
+
+================ ===================================================================
+mode             loss on logits z [B, K] and target row t [B, K]
+================ ===================================================================
+majority         cross-entropy on argmax(t) (label smoothing applies)
+probability      cross-entropy on a class drawn from t at every step (PLD)
+crossentropy     cross-entropy against the distribution t itself (CEL)
+multi_target     -log sum_{k: t_k > 0} softmax(z)_k: any of the classes voted for
+================ ===================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+TARGET_MODES: tuple[str, ...] = ("majority", "probability", "crossentropy", "multi_target")
+
+
+def check_target_mode(mode: str) -> str:
+    if mode not in TARGET_MODES:
+        raise ValueError(f"target mode must be one of {list(TARGET_MODES)}, got {mode!r}")
+    return mode
+
+
+def logit_adjustment(class_prior: list[float] | None, tau: float) -> torch.Tensor | None:
+    """``tau * log(prior)`` [K], added to the logits inside the training loss only (Menon
+    et al., ICLR 2021, "Long-tail learning via logit adjustment"): the model then needs a
+    larger margin on frequent classes, so rare classes (FER+'s contempt and disgust) are
+    predicted more often at inference, where nothing is added. None when ``tau`` is 0."""
+    if not tau:
+        return None
+    if not class_prior:
+        raise ValueError("logit adjustment (train.logit_adjust_tau > 0) needs the training split's class prior")
+    prior = torch.as_tensor(class_prior, dtype=torch.float32).clamp_min(1e-6)
+    return float(tau) * torch.log(prior / prior.sum())
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, mode: str = "majority",
+                        label_smoothing: float = 0.0, generator: torch.Generator | None = None,
+                        adjustment: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean loss over the batch of single-label ``logits`` [B, K] against ``labels`` [B, K]
+    (module doc); ``adjustment`` [K] (``logit_adjustment``) is added to the logits first."""
+    check_target_mode(mode)
+    logits = logits.float()
+    if adjustment is not None:
+        logits = logits + adjustment.to(logits.device)
+    labels = labels.to(logits.dtype)
+    if len(logits) == 0:
+        return logits.sum() * 0.0  # keeps the graph: an empty term adds nothing
+    if mode == "majority":
+        return F.cross_entropy(logits, labels.argmax(dim=-1), label_smoothing=label_smoothing)
+    if mode == "probability":
+        weights = labels.clamp_min(0) + (labels.sum(dim=-1, keepdim=True) <= 0).to(labels.dtype)
+        drawn = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+        return F.cross_entropy(logits, drawn, label_smoothing=label_smoothing)
+    log_p = F.log_softmax(logits, dim=-1)
+    if mode == "crossentropy":
+        target = labels / labels.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        if label_smoothing:
+            target = (1.0 - label_smoothing) * target + label_smoothing / target.shape[-1]
+        return -(target * log_p).sum(dim=-1).mean()
+    accepted = labels > 0  # multi_target
+    return -torch.logsumexp(log_p.masked_fill(~accepted, float("-inf")), dim=-1).mean()
+
+
+def loss_settings(train_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The single-label loss keywords a criterion takes from the ``train`` config:
+    ``target_mode``, ``label_smoothing`` and the logit ``adjustment`` (``class_prior`` is
+    put there by the trainer when ``logit_adjust_tau`` > 0)."""
+    return {"target_mode": check_target_mode(str(train_cfg.get("target_mode") or "majority")),
+            "label_smoothing": float(train_cfg.get("label_smoothing", 0.0)),
+            "adjustment": logit_adjustment(train_cfg.get("class_prior"), float(train_cfg.get("logit_adjust_tau") or 0))}

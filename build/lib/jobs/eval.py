@@ -1,0 +1,88 @@
+"""Evaluation job: ``emotion eval model=fer data=image_folder data.root=PATH``.
+
+Prints one JSON line: ``accuracy`` and ``per_class`` for single-label sets, ``mAP`` and
+``per_class_ap`` for multi-label ones, ``vad_mae`` when the model predicts VAD; the
+report and the scoring loop are the ones validation uses during training
+(``emotion.metrics.evaluation_report``, ``emotion.metrics.score_batches``).
+
+* ``data=image_folder``: class folders, scored through the predictor (detector included);
+* any other format (``data=synthetic``, ``data=prepared``, ...): the split's annotated
+  people, cropped from their boxes (``data.split``, else the config's ``test_split``);
+* a model that finds people itself (``model=dsct``), or ``protocol=scenes`` with any model:
+  whole images through the predictor, each annotated person matched to the predicted box
+  with the highest IoU (the DSCT protocol), plus the boxes' ``ap50``;
+* ``model.checkpoint=PATH`` evaluates a trained checkpoint (``emotion train``);
+* ``confusion_png=PATH`` also writes the confusion matrix plot (single-label sets).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from emotion import storage
+from emotion.evaluation import evaluate_dataset, evaluate_image_folder, evaluate_scenes, plot_confusion
+from emotion.models.registry import input_spec
+from emotion.predictor import build_emotion_model, build_predictor
+from emotion.settings import parse_eval_settings
+from jobs.user_errors import exit_on_user_error
+
+log = logging.getLogger("emotion.eval")
+
+
+def run(cfg: DictConfig) -> dict:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    parse_eval_settings(plain)  # a bad key or value stops here, naming it
+    data = plain["data"]
+    if data["format"] == "image_folder":
+        predictor = build_predictor(plain)
+        model = predictor.model
+        report = evaluate_image_folder(predictor, data["root"], data.get("split"), plain.get("batch_size", 256),
+                                       plain.get("limit_per_class"))
+    else:
+        split = data.get("split") or data.get("test_split") or data.get("val_split")
+        if not split:
+            raise ValueError(f"data.format={data['format']!r}: say which split to evaluate with data.split=NAME")
+        spec = input_spec(plain["model"])
+        if plain.get("protocol", "auto") == "scenes" or spec.finds_people:
+            if spec.finds_people:  # as validation during training: every query is a candidate
+                plain["model"]["score_threshold"] = 0.0
+            elif plain["detector"].get("name") == "full_frame":
+                raise ValueError("protocol=scenes finds the people in whole images: it needs a detector "
+                                 "(detector=retinaface), not detector=full_frame")
+            predictor = build_predictor(plain, spec=spec)
+            report = evaluate_scenes(predictor, data, str(split), batch_size=int(plain.get("batch_size", 256)),
+                                     limit=plain.get("limit"), levels=True)
+            report["model"] = predictor.spec.model_id
+            return _finish(plain, report, predictor.spec.labels, data)
+        model = build_emotion_model(plain["model"])
+        report = evaluate_dataset(model, data, str(split), max_side=int(plain["predictor"]["max_image_side"]),
+                                  batch_size=int(plain.get("batch_size", 256)), limit=plain.get("limit"))
+    report["model"] = f"{model.name}@sha256:{model.checkpoint_hash[:16]}"
+    return _finish(plain, report, model.labels, data)
+
+
+def _finish(plain: dict, report: dict, labels, data: dict) -> dict:
+    """Write the confusion plot and the JSON the config asks for; print one JSON line."""
+    if plain.get("confusion_png") and "confusion" in report:
+        name = report["model"].split("@")[0]
+        storage.write_bytes(plain["confusion_png"], plot_confusion(report["confusion"], list(labels),
+                                                                   title=f"{name}: {data['root'].rstrip('/').split('/')[-1]}"))
+    line = json.dumps({k: v for k, v in report.items() if k != "confusion"})
+    print(line, flush=True)
+    if plain.get("output_json"):
+        storage.write_bytes(plain["output_json"], json.dumps(report, indent=2).encode())
+    return report
+
+
+@hydra.main(config_path="configs", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error(log, errors=(FileNotFoundError, ValueError)):
+        run(cfg)
+
+
+if __name__ == "__main__":
+    main()
