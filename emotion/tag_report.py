@@ -2,10 +2,10 @@
 
 Two views of the rows a run committed (``TagSummary.files``):
 
-* ``image_line``: one line per image, e.g. ``crowd.jpg: 3 people: happy 0.91, neutral 0.60,
+* ``image_line``: one line per image, e.g. ``crowd.jpg: 3 people: happiness 0.91, neutral 0.60,
   sad 0.55``, ``empty.jpg: no person``, ``bad.jpg: error: <reason>``;
 * ``annotate``: each tagged image written as a JPEG with its face boxes, body boxes and
-  "happy 0.89" labels drawn, into a local folder or an ``s3://`` prefix.
+  "happiness 0.89" labels drawn, into a local folder or an ``s3://`` prefix.
 
 A person's top emotion is the argmax of their ``scores`` against the label set stored
 in the file's metadata, so it is defined for single- and multi-label models alike
@@ -111,7 +111,7 @@ def read_images(files: Iterable[str]) -> list[TaggedImage]:
 
 # -- one line per image ----------------------------------------------------------------
 def image_line(image: TaggedImage) -> str:
-    """``obama.jpg: 1 person: happy 0.44``, ``empty.jpg: no person``, ``bad.jpg: error: ...``."""
+    """``obama.jpg: 1 person: neutral 0.71``, ``empty.jpg: no person``, ``bad.jpg: error: ...``."""
     if image.error is not None:
         return f"{image.name}: error: {image.error}"
     if not image.people:
