@@ -3,7 +3,7 @@
 Two views of the rows a run committed (``TagSummary.files``):
 
 * ``image_line``: one line per image, e.g. ``crowd.jpg: 3 people: happiness 0.91, neutral 0.60,
-  sad 0.55``, ``empty.jpg: no person``, ``bad.jpg: error: <reason>``;
+  sadness 0.55``, ``empty.jpg: no person``, ``bad.jpg: error: <reason>``;
 * ``annotate``: each tagged image written as a JPEG with its face boxes, body boxes and
   "happiness 0.89" labels drawn, into a local folder or an ``s3://`` prefix.
 
