@@ -10,10 +10,11 @@
   place locally, a single PUT of the complete object on S3. A crash loses at most the
   rows not yet committed, and a re-run never sees half a file.
 * **Resume.** ``scan_output`` reads the ``source`` column of every unit to learn what is
-  done and which images failed, and the model id in each unit's schema (a resume with
-  another model, whose labels and scores would not match, is refused by the caller). A file that cannot be read (truncated by a crash of some
-  other writer, a disk error) is moved to ``_quarantine/`` with a warning, and its images
-  are tagged again.
+  done and which images failed, and the model id in each unit's schema
+  (``OutputState.check_model`` refuses a resume with another model, whose labels and
+  scores would not match). A file that cannot be read (truncated by a crash of some other
+  writer, a disk error) is moved to ``_quarantine/`` with a warning, and its images are
+  tagged again.
 * **One writer.** ``OutputLock`` keeps a run marker in the output and refuses a second
   run while the first is alive. A marker left by a killed run is taken over: at once if
   its process is gone from this host, else once its heartbeat is older than ``stale_s``.
