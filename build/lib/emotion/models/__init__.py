@@ -1,1 +1,0 @@
-"""Models: detectors, backbones, the joint CocoER model and face models."""
