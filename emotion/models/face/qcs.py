@@ -29,8 +29,9 @@ forward(head [B, 3, S, S] ImageNet-normalised, quadruplets int64 [Q, 4] or None)
 
 ``predict`` (``EmotionModel``) takes uint8 crops [B, S, S, 3] and returns softmax
 ``scores`` [B, K]; with ``test_flip`` the mean of the face's and its mirror image's
-softmax (faces are left-right symmetric in expression, and training flips them too). ``cross_similarity: false`` builds the plain network without the
-attention (the ablation's cross-entropy baseline: same backbone, same head).
+softmax (faces are left-right symmetric in expression, and training flips them too).
+``cross_similarity: false`` builds the plain network without the attention (the
+ablation's cross-entropy baseline: same backbone, same head).
 
 Trained weights load from a checkpoint of ``emotion train`` (``model.checkpoint``).
 """
@@ -159,10 +160,12 @@ class QCSNet(nn.Module):
     def predict(self, crops: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """uint8 head crops [B, S, S, 3] (RGB, S = input_size) -> ``scores`` float32 [B, K]:
         the base branch alone (with ``test_flip``, averaged with the mirrored crops')."""
-        scores = torch.softmax(head_logits(self, crops), dim=-1)
-        if self.config["test_flip"] and len(scores):
-            mirrored = {**crops, "head": np.ascontiguousarray(crops["head"][:, :, ::-1])}
-            scores = (scores + torch.softmax(head_logits(self, mirrored), dim=-1)) / 2
+        heads = crops["head"]
+        if self.config["test_flip"]:  # faces and mirror images in one forward
+            heads = np.concatenate([heads, heads[:, :, ::-1]])
+        scores = torch.softmax(head_logits(self, {**crops, "head": heads}), dim=-1)
+        if self.config["test_flip"]:
+            scores = scores.reshape(2, len(heads) // 2, scores.shape[-1]).mean(dim=0)
         return {"scores": scores.cpu().numpy().astype(np.float32)}
 
     def output_columns(self, outputs: dict[str, np.ndarray]) -> dict:
