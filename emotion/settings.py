@@ -92,6 +92,9 @@ class ActorStage(_Strict):
     gpu_fraction: float = Field(gt=0, le=1)
     torch_threads: Optional[int] = Field(ge=1)
     max_tasks_in_flight: Optional[int] = Field(ge=1)
+    # Batches one actor runs at once, each in its own thread (torch, Pillow and NumPy
+    # release the GIL): one process, so its imports and models are paid for once.
+    concurrent_batches: int = Field(1, ge=1)
     scheduling_strategy: Optional[Literal["SPREAD", "DEFAULT"]]
     resources: Optional[dict[str, float]]
 

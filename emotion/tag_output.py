@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "_LOCK.json"
 QUARANTINE = "_quarantine"
 ROWS_IN_IMAGE = "rows_in_image"  # the stream's per-row count of the image's rows (not written)
+DETECT_NODE = "detect_node"  # the stream's Ray node that detected the row (not written)
 
 
 class OutputLockedError(RuntimeError):
@@ -250,7 +251,7 @@ class UnitWriter:
     def _take(self, rows: pa.Table) -> None:
         if len(rows) == 0:
             return
-        self._ready.append(rows.drop_columns([ROWS_IN_IMAGE]))
+        self._ready.append(rows.drop_columns([c for c in (ROWS_IN_IMAGE, DETECT_NODE) if c in rows.column_names]))
         self._ready_rows += len(rows)
         if self._oldest_ready is None:
             self._oldest_ready = time.monotonic()

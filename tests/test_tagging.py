@@ -109,24 +109,55 @@ def test_tag_resume_after_partial_output(ray_local, mixed_folder, tmp_path):
     assert len(sources) == len(set(sources))  # full_frame: one row per image, never twice
 
 
-def test_decode_in_the_actors_gives_the_rows_of_decode_tasks(ray_local, mixed_folder, tmp_path):
+def test_decode_in_the_actors_and_threaded_actors_give_the_rows_of_decode_tasks(ray_local, mixed_folder, tmp_path):
     """``stages.decode.in_actors``: the predict actors reading and decoding their own
     batches (the CPU default) tag exactly as decode tasks feeding them do, error rows
-    for the corrupt files included."""
+    for the corrupt files included; and one actor running three batches at once in
+    threads (``concurrent_batches``, the local default) tags as two one-batch actors do."""
     from jobs.tag import run
 
     root, _ = mixed_folder
+    variants = {
+        "in_actors_threaded": ["stages.decode.in_actors=true"],
+        "decode_tasks": ["stages.decode.in_actors=false"],
+        "two_actors_one_batch": ["stages.decode.in_actors=true", "stages.predict.concurrent_batches=1",
+                                 "stages.predict.pool_min=2", "stages.predict.pool_max=2",
+                                 "stages.predict.num_cpus=0.5"],
+    }
     tables = {}
-    for in_actors in ("true", "false"):
-        output = tmp_path / in_actors
-        summary = run(compose_tag([f"input={root}", f"output={output}", f"stages.decode.in_actors={in_actors}"]))
+    for name, overrides in variants.items():
+        output = tmp_path / name
+        summary = run(compose_tag([f"input={root}", f"output={output}", *overrides]))
         assert summary.errors > 0  # the corrupt files
+        assert sum(summary.images_by_node.values()) == summary.images  # counted from the rows
         table, _ = read_output(output)
-        tables[in_actors] = sorted(
+        assert "detect_node" not in table.column_names and "rows_in_image" not in table.column_names
+        tables[name] = sorted(
             (r["source"], r["person_index"] if r["person_index"] is not None else -1, r["error"],
              tuple(round(v, 3) for v in r["face_box"] or ()), tuple(round(v, 4) for v in r["scores"] or ()))
             for r in table.to_pylist())
-    assert tables["true"] == tables["false"]
+    assert tables["in_actors_threaded"] == tables["decode_tasks"] == tables["two_actors_one_batch"]
+
+
+def test_pipeline_counts_each_image_once_per_node_even_split_across_batches():
+    """The driver counts images, people, errors and images per node from the rows: an
+    image's rows split over two batches count once (at its first row)."""
+    import pyarrow as pa
+
+    from emotion.pipelines.tagging import PipelineCounts
+
+    def batch(rows):
+        source, person, error, node = zip(*rows)
+        return pa.table({"source": list(source), "person_index": pa.array(person, pa.int32()),
+                         "error": pa.array(error, pa.string()), "detect_node": list(node)})
+
+    counts = PipelineCounts()
+    counts.add(batch([("a.jpg", 0, None, "n1"), ("a.jpg", 1, None, "n1"),  # a: 3 people, split
+                      ("b.jpg", None, None, "n2"),                          # b: nobody in it
+                      ("c.jpg", None, "cannot identify image file", "n2")]))  # c: an error row
+    counts.add(batch([("a.jpg", 2, None, "n1"), ("d.jpg", 0, None, "n1")]))
+    assert (counts.images, counts.people, counts.errors) == (4, 4, 1)
+    assert counts.images_by_node == {"n1": 2, "n2": 2}
 
 
 def test_manifest_input_and_missing_input(ray_local, mixed_folder, tmp_path):

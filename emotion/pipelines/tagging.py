@@ -11,7 +11,8 @@ Every input image appears exactly once in the output. Output is committed as the
 (every ``commit_every_rows`` rows or ``commit_every_s`` seconds), so a crash loses only
 the last unit's worth of work, and re-running over the same output skips images already
 there (resume); ``retry_errors=true`` also tags again the images whose rows are errors.
-A lock in the output refuses a second concurrent run. See ``emotion.tag_output``.
+A lock in the output refuses a second concurrent run. See ``emotion.tag_output``; what
+runs in the tasks and actors is in ``emotion.pipelines.tag_stages``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -33,12 +33,12 @@ from emotion import storage
 from emotion.image_files import IMAGE_SUFFIXES
 from emotion.models.protocol import InputSpec
 from emotion.models.registry import input_spec
-from emotion.predictor import DecodedBatch, build_predictor, has_error
+from emotion.predictor import has_error
 from emotion.schema import output_schema
 from emotion.pipelines.ray_env import forwarded_env, gpus_available, init_ray
-from emotion.pipelines.tag_progress import TagProgress
-from emotion.sources import UnnameableSourceError, encode_source, read_source, source_path
-from emotion.tag_output import ROWS_IN_IMAGE, OutputLock, UnitWriter, drop_superseded, remove_partial_writes, \
+from emotion.sources import UnnameableSourceError, encode_source
+from emotion.pipelines.tag_stages import DetectStage, PredictStage, RecognizeStage, read_and_decode
+from emotion.tag_output import DETECT_NODE, OutputLock, UnitWriter, drop_superseded, remove_partial_writes, \
     scan_output
 from emotion.settings import TagSettings, parse_tag_settings
 
@@ -127,91 +127,6 @@ def source_blocks(inputs: Sequence[tuple[str, int]], block: int) -> list[pa.Tabl
             for i in range(0, len(inputs), block)]
 
 
-# -- stages -----------------------------------------------------------------------------
-def read_and_decode(batch: dict[str, np.ndarray], max_side: int, max_pixels: int,
-                    max_file_bytes: int) -> dict[str, np.ndarray]:
-    """Ray Data task: read and decode each source in turn; failures become error rows.
-
-    One file's bytes are held at a time (dropped once decoded), and a file above
-    ``max_file_bytes`` is refused before it is read, so a batch's memory is bounded by
-    its decoded (shrunk) images, whatever the files weigh.
-    """
-    out = DecodedBatch()
-    for text, raw, size, error in zip(batch["source"], batch["source_bytes"], batch["size"], batch["error"]):
-        raw = bytes(raw) if raw is not None else b""
-        data = None
-        if not error:
-            data, error = read_source(source_path(str(text), raw), max_bytes=max_file_bytes, known_size=int(size))
-        out.add(str(text), data, max_side, max_pixels, source_bytes=raw, error=error or None)
-        del data
-    return out.to_batch()
-
-
-def _limit_threads(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(int(n))
-
-
-class DetectStage:
-    """Actor: loads the detector once, turns decoded images into person rows with crops.
-
-    With ``decode`` (``read_and_decode``'s keyword arguments) it takes source rows and
-    reads and decodes them itself first.
-    """
-
-    recognizes = False  # whether the actor also loads the emotion model
-
-    def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None, progress: Any = None,
-                 decode: Mapping[str, int] | None = None):
-        _limit_threads(torch_threads)
-        self.predictor = build_predictor(cfg, recognize=self.recognizes, spec=spec)
-        self.progress = progress
-        self.decode = dict(decode) if decode is not None else None
-        self.node_id = ray.get_runtime_context().get_node_id()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.decode is not None:
-            batch = read_and_decode(batch, **self.decode)
-        people = self.predictor.detect(batch)
-        if self.progress is not None:
-            n_errors = sum(has_error(e) for e in batch["error"])
-            n_people = int((people["person_index"] >= 0).sum())
-            self.progress.report.remote(self.node_id, len(batch["source"]), n_people, n_errors)
-        return people
-
-
-class PredictStage(DetectStage):
-    """Actor: detect and recognize back to back (``stages.fuse``), loading both models once.
-
-    On one machine this saves shipping every crop from a detect actor to a recognize
-    actor through the object store, and lets each actor use its cores for the whole path.
-    """
-
-    recognizes = True
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:  # type: ignore[override]
-        people = super().__call__(batch)
-        return with_rows_in_image(self.predictor.recognize(people), people)
-
-
-def with_rows_in_image(table: pa.Table, people: Mapping[str, np.ndarray]) -> pa.Table:
-    """The writer commits whole images only: it needs each row's image row count."""
-    return table.append_column(ROWS_IN_IMAGE, pa.array(np.asarray(people[ROWS_IN_IMAGE], np.int32)))
-
-
-class RecognizeStage:
-    """Actor: loads the emotion model once, turns person rows into output rows."""
-
-    def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None):
-        _limit_threads(torch_threads)
-        self.predictor = build_predictor(cfg, detect=False, spec=spec)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return with_rows_in_image(self.predictor.recognize(batch), batch)
-
-
 # -- the job ----------------------------------------------------------------------------
 @dataclass
 class TagSummary:
@@ -263,6 +178,7 @@ def _pool(stage: Mapping, use_gpu: bool) -> dict[str, Any]:
             min_size=int(stage["pool_min"]), max_size=int(stage["pool_max"]),
             # Fewer queued batches per actor spread work across actors (and nodes) more evenly.
             max_tasks_in_flight_per_actor=stage["max_tasks_in_flight"],
+            **_threads(int(stage.get("concurrent_batches", 1))),
         ),
         "batch_size": int(stage["batch_size"]),
         "num_cpus": float(stage["num_cpus"]),
@@ -276,6 +192,12 @@ def _pool(stage: Mapping, use_gpu: bool) -> dict[str, Any]:
         # one unit of a resource on each node, asking for one unit gives one actor per node.
         args["resources"] = {str(name): float(amount) for name, amount in dict(stage["resources"]).items()}
     return args
+
+
+def _threads(concurrent_batches: int) -> dict[str, Any]:
+    if concurrent_batches <= 1:
+        return {}
+    return {"max_concurrent_calls_per_actor": concurrent_batches, "enable_true_multi_threading": True}
 
 
 def decodes_in_actors(in_actors: bool | str, use_gpu: bool) -> bool:
@@ -359,7 +281,7 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
     env = forwarded_env()
     remote_env = {"runtime_env": {"env_vars": env}} if env else {}
     block = int(stages["decode"]["batch_size"])
-    ds = ray.data.from_arrow(source_blocks(todo, block))
+    ds = ray.data.from_blocks(source_blocks(todo, block))
     decode_kwargs = {"max_side": settings.predictor.max_image_side, "max_pixels": settings.max_pixels,
                      "max_file_bytes": settings.max_file_bytes}
     decode_in_actors = decodes_in_actors(stages["decode"]["in_actors"], use_gpu)
@@ -376,13 +298,12 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
             fn_kwargs=decode_kwargs,
         )
     first_stage_decode = decode_kwargs if decode_in_actors else None
-    progress = TagProgress.remote()
     if stages["fuse"]:
         predict_cfg = stages["predict"]
         ds = ds.map_batches(
             PredictStage,
             fn_constructor_kwargs={"cfg": model_cfg, "spec": spec, "torch_threads": predict_cfg["torch_threads"],
-                                   "progress": progress, "decode": first_stage_decode},
+                                   "decode": first_stage_decode},
             **_pool(predict_cfg, use_gpu),
             **remote_env,
         )
@@ -391,7 +312,7 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
         ds = ds.map_batches(
             DetectStage,
             fn_constructor_kwargs={"cfg": model_cfg, "spec": spec, "torch_threads": detect_cfg["torch_threads"],
-                                   "progress": progress, "decode": first_stage_decode},
+                                   "decode": first_stage_decode},
             **_pool(detect_cfg, use_gpu),
             **remote_env,
         )
@@ -406,11 +327,13 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
                         run_started=lock.started, run_id=lock.run_id)
     pipeline_started = time.perf_counter()
     first_output, first_images = None, 0
-    with _ProgressPrinter(progress, writer, total=len(todo), every_s=settings.progress_every_s), writer:
+    counts = PipelineCounts()
+    with _ProgressPrinter(counts, writer, total=len(todo), every_s=settings.progress_every_s), writer:
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             if first_output is None:
                 first_output = time.perf_counter()
                 first_images = len(set(table.column("source").to_pylist()))
+            counts.add(table)
             writer.add(table)
     stats = writer.stats
     ended = time.perf_counter()
@@ -424,33 +347,54 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
     summary.emotions = dict(stats.emotions)
     summary.files = list(stats.units)
     summary.images_per_second = stats.images / summary.pipeline_seconds if summary.pipeline_seconds > 0 else 0.0
-    summary.images_by_node = ray.get(progress.snapshot.remote())["images_by_node"]
-    ray.kill(progress)
+    summary.images_by_node = dict(counts.images_by_node)
+
+
+class PipelineCounts:
+    """What has come out of the pipeline so far, counted on the driver from the rows
+    themselves: feeds the progress line and the summary's per-node figures.
+
+    Each image's first row (``person_index`` 0, or null for an image with nobody in it
+    or an error) counts the image once, even when its rows arrive in several batches.
+    """
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.people = 0
+        self.errors = 0
+        self.images_by_node: dict[str, int] = {}
+
+    def add(self, table: pa.Table) -> None:
+        person = table.column("person_index").to_numpy(zero_copy_only=False)
+        errors = table.column("error").to_pylist()
+        first_rows = [i for i, p in enumerate(person) if not p > 0]  # 0 or null (NaN here)
+        self.images += len(first_rows)
+        self.people += int((person >= 0).sum())
+        self.errors += sum(has_error(errors[i]) for i in first_rows)
+        nodes = table.column(DETECT_NODE).to_pylist()
+        for i in first_rows:
+            self.images_by_node[nodes[i]] = self.images_by_node.get(nodes[i], 0) + 1
 
 
 class _ProgressPrinter:
     """Prints one progress line every ``every_s`` seconds while the pipeline runs."""
 
-    def __init__(self, progress: Any, writer: UnitWriter, total: int, every_s: float):
+    def __init__(self, counts: PipelineCounts, writer: UnitWriter, total: int, every_s: float):
         import threading
 
-        self.progress, self.writer, self.total, self.every_s = progress, writer, total, every_s
+        self.counts, self.writer, self.total, self.every_s = counts, writer, total, every_s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.started = time.perf_counter()
 
     def _loop(self) -> None:
         while not self.stop.wait(self.every_s):
-            try:
-                snap = ray.get(self.progress.snapshot.remote(), timeout=5)
-            except Exception:  # noqa: BLE001 - progress display must never break the job
-                continue
+            counts, stats = self.counts, self.writer.stats
             elapsed = time.perf_counter() - self.started
-            rate = snap["images"] / elapsed if elapsed > 0 else 0.0
-            eta = (self.total - snap["images"]) / rate if rate > 0 else float("nan")
-            stats = self.writer.stats
-            print(f"[tag] {snap['images']}/{self.total} images detected, {stats.images} committed "
-                  f"({len(stats.units)} files), {snap['people']} people, {snap['errors']} errors, "
+            rate = counts.images / elapsed if elapsed > 0 else 0.0
+            eta = (self.total - counts.images) / rate if rate > 0 else float("nan")
+            print(f"[tag] {counts.images}/{self.total} images tagged, {stats.images} committed "
+                  f"({len(stats.units)} files), {counts.people} people, {counts.errors} errors, "
                   f"{rate:.1f} images/s, eta {eta:.0f} s", flush=True)
 
     def __enter__(self) -> "_ProgressPrinter":
