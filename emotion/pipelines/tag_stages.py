@@ -81,12 +81,12 @@ class PredictStage(DetectStage):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:  # type: ignore[override]
         people = super().__call__(batch)
-        return with_rows_in_image(self.predictor.recognize(people), people)
+        return with_stream_columns(self.predictor.recognize(people), people)
 
 
-def with_rows_in_image(table: pa.Table, people: Mapping[str, np.ndarray]) -> pa.Table:
-    """The writer commits whole images only: it needs each row's image row count. The
-    detecting node goes along for the job's per-node figures (neither is written)."""
+def with_stream_columns(table: pa.Table, people: Mapping[str, np.ndarray]) -> pa.Table:
+    """The columns the driver needs and does not write: each row's image row count (the
+    writer commits whole images only) and the node that detected it (per-node figures)."""
     table = table.append_column(ROWS_IN_IMAGE, pa.array(np.asarray(people[ROWS_IN_IMAGE], np.int32)))
     return table.append_column(DETECT_NODE, pa.array([str(n) for n in people[DETECT_NODE]], pa.string()))
 
@@ -99,4 +99,4 @@ class RecognizeStage:
         self.predictor = build_predictor(cfg, detect=False, spec=spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return with_rows_in_image(self.predictor.recognize(batch), batch)
+        return with_stream_columns(self.predictor.recognize(batch), batch)

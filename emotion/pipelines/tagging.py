@@ -178,7 +178,7 @@ def _pool(stage: Mapping, use_gpu: bool) -> dict[str, Any]:
             min_size=int(stage["pool_min"]), max_size=int(stage["pool_max"]),
             # Fewer queued batches per actor spread work across actors (and nodes) more evenly.
             max_tasks_in_flight_per_actor=stage["max_tasks_in_flight"],
-            **_threads(int(stage.get("concurrent_batches", 1))),
+            **_threads(int(stage["concurrent_batches"])),
         ),
         "batch_size": int(stage["batch_size"]),
         "num_cpus": float(stage["num_cpus"]),
@@ -195,6 +195,11 @@ def _pool(stage: Mapping, use_gpu: bool) -> dict[str, Any]:
 
 
 def _threads(concurrent_batches: int) -> dict[str, Any]:
+    """``ActorPoolStrategy`` arguments for ``concurrent_batches`` batches at once per actor.
+
+    Ray Data otherwise runs one call at a time in an actor, whatever Ray's
+    ``max_concurrency``; the stages hold no per-call state, so threads are safe.
+    """
     if concurrent_batches <= 1:
         return {}
     return {"max_concurrent_calls_per_actor": concurrent_batches, "enable_true_multi_threading": True}
