@@ -287,7 +287,8 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
     remote_env = {"runtime_env": {"env_vars": env}} if env else {}
     block = int(stages["decode"]["batch_size"])
     # from_blocks (a Ray Data developer API) reads the blocks' metadata here; from_arrow
-    # runs a remote task per block for it, whose worker processes then sit idle.
+    # runs a remote task per block for it in Ray's prestarted workers, which then sat idle
+    # while every actor started a process of its own.
     ds = ray.data.from_blocks(source_blocks(todo, block))
     decode_kwargs = {"max_side": settings.predictor.max_image_side, "max_pixels": settings.max_pixels,
                      "max_file_bytes": settings.max_file_bytes}
