@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, Mapping, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emotion import storage
 
@@ -85,7 +85,9 @@ class DecodeStage(TaskStage):
 
 class ActorStage(_Strict):
     pool_min: int = Field(ge=1)
-    pool_max: int = Field(ge=1)
+    # "auto": as many actors as the cluster's cores (or GPUs) keep busy, at least pool_min
+    # (emotion.pipelines.tagging.auto_pool_max).
+    pool_max: Union[Literal["auto"], int]
     batch_size: int = Field(ge=1)
     num_cpus: float = Field(ge=0)
     num_gpus: Union[Literal["auto"], float]
@@ -98,9 +100,16 @@ class ActorStage(_Strict):
     scheduling_strategy: Optional[Literal["SPREAD", "DEFAULT"]]
     resources: Optional[dict[str, float]]
 
+    @field_validator("pool_max", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("must be 'auto' or a whole number >= 1")
+
     @model_validator(mode="after")
     def _pool_order(self) -> "ActorStage":
-        if self.pool_max < self.pool_min:
+        if self.pool_max != "auto" and self.pool_max < self.pool_min:
             raise ValueError(f"pool_max ({self.pool_max}) must be >= pool_min ({self.pool_min})")
         if isinstance(self.num_gpus, float) and self.num_gpus < 0:
             raise ValueError(f"num_gpus must be 'auto' or >= 0, got {self.num_gpus}")

@@ -200,3 +200,19 @@ def test_tag_reads_and_writes_s3(ray_local, s3_bucket, sample_photos):
     # Resume works on s3:// too.
     again = run(compose_tag([f"input=s3://{s3_bucket}/photos/", f"output=s3://{s3_bucket}/tags"]))
     assert again.images == 0 and again.skipped_already_tagged == 4
+
+
+def test_auto_pool_max_fills_the_cores_or_the_gpus_and_keeps_pool_min():
+    """``pool_max: auto`` (the local predict stage): one 1-thread actor per core, one
+    three-batch actor per three cores, as many GPU shares as the GPUs hold; never below
+    ``pool_min``. On this project's 2-core CI machine it gives the two actors measured."""
+    from emotion.pipelines.tagging import auto_pool_max
+
+    stage = {"pool_min": 2, "torch_threads": 1, "concurrent_batches": 1}
+    assert auto_pool_max(stage, 0.0, {"CPU": 2.0}) == 2
+    assert auto_pool_max(stage, 0.0, {"CPU": 16.0}) == 16
+    assert auto_pool_max({**stage, "concurrent_batches": 3}, 0.0, {"CPU": 16.0}) == 5
+    assert auto_pool_max({**stage, "torch_threads": None}, 0.0, {"CPU": 16.0}) == 2  # pool_min
+    assert auto_pool_max(stage, 0.5, {"CPU": 16.0, "GPU": 1.0}) == 2
+    assert auto_pool_max(stage, 0.5, {"CPU": 64.0, "GPU": 4.0}) == 8
+    assert auto_pool_max({**stage, "pool_min": 1}, 0.0, {"CPU": 1.0}) == 1

@@ -170,12 +170,30 @@ class TagSummary:
         return "\n".join(lines)
 
 
+def auto_pool_max(stage: Mapping, num_gpus: float, cluster: Mapping[str, float]) -> int:
+    """``pool_max: auto``: the most actors the cluster can keep busy, at least ``pool_min``.
+
+    With a GPU share per actor, as many as the GPUs hold; else one per
+    ``torch_threads x concurrent_batches`` cores (an actor without a thread limit uses
+    every core of its node, so one). On 2 cores with the local defaults this is 2.
+    """
+    if num_gpus > 0:
+        fits = int(cluster.get("GPU", 0) / num_gpus + 1e-9)
+    else:
+        cpus = float(cluster.get("CPU", 1))
+        cores_per_actor = (stage["torch_threads"] or cpus) * int(stage["concurrent_batches"])
+        fits = int(cpus / cores_per_actor + 1e-9)
+    return max(int(stage["pool_min"]), fits)
+
+
 def _pool(stage: Mapping, use_gpu: bool) -> dict[str, Any]:
     num_gpus = stage["num_gpus"]
     num_gpus = (float(stage["gpu_fraction"]) if use_gpu else 0.0) if num_gpus == "auto" else float(num_gpus)
+    pool_max = stage["pool_max"]
+    pool_max = auto_pool_max(stage, num_gpus, ray.cluster_resources()) if pool_max == "auto" else int(pool_max)
     args = {
         "compute": ActorPoolStrategy(
-            min_size=int(stage["pool_min"]), max_size=int(stage["pool_max"]),
+            min_size=int(stage["pool_min"]), max_size=pool_max,
             # Fewer queued batches per actor spread work across actors (and nodes) more evenly.
             max_tasks_in_flight_per_actor=stage["max_tasks_in_flight"],
             **_threads(int(stage["concurrent_batches"])),
