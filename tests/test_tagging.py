@@ -113,16 +113,16 @@ def test_decode_in_the_actors_and_threaded_actors_give_the_rows_of_decode_tasks(
     """``stages.decode.in_actors``: the predict actors reading and decoding their own
     batches (the CPU default) tag exactly as decode tasks feeding them do, error rows
     for the corrupt files included; and one actor running three batches at once in
-    threads (``concurrent_batches``, the local default) tags as two one-batch actors do."""
+    threads (``concurrent_batches=3``) tags as the default one-batch actors do."""
     from jobs.tag import run
 
     root, _ = mixed_folder
     variants = {
-        "in_actors_threaded": ["stages.decode.in_actors=true"],
+        "in_actors": ["stages.decode.in_actors=true"],
         "decode_tasks": ["stages.decode.in_actors=false"],
-        "two_actors_one_batch": ["stages.decode.in_actors=true", "stages.predict.concurrent_batches=1",
-                                 "stages.predict.pool_min=2", "stages.predict.pool_max=2",
-                                 "stages.predict.num_cpus=0.5"],
+        "one_actor_threaded": ["stages.decode.in_actors=true", "stages.predict.concurrent_batches=3",
+                               "stages.predict.pool_min=1", "stages.predict.pool_max=1",
+                               "stages.predict.num_cpus=1"],
     }
     tables = {}
     for name, overrides in variants.items():
@@ -136,7 +136,7 @@ def test_decode_in_the_actors_and_threaded_actors_give_the_rows_of_decode_tasks(
             (r["source"], r["person_index"] if r["person_index"] is not None else -1, r["error"],
              tuple(round(v, 3) for v in r["face_box"] or ()), tuple(round(v, 4) for v in r["scores"] or ()))
             for r in table.to_pylist())
-    assert tables["in_actors_threaded"] == tables["decode_tasks"] == tables["two_actors_one_batch"]
+    assert tables["in_actors"] == tables["decode_tasks"] == tables["one_actor_threaded"]
 
 
 def test_pipeline_counts_each_image_once_per_node_even_split_across_batches():
