@@ -356,10 +356,9 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
     counts = PipelineCounts()
     with _ProgressPrinter(counts, writer, total=len(todo), every_s=settings.progress_every_s), writer:
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if first_output is None:
-                first_output = time.perf_counter()
-                first_images = len(set(table.column("source").to_pylist()))
             counts.add(table)
+            if first_output is None:
+                first_output, first_images = time.perf_counter(), counts.images
             writer.add(table)
     stats = writer.stats
     ended = time.perf_counter()
