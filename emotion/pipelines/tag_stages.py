@@ -14,6 +14,7 @@ import pyarrow as pa
 import ray
 
 from emotion.models.protocol import InputSpec
+from emotion.pipelines.worker_startup import loading_models
 from emotion.predictor import DecodedBatch, build_predictor
 from emotion.sources import read_source, source_path
 from emotion.tag_output import DETECT_NODE, ROWS_IN_IMAGE
@@ -56,8 +57,9 @@ class DetectStage:
 
     def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None,
                  decode: Mapping[str, int] | None = None):
-        _limit_threads(torch_threads)
-        self.predictor = build_predictor(cfg, recognize=self.recognizes, spec=spec)
+        with loading_models():
+            _limit_threads(torch_threads)
+            self.predictor = build_predictor(cfg, recognize=self.recognizes, spec=spec)
         self.decode = dict(decode) if decode is not None else None
         self.node_id = ray.get_runtime_context().get_node_id()
 
@@ -95,8 +97,9 @@ class RecognizeStage:
     """Actor: loads the emotion model once, turns person rows into output rows."""
 
     def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None):
-        _limit_threads(torch_threads)
-        self.predictor = build_predictor(cfg, detect=False, spec=spec)
+        with loading_models():
+            _limit_threads(torch_threads)
+            self.predictor = build_predictor(cfg, detect=False, spec=spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         return with_stream_columns(self.predictor.recognize(batch), batch)
