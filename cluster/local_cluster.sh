@@ -204,7 +204,10 @@ stop_nodes() {
   done
   ((${#pids[@]})) || { rm -f "$@"; return 0; }
   for pid in "${pids[@]}"; do
-    while kill -0 "$pid" 2>/dev/null && ((waited++ < 50)); do sleep 0.2; done  # 10 s, then the group
+    # Up to 10 s, then the group. is_ours, not kill -0: a node that has exited stays a
+    # zombie where nothing reaps it (an init that does not, as in many containers), and
+    # kill -0 succeeds on a zombie, so every stop waited the full 10 s.
+    while is_ours "$pid" && ((waited++ < 50)); do sleep 0.2; done
   done
   # Leftovers in a group we created (setsid made each node its own group, id = pid).
   for pid in "${pids[@]}"; do
