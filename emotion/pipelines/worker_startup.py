@@ -13,8 +13,8 @@ def loading_models() -> Iterator[None]:
     """Pause the cyclic garbage collector while the process imports torch and builds its
     models, then freeze what was loaded.
 
-    Importing torch and building the models creates about 300,000 objects that live as
-    long as the process. With the collector on, its full passes over them while they are
+    Once torch is imported and the models built, the process holds about 300,000 objects
+    that live as long as it does. With the collector on, its full passes over them while they are
     being created cost about a fifth of an actor's start-up CPU (0.5-0.6 s of ~3 s on the
     2-core machine, benchmarks/README.md); frozen, later full passes skip them too. Both
     are pure CPU: on a small machine an actor's start-up competes with the other actors'.
