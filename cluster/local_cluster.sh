@@ -25,6 +25,8 @@
 #   EMOTION_RAY_NODE_RESOURCES  extra custom resources of every node (JSON object)
 #   EMOTION_RAY_DASHBOARD_PORT  if set, start the dashboard (and so the Jobs API for
 #                             `ray job submit`) on 127.0.0.1:PORT; off by default
+#   EMOTION_RAY_DRAIN_S       seconds a node drains on `stop` before shutting down its
+#                             processes (Ray's RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S; default 2)
 #   RAY_BIN                   the `ray` executable (default: .venv/bin/ray, else PATH)
 #
 # Token authentication (Ray >= 2.52; see docs/cluster.md). Every node and every client
@@ -46,6 +48,7 @@ WORKER_CPUS="${EMOTION_RAY_WORKER_CPUS:-1}"
 OBJECT_STORE_BYTES="${EMOTION_RAY_OBJECT_STORE_BYTES:-100000000}"
 DASHBOARD_PORT="${EMOTION_RAY_DASHBOARD_PORT:-}"
 START_TIMEOUT_S="${EMOTION_RAY_START_TIMEOUT_S:-120}"
+DRAIN_S="${EMOTION_RAY_DRAIN_S:-2}"
 
 if [[ -n "${RAY_BIN:-}" ]]; then
   RAY="$RAY_BIN"
@@ -130,7 +133,11 @@ wait_started() {
 start_node() {
   local node="$1" agent_port="$2"; shift 2
   mkdir -p "$STATE_DIR/$node"
-  setsid "$RAY" start --block \
+  # On SIGTERM a Ray 2.60 node first drains, waiting until no worker holds a lease
+  # (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S, 30 s by default). Ray Data's helper actors
+  # are detached and never give theirs back, so after any Ray Data job the drain ran
+  # past `stop`'s 10 s and the node was killed instead of shutting down.
+  RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="$DRAIN_S" setsid "$RAY" start --block \
     --temp-dir "$STATE_DIR/$node" \
     --object-store-memory "$OBJECT_STORE_BYTES" \
     --dashboard-agent-listen-port "$agent_port" \
