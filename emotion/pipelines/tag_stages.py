@@ -14,7 +14,7 @@ import pyarrow as pa
 import ray
 
 from emotion.models.protocol import InputSpec
-from emotion.pipelines.worker_startup import loading_models
+from emotion.pipelines.worker_startup import limit_torch_threads, loading_models
 from emotion.predictor import DecodedBatch, build_predictor
 from emotion.sources import read_source, source_path
 from emotion.tag_output import DETECT_NODE, ROWS_IN_IMAGE
@@ -39,13 +39,6 @@ def read_and_decode(batch: dict[str, np.ndarray], max_side: int, max_pixels: int
     return out.to_batch()
 
 
-def _limit_threads(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(int(n))
-
-
 class DetectStage:
     """Actor: loads the detector once, turns decoded images into person rows with crops.
 
@@ -58,7 +51,7 @@ class DetectStage:
     def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None,
                  decode: Mapping[str, int] | None = None):
         with loading_models():
-            _limit_threads(torch_threads)
+            limit_torch_threads(torch_threads)
             self.predictor = build_predictor(cfg, recognize=self.recognizes, spec=spec)
         self.decode = dict(decode) if decode is not None else None
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -98,7 +91,7 @@ class RecognizeStage:
 
     def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None):
         with loading_models():
-            _limit_threads(torch_threads)
+            limit_torch_threads(torch_threads)
             self.predictor = build_predictor(cfg, detect=False, spec=spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:

@@ -18,7 +18,7 @@ from ray import serve
 
 from emotion.pipelines.serving.ingress import image_response
 from emotion.pipelines.serving.settings import Limits
-from emotion.pipelines.worker_startup import loading_models
+from emotion.pipelines.worker_startup import limit_torch_threads, loading_models
 from emotion.predictor import build_predictor
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,8 @@ class EmotionRecognizer:
     def __init__(self, predictor_cfg: dict, limits: dict, torch_threads: int = 1):
         self._limits = Limits.model_validate(limits)
         with loading_models():
-            import torch
-
             # Replicas share the machine with the proxy and the ingress: bound intra-op threads.
-            torch.set_num_threads(int(torch_threads))
+            limit_torch_threads(torch_threads)
             self._predictor = build_predictor(predictor_cfg)
         self._info = _model_info(self._predictor, predictor_cfg)
         # One thread runs the predictor, so the replica's event loop keeps accepting
