@@ -299,9 +299,34 @@ def parse_train_settings(cfg: Mapping) -> TrainSettings:
 def parse_tag_settings(cfg: Mapping) -> TagSettings:
     settings = parse_settings(TagSettings, cfg)
     check_output_location(settings.output)
+    check_model_checkpoint(settings.model)
     if settings.annotate:  # a bad folder must fail now, not after hours of tagging
         check_output_location(settings.annotate, key="annotate")
     return settings
+
+
+def check_model_checkpoint(model: ModelSettings, key: str = "model.checkpoint") -> None:
+    """Fail now, before Ray starts, if the checkpoint the model config names is missing: a
+    required one left unset, a local path that is not a file, an s3:// object that does
+    not exist. Reading it (format, hash) is left to the job, which does it while Ray starts."""
+    from emotion.weights import KNOWN_WEIGHTS
+
+    checkpoint = getattr(model, "checkpoint", None)  # a family key (extra), absent for some models
+    if checkpoint is None or checkpoint == "" or str(checkpoint) in KNOWN_WEIGHTS:
+        return
+    checkpoint = str(checkpoint)
+    if checkpoint == "???":
+        raise ConfigError(f"bad config: {key}: model={model.name} has no shipped weights: pass "
+                          f"{key}=PATH (a checkpoint from `emotion train`)")
+    if storage.is_s3(checkpoint):
+        try:
+            found = storage.exists(checkpoint)
+        except storage.StorageError as exc:  # missing bucket or credentials: one line naming the key
+            raise storage.StorageError(f"{key}={checkpoint!r}: {exc}") from None
+    else:
+        found = os.path.isfile(os.path.expanduser(checkpoint))
+    if not found:
+        raise ConfigError(f"bad config: {key}={checkpoint!r}: no such file")
 
 
 def check_output_location(output: str, key: str = "output") -> None:

@@ -28,8 +28,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from emotion.settings import ConfigError, ModelSettings, check_model_checkpoint
 from emotion.tag_output import list_units
 from tests.conftest import PROJECT_ROOT
+from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
 from tests.test_tagging import compose_tag
 
 EMOTION = str(Path(sys.executable).parent / "emotion")
@@ -208,6 +210,8 @@ BAD_CONFIGS = {
     "detector.scor_threshold=0.5": "detector.scor_threshold",  # a typo: unknown key
     "+detector.scor_threshold=0.5": "detector.scor_threshold",  # forced past Hydra: still unknown
     "detector=nosuch": "detector/nosuch",
+    "model.checkpoint=/no/such/best.ckpt": "model.checkpoint",  # read only while Ray starts: checked first
+    "model=cocoer": "model.checkpoint",  # a required checkpoint left unset
 }
 
 
@@ -224,6 +228,27 @@ def test_config_mistakes_exit_2_with_one_line_naming_the_key(override, tmp_path)
     assert len(text.splitlines()) == 1 and "Traceback" not in text, text
     assert BAD_CONFIGS[override] in text
     assert "Started a local Ray" not in text
+
+
+def test_model_checkpoint_is_found_before_ray_starts(s3_bucket, tmp_path):
+    """The job reads the checkpoint while Ray starts; whether it exists is checked first,
+    locally and on S3, and a shipped checkpoint's name passes as it is."""
+    from emotion import storage
+
+    def model(checkpoint):
+        return ModelSettings(name="cocoer", device="cpu", checkpoint=checkpoint)
+
+    local = tmp_path / "best.ckpt"
+    local.write_bytes(b"read later, by the job")
+    remote = f"s3://{s3_bucket}/runs/best.ckpt"
+    storage.write_bytes(remote, b"read later, by the job")
+    for present in (str(local), remote, "qcs_ferplus", None):
+        check_model_checkpoint(model(present))
+    for missing in (str(tmp_path / "nope.ckpt"), str(tmp_path), f"s3://{s3_bucket}/runs/nope.ckpt"):
+        with pytest.raises(ConfigError, match=r"model\.checkpoint=.*no such file"):
+            check_model_checkpoint(model(missing))
+    with pytest.raises(storage.StorageError, match=r"model\.checkpoint='s3://no-such-bucket/x.ckpt'"):
+        check_model_checkpoint(model("s3://no-such-bucket/x.ckpt"))
 
 
 # -- workers killed mid-run ------------------------------------------------------------------

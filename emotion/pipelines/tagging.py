@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -264,18 +265,25 @@ def tag_images(settings: TagSettings) -> TagSummary:
     if settings.limit:
         inputs = inputs[: settings.limit]
     inputs = list(dict(inputs).items())  # a manifest may repeat a path: tag it once
-    with OutputLock(output, break_lock=settings.break_lock) as lock:
+    with OutputLock(output, break_lock=settings.break_lock) as lock, \
+            ThreadPoolExecutor(1, thread_name_prefix="input-spec") as background:
         remove_partial_writes(output)
         state = scan_output(output) if settings.resume else None
-        # The model's input contract (crops, labels, id) comes from its config: no network is built.
-        spec = input_spec(settings.model_dump()["model"])
+        # The model's input contract (crops, labels, id) comes from its config: no network
+        # is built, but the driver imports torch and reads the checkpoint for it (1-2 s of
+        # CPU), so that runs while Ray starts, which mostly waits on its own processes.
+        cfg = settings.model_dump()
+        spec_loading = background.submit(input_spec, cfg["model"])
+        done = state.done if state is not None else set()
+        retry = state.failed if state is not None and settings.retry_errors else set()
+        todo = [(path, size) for path, size in inputs if path not in done or path in retry]
+        if todo:
+            init_ray(cfg["ray"])
+        spec = spec_loading.result()  # a bad model or checkpoint raises here, before any row is dropped or written
         if state is not None:
             state.check_model(spec.model_id)
         if state is not None and state.repeated:
             drop_superseded(state)
-        done = state.done if state is not None else set()
-        retry = state.failed if state is not None and settings.retry_errors else set()
-        todo = [(path, size) for path, size in inputs if path not in done or path in retry]
         retried = sum(path in retry for path, _ in todo)
         skipped = len(inputs) - len(todo)
         log.info("%d images listed, %d already tagged, %d to tag (%d of them earlier errors)",
