@@ -202,6 +202,25 @@ def test_tag_reads_and_writes_s3(ray_local, s3_bucket, sample_photos):
     assert again.images == 0 and again.skipped_already_tagged == 4
 
 
+def test_a_small_job_starts_no_more_actors_than_it_has_batches(ray_local):
+    """The first actor stage's pool is capped at the batches it can get: three photos in
+    one input block start one actor, not the two that pool_min asks for (the second
+    would load both models on the cores the first one works on, for nothing)."""
+    from emotion.pipelines.tagging import _pool, most_batches
+
+    assert most_batches(3, 8, 8) == 1
+    assert most_batches(300, 8, 8) == 38
+    assert most_batches(24, 2, 1) == 12  # batches smaller than blocks: one per block
+    assert most_batches(100, 8, 32) == 4  # larger: Ray Data bundles blocks up to the batch size
+    stage = {"pool_min": 2, "pool_max": "auto", "num_gpus": "auto", "gpu_fraction": 0.5, "torch_threads": 1,
+             "concurrent_batches": 1, "batch_size": 8, "num_cpus": 0.5, "max_tasks_in_flight": None,
+             "scheduling_strategy": None, "resources": None}
+    small = _pool(stage, use_gpu=False, batches=1)["compute"]
+    assert (small.min_size, small.max_size) == (1, 1)
+    large = _pool(stage, use_gpu=False, batches=38)["compute"]  # the fixture's Ray has 2 CPUs
+    assert (large.min_size, large.max_size) == (2, 2)
+
+
 def test_auto_pool_max_fills_the_cores_or_the_gpus_and_keeps_pool_min():
     """``pool_max: auto`` (the local predict stage): one 1-thread actor per core, one
     three-batch actor per three cores, as many GPU shares as the GPUs hold; never below

@@ -187,14 +187,26 @@ def auto_pool_max(stage: Mapping, num_gpus: float, cluster: Mapping[str, float])
     return max(int(stage["pool_min"]), fits)
 
 
-def _pool(stage: Mapping, use_gpu: bool) -> dict[str, Any]:
+def most_batches(images: int, block: int, batch_size: int) -> int:
+    """The most batches the first actor stage can be handed for ``images`` in input blocks
+    of ``block`` rows: one per block, and Ray Data bundles blocks up to ``batch_size`` rows."""
+    return max(1, math.ceil(images / max(block, batch_size)))
+
+
+def _pool(stage: Mapping, use_gpu: bool, batches: int | None = None) -> dict[str, Any]:
+    """``map_batches`` arguments for an actor stage. ``batches``: the most batches it will
+    get, if known; a pool larger than that would start actors (each loading the models,
+    competing for the cores with the ones that work) that never get a batch."""
     num_gpus = stage["num_gpus"]
     num_gpus = (float(stage["gpu_fraction"]) if use_gpu else 0.0) if num_gpus == "auto" else float(num_gpus)
     pool_max = stage["pool_max"]
     pool_max = auto_pool_max(stage, num_gpus, ray.cluster_resources()) if pool_max == "auto" else int(pool_max)
+    pool_min = int(stage["pool_min"])
+    if batches is not None:
+        pool_min, pool_max = min(pool_min, batches), min(pool_max, batches)
     args = {
         "compute": ActorPoolStrategy(
-            min_size=int(stage["pool_min"]), max_size=pool_max,
+            min_size=pool_min, max_size=pool_max,
             # Fewer queued batches per actor spread work across actors (and nodes) more evenly.
             max_tasks_in_flight_per_actor=stage["max_tasks_in_flight"],
             **_threads(int(stage["concurrent_batches"])),
@@ -338,7 +350,7 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
             PredictStage,
             fn_constructor_kwargs={"cfg": model_cfg, "spec": spec, "torch_threads": predict_cfg["torch_threads"],
                                    "decode": first_stage_decode},
-            **_pool(predict_cfg, use_gpu),
+            **_pool(predict_cfg, use_gpu, most_batches(len(todo), block, int(predict_cfg["batch_size"]))),
             **remote_env,
         )
     else:
@@ -347,7 +359,7 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
             DetectStage,
             fn_constructor_kwargs={"cfg": model_cfg, "spec": spec, "torch_threads": detect_cfg["torch_threads"],
                                    "decode": first_stage_decode},
-            **_pool(detect_cfg, use_gpu),
+            **_pool(detect_cfg, use_gpu, most_batches(len(todo), block, int(detect_cfg["batch_size"]))),
             **remote_env,
         )
         ds = ds.map_batches(
