@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emotion import storage
+from emotion.weights import KNOWN_WEIGHTS
 
 
 class ConfigError(ValueError):
@@ -309,8 +310,6 @@ def check_model_checkpoint(model: ModelSettings, key: str = "model.checkpoint") 
     """Fail now, before Ray starts, if the checkpoint the model config names is missing: a
     required one left unset, a local path that is not a file, an s3:// object that does
     not exist. Reading it (format, hash) is left to the job, which does it while Ray starts."""
-    from emotion.weights import KNOWN_WEIGHTS
-
     checkpoint = getattr(model, "checkpoint", None)  # a family key (extra), absent for some models
     if checkpoint is None or checkpoint == "" or str(checkpoint) in KNOWN_WEIGHTS:
         return
