@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emotion import storage
+from emotion.models.registry import checkpoint_of
 from emotion.weights import KNOWN_WEIGHTS
 
 
@@ -310,13 +311,12 @@ def check_model_checkpoint(model: ModelSettings, key: str = "model.checkpoint") 
     """Fail now, before Ray starts, if the checkpoint the model config names is missing: a
     required one left unset, a local path that is not a file, an s3:// object that does
     not exist. Reading it (format, hash) is left to the job, which does it while Ray starts."""
-    checkpoint = getattr(model, "checkpoint", None)  # a family key (extra), absent for some models
-    if checkpoint is None or checkpoint == "" or str(checkpoint) in KNOWN_WEIGHTS:
+    try:
+        checkpoint = checkpoint_of(model.model_dump())  # a required one left unset raises
+    except ValueError as exc:
+        raise ConfigError(f"bad config: {key}: {exc}") from None
+    if checkpoint is None or checkpoint in KNOWN_WEIGHTS:
         return
-    checkpoint = str(checkpoint)
-    if checkpoint == "???":
-        raise ConfigError(f"bad config: {key}: model={model.name} has no shipped weights: pass "
-                          f"{key}=PATH (a checkpoint from `emotion train`)")
     if storage.is_s3(checkpoint):
         try:
             found = storage.exists(checkpoint)

@@ -312,9 +312,9 @@ def tag_images(settings: TagSettings) -> TagSummary:
 
 def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], summary: TagSummary,
          lock: OutputLock) -> None:
-    """Run the pipeline over ``todo``, committing units into ``summary.output``."""
+    """Run the pipeline over ``todo``, committing units into ``summary.output``, on the
+    Ray that ``tag_images`` started."""
     cfg = settings.model_dump()
-    init_ray(cfg["ray"])
     use_gpu = gpus_available()
     model_cfg = {"detector": cfg["detector"], "model": cfg["model"], "predictor": cfg["predictor"]}
     schema = output_schema(list(spec.labels), spec.model_id)
