@@ -23,6 +23,7 @@ from ray import serve
 
 from emotion.pipelines.ray_env import init_ray
 from emotion.pipelines.serving import ServeArgs, ServeSettings, build_app
+from emotion.pipelines.serving.ingress import DRAIN_KEY_PREFIX, drain_key, in_flight_key
 from emotion.settings import ServeJobSettings, parse_settings
 from jobs.user_errors import exit_on_user_error
 
@@ -51,7 +52,11 @@ def run(cfg: DictConfig, blocking: bool = False) -> str:
         # Read by Ray's processes when they start, so set before the local Ray starts.
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    init_ray(plain.get("ray") or {})
+        # A stopping ingress replica otherwise holds its port 30 s for an outside load
+        # balancer, past the controller's 30 s shutdown bound ("Controller failed to shut
+        # down within 30.0s"); the local HAProxy is updated by the controller itself.
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", str(settings.direct_ingress_drain_s))
+    init_ray(plain.get("ray") or {}, metrics_export_port=settings.metrics_export_port)
     # HTTP options are cluster-wide and fixed once Serve runs: a second call keeps the first.
     serve.start(http_options={"host": settings.host, "port": settings.port})
     app = build_app(ServeArgs(**{name: plain[name] for name in ("detector", "model", "predictor", "serve")}))
@@ -65,6 +70,35 @@ def run(cfg: DictConfig, blocking: bool = False) -> str:
         signal.signal(signal.SIGTERM, _interrupt)
     serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix, blocking=blocking)
     return url
+
+
+def drain(app_name: str, timeout_s: float, poll_s: float = 0.25) -> int:
+    """Tell every ingress replica of ``app_name`` to refuse new requests (503 with
+    Retry-After, ``/readyz`` 503 too), then wait until the requests they hold have been
+    answered, at most ``timeout_s``. Returns the requests still held when it stopped
+    waiting (0: a clean drain).
+
+    The signal is a key in Ray's key-value store that the replicas poll every 0.25 s;
+    each then reports its in-flight count under its own key.
+    """
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get, _internal_kv_list, _internal_kv_put
+
+    _internal_kv_put(drain_key(app_name), b"1", overwrite=True)
+    prefix = in_flight_key(app_name, "")
+    started = time.monotonic()
+    held = -1
+    try:
+        while time.monotonic() - started < timeout_s:
+            time.sleep(poll_s)
+            counts = [_internal_kv_get(key) for key in _internal_kv_list(prefix)]
+            held = sum(int(c) for c in counts if c is not None) if counts else -1
+            # Every replica polls within poll_s: after 3 polls, all that exist have reported.
+            if held == 0 and time.monotonic() - started > 3 * poll_s:
+                break
+        return max(held, 0)
+    finally:
+        # Replicas keep draining once told; the keys must not drain a later app of the same name.
+        _internal_kv_del(DRAIN_KEY_PREFIX + app_name, del_by_prefix=True)
 
 
 def shutdown(wait_s: float = SHUTDOWN_WAIT_S) -> None:
@@ -131,6 +165,21 @@ def _ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def drain_and_shutdown(settings: ServeSettings) -> None:
+    """SIGTERM or Ctrl-C: drain the app (in-flight requests finish, new ones get 503),
+    then stop Serve and Ray. A signal to the whole process group reaches Ray's processes
+    too: then there is nothing left to drain, and the stop is immediate."""
+    if ray.is_initialized() and _reachable(ray.get_runtime_context().gcs_address):
+        log.info("draining: new requests get 503 while in-flight ones finish (at most %.0f s)",
+                 settings.drain_timeout_s)
+        try:
+            held = drain(settings.app_name, settings.drain_timeout_s)
+            log.info("drained" if held == 0 else "drain timed out with %d request(s) in flight", held)
+        except Exception as exc:  # Ray going away under us: stop regardless
+            log.info("drain stopped: %r", exc)
+    shutdown()
+
+
 @hydra.main(config_path="configs", config_name="serve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error(log):
@@ -139,7 +188,8 @@ def main(cfg: DictConfig) -> None:
         except KeyboardInterrupt:
             _ignore_stop_signals()
             log.info("shutting down")
-            shutdown()
+            settings = parse_settings(ServeSettings, OmegaConf.to_container(cfg.serve, resolve=True), prefix="serve")
+            drain_and_shutdown(settings)
 
 
 if __name__ == "__main__":

@@ -642,3 +642,153 @@ def served_cfg_overrides(cfg) -> list[str]:
     return [f"serve.port={plain['serve']['port']}", "serve.recognizer.num_cpus=0.5",
             f"serve.recognizer.torch_threads={rec['torch_threads']}", "serve.ingress.num_cpus=0.1",
             f"serve.limits.max_image_pixels={limits['max_image_pixels']}", "detector.device=cpu", "model.device=cpu"]
+
+
+# -- service behaviour under load: timing, metrics, overload, drain ----------------------------
+def server_timing_of(response: requests.Response) -> dict[str, str]:
+    """``Server-Timing`` -> {name: dur or desc}."""
+    phases = {}
+    for part in response.headers["Server-Timing"].split(","):
+        name, _, param = part.strip().partition(";")
+        phases[name] = param.split("=", 1)[1].strip('"')
+    return phases
+
+
+def test_each_answer_says_where_its_time_went(service, photos):
+    response = post_file(service, "obama.jpg", photos["obama.jpg"])
+    assert response.status_code == 200, response.text
+    timing = server_timing_of(response)
+    assert set(timing) == {"queue", "decode", "detect", "recognise", "handle", "ingress", "total", "batch"}
+    durations = {name: float(value) for name, value in timing.items() if name != "batch"}
+    assert all(value >= 0 for value in durations.values()), timing
+    assert durations["detect"] > 0 and durations["recognise"] > 0
+    parts = sum(durations[name] for name in ("queue", "decode", "detect", "recognise", "handle", "ingress"))
+    assert abs(parts - durations["total"]) < 1.0, timing  # the phases add up to the total
+    files = [("file", (name, data, "image/jpeg")) for name, data in photos.items()]
+    batch = requests.post(service + "/v1/recognize:batch", files=files, timeout=60)
+    assert batch.status_code == 200 and "recognise;dur=" in batch.headers["Server-Timing"]
+
+
+def test_a_lone_request_is_not_delayed_by_batching(service, photos):
+    """The module's app batches up to 16 with a 50 ms wait: requests one at a time still
+    run alone and at once (no wait for a batch that never comes)."""
+    data = photos["obama.jpg"]
+    for i in range(4):
+        response = post_file(service, f"lone{i}.jpg", data)
+        timing = server_timing_of(response)
+        assert timing["batch"] == "1" and float(timing["queue"]) < 20, timing
+
+
+def test_metrics_endpoint_is_scraped(service, photos, ray_local):
+    """Ray's metrics export port serves ours and Ray Serve's series in Prometheus text."""
+    port = ray_local.nodes()[0]["MetricsExportPort"]
+    assert post_file(service, "obama.jpg", photos["obama.jpg"]).status_code == 200
+    assert requests.post(service + "/v1/recognize", data=b"", headers={"Content-Type": "image/jpeg"},
+                         timeout=30).status_code == 400
+    wanted = ['ray_emotion_http_requests_total{', 'route="/v1/recognize"', 'status="200"', 'status="400"',
+              "ray_emotion_http_request_duration_ms_bucket", "ray_emotion_batch_size_bucket",
+              "ray_emotion_batch_queue_length", 'ray_emotion_model_info{', "model_id=\"qcs@sha256:",
+              "ray_serve_num_http_requests", "ray_serve_deployment_processing_latency_ms"]
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:  # Ray exports every few seconds
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if all(w in text for w in wanted):
+            break
+        time.sleep(2)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, f"not in the scrape: {missing}"
+    ok = [line for line in text.splitlines() if line.startswith("ray_emotion_http_requests_total{")
+          and 'route="/v1/recognize"' in line and 'status="200"' in line]
+    assert ok and float(ok[0].rsplit(" ", 1)[1]) >= 1
+
+
+def _light_app(served_cfg, name: str, overrides: dict) -> str:
+    """A second app on the module's Serve with the full-frame detector and tiny CPU asks."""
+    from omegaconf import OmegaConf
+    from ray import serve
+
+    plain = OmegaConf.to_container(served_cfg, resolve=True)
+    plain["detector"] = {"name": "full_frame", "head_expand": 1.0}
+    plain["serve"]["recognizer"].update(num_cpus=0.05, **overrides)
+    plain["serve"]["ingress"]["num_cpus"] = 0.05
+    serve.run(build_app(ServeArgs(**{k: plain[k] for k in ("detector", "model", "predictor", "serve")})),
+              name=name, route_prefix=f"/{name}")
+    return plain["serve"]["port"]
+
+
+def test_overload_gets_503_with_retry_after(service, served_cfg, photos):
+    """One request at a time in the recognizer and one waiting: the rest are shed at once."""
+    from ray import serve
+
+    _light_app(served_cfg, "tight", {"max_batch_size": 1, "max_ongoing_requests": 1, "max_queued_requests": 1})
+    url = service + "/tight"
+    try:
+        data = photos["obama.jpg"]
+
+        def one(i: int) -> requests.Response:
+            return post_file(url, f"o{i}.jpg", data)
+
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(one, range(36)))
+        statuses = sorted({r.status_code for r in responses})
+        assert statuses == [200, 503], statuses
+        for r in responses:
+            if r.status_code == 503:
+                assert r.headers["Retry-After"] == "1" and r.json()["error"] == "overloaded", r.text
+    finally:
+        serve.delete("tight")
+
+
+def test_drain_finishes_in_flight_requests_and_refuses_new_ones(service, served_cfg, photos):
+    """What `emotion serve` does on SIGTERM before Serve stops: requests in flight are
+    answered, new ones get 503 with Retry-After, /readyz turns 503."""
+    import threading
+
+    from ray import serve
+
+    from jobs.serve import drain
+
+    _light_app(served_cfg, "drainme", {})
+    url = service + "/drainme"
+    stop = threading.Event()
+    outcomes: list[tuple[float, int, str]] = []
+
+    def client(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                r = post_file(url, f"d{i}-{n}.jpg", photos["obama.jpg"])
+                outcomes.append((time.monotonic(), r.status_code, r.headers.get("Retry-After", "")))
+                if r.status_code == 503:
+                    return
+            except requests.RequestException as exc:
+                outcomes.append((time.monotonic(), 0, repr(exc)))
+                return
+
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        drain_start = time.monotonic()
+        held = drain("drainme", timeout_s=20)
+        drained = time.monotonic()
+        ready = requests.get(url + "/readyz", timeout=10)
+        late = post_file(url, "late.jpg", photos["obama.jpg"])
+        stop.set()
+        for t in threads:
+            t.join(60)
+        assert held == 0
+        assert ready.status_code == 503 and ready.headers["Retry-After"] == "1"
+        assert late.status_code == 503 and late.json()["error"] == "draining"
+        assert all(status in (200, 503) for _, status, _ in outcomes), outcomes
+        assert sum(1 for _, status, _ in outcomes if status == 200) > 6  # served until the drain
+        assert all(after == "1" for _, status, after in outcomes if status == 503)
+        # Every client ended on a 503, none after the drain reported nothing in flight
+        # with a request left unanswered.
+        assert sum(1 for _, status, _ in outcomes if status == 503) == 6
+        assert all(t <= drained + 5 for t, _, _ in outcomes) and drain_start < drained
+    finally:
+        stop.set()
+        serve.delete("drainme")

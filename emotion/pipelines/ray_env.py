@@ -66,13 +66,15 @@ def job_runtime_env(worker_setup_hook: str | None = None) -> dict | None:
     return runtime_env or None
 
 
-def init_ray(cfg: Mapping, worker_setup_hook: str | None = None) -> None:
+def init_ray(cfg: Mapping, worker_setup_hook: str | None = None, metrics_export_port: int | None = None) -> None:
     """Start or join Ray once per process.
 
     ``cfg.address``: null starts a local Ray (the embedded default); ``auto`` or
     ``host:port`` joins a running cluster (Ray's token, if auth is on, comes from
     ``RAY_AUTH_TOKEN`` or the token file as Ray documents). ``worker_setup_hook``: a
     function's module path that every worker process of the job runs at start.
+    ``metrics_export_port``: where a local Ray serves its Prometheus metrics (None: a
+    port Ray picks; a cluster's nodes set theirs with ``ray start --metrics-export-port``).
     """
     if ray.is_initialized():
         return
@@ -90,6 +92,7 @@ def init_ray(cfg: Mapping, worker_setup_hook: str | None = None) -> None:
             num_gpus=cfg.get("num_gpus"),
             include_dashboard=bool(cfg.get("include_dashboard", False)),
             object_store_memory=cfg.get("object_store_memory"),
+            **({"_metrics_export_port": metrics_export_port} if metrics_export_port else {}),
             **kwargs,
         )
     log.info("Ray resources: %s", ray.cluster_resources())

@@ -67,7 +67,8 @@ def build_app(args: ServeArgs) -> Application:
     settings = ServeSettings.model_validate(cfg["serve"] or {})
     predictor_cfg = {name: cfg[name] for name in ("detector", "model", "predictor")}
     limits = settings.limits.model_dump()
-    recognizer = EmotionRecognizer.options(**recognizer_options(settings.recognizer, settings.access_log)).bind(
-        predictor_cfg, limits, settings.recognizer.torch_threads)
+    options = recognizer_options(settings.recognizer, settings.access_log)
+    recognizer = EmotionRecognizer.options(**options).bind(
+        predictor_cfg, limits, settings.recognizer.torch_threads, options["user_config"])
     return EmotionAPI.options(**ingress_options(settings.ingress, settings.access_log)).bind(
-        recognizer, limits, settings.resolved_token(), settings.readiness_timeout_s)
+        recognizer, limits, settings.resolved_token(), settings.readiness_timeout_s, settings.retry_after_s)

@@ -16,6 +16,8 @@ import hmac
 import io
 import logging
 import math
+import threading
+import time
 from typing import Any, AsyncIterator, Mapping, Optional, Sequence
 
 from fastapi import FastAPI, Request
@@ -24,6 +26,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,6 +34,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 import emotion
 from emotion.pipelines.serving.settings import Limits
+from emotion.pipelines.serving.telemetry import MetricsMiddleware, in_flight, server_timing
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,19 @@ class RecognizeResponse(BaseModel):
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                  413: "payload_too_large", 415: "unsupported_media_type", 503: "unavailable"}
+
+# Ray's key-value store (GCS) key whose presence tells every ingress replica of an app to
+# drain: `jobs/serve.py` sets it on SIGTERM, before Serve shuts down.
+DRAIN_KEY_PREFIX = "emotion/serve/drain/"
+
+
+def drain_key(app_name: str) -> str:
+    return DRAIN_KEY_PREFIX + app_name
+
+
+def in_flight_key(app_name: str, replica: str) -> str:
+    """Where a draining ingress replica reports the requests it still holds."""
+    return f"{DRAIN_KEY_PREFIX}{app_name}/in_flight/{replica}"
 
 
 def _error_response(status: int, code: str, detail: str, headers: Optional[dict] = None) -> JSONResponse:
@@ -194,6 +211,9 @@ _BATCH_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
+api.add_middleware(MetricsMiddleware)
+
+
 @api.exception_handler(APIError)
 async def _on_api_error(request: Request, exc: APIError) -> JSONResponse:
     return _error_response(exc.status, exc.code, exc.detail, exc.headers)
@@ -226,12 +246,40 @@ class EmotionAPI:
     """Validates uploads and forwards each image to the recognizer through its handle."""
 
     def __init__(self, recognizer: DeploymentHandle, limits: dict, auth_token: Optional[str] = None,
-                 readiness_timeout_s: float = 5.0):
+                 readiness_timeout_s: float = 5.0, retry_after_s: int = 1, drain_poll_s: float = 0.25):
         # One handle per method, made once (each attribute access builds a new one).
         self._methods = {name: getattr(recognizer, name) for name in ("recognize", "info", "stats")}
         self._limits = Limits.model_validate(limits)
         self._token = auth_token.encode() if auth_token else None
         self._readiness_timeout_s = readiness_timeout_s
+        self._retry_after = {"Retry-After": str(retry_after_s)}
+        self._draining = False
+        self._stop_watch = threading.Event()
+        context = serve.get_replica_context()
+        # A thread, not a task: it needs no event loop, and a blocking key-value read
+        # never delays a request.
+        threading.Thread(target=self._watch_drain, args=(context.app_name, context.replica_id.unique_id,
+                                                          drain_poll_s),
+                         name="drain-watch", daemon=True).start()
+
+    def __del__(self) -> None:
+        self._stop_watch.set()
+
+    def _watch_drain(self, app_name: str, replica: str, poll_s: float) -> None:
+        """Sets ``_draining`` once the app's drain key appears; from then on reports the
+        requests this replica still holds (``in_flight_key``) for the driver to wait on."""
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+
+        key = drain_key(app_name)
+        while not self._stop_watch.wait(poll_s):
+            try:
+                if not self._draining:
+                    self._draining = _internal_kv_get(key) is not None
+                if self._draining:
+                    _internal_kv_put(in_flight_key(app_name, replica), str(in_flight()).encode(), overwrite=True)
+            except Exception as exc:  # Ray going away: stop watching
+                log.info("drain watch stopped: %r", exc)
+                return
 
     # -- health (always open) ---------------------------------------------------------
     @api.get("/healthz", summary="the process is up")
@@ -240,6 +288,8 @@ class EmotionAPI:
 
     @api.get("/readyz", summary="the model is loaded and answers", responses={503: _ERRORS[503]})
     async def readyz(self):
+        if self._draining:
+            return _error_response(503, "draining", "the service is shutting down", self._retry_after)
         try:
             await asyncio.wait_for(self._call("info"), self._readiness_timeout_s)
         except (APIError, asyncio.TimeoutError) as exc:
@@ -263,25 +313,36 @@ class EmotionAPI:
     @api.post("/v1/recognize", summary="people and emotions in one image", openapi_extra=_IMAGE_BODY,
               responses={200: {"model": RecognizeResponse}, **{k: _ERRORS[k] for k in (400, 401, 413, 415, 503)}})
     async def recognize(self, request: Request) -> JSONResponse:
-        self._authorize(request)
+        start = time.perf_counter()
+        self._admit(request)
         kind = self._content_kind(request, allow_raw=True)
         if kind == "raw":
             data = b"".join([chunk async for chunk in _bounded(request.stream(), self._limits.max_image_bytes, "image")])
             uploads = [("upload", data)]
         else:
             uploads = await self._read_files(request, max_files=1)
-        return JSONResponse((await self._recognize_all(uploads))[0])
+        bodies, timing = await self._recognize_all(uploads, start)
+        return JSONResponse(bodies[0], headers={"Server-Timing": timing})
 
     @api.post("/v1/recognize:batch", summary="people and emotions in several images (multipart)",
               openapi_extra=_BATCH_BODY,
               responses={200: {"model": list[RecognizeResponse]}, **{k: _ERRORS[k] for k in (400, 401, 413, 415, 503)}})
     async def recognize_batch(self, request: Request) -> JSONResponse:
-        self._authorize(request)
+        start = time.perf_counter()
+        self._admit(request)
         self._content_kind(request, allow_raw=False)
         uploads = await self._read_files(request, max_files=self._limits.max_batch_files)
-        return JSONResponse(await self._recognize_all(uploads))
+        bodies, timing = await self._recognize_all(uploads, start)
+        return JSONResponse(bodies, headers={"Server-Timing": timing})
 
     # -- helpers ------------------------------------------------------------------------
+    def _admit(self, request: Request) -> None:
+        """Refuse new work while draining (503, retry later), then check the token."""
+        if self._draining:
+            raise APIError(503, "draining", "the service is shutting down: retry on another instance or later",
+                           headers=self._retry_after)
+        self._authorize(request)
+
     def _authorize(self, request: Request) -> None:
         if self._token is None:
             return
@@ -337,25 +398,43 @@ class EmotionAPI:
         finally:
             await form.close()
 
-    async def _recognize_all(self, uploads: list[tuple[str, bytes]]) -> list[dict]:
+    async def _recognize_all(self, uploads: list[tuple[str, bytes]], start: float) -> tuple[list[dict], str]:
+        """The answer to each upload, and the request's ``Server-Timing`` header value."""
         sizes = []
         for name, data in uploads:  # header reads only: nothing is decoded before both checks pass
             _, width, height = probe_image(data, name, self._limits.max_image_pixels)
             sizes.append((width, height))
         check_request_pixels(sizes, self._limits.max_request_pixels)
+        sent = time.perf_counter()
         if len(uploads) == 1:
             results = [await self._call("recognize", *uploads[0])]
         else:
             results = await asyncio.gather(*[self._call("recognize", name, data) for name, data in uploads])
+        returned = time.perf_counter()
         for result in results:
-            if "error" in result:
-                status = 500 if result["error"] == "internal" else 400
-                raise APIError(status, result["error"], result["detail"])
-        return results
+            body = result["response"]
+            if "error" in body:
+                status = 500 if body["error"] == "internal" else 400
+                raise APIError(status, body["error"], body["detail"])
+        # The images of one request run side by side: each phase is the longest among them.
+        phases = {name: max(r["timing_ms"].get(name, 0.0) for r in results)
+                  for name in ("queue", "decode", "detect", "recognise")}
+        total, call = (time.perf_counter() - start) * 1000, (returned - sent) * 1000
+        # handle: routing to a replica and the reply, outside the recognizer's own phases;
+        # ingress: reading and checking the upload and writing the answer.
+        phases["handle"] = max(0.0, call - sum(phases.values()))
+        phases["ingress"] = total - call
+        phases["total"] = total
+        return [r["response"] for r in results], server_timing(phases, max(r["batch_size"] for r in results))
 
     async def _call(self, method: str, *args: Any) -> Any:
         try:
             return await self._methods[method].remote(*args)
-        except Exception as exc:  # replica gone, overloaded or still starting
+        except BackPressureError:
+            # The recognizer's queues are full: shed the request now rather than let it time out.
+            raise APIError(503, "overloaded", "the model deployment is at capacity: retry later",
+                           headers=self._retry_after) from None
+        except Exception as exc:  # replica gone or still starting
             log.warning("recognizer.%s failed: %r", method, exc)
-            raise APIError(503, "unavailable", f"the model deployment is not available: {type(exc).__name__}") from None
+            raise APIError(503, "unavailable", f"the model deployment is not available: {type(exc).__name__}",
+                           headers=self._retry_after) from None

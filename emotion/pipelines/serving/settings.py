@@ -39,14 +39,16 @@ class Limits(_Strict):
 
 
 class RecognizerOptions(_Strict):
-    """The model deployment: dynamic batching and its replicas' resources."""
+    """The model deployment: continuous batching and its replicas' resources."""
 
     max_batch_size: int = Field(16, ge=1)
+    # Only under load (requests queued while the last batch ran) may a batch wait this
+    # long to fill; a request that reaches an idle replica runs at once.
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     num_replicas: int = Field(1, ge=1)
     autoscaling_config: Optional[dict] = None  # replaces num_replicas when set
     max_ongoing_requests: int = Field(64, ge=1)
-    max_queued_requests: int = -1  # -1: unbounded; a bound sheds load with 503
+    max_queued_requests: int = Field(128, ge=-1)  # per ingress replica; -1: unbounded; past it: 503
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: Union[float, Literal["auto"]] = "auto"  # auto: gpu_fraction when the cluster has GPUs
     gpu_fraction: float = Field(1.0, gt=0)
@@ -73,6 +75,15 @@ class ServeSettings(_Strict):
     route_prefix: str = "/"
     auth_token: Optional[SecretStr] = None  # or env EMOTION_API_TOKEN
     readiness_timeout_s: float = Field(5.0, gt=0)
+    retry_after_s: int = Field(1, ge=0)  # the Retry-After of 503 answers (overloaded, draining)
+    drain_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM: the longest wait for in-flight requests
+    # Ray's metrics export port (Prometheus text) of the local Ray this job starts; null: Ray picks one.
+    metrics_export_port: Optional[int] = Field(None, ge=1, le=65535)
+    # How long a stopping ingress replica keeps accepting in HAProxy mode, so a load
+    # balancer in front can deregister it (Ray's RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S,
+    # 30 s by Ray's default). Set for the local Ray this job starts, whose HAProxy the
+    # controller updates directly.
+    direct_ingress_drain_s: float = Field(1.0, ge=0)
     access_log: bool = True  # one log line per request and replica; off saves CPU under load
     # Ray Serve's high-throughput mode (HAProxy ingress, gRPC between replicas). Ray reads
     # it from the environment when its processes start: `jobs/serve.py` sets it for the
