@@ -101,6 +101,7 @@ class ActorStage(_Strict):
     concurrent_batches: int = Field(1, ge=1)
     scheduling_strategy: Optional[Literal["SPREAD", "DEFAULT"]]
     resources: Optional[dict[str, float]]
+    max_restarts: int = Field(ge=-1)  # Ray restarts of a dead actor (-1: without end)
 
     @field_validator("pool_max", mode="before")
     @classmethod
@@ -118,11 +119,19 @@ class ActorStage(_Strict):
         return self
 
 
+class ListStage(_Strict):
+    """The tasks that list a large input as the job runs (``emotion.pipelines.tag_inputs``)."""
+
+    num_cpus: float = Field(gt=0)
+    max_tasks: Optional[int] = Field(ge=1)  # concurrent listing tasks; None: Ray Data decides
+
+
 class Stages(_Strict):
     """The ``stages`` group: tagging's Ray Data stage sizing."""
 
     wait_for_min_actors_s: Optional[float] = Field(ge=0)
     fuse: bool
+    list: ListStage
     decode: DecodeStage
     predict: ActorStage
     detect: ActorStage
@@ -153,6 +162,10 @@ class TagSettings(_Strict):
     max_file_bytes: int = Field(ge=1)
     commit_every_rows: int = Field(ge=1)
     commit_every_s: float = Field(gt=0)
+    pipeline_retries: int = Field(ge=0)
+    read_timeout_s: Optional[float] = Field(gt=0)
+    stall_warn_s: float = Field(ge=0)
+    inline_inputs: int = Field(ge=0)
     summary_json: Optional[str]
     progress_every_s: float = Field(ge=0)
     echo_images: int = Field(ge=0)

@@ -19,8 +19,11 @@ writes, listings, copies, moves and deletes are calls on it. What this module ad
   an S3 object appears whole or not at all (see ``_write``);
 * the conditional create ``create_exclusive``, the one operation that still uses boto3
   (PyArrow cannot send ``If-None-Match``);
-* local listings use ``os.walk``: PyArrow decodes file names as UTF-8 and fails on the
-  whole folder when one name is not.
+* local listings use ``os.scandir`` (``walk_local``): PyArrow decodes file names as UTF-8
+  and fails on the whole folder when one name is not; S3 listings can stream page by page
+  (``iter_s3_objects``, boto3's paginator), where PyArrow returns a whole listing at once;
+* local reads open regular files only (``read_bytes``): a FIFO, socket or device is
+  refused before it is read, where opening a FIFO would block forever.
 
 Credentials follow the standard AWS chain and nothing else: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` (/ ``AWS_SESSION_TOKEN``), ``AWS_PROFILE`` and the shared
@@ -46,6 +49,7 @@ import itertools
 import logging
 import os
 import re
+import stat
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -152,7 +156,7 @@ def _has_glob(text: str) -> bool:
     return any(c in text for c in _GLOB_CHARS)
 
 
-def _glob_to_regex(pattern: str) -> re.Pattern[str]:
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
     """Glob over ``/``-separated paths: ``*`` and ``?`` stay within one path segment,
     ``**`` spans any number of segments (``a/**/b`` also matches ``a/b``)."""
     out, i, n = [], 0, len(pattern)
@@ -185,7 +189,7 @@ def _glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-def _literal_prefix(pattern: str) -> str:
+def literal_prefix(pattern: str) -> str:
     """The part of ``pattern`` before its first glob character."""
     cut = min((pattern.find(c) for c in _GLOB_CHARS if c in pattern), default=len(pattern))
     return pattern[:cut]
@@ -531,7 +535,7 @@ def list_entries(
     s3: S3Config | None = None,
 ) -> list[tuple[str, int]]:
     """Like ``list_files``, with each file's size in bytes: S3 sizes come with the listing;
-    local sizes are -1 (``os.walk`` does not stat, and a stat per file over a network file
+    local sizes are -1 (the listing does not stat, and a stat per file over a network file
     system costs more than the listing; ``read_bytes`` stats the file it opens anyway)."""
     keep = _suffix_filter(suffixes)
     if is_s3(uri):
@@ -545,29 +549,97 @@ def _list_local(uri: str, recursive: bool) -> list[str]:
     text = uri[len(_FILE_SCHEME) :] if uri.startswith(_FILE_SCHEME) else uri
     if _has_glob(text):
         pattern = os.path.abspath(os.path.expanduser(text))
-        base = os.path.dirname(_literal_prefix(pattern)) or "/"
+        base = os.path.dirname(literal_prefix(pattern)) or "/"
         if not os.path.isdir(base):
             raise FileNotFoundError(f"no such directory: {base} (from pattern {uri!r})")
-        regex = _glob_to_regex(pattern)
+        regex = glob_to_regex(pattern)
         # Without '**' the pattern fixes the depth: do not walk deeper than that.
         max_depth = None if "**" in pattern else pattern.count("/") - base.rstrip("/").count("/")
-        return [p for p in _walk_files(base, True, max_depth) if regex.match(p)]
+        return [p for p in walk_local(base, True, max_depth) if regex.match(p)]
     path = _local_path(text)
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no such file or directory: {path}")
-    return list(_walk_files(path, recursive, None))
+    return list(walk_local(path, recursive))
 
 
-def _walk_files(base: str, recursive: bool, max_depth: int | None) -> Iterable[str]:
-    base_depth = base.rstrip("/").count("/")
-    for root, dirs, files in os.walk(base):
-        depth = root.rstrip("/").count("/") - base_depth + 1
-        for name in files:
-            yield os.path.join(root, name)
-        if not recursive or (max_depth is not None and depth >= max_depth):
-            dirs[:] = []
+def walk_local(top: str, recursive: bool = True, depth: int | None = None) -> Iterator[str]:
+    """Paths of every entry below ``top`` that is not a folder, as a stream: each folder's
+    own entries in name order, then its sub-folders' in name order.
+
+    Entries that are not folders include FIFOs, sockets and devices: callers see them and
+    ``read_bytes`` refuses them. Symbolic links to folders are not followed (as
+    ``os.walk``). ``depth``: how many folder levels, ``top`` being 1, may be listed
+    (``None``: all). A folder that cannot be read is skipped.
+    """
+    stack = [(top, 1)]
+    while stack:
+        folder, level = stack.pop()
+        try:
+            with os.scandir(folder) as found:
+                entries = sorted(found, key=lambda e: e.name)
+        except OSError:
+            continue
+        subfolders = []
+        for entry in entries:
+            if _is_folder(entry):
+                if not entry.is_symlink():
+                    subfolders.append(entry.path)
+            else:
+                yield entry.path
+        if recursive and (depth is None or level < depth):
+            stack.extend((path, level + 1) for path in reversed(subfolders))
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def local_subfolders(top: str) -> list[str]:
+    """The folders directly in ``top`` (not symbolic links), in name order."""
+    with os.scandir(top) as found:
+        return sorted(e.path for e in found if _is_folder(e) and not e.is_symlink())
+
+
+def iter_s3_objects(prefix_uri: str, recursive: bool = True, s3: S3Config | None = None) -> Iterator[list[tuple[str, int]]]:
+    """The objects under an ``s3://bucket/prefix/`` as a stream of listing pages (up to
+    1,000 ``(uri, size)`` each, in key order); ``recursive=False``: only the objects
+    directly under the prefix. Folder markers (keys ending in ``/``) are left out."""
+    res = _resolve(s3)
+    bucket, prefix = split_s3(prefix_uri)
+    pages = _s3_pages(prefix_uri, res, Bucket=bucket, Prefix=prefix, **({} if recursive else {"Delimiter": "/"}))
+    for page in pages:
+        yield [(f"{S3_SCHEME}{bucket}/{item['Key']}", int(item["Size"])) for item in page.get("Contents", ())
+               if not item["Key"].endswith("/")]
+
+
+def iter_s3_prefixes(prefix_uri: str, s3: S3Config | None = None) -> list[str]:
+    """The ``/``-delimited prefixes directly under ``s3://bucket/prefix/`` (its "folders"),
+    in key order."""
+    res = _resolve(s3)
+    bucket, prefix = split_s3(prefix_uri)
+    return [f"{S3_SCHEME}{bucket}/{common['Prefix']}"
+            for page in _s3_pages(prefix_uri, res, Bucket=bucket, Prefix=prefix, Delimiter="/")
+            for common in page.get("CommonPrefixes", ())]
+
+
+def _s3_pages(uri: str, res: _Resolved, **request: Any) -> Iterator[dict]:
+    """ListObjectsV2 pages, one request at a time (boto3's paginator), errors translated."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    pages = iter(_boto3_client(res).get_paginator("list_objects_v2").paginate(**request))
+    while True:
+        try:
+            page = next(pages, None)
+        except (BotoCoreError, ClientError) as err:
+            raise _translate(err, uri, res, "list") from err
+        if page is None:
+            return
+        yield page
 
 
 def _list_s3(uri: str, recursive: bool, res: _Resolved) -> list[tuple[str, int]]:
@@ -576,8 +648,8 @@ def _list_s3(uri: str, recursive: bool, res: _Resolved) -> list[tuple[str, int]]
     fs = _s3_filesystem(res, bucket)
     base, regex = f"{bucket}/{key}".rstrip("/"), None
     if _has_glob(key):
-        regex = _glob_to_regex(f"{bucket}/{key}")
-        base = _literal_prefix(f"{bucket}/{key}").rpartition("/")[0]
+        regex = glob_to_regex(f"{bucket}/{key}")
+        base = literal_prefix(f"{bucket}/{key}").rpartition("/")[0]
         rest = f"{bucket}/{key}"[len(base) + 1 :]
         recursive = "**" in rest or "/" in rest  # "dir/*.jpg" needs only one level
     with _errors(uri, res, "list"):
@@ -608,10 +680,43 @@ def read_bytes(uri: str | os.PathLike, s3: S3Config | None = None, *, max_bytes:
     if max_bytes is not None:
         _check_size(uri, known_size, max_bytes)
     fs, path, res = _fs(uri, s3)
+    if res is None:
+        return _read_local(path, os.fspath(uri), max_bytes)
     with _errors(uri, res, "read"), fs.open_input_file(path) as f:
         if max_bytes is not None:
             _check_size(uri, f.size(), max_bytes)
         return f.read()
+
+
+class NotARegularFileError(OSError):
+    """A path names a FIFO, socket, device or folder: nothing that can be read whole."""
+
+
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
+
+
+def _read_local(path: bytes, uri: str, max_bytes: int | None) -> bytes:
+    """A local regular file's bytes. The file is opened without blocking (a FIFO with no
+    writer would block ``open`` forever) and checked with ``fstat`` before any read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file or directory: {uri}") from None
+    try:
+        info = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise NotARegularFileError(f"{uri} is {kind}, not a regular file: not read")
+    with open(fd, "rb", buffering=0) as f:
+        if max_bytes is not None:
+            _check_size(uri, info.st_size, max_bytes)
+        os.set_blocking(fd, True)
+        return f.readall() if max_bytes is None else f.read(info.st_size)
 
 
 def _check_size(uri: str | os.PathLike, size: int, max_bytes: int) -> None:

@@ -34,17 +34,19 @@ import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from emotion import storage
 from emotion.schema import MODEL_METADATA_KEY
-from emotion.sources import source_path
+from emotion.sources import SourceSet, source_digests, source_path
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +67,18 @@ class OutputModelMismatch(ValueError):
 # -- what is already there ---------------------------------------------------------------
 @dataclass
 class OutputState:
-    """What an output folder holds: units, and the state of each image in them."""
+    """What an output folder holds: units, and the state of each image in them.
+
+    Images are remembered by digest (``SourceSet``, 16 bytes an image), so a resume over
+    millions of images holds megabytes, not every path."""
 
     output: str
     units: list[str] = field(default_factory=list)  # oldest first
-    done: set[str] = field(default_factory=set)  # source paths with a row
-    failed: set[str] = field(default_factory=set)  # source paths whose newest rows are an error
+    done: SourceSet = field(default_factory=SourceSet)  # sources with a row
+    failed: SourceSet = field(default_factory=SourceSet)  # sources whose newest rows are an error
     quarantined: list[str] = field(default_factory=list)
-    # source path -> units holding its rows, when more than one does
-    repeated: dict[str, list[str]] = field(default_factory=dict)
+    # source digest -> units holding its rows, when more than one does
+    repeated: dict[bytes, list[str]] = field(default_factory=dict)
     models: dict[str, int] = field(default_factory=dict)  # model id (schema metadata) -> units
 
     def check_model(self, model_id: str) -> None:
@@ -124,32 +129,60 @@ def quarantine(uri: str, output: str, reason: str) -> str:
     return dest
 
 
-def scan_output(output: str) -> OutputState:
-    """Read what ``output`` holds; unreadable units are quarantined (see module doc)."""
+def scan_output(output: str, threads: int = 8) -> OutputState:
+    """Read what ``output`` holds; unreadable units are quarantined (see module doc).
+
+    Units are read ``threads`` at a time (Parquet reads and S3 requests wait on I/O), only
+    their ``source``, ``source_bytes`` and ``error`` columns, and kept as digests."""
     state = OutputState(output)
-    newest_error: dict[str, bool] = {}
-    where: dict[str, list[str]] = {}
-    for uri in list_units(output):
-        try:
-            table = _read_columns(uri, ("source", "source_bytes", "error"))
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is set aside, not fatal
-            state.quarantined.append(quarantine(uri, output, f"{type(exc).__name__}: {exc}"))
-            continue
-        state.units.append(uri)
-        model_id = (table.schema.metadata or {}).get(MODEL_METADATA_KEY, b"").decode()
-        if model_id:
-            state.models[model_id] = state.models.get(model_id, 0) + 1
-        keys = _source_keys(table)
-        errors = table.column("error").is_valid().to_pylist()
-        for key, is_error in zip(keys, errors):
-            homes = where.setdefault(key, [])
-            if not homes or homes[-1] != uri:
-                homes.append(uri)
-                newest_error[key] = is_error  # later units overwrite earlier ones
-    state.done = set(where)
-    state.failed = {k for k, bad in newest_error.items() if bad}
-    state.repeated = {k: homes for k, homes in where.items() if len(homes) > 1}
+    units = list_units(output)
+    digests, unit_of, errors = [], [], []
+    with ThreadPoolExecutor(threads, thread_name_prefix="scan-output") as pool:
+        for uri, read in zip(units, pool.map(_read_unit_keys, units)):
+            if isinstance(read, BaseException):
+                state.quarantined.append(quarantine(uri, output, f"{type(read).__name__}: {read}"))
+                continue
+            model_id, keys, is_error = read
+            if model_id:
+                state.models[model_id] = state.models.get(model_id, 0) + 1
+            digests.append(keys)
+            unit_of.append(np.full(len(keys), len(state.units), np.int32))
+            errors.append(is_error)
+            state.units.append(uri)
+    if not digests:
+        return state
+    # One stable sort groups each image's rows, oldest unit first within a group.
+    all_digests = np.concatenate(digests)
+    order = np.argsort(all_digests, kind="stable")
+    keys, homes, is_error = all_digests[order], np.concatenate(unit_of)[order], np.concatenate(errors)[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+    # An image's state is that of its rows in its newest unit (an error is the image's
+    # only row in a unit), so of the group's last row.
+    state.done = SourceSet(keys[starts], sorted_unique=True)
+    state.failed = SourceSet(keys[starts][is_error[ends - 1]], sorted_unique=True)
+    for group in np.flatnonzero(homes[starts] != homes[ends - 1]):
+        found = homes[starts[group]:ends[group]]
+        state.repeated[bytes(keys[starts[group]])] = [state.units[i] for i in np.unique(found)]
     return state
+
+
+def scan_units(units: list[str], threads: int = 8) -> SourceSet:
+    """The images that ``units`` hold rows of."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="scan-units") as pool:
+        found = [read[1] for read in pool.map(_read_unit_keys, units) if not isinstance(read, BaseException)]
+    return SourceSet(np.concatenate(found) if found else None)
+
+
+def _read_unit_keys(uri: str) -> tuple[str, np.ndarray, np.ndarray] | BaseException:
+    """(model id, row digests, row is-error flags) of one unit, or the exception that
+    reading it raised."""
+    try:
+        table = _read_columns(uri, ("source", "source_bytes", "error"))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is set aside, not fatal
+        return exc
+    model_id = (table.schema.metadata or {}).get(MODEL_METADATA_KEY, b"").decode()
+    return model_id, source_digests(_source_keys(table)), np.asarray(table.column("error").is_valid())
 
 
 def drop_superseded(state: OutputState) -> int:
@@ -159,16 +192,16 @@ def drop_superseded(state: OutputState) -> int:
     leaves either the old or the new unit, never a gap; re-running finishes the job.
     Returns the number of rows removed.
     """
-    stale: dict[str, set[str]] = {}
+    stale: dict[str, list[bytes]] = {}
     for key, homes in state.repeated.items():
         for uri in homes[:-1]:
-            stale.setdefault(uri, set()).add(key)
+            stale.setdefault(uri, []).append(key)
     removed = 0
     for uri, keys in stale.items():
         fs, path = storage.get_filesystem(uri)
         table = pq.read_table(path, filesystem=fs)
-        keep = pa.array([k not in keys for k in _source_keys(table)], pa.bool_())
-        kept = table.filter(keep)
+        drop = SourceSet(np.array(keys, dtype="S16")).contains(source_digests(_source_keys(table)))
+        kept = table.filter(pa.array(~drop, pa.bool_()))
         removed += len(table) - len(kept)
         if len(kept):
             storage.write_bytes(uri, _parquet_bytes(kept))
@@ -213,11 +246,12 @@ class UnitWriter:
     """
 
     def __init__(self, output: str, schema: pa.Schema, every_rows: int, every_s: float,
-                 run_started: float | None = None, run_id: str | None = None):
+                 run_started: float | None = None, run_id: str | None = None, first_seq: int = 0):
         self.output, self.schema = output.rstrip("/"), schema
         self.every_rows, self.every_s = int(every_rows), float(every_s)
         started = datetime.fromtimestamp(run_started or time.time(), tz=timezone.utc)
         self.prefix = f"part-{started:%Y%m%dT%H%M%S}-{(run_id or uuid.uuid4().hex)[:8]}"
+        self.first_seq = first_seq  # the number of this writer's first unit (a job that restarts its pipeline goes on counting)
         self.stats = WriteStats()
         self._ready: list[pa.Table] = []
         self._ready_rows = 0
@@ -263,7 +297,7 @@ class UnitWriter:
 
     def _commit(self) -> None:
         table = pa.concat_tables(self._ready).cast(self.schema)
-        uri = storage.join(self.output, f"{self.prefix}-{len(self.stats.units):06d}.parquet")
+        uri = storage.join(self.output, f"{self.prefix}-{self.first_seq + len(self.stats.units):06d}.parquet")
         storage.write_bytes(uri, _parquet_bytes(table))
         self._count(table)
         self.stats.units.append(uri)

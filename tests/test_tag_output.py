@@ -15,7 +15,7 @@ import pytest
 
 from emotion import storage
 from emotion.schema import output_schema
-from emotion.sources import UnnameableSourceError, encode_source, source_path
+from emotion.sources import UnnameableSourceError, encode_source, source_digests, source_path
 from emotion.tag_output import (ROWS_IN_IMAGE, OutputLock, OutputLockedError, OutputModelMismatch, UnitWriter,
                                 drop_superseded, list_units, remove_partial_writes, scan_output)
 from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
@@ -107,7 +107,7 @@ def test_newest_rows_supersede_older_ones(tmp_path):
     with UnitWriter(str(tmp_path), SCHEMA, every_rows=1, every_s=3600, run_started=2_000, run_id="bbbb") as w:
         w.add(table(rows("b.jpg", 2)))  # the retry
     state = scan_output(str(tmp_path))
-    assert state.failed == set() and state.repeated == {"b.jpg": list_units(str(tmp_path))}
+    assert state.failed == set() and state.repeated == {bytes(source_digests(["b.jpg"])[0]): list_units(str(tmp_path))}
     assert drop_superseded(state) == 1
     final = read_units(tmp_path).to_pylist()
     assert sorted((r["source"], r["person_index"], r["error"]) for r in final) == [

