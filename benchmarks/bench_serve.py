@@ -250,6 +250,7 @@ def summarize(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local Ray that only this process uses
     import ray
     from ray import serve
 

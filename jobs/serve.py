@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 import hydra
@@ -32,6 +33,9 @@ log = logging.getLogger("emotion.serve")
 # How long a stop waits for Serve to drain and stop its replicas (about 2 s each) before
 # exiting regardless.
 SHUTDOWN_WAIT_S = 5.0
+# A stop signal sent to the whole process group reaches Ray's processes too; their GCS has
+# stopped answering by this time, which tells that case apart from a signal to this process.
+GROUP_SIGNAL_GRACE_S = 0.5
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -165,19 +169,46 @@ def _ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def drain_and_shutdown(settings: ServeSettings) -> None:
+def drain_and_shutdown(settings: ServeSettings, local_ray: bool) -> None:
     """SIGTERM or Ctrl-C: drain the app (in-flight requests finish, new ones get 503),
-    then stop Serve and Ray. A signal to the whole process group reaches Ray's processes
-    too: then there is nothing left to drain, and the stop is immediate."""
-    if ray.is_initialized() and _reachable(ray.get_runtime_context().gcs_address):
-        log.info("draining: new requests get 503 while in-flight ones finish (at most %.0f s)",
-                 settings.drain_timeout_s)
-        try:
-            held = drain(settings.app_name, settings.drain_timeout_s)
-            log.info("drained" if held == 0 else "drain timed out with %d request(s) in flight", held)
-        except Exception as exc:  # Ray going away under us: stop regardless
-            log.info("drain stopped: %r", exc)
+    then stop. A drained app on the local Ray this job started stops with Ray itself:
+    Serve's own shutdown would close the port first and then take seconds, refusing
+    connections instead of answering 503 until the exit. On a cluster, Serve is shut down
+    as before. A signal to the whole process group reaches Ray's processes too: their GCS
+    stops answering within moments, there is nothing left to drain, and the stop is
+    immediate."""
+    if ray.is_initialized():
+        gcs = ray.get_runtime_context().gcs_address
+        time.sleep(GROUP_SIGNAL_GRACE_S)
+        if _reachable(gcs) and _drain_while_reachable(gcs, settings) and local_ray:
+            log.info("stopping the local Ray")
+            ray.shutdown()
+            return
     shutdown()
+
+
+def _drain_while_reachable(gcs: str, settings: ServeSettings) -> bool:
+    """Drain, giving up if the GCS goes away; whether every request was answered."""
+    log.info("draining: new requests get 503 while in-flight ones finish (at most %.0f s)", settings.drain_timeout_s)
+    outcome: list = []
+
+    def work() -> None:
+        try:
+            outcome.append(drain(settings.app_name, settings.drain_timeout_s))
+        except Exception as exc:  # Ray going away under us: stop regardless
+            outcome.append(exc)
+
+    # A thread, so that the wait ends when the GCS goes away mid-drain (a key-value call
+    # to a dead GCS retries for a minute); shutdown() then exits without waiting on it.
+    worker = threading.Thread(target=work, name="drain", daemon=True)
+    worker.start()
+    while worker.is_alive() and _reachable(gcs):
+        worker.join(0.25)
+    if outcome and isinstance(outcome[0], int):
+        log.info("drained" if outcome[0] == 0 else "drain timed out with %d request(s) in flight", outcome[0])
+        return outcome[0] == 0
+    log.info("drain stopped: %r", outcome[0] if outcome else "Ray's GCS stopped answering")
+    return False
 
 
 @hydra.main(config_path="configs", config_name="serve", version_base="1.3")
@@ -189,7 +220,7 @@ def main(cfg: DictConfig) -> None:
             _ignore_stop_signals()
             log.info("shutting down")
             settings = parse_settings(ServeSettings, OmegaConf.to_container(cfg.serve, resolve=True), prefix="serve")
-            drain_and_shutdown(settings)
+            drain_and_shutdown(settings, local_ray=not cfg.ray.get("address"))
 
 
 if __name__ == "__main__":

@@ -792,3 +792,79 @@ def test_drain_finishes_in_flight_requests_and_refuses_new_ones(service, served_
     finally:
         stop.set()
         serve.delete("drainme")
+
+
+@pytest.mark.slow  # starts its own Ray and models: about a minute on a busy 2-core machine
+@pytest.mark.parametrize("throughput_optimized", [False, True])
+def test_sigterm_under_load_drains_then_stops(tmp_path, photos, throughput_optimized):
+    """`kill -TERM <pid>` to `emotion serve` (what Kubernetes and most process managers send
+    to the main process) while clients keep sending: every request sent before the signal
+    is answered 200, later ones get 200 or 503 with Retry-After while the service drains,
+    the process exits 0, and Serve's shutdown logs no warning."""
+    import threading
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    args = [str(Path(sys.executable).parent / "emotion"), "serve", f"serve.port={port}", "detector=full_frame",
+            f"serve.throughput_optimized={str(throughput_optimized).lower()}", "serve.access_log=false"]
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    records: list[tuple[float, float, int, str]] = []  # (sent, finished, status, Retry-After)
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        session = requests.Session()
+        while not stop.is_set() and proc.poll() is None:
+            sent = time.monotonic()
+            try:
+                r = session.post(url + "/v1/recognize", data=photos["obama.jpg"],
+                                 headers={"Content-Type": "image/jpeg"}, timeout=60)
+                records.append((sent, time.monotonic(), r.status_code, r.headers.get("Retry-After", "")))
+                if r.status_code == 503:
+                    time.sleep(0.05)
+            except requests.RequestException:
+                records.append((sent, time.monotonic(), 0, ""))
+                time.sleep(0.05)
+
+    try:
+        deadline = time.monotonic() + 300
+        while not _answers(url + "/readyz"):
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the server did not come up within 300 s"
+            time.sleep(1)
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(3)
+        signalled = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(90)
+        exited = time.monotonic()
+        stop.set()
+        for t in threads:
+            t.join(60)
+        output = (tmp_path / "serve.log").read_text()
+        assert proc.returncode == 0, output[-3000:]
+        before = [r for r in records if r[0] < signalled]
+        assert before and all(status == 200 for _, _, status, _ in before), \
+            f"requests sent before SIGTERM that failed: {[r for r in before if r[2] != 200]}"
+        after = [r for r in records if r[0] >= signalled]
+        refused = [r for r in after if r[2] == 503]
+        assert refused and all(r[3] == "1" for r in refused)
+        # Draining, a request is answered 200 or 503; once drained, Serve stops and its port
+        # closes: only then (the last seconds before the exit) are connections refused.
+        failed = [r for r in after if r[2] not in (200, 503)]
+        last_ok = max(r[1] for r in after + before if r[2] == 200)
+        timeline = [(round(r[0] - signalled, 3), round(r[1] - signalled, 3), r[2]) for r in after]
+        assert all(r[2] == 0 and r[0] > last_ok and exited - r[0] < 5 for r in failed), \
+            f"failures while draining (sent, answered, status after the signal): {timeline}"
+        assert "drained" in output and "Controller failed to shut down" not in output, output[-3000:]
+        assert exited - signalled < 30, f"stopping took {exited - signalled:.1f} s"
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
