@@ -57,10 +57,12 @@ def test_every_yaml_parses_and_has_a_known_shape():
                 shapes[path.name] = "launcher"
             elif "env_vars" in doc:
                 shapes[path.name] = "runtime_env"
+            elif "scrape_configs" in doc:
+                shapes[path.name] = "prometheus"
             else:
                 pytest.fail(f"{path}: unknown kind of YAML document")
     assert sorted(shapes.values()) == sorted(
-        ["compose", "RayJob", "RayJob", "RayService", "launcher", "runtime_env"]
+        ["compose", "RayJob", "RayJob", "RayService", "launcher", "runtime_env", "prometheus"]
     )
 
 
@@ -102,6 +104,15 @@ def test_compose_services_ports_healthchecks_profiles():
     published = {str(p).rsplit(":", 1)[-1] for p in head["ports"]}
     assert {"8265", "10001", "6379"} <= published
     assert services["minio-init"]["restart"] == "no"
+    # Every Ray node serves Prometheus metrics on 8080, and the scrape config names them.
+    for name in RAY_NODE_SERVICES:
+        assert "--metrics-export-port=8080" in services[name]["command"], name
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["metrics"]
+    scrape = _load(CLUSTER / "prometheus.yml")[0]["scrape_configs"]
+    targets = [t for job in scrape for c in job.get("static_configs", []) for t in c["targets"]]
+    targets += [f"{n}:{c['port']}" for job in scrape for c in job.get("dns_sd_configs", []) for n in c["names"]]
+    assert {f"{name}:8080" for name in RAY_NODE_SERVICES} <= set(targets)
     assert "mc mb" in services["minio-init"]["command"][0]
 
 
