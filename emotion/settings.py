@@ -122,6 +122,8 @@ class ActorStage(_Strict):
 class ListStage(_Strict):
     """The tasks that list a large input as the job runs (``emotion.pipelines.tag_inputs``)."""
 
+    block_bytes: int = Field(ge=1024)  # input block size (Ray Data's target_max_block_size for the job)
+    read_tasks: int = Field(ge=1)  # the most read tasks one input is split into
     num_cpus: float = Field(gt=0)
     max_tasks: Optional[int] = Field(ge=1)  # concurrent listing tasks; None: Ray Data decides
 

@@ -68,25 +68,46 @@ class ResumeSets:
         return [e for e, k in zip(entries, keep) if k], int(retry.sum())
 
 
-def input_dataset(plan: InputPlan, resume: ResumeSets, *, path_column: str, block: int, run_id: str,
-                  limit: Optional[int], num_cpus: float, max_tasks: Optional[int]) -> ray.data.Dataset:
-    """The input rows of a large input (``plan.shards``): one read task per shard, or one
-    for all of them in order when ``limit`` is set (the first ``limit`` listed)."""
-    resume_ref = ray.put(resume)
-    source = ShardDatasource(plan.shards, resume_ref, path_column=path_column, block=block,
-                             run_id=run_id, limit=limit)
-    return ray.data.read_datasource(
-        source, num_cpus=num_cpus, override_num_blocks=len(source.groups),
-        **({"compute": TaskPoolStrategy(size=max_tasks)} if max_tasks else {}))
+# Rows per table a read task yields; Ray Data gathers them into blocks of ``block_bytes``.
+TABLE_ROWS = 32
+
+
+def input_dataset(plan: InputPlan, resume: ResumeSets, *, path_column: str, run_id: str, limit: Optional[int],
+                  num_cpus: float, max_tasks: Optional[int], read_tasks: int,
+                  block_bytes: int) -> tuple[ray.data.Dataset, int]:
+    """The input rows of a large input (``plan.shards``), listed by at most ``read_tasks``
+    read tasks (each a run of consecutive shards), or by one in order when ``limit`` is set
+    (the first ``limit`` listed). Returns the dataset and its number of read tasks.
+
+    A read task's output goes to the next stage in blocks of Ray Data's
+    ``target_max_block_size``, set to ``block_bytes`` for this dataset: at Ray's default
+    (128 MiB) a task's whole listing would be one block, handed to one actor as one task,
+    and no row would come out before that actor had tagged all of it.
+    """
+    source = ShardDatasource(plan.shards, ray.put(resume), path_column=path_column, block=TABLE_ROWS,
+                             run_id=run_id, limit=limit, tasks=read_tasks)
+    context = ray.data.DataContext.get_current()
+    default_bytes = context.target_max_block_size
+    context.target_max_block_size = block_bytes  # the dataset takes a copy of the context
+    try:
+        ds = ray.data.read_datasource(
+            source, num_cpus=num_cpus, override_num_blocks=len(source.groups),
+            **({"compute": TaskPoolStrategy(size=max_tasks)} if max_tasks else {}))
+    finally:
+        context.target_max_block_size = default_bytes
+    return ds, len(source.groups)
 
 
 class ShardDatasource(Datasource):
     """Ray Data source over an input plan's shards (module doc)."""
 
     def __init__(self, shards: list[Shard], resume: ray.ObjectRef, *, path_column: str, block: int,
-                 run_id: str, limit: Optional[int]):
+                 run_id: str, limit: Optional[int], tasks: int):
         super().__init__()
-        self.groups = [shards] if limit else [[shard] for shard in shards]
+        # Each read task costs Ray Data about 0.1 s of CPU to start and finish: a thousand
+        # folders are listed by a few tasks, each over a run of consecutive folders.
+        count = 1 if limit else max(1, min(tasks, len(shards)))
+        self.groups = [list(group) for group in np.array_split(np.array(shards, dtype=object), count)]
         self.resume, self.path_column, self.block = resume, path_column, block
         self.run_id, self.limit = run_id, limit
 

@@ -321,10 +321,12 @@ def _run_pipeline(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo:
         ds = ray.data.from_blocks(source_blocks(todo, block))
         images, listing_tasks = len(todo), 0
     else:
-        ds = input_dataset(plan, resume, path_column=settings.path_column, block=block, run_id=lock.run_id,
-                           limit=settings.limit, num_cpus=float(stages["list"]["num_cpus"]),
-                           max_tasks=stages["list"]["max_tasks"])
-        images, listing_tasks = None, (1 if settings.limit else len(plan.shards))
+        listing = stages["list"]
+        ds, listing_tasks = input_dataset(
+            plan, resume, path_column=settings.path_column, run_id=lock.run_id, limit=settings.limit,
+            num_cpus=float(listing["num_cpus"]), max_tasks=listing["max_tasks"],
+            read_tasks=int(listing["read_tasks"]), block_bytes=int(listing["block_bytes"]))
+        images = None
     decode_kwargs = {"max_side": settings.predictor.max_image_side, "max_pixels": settings.max_pixels,
                      "max_file_bytes": settings.max_file_bytes, "read_timeout_s": settings.read_timeout_s}
     decode_in_actors = decodes_in_actors(stages["decode"]["in_actors"], use_gpu)
