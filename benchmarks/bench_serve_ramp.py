@@ -1,10 +1,12 @@
-"""Autoscaling under a load ramp: idle -> ``--concurrency`` clients -> idle, on a local Ray.
+"""Autoscaling under a load ramp: idle -> ``--concurrency`` clients -> a few -> idle, on a local Ray.
 
 Starts the app with ``serve=autoscaling`` (the recognizer scales between
 ``--min-replicas`` and ``--max-replicas`` replicas of ``--replica-cpus`` CPUs each, so
 that two fit a 2-core machine), then runs three phases: ``--idle-s`` without requests,
 ``--load-s`` of closed-loop clients (one keep-alive connection each, raw ``image/jpeg``
-POSTs of FER faces), and ``--cooldown-s`` idle again. Every ``--window-s`` it records the
+POSTs of FER faces), ``--light-s`` with ``--light-concurrency`` of them (the replicas
+scale down while requests still flow, so a replica that stops must drain), and
+``--cooldown-s`` idle again. Every ``--window-s`` it records the
 recognizer's running replicas (``serve.status()``), requests/s, p50/p99 latency and failed
 requests of the answers that finished in that window. The run passes when the replicas
 rise while the load lasts, fall back after it, and no request fails, transitions included.
@@ -36,7 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--idle-s", type=float, default=10.0)
     parser.add_argument("--load-s", type=float, default=60.0)
-    parser.add_argument("--cooldown-s", type=float, default=45.0)
+    parser.add_argument("--light-s", type=float, default=40.0)
+    parser.add_argument("--light-concurrency", type=int, default=2)
+    parser.add_argument("--cooldown-s", type=float, default=15.0)
     parser.add_argument("--window-s", type=float, default=5.0)
     parser.add_argument("--min-replicas", type=int, default=1)
     parser.add_argument("--max-replicas", type=int, default=2)
@@ -85,12 +89,12 @@ def running_replicas() -> int:
 
 
 class Load:
-    """Closed-loop clients that run while ``active`` is set; every answer is recorded as
-    (finish time, latency s, status), with 0 for a connection error."""
+    """Closed-loop clients; client ``i`` sends while ``i < active`` (set per phase). Every
+    answer is recorded as (finish time, latency s, status), with 0 for a connection error."""
 
     def __init__(self, port: int, payloads: list[bytes], concurrency: int) -> None:
         self.port, self.payloads, self.concurrency = port, payloads, concurrency
-        self.active, self.done = threading.Event(), threading.Event()
+        self.active, self.done = 0, threading.Event()
         self.records: list[tuple[float, float, int]] = []
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(concurrency)]
 
@@ -102,7 +106,8 @@ class Load:
         conn = http.client.HTTPConnection(HOST, self.port, timeout=120)
         n = index
         while not self.done.is_set():
-            if not self.active.wait(0.1):
+            if index >= self.active:
+                time.sleep(0.05)
                 continue
             start = time.perf_counter()
             try:
@@ -142,10 +147,11 @@ def main(argv: list[str] | None = None) -> None:
         start_app(args, port)
         load = Load(port, payloads, args.concurrency)
         load.start()
-        phases = [("idle", args.idle_s, False), ("load", args.load_s, True), ("cooldown", args.cooldown_s, False)]
+        phases = [("idle", args.idle_s, 0), ("load", args.load_s, args.concurrency),
+                  ("light", args.light_s, args.light_concurrency), ("cooldown", args.cooldown_s, 0)]
         t0 = time.monotonic()
-        for phase, seconds, active in phases:
-            (load.active.set if active else load.active.clear)()
+        for phase, seconds, clients in phases:
+            load.active = clients
             phase_end = time.monotonic() + seconds
             while time.monotonic() < phase_end - 1e-3:
                 window_start = time.monotonic()
@@ -165,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     failures = sum(1 for _, _, status in load.records if status != 200)
     peak = max((r["replicas"] for r in timeline if r["phase"] == "load"), default=0)
     final = timeline[-1]["replicas"] if timeline else 0
+    light = [r["replicas"] for r in timeline if r["phase"] == "light"]
     report = {
         "command": "python benchmarks/bench_serve_ramp.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
@@ -172,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         "replicas_idle": timeline[0]["replicas"] if timeline else 0, "replicas_peak_under_load": peak,
         "replicas_at_end": final,
         "scaled_up": peak > args.min_replicas, "scaled_down": final == args.min_replicas,
+        "scaled_down_under_light_load": bool(light) and light[-1] < peak,
         "elapsed_s": round(time.monotonic() - started, 1), "machine": machine(), "timeline": timeline,
     }
     out = Path(args.out)
