@@ -132,3 +132,16 @@ def test_batcher_settings_are_checked_and_server_timing_reads_as_the_header():
 
     assert run(main()) == (8, 0.01)
     assert server_timing({"queue": 1.234, "decode": 0.5}, 3) == 'queue;dur=1.2, decode;dur=0.5, batch;desc="3"'
+
+
+def test_a_failing_batch_callback_costs_no_answer():
+    async def main():
+        def on_batch(size: int, queued: int) -> None:
+            raise RuntimeError("metrics down")
+
+        batcher = ContinuousBatcher(SlowModel(0), max_batch_size=4, wait_s=0.0, on_batch=on_batch)
+        answers = [await asyncio.wait_for(batcher.submit(item), 5) for item in "xy"]
+        await batcher.close()
+        return answers
+
+    assert [a.value for a in run(main())] == ["answer-x", "answer-y"]

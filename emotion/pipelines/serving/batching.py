@@ -17,10 +17,13 @@ when many are waiting, with no fixed delay at low load.
 # No ``from __future__ import annotations``, like the rest of the package.
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Sequence
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,7 +133,10 @@ class ContinuousBatcher:
         started = time.monotonic()
         self._running = len(batch)
         if self._on_batch is not None:
-            self._on_batch(len(batch), len(self._queue))
+            try:
+                self._on_batch(len(batch), len(self._queue))
+            except Exception as exc:  # metrics must never cost an answer
+                log.warning("batch callback failed: %r", exc)
         try:
             values = await self._run([p.item for p in batch])
             if len(values) != len(batch):

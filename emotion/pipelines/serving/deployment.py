@@ -82,7 +82,10 @@ class EmotionRecognizer:
                 self._executor, self._predict, sources, payloads)
         finally:
             self._busy_s += time.perf_counter() - start
+        try:
             self._metrics.queue_length.set(self._batcher.queue_length)
+        except Exception as exc:  # metrics must never cost an answer
+            log.warning("recording the queue length failed: %r", exc)
         return [(response, timing) for response in responses]
 
     def _predict(self, sources: list[str], payloads: list[bytes]) -> tuple[list[dict], dict]:

@@ -17,8 +17,11 @@ The objects are made on first use in the replica that records them, never at imp
 
 # No ``from __future__ import annotations``, like the rest of the package.
 
+import logging
 from functools import lru_cache
 from typing import Mapping
+
+log = logging.getLogger(__name__)
 
 LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
@@ -96,7 +99,10 @@ class MetricsMiddleware:
             _in_flight[0] -= 1
             route = scope.get("route")
             template = getattr(route, "path", None) or OTHER_ROUTE
-            ingress_metrics().observe(template, status[0], (time.perf_counter() - start) * 1000)
+            try:
+                ingress_metrics().observe(template, status[0], (time.perf_counter() - start) * 1000)
+            except Exception as exc:  # a metrics failure must never fail the request
+                log.warning("recording request metrics failed: %r", exc)
 
 
 def server_timing(phases_ms: Mapping[str, float], batch_size: int | None = None) -> str:
