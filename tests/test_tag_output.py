@@ -56,6 +56,14 @@ def test_units_hold_whole_images_even_when_rows_arrive_split(tmp_path):
     assert pq.read_schema(units[0]).metadata == SCHEMA.metadata  # labels travel with every unit
 
 
+def test_each_unit_may_hold_twice_the_rows_of_the_one_before_up_to_a_cap(tmp_path):
+    with UnitWriter(str(tmp_path), SCHEMA, every_rows=2, every_s=3600, max_rows=5) as writer:
+        for i in range(20):
+            writer.add(table(rows(f"{i:02d}.jpg", 1)))
+    sizes = [pq.read_metadata(u).num_rows for u in list_units(str(tmp_path))]
+    assert sizes == [2, 4, 5, 5, 4]  # the last one: what was left at the end
+
+
 def test_units_commit_by_time_when_the_stream_is_slow(tmp_path):
     with UnitWriter(str(tmp_path), SCHEMA, every_rows=1_000_000, every_s=0.2) as writer:
         writer.add(table(rows("a.jpg", 1)))

@@ -348,7 +348,8 @@ def _run_pipeline(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo:
         ds = _model_stages(ds, stages, model_cfg, spec, use_gpu, images, block, first_stage_decode, watch, remote_env)
     storage.makedirs(summary.output)
     writer = UnitWriter(summary.output, schema, settings.commit_every_rows, settings.commit_every_s,
-                        run_started=lock.started, run_id=lock.run_id, first_seq=len(summary.files))
+                        run_started=lock.started, run_id=lock.run_id, first_seq=len(summary.files),
+                        max_rows=settings.commit_max_rows)
     pipeline_started = time.perf_counter()
     first_output, first_images = None, 0
     counts = PipelineCounts()
