@@ -88,7 +88,7 @@ def test_a_glob_keeps_its_depth_when_split(tree):
     plan = plan_inputs(f"{root}/*/*.jpg", "path", inline_max=1)
     listed = sorted(p for shard in plan.shards for chunk in iter_shard(shard, "path") for p, _ in chunk)
     assert listed == [p for p in paths if p.count("/") == str(root).count("/") + 2]  # not a/deep
-    assert list_inputs(f"{root}/**/*.jpg") == paths
+    assert [p for p, _ in list_inputs(f"{root}/**/*.jpg")] == paths
 
 
 def test_an_s3_prefix_is_listed_page_by_page_and_split_by_prefix(s3_bucket):  # noqa: F811

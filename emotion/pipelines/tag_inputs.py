@@ -92,7 +92,7 @@ def input_dataset(plan: InputPlan, resume: ResumeSets, *, path_column: str, run_
     try:
         ds = ray.data.read_datasource(
             source, num_cpus=num_cpus, override_num_blocks=len(source.groups),
-            **({"compute": TaskPoolStrategy(size=max_tasks)} if max_tasks else {}))
+            **({"compute": TaskPoolStrategy(size=min(max_tasks, len(source.groups)))} if max_tasks else {}))
     finally:
         context.target_max_block_size = default_bytes
     return ds, len(source.groups)
