@@ -72,7 +72,11 @@ def run(cfg: DictConfig, blocking: bool = False) -> str:
         # Process managers and containers stop with SIGTERM: shut down as on Ctrl-C.
         # (Set after Ray starts, which installs its own handler.)
         signal.signal(signal.SIGTERM, _interrupt)
-    serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix, blocking=blocking)
+    serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix, blocking=False)
+    if blocking:
+        # Serve's own blocking wait logs a warning on the stop signal; the stop is ours to report.
+        while True:
+            time.sleep(3600)
     return url
 
 
@@ -205,8 +209,11 @@ def _drain_while_reachable(gcs: str, settings: ServeSettings) -> bool:
     while worker.is_alive() and _reachable(gcs):
         worker.join(0.25)
     if outcome and isinstance(outcome[0], int):
-        log.info("drained" if outcome[0] == 0 else "drain timed out with %d request(s) in flight", outcome[0])
-        return outcome[0] == 0
+        if outcome[0] == 0:
+            log.info("drained: no request in flight")
+            return True
+        log.info("drain timed out with %d request(s) in flight", outcome[0])
+        return False
     log.info("drain stopped: %r", outcome[0] if outcome else "Ray's GCS stopped answering")
     return False
 
