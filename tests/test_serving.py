@@ -468,6 +468,8 @@ def test_helpers():
         ServeSettings(recognizer={"max_batch_size": 32, "max_ongoing_requests": 8})
     with pytest.raises(ValueError):
         ServeSettings(limits={"max_image_byts": 1})  # typos are errors, not silently ignored
+    with pytest.raises(ValueError, match="max_queued_requests"):
+        ServeSettings(recognizer={"max_queued_requests": 0})
 
 
 def test_typed_builder_takes_serve_run_arguments():

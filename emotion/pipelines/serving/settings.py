@@ -54,6 +54,13 @@ class RecognizerOptions(_Strict):
     gpu_fraction: float = Field(1.0, gt=0)
     torch_threads: int = Field(1, ge=1)
 
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue_bound(cls, value: int) -> int:
+        if value == 0:  # Serve takes -1 (unbounded) or a positive bound
+            raise ValueError("max_queued_requests must be -1 (unbounded) or at least 1")
+        return value
+
 
 class IngressOptions(_Strict):
     num_replicas: int = Field(1, ge=1)
