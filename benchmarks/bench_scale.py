@@ -221,9 +221,13 @@ def main() -> None:
     parser.add_argument("--resume-done", type=int, default=0,
                         help="before the largest local input's resume, also commit this many of its images "
                              "(units made from a row of the killed run), so the resume checks a large output")
+    parser.add_argument("--code", type=Path, default=None,
+                        help="run the command with this tree first on PYTHONPATH (a worktree of other code)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("bench_scale_results.json"))
     args = parser.parse_args()
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    if args.code is not None:
+        env["PYTHONPATH"] = str(args.code.resolve())
     seeds = seed_images()
     runs = []
     sizes = [int(s) for s in args.sizes.split(",") if s]

@@ -2,9 +2,9 @@
 
 A small input (listed on the driver, ``emotion.listing``) becomes blocks made on the
 driver (``source_blocks``); a large one becomes a ``ShardDatasource`` whose read tasks
-list one shard each as the job runs, drop what the output already holds (the resume
-sets, shipped once through the object store as digests) and yield input blocks as they
-go. The driver never holds the listing; the tasks report their counts on the job's
+each list a run of consecutive shards as the job runs, drop what the output already holds
+(the resume sets, shipped once through the object store as digests) and yield input
+blocks as they go. The driver never holds the listing; the tasks report their counts on the job's
 board (``emotion.pipelines.job_board``).
 """
 

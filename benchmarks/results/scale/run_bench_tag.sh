@@ -8,9 +8,9 @@ cd "$(dirname "$0")/../../.."
 out=benchmarks/results/scale
 export RAY_AUTH_MODE=disabled
 for i in 1 2; do
-  PYTHONPATH=/tmp/before .venv/bin/python /tmp/before/benchmarks/bench_tag.py --images 3000 --repeats 1 \
+  PYTHONPATH=/tmp/before .venv/bin/python /tmp/before/benchmarks/bench_tag.py --images 3000 --repeats 1 --input "$PWD/../shared/data/fer2013/val" \
     --out "$out/bench_tag_3000_before_$i.json"
-  .venv/bin/python benchmarks/bench_tag.py --images 3000 --repeats 1 --out "$out/bench_tag_3000_after_$i.json"
-  .venv/bin/python benchmarks/bench_tag.py --images 3000 --repeats 1 --override inline_inputs=0 \
+  .venv/bin/python benchmarks/bench_tag.py --images 3000 --repeats 1 --input "$PWD/../shared/data/fer2013/val" --out "$out/bench_tag_3000_after_$i.json"
+  .venv/bin/python benchmarks/bench_tag.py --images 3000 --repeats 1 --input "$PWD/../shared/data/fer2013/val" --override inline_inputs=0 \
     --out "$out/bench_tag_3000_streaming_$i.json"
 done
