@@ -80,15 +80,38 @@ def free_port() -> int:
 
 
 def start_app(args: argparse.Namespace, port: int, max_batch_size: int) -> None:
+    run_serve(args, [
+        f"detector={args.detector}", f"serve.host={HOST}", f"serve.port={port}", f"serve.app_name={APP_NAME}",
+        f"serve.recognizer.max_batch_size={max_batch_size}",
+        f"serve.recognizer.batch_wait_timeout_s={args.batch_wait_s}",
+        f"serve.recognizer.torch_threads={args.torch_threads}", "serve.recognizer.num_gpus=0",
+    ])
+
+
+def post_image(conn: http.client.HTTPConnection, port: int,
+               payload: bytes) -> tuple[http.client.HTTPConnection, int]:
+    """POST one image to ``/v1/recognize``: (the connection to use next, the HTTP status;
+    -1 for a 200 whose body is not a result, 0 when the connection failed, which is then
+    replaced)."""
+    try:
+        conn.request("POST", "/v1/recognize", body=payload, headers={"Content-Type": "image/jpeg"})
+        response = conn.getresponse()
+        body = response.read()
+        return conn, response.status if response.status != 200 or body.startswith(b'{"model"') else -1
+    except (OSError, http.client.HTTPException):
+        conn.close()
+        return http.client.HTTPConnection(HOST, port, timeout=120), 0
+
+
+def run_serve(args: argparse.Namespace, overrides: list[str]) -> None:
+    """``emotion serve`` in this process with ``overrides`` and the benchmark's shared
+    options (access log, proxy mode, the local Ray's CPUs, the user's extra overrides)."""
     from hydra import compose, initialize_config_dir
 
     from jobs.serve import run
 
     overrides = [
-        f"detector={args.detector}", f"serve.host={HOST}", f"serve.port={port}", f"serve.app_name={APP_NAME}",
-        f"serve.recognizer.max_batch_size={max_batch_size}",
-        f"serve.recognizer.batch_wait_timeout_s={args.batch_wait_s}",
-        f"serve.recognizer.torch_threads={args.torch_threads}", "serve.recognizer.num_gpus=0",
+        *overrides,
         f"serve.access_log={str(args.access_log).lower()}",
         f"serve.throughput_optimized={str(args.throughput_optimized).lower()}",
         f"ray.num_cpus={args.num_cpus}", "ray.log_to_driver=false", *args.overrides,
@@ -121,16 +144,7 @@ def load(port: int, payloads: list[bytes], n: int, concurrency: int, max_seconds
             if i >= n or time.monotonic() > deadline:
                 break
             start = time.perf_counter()
-            try:
-                conn.request("POST", "/v1/recognize", body=payloads[i % len(payloads)],
-                             headers={"Content-Type": "image/jpeg"})
-                response = conn.getresponse()
-                body = response.read()
-                status = response.status if response.status != 200 or body.startswith(b'{"model"') else -1
-            except (OSError, http.client.HTTPException):
-                status = 0
-                conn.close()
-                conn = http.client.HTTPConnection(HOST, port, timeout=120)
+            conn, status = post_image(conn, port, payloads[i % len(payloads)])
             done.append((time.perf_counter() - start, status))
         conn.close()
         return done

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import HOST, PROJECT_ROOT, free_port, load_payloads, machine  # noqa: E402
+from bench_serve import HOST, free_port, load_payloads, machine, post_image, run_serve  # noqa: E402
 
 APP_NAME = "ramp"
 
@@ -58,25 +58,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def start_app(args: argparse.Namespace, port: int) -> None:
-    from hydra import compose, initialize_config_dir
-
-    from jobs.serve import run
-
     scaling = "serve.recognizer.autoscaling_config"
-    overrides = [
+    run_serve(args, [
         "serve=autoscaling", f"detector={args.detector}", f"serve.host={HOST}", f"serve.port={port}",
         f"serve.app_name={APP_NAME}", "serve.recognizer.num_gpus=0", f"serve.recognizer.num_cpus={args.replica_cpus}",
         f"{scaling}.min_replicas={args.min_replicas}", f"{scaling}.max_replicas={args.max_replicas}",
         f"{scaling}.target_ongoing_requests={args.target_ongoing}",
         f"{scaling}.upscale_delay_s={args.upscale_delay_s}", f"{scaling}.downscale_delay_s={args.downscale_delay_s}",
         "serve.ingress.autoscaling_config=null", "serve.ingress.num_cpus=0.25",
-        f"serve.access_log={str(args.access_log).lower()}",
-        f"serve.throughput_optimized={str(args.throughput_optimized).lower()}",
-        f"ray.num_cpus={args.num_cpus}", "ray.log_to_driver=false", *args.overrides,
-    ]
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "jobs" / "configs"), version_base="1.3"):
-        cfg = compose(config_name="serve", overrides=overrides)
-    run(cfg)
+    ])
 
 
 def running_replicas() -> int:
@@ -110,16 +100,7 @@ class Load:
                 time.sleep(0.05)
                 continue
             start = time.perf_counter()
-            try:
-                conn.request("POST", "/v1/recognize", body=self.payloads[n % len(self.payloads)],
-                             headers={"Content-Type": "image/jpeg"})
-                response = conn.getresponse()
-                body = response.read()
-                status = response.status if response.status != 200 or body.startswith(b'{"model"') else -1
-            except (OSError, http.client.HTTPException):
-                status = 0
-                conn.close()
-                conn = http.client.HTTPConnection(HOST, self.port, timeout=120)
+            conn, status = post_image(conn, self.port, self.payloads[n % len(self.payloads)])
             self.records.append((time.monotonic(), time.perf_counter() - start, status))
             n += self.concurrency
         conn.close()
