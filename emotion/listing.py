@@ -176,22 +176,17 @@ def _whole_input(input_uri: str) -> list[Shard]:
     if storage.is_s3(input_uri):
         bucket, key = storage.split_s3(input_uri)
         if is_glob(key):
-            full = f"{bucket}/{key}"
-            base = storage.literal_prefix(full).rpartition("/")[0]
-            rest = full[len(base) + 1:]
-            depth = None if "**" in rest else rest.count("/") + 1
-            return [Shard("s3", f"{storage.S3_SCHEME}{base}/", recursive=depth != 1,
-                          pattern=storage.glob_to_regex(full).pattern, depth=depth)]
+            base, regex, depth = storage.split_glob(f"{bucket}/{key}")
+            return [Shard("s3", f"{storage.S3_SCHEME}{base}/", recursive=depth != 1, pattern=regex.pattern,
+                          depth=depth)]
         return [Shard("s3", f"{storage.S3_SCHEME}{bucket}/{key.rstrip('/')}/" if key else
                       f"{storage.S3_SCHEME}{bucket}/")]
     text = input_uri[len("file://"):] if input_uri.startswith("file://") else input_uri
     if is_glob(text):
-        pattern = os.path.abspath(os.path.expanduser(text))
-        base = os.path.dirname(storage.literal_prefix(pattern)) or "/"
+        base, regex, depth = storage.split_glob(os.path.abspath(os.path.expanduser(text)))
         if not os.path.isdir(base):
             raise FileNotFoundError(f"no such directory: {base} (from pattern {input_uri!r})")
-        depth = None if "**" in pattern else pattern.count("/") - base.rstrip("/").count("/")
-        return [Shard("local", base, recursive=True, pattern=storage.glob_to_regex(pattern).pattern, depth=depth)]
+        return [Shard("local", base, recursive=True, pattern=regex.pattern, depth=depth)]
     path = os.path.abspath(os.path.expanduser(text))
     if os.path.isfile(path):
         return []  # one file: plan_inputs lists it

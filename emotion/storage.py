@@ -156,7 +156,7 @@ def _has_glob(text: str) -> bool:
     return any(c in text for c in _GLOB_CHARS)
 
 
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
+def _glob_to_regex(pattern: str) -> re.Pattern[str]:
     """Glob over ``/``-separated paths: ``*`` and ``?`` stay within one path segment,
     ``**`` spans any number of segments (``a/**/b`` also matches ``a/b``)."""
     out, i, n = [], 0, len(pattern)
@@ -189,10 +189,19 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-def literal_prefix(pattern: str) -> str:
+def _literal_prefix(pattern: str) -> str:
     """The part of ``pattern`` before its first glob character."""
     cut = min((pattern.find(c) for c in _GLOB_CHARS if c in pattern), default=len(pattern))
     return pattern[:cut]
+
+
+def split_glob(pattern: str) -> tuple[str, re.Pattern[str], int | None]:
+    """A ``/``-separated glob (a local absolute path, or ``bucket/key`` on S3) -> (the folder
+    or prefix to list, the regular expression whole paths must match, how many folder
+    levels below and including that folder may hold matches: ``None`` with ``**``)."""
+    base = _literal_prefix(pattern).rpartition("/")[0]
+    rest = pattern[len(base) + 1 :]
+    return base or "/", _glob_to_regex(pattern), None if "**" in rest else rest.count("/") + 1
 
 
 def _suffix_filter(suffixes: Iterable[str] | None):
@@ -548,14 +557,11 @@ def list_entries(
 def _list_local(uri: str, recursive: bool) -> list[str]:
     text = uri[len(_FILE_SCHEME) :] if uri.startswith(_FILE_SCHEME) else uri
     if _has_glob(text):
-        pattern = os.path.abspath(os.path.expanduser(text))
-        base = os.path.dirname(literal_prefix(pattern)) or "/"
+        base, regex, depth = split_glob(os.path.abspath(os.path.expanduser(text)))
         if not os.path.isdir(base):
             raise FileNotFoundError(f"no such directory: {base} (from pattern {uri!r})")
-        regex = glob_to_regex(pattern)
         # Without '**' the pattern fixes the depth: do not walk deeper than that.
-        max_depth = None if "**" in pattern else pattern.count("/") - base.rstrip("/").count("/")
-        return [p for p in walk_local(base, True, max_depth) if regex.match(p)]
+        return [p for p in walk_local(base, True, depth) if regex.match(p)]
     path = _local_path(text)
     if os.path.isfile(path):
         return [path]
@@ -648,10 +654,8 @@ def _list_s3(uri: str, recursive: bool, res: _Resolved) -> list[tuple[str, int]]
     fs = _s3_filesystem(res, bucket)
     base, regex = f"{bucket}/{key}".rstrip("/"), None
     if _has_glob(key):
-        regex = glob_to_regex(f"{bucket}/{key}")
-        base = literal_prefix(f"{bucket}/{key}").rpartition("/")[0]
-        rest = f"{bucket}/{key}"[len(base) + 1 :]
-        recursive = "**" in rest or "/" in rest  # "dir/*.jpg" needs only one level
+        base, regex, depth = split_glob(f"{bucket}/{key}")
+        recursive = depth != 1  # "dir/*.jpg" needs only one level
     with _errors(uri, res, "list"):
         try:
             infos = fs.get_file_info(pafs.FileSelector(base, recursive=recursive))

@@ -62,12 +62,15 @@ class DetectStage:
         self.node_id = context.get_node_id()
         self.watch = StallWatch(run_id, stall_warn_s, actor=context.get_actor_id() or "driver")
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         self.watch.start([str(s) for s in batch["source"]])
         try:
-            return self._detect(batch)
+            return self._run(batch)
         finally:
             self.watch.end()
+
+    def _run(self, batch: dict[str, np.ndarray]) -> Any:
+        return self._detect(batch)
 
     def _detect(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.decode is not None:
@@ -87,13 +90,9 @@ class PredictStage(DetectStage):
 
     recognizes = True
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:  # type: ignore[override]
-        self.watch.start([str(s) for s in batch["source"]])
-        try:
-            people = self._detect(batch)
-            return with_stream_columns(self.predictor.recognize(people), people)
-        finally:
-            self.watch.end()
+    def _run(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        people = self._detect(batch)
+        return with_stream_columns(self.predictor.recognize(people), people)
 
 
 def with_stream_columns(table: pa.Table, people: Mapping[str, np.ndarray]) -> pa.Table:

@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import warnings
 import math
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Mapping
