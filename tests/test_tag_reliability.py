@@ -265,11 +265,14 @@ def _kill_one(title: str) -> int | None:
     return None
 
 
-@pytest.mark.parametrize("fuse, titles", [
-    pytest.param(True, ("PredictStage", "PredictStage"), id="fused"),  # the local default
-    pytest.param(False, ("DetectStage", "RecognizeStage"), id="two-pools", marks=pytest.mark.slow),
+@pytest.mark.parametrize("fuse, titles, listed_by_tasks", [
+    pytest.param(True, ("PredictStage", "PredictStage"), False, id="fused"),  # the local default
+    pytest.param(False, ("DetectStage", "RecognizeStage"), False, id="two-pools", marks=pytest.mark.slow),
+    # A large input's listing tasks list the input again on each restart.
+    pytest.param(True, ("PredictStage", "PredictStage"), True, id="listed-by-tasks", marks=pytest.mark.slow),
 ])
-def test_killed_detect_and_recognize_workers_lose_nothing(ray_local, photo_folder, tmp_path, fuse, titles):
+def test_killed_detect_and_recognize_workers_lose_nothing(ray_local, photo_folder, tmp_path, fuse, titles,
+                                                          listed_by_tasks):
     from jobs.tag import run
 
     output = tmp_path / "tags"
@@ -289,12 +292,13 @@ def test_killed_detect_and_recognize_workers_lose_nothing(ray_local, photo_folde
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     summary = run(compose_tag([f"input={photo_folder}", f"output={output}", "commit_every_rows=10",
-                               f"stages.fuse={str(fuse).lower()}"]))
+                               f"stages.fuse={str(fuse).lower()}", f"inline_inputs={0 if listed_by_tasks else 10000}"]))
     thread.join(timeout=5)
     assert len(killed) == 2, "both workers should have been killed mid-run"
     rows = read_rows(output)
     assert_each_input_once(rows, {str(p) for p in photo_folder.glob("*.jpg")})
     assert summary.images == 120 and summary.errors == 0
+    assert summary.listed == 120 and summary.skipped_already_tagged == 0  # its own units are not "already tagged"
 
 
 @pytest.mark.parametrize("command, override, key", [

@@ -273,10 +273,11 @@ def _tag(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo: list[tup
     relied on here (``stages.*.max_restarts``).
     """
     started = time.perf_counter()
+    retried_before = 0  # earlier errors that this job's interrupted runs tagged again
     for attempt in range(settings.pipeline_retries + 1):
+        committed_before = summary.images
         try:
-            _run_pipeline(settings, spec, plan, todo, resume, summary, lock)
-            break
+            listing = _run_pipeline(settings, spec, plan, todo, resume, summary, lock)
         except ray.exceptions.RayActorError as exc:
             if attempt == settings.pipeline_retries or exc.actor_init_failed:
                 raise
@@ -284,9 +285,18 @@ def _tag(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo: list[tup
                         "yet (retry %d of %d)", str(exc).splitlines()[0], attempt + 1, settings.pipeline_retries)
             print(f"[tag] a worker died; starting again over the images not committed yet "
                   f"(retry {attempt + 1} of {settings.pipeline_retries})", flush=True)
+            to_retry = len(resume.retry)
             resume = _after_partial_run(summary, resume)
+            retried_before += to_retry - len(resume.retry)
             if todo is not None:
                 todo = resume.todo(plan.entries)[0]
+            continue
+        if listing is not None:
+            # The last run's listing skipped, as done, what this job's interrupted runs committed.
+            summary.listed = listing["listed"]
+            summary.skipped_already_tagged = listing["skipped"] - committed_before
+            summary.retried_errors = listing["retried"] + retried_before
+        break
     summary.pipeline_seconds = time.perf_counter() - started
     summary.images_per_second = summary.images / summary.pipeline_seconds if summary.pipeline_seconds > 0 else 0.0
 
@@ -301,8 +311,9 @@ def _after_partial_run(summary: TagSummary, resume: ResumeSets) -> ResumeSets:
 
 
 def _run_pipeline(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo: list[tuple[str, int]] | None,
-                  resume: ResumeSets, summary: TagSummary, lock: OutputLock) -> None:
-    """One Ray Data run of the pipeline; adds what it committed to ``summary``."""
+                  resume: ResumeSets, summary: TagSummary, lock: OutputLock) -> dict[str, int] | None:
+    """One Ray Data run of the pipeline; adds what it committed to ``summary``. Returns the
+    listing tasks' counts (``JobBoard.listing``) when they listed the input, else None."""
     cfg = settings.model_dump()
     use_gpu = gpus_available()
     model_cfg = {"detector": cfg["detector"], "model": cfg["model"], "predictor": cfg["predictor"]}
@@ -363,11 +374,7 @@ def _run_pipeline(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo:
                 if first_output is None:
                     first_output, first_images = time.perf_counter(), counts.images
                 writer.add(table)
-        if todo is None:
-            listing = board.listing()
-            summary.listed = listing["listed"]
-            summary.skipped_already_tagged = listing["skipped"]
-            summary.retried_errors = listing["retried"]
+        listing = board.listing() if todo is None else None
     finally:
         board.clear()
         _add_run(summary, writer.stats, counts)
@@ -377,6 +384,7 @@ def _run_pipeline(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo:
         summary.first_output_seconds = first_output - pipeline_started
         after = ended - first_output
         summary.steady_images_per_second = (writer.stats.images - first_images) / after if after > 0 else 0.0
+    return listing
 
 
 def _add_run(summary: TagSummary, stats: WriteStats, counts: "PipelineCounts") -> None:
