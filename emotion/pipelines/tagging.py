@@ -4,9 +4,9 @@
             ─▶ driver: UnitWriter commits whole images in small atomic units ─▶ Parquet
 
 A small input is listed on the driver before the job starts; a large one (above
-``inline_inputs`` files) is listed by Ray Data read tasks, one folder or prefix each, as
-the job runs (``emotion.pipelines.tag_inputs``), so the first images are tagged within
-seconds and the driver's memory does not grow with the input.
+``inline_inputs`` files) is listed by Ray Data read tasks, folder by folder (or prefix by
+prefix), as the job runs (``emotion.pipelines.tag_inputs``), so the first images are
+tagged within seconds and the driver's memory does not grow with the input.
 
 On a machine without a GPU the first actor stage reads and decodes its own batches
 (``stages.decode.in_actors``): no decode tasks, so no extra worker processes start while
