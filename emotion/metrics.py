@@ -131,6 +131,31 @@ def classification_report(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[i
     }
 
 
+def expected_calibration_error(scores: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of single-label ``scores`` [N, K] (probabilities)
+    against class indices ``y_true`` [N] (Guo et al., 2017): the top score's gap to the
+    accuracy of the faces it was given for, averaged over ``bins`` equal-width confidence
+    bins weighted by their share of the faces. 0 is perfectly calibrated."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) == 0:
+        return float("nan")
+    return calibration_error(scores.max(axis=1), scores.argmax(axis=1) == np.asarray(y_true), bins)
+
+
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """``expected_calibration_error`` from each prediction's top score [N] and whether it
+    was right [N]."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
+    if len(confidence) == 0:
+        return float("nan")
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    gap = 0.0
+    for b in np.unique(which):
+        members = which == b
+        gap += members.sum() * abs(correct[members].mean() - confidence[members].mean())
+    return float(gap / len(confidence))
+
+
 def evaluation_report(scores: np.ndarray, targets: np.ndarray, labels: Sequence[str], multi_label: bool,
                       vad_true: np.ndarray | None = None, vad_pred: np.ndarray | None = None) -> dict[str, Any]:
     """The metrics of a model's scores against the targets: the one report of validation
@@ -146,8 +171,9 @@ def evaluation_report(scores: np.ndarray, targets: np.ndarray, labels: Sequence[
         vad_true, vad_pred: [N, 3] valence/arousal/dominance, NaN where unknown.
 
     Returns:
-        ``n``; single-label: ``accuracy``, ``per_class``, ``confusion`` (see
-        ``classification_report``); multi-label: ``mAP`` and ``per_class_ap`` {label: AP,
+        ``n``; single-label: ``accuracy``, ``per_class`` (recall), ``mean_recall`` (their
+        mean over the classes present), ``confusion`` (see ``classification_report``) and
+        ``ece`` (``expected_calibration_error`` over the scored samples); multi-label: ``mAP`` and ``per_class_ap`` {label: AP,
         or None for a class without positives}; ``vad_mae`` (one error per dimension)
         when some sample has both true and predicted VAD.
     """
@@ -164,8 +190,12 @@ def evaluation_report(scores: np.ndarray, targets: np.ndarray, labels: Sequence[
         out["mAP"] = mean_ap
         out["per_class_ap"] = {name: (None if np.isnan(v) else float(v)) for name, v in zip(labels, per_class)}
     else:
+        y_true = np.nan_to_num(targets, nan=-1.0).argmax(axis=1)
         y_pred = np.where(predicted, np.nan_to_num(scores).argmax(axis=1), -1)
-        out.update(classification_report(targets.argmax(axis=1), y_pred, list(labels)))
+        out.update(classification_report(y_true, y_pred, list(labels)))
+        recalls = [v for v in out["per_class"].values() if v is not None]
+        out["mean_recall"] = float(np.mean(recalls)) if recalls else float("nan")
+        out["ece"] = expected_calibration_error(scores[predicted], y_true[predicted])
     if vad_true is not None and vad_pred is not None:
         vad_true, vad_pred = np.asarray(vad_true, dtype=np.float64), np.asarray(vad_pred, dtype=np.float64)
         known = np.isfinite(vad_true).all(axis=1) & np.isfinite(vad_pred).all(axis=1)

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from emotion.boxes import body_box_from_face
-from emotion.crops import CropSpec, person_crops
+from emotion.crops import CropSpec, head_crops, person_crops
 from emotion.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, resize_max_side
 from emotion.models.protocol import EmotionModel, InputSpec, single_level_columns
 from emotion.schema import LEVEL_NAMES, image_id_for, output_schema
@@ -216,7 +216,7 @@ class EmotionPredictor:
         blank = np.zeros((1, size, size, 3), dtype=np.uint8)
         per_image: list[int] = []
         faces, bodies, scores = [], [], []
-        people: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # image -> working faces, bodies
+        people: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}  # image -> working faces, bodies, landmarks
         for i in range(len(batch["source"])):
             pixels, scale = batch["image"][i], float(batch["scale"][i])
             det = found.get(i)
@@ -229,7 +229,8 @@ class EmotionPredictor:
                 continue
             working_faces = det["boxes"][:n].astype(np.float32)
             working_bodies = body_box_from_face(working_faces, pixels.shape[:2])
-            people[i] = (working_faces, working_bodies)
+            landmarks = det.get("landmarks")
+            people[i] = (working_faces, working_bodies, None if landmarks is None else landmarks[:n])
             faces.append(working_faces * scale)
             bodies.append(working_bodies * scale)
             scores.append(np.asarray(det["scores"][:n], np.float32))
@@ -306,11 +307,13 @@ class EmotionPredictor:
             "error": repeat("error", object),
         }
 
-    def _cut_crops(self, images: np.ndarray, people: Mapping[int, tuple[np.ndarray, np.ndarray]]
+    def _cut_crops(self, images: np.ndarray, people: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]
                    ) -> dict[int, dict[str, np.ndarray]]:
-        """Image -> level -> uint8 [n, S, S, 3] numpy crops of its people (``crops`` mode)."""
+        """Image -> level -> uint8 [n, S, S, 3] numpy crops of its people (``crops`` mode).
+        Aligned head crops (``CropSpec.align``, faces with landmarks) are cut on the host
+        in either mode: the device cuts boxes only."""
         if self.crop_mode != "device" or not people:
-            return {i: person_crops(images[i], f, b, self.crop) for i, (f, b) in people.items()}
+            return {i: person_crops(images[i], f, b, self.crop, landmarks=m) for i, (f, b, m) in people.items()}
         from emotion.device_crops import batch_person_crops_on_device
 
         order = list(people)
@@ -325,6 +328,11 @@ class EmotionPredictor:
             host = torch.cat([c[level] for c in cut]).cpu().numpy()
             for i, part in zip(order, np.split(host, counts)):
                 out[i][level] = part
+        if self.crop.align and "head" in self.levels:
+            for i in order:
+                faces, _, landmarks = people[i]
+                if landmarks is not None and np.isfinite(landmarks).all(axis=(1, 2)).any():
+                    out[i]["head"] = head_crops(images[i], faces, self.crop, landmarks)
         return out
 
     # -- step 2 -------------------------------------------------------------------------
@@ -532,7 +540,7 @@ def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True
     crop = CropSpec(levels=spec.levels, size=spec.input_size,
                     # The margin around a face box is the box source's convention.
                     head_expand=float(cfg["detector"]["head_expand"]),
-                    max_side=int(predictor_cfg["max_image_side"]))
+                    max_side=int(predictor_cfg["max_image_side"]), align=bool(predictor_cfg["align_faces"]))
     # Configs written before these keys existed (a saved serve config) get the YAML defaults.
     return EmotionPredictor(detector, model, spec=spec, crop=crop, threshold=float(predictor_cfg["threshold"]),
                             max_people=int(predictor_cfg["max_people"]), crops=str(predictor_cfg.get("crops", "auto")),

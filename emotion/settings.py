@@ -59,6 +59,7 @@ class PredictorSettings(_Strict):
     max_people: int = Field(ge=1)
     max_image_side: int = Field(ge=0)  # 0: never shrink
     crops: Literal["auto", "pil", "device"]
+    align_faces: bool
     decode: Literal["auto", "pil", "device"]
     precision: Literal["fp32", "fp16", "bf16"]
 
@@ -218,10 +219,14 @@ class AugmentSettings(_Strict):
     flip: bool
     max_rotation_deg: float = Field(ge=0, le=180)
     min_scale: float = Field(gt=0, le=1)
+    max_scale: float = Field(ge=1, le=2)
     max_shift: float = Field(ge=0, lt=1)
     brightness: float = Field(ge=0, le=1)
     contrast: float = Field(ge=0, le=1)
     erase_prob: float = Fraction
+    downscale_prob: float = Fraction
+    min_downscale: float = Field(gt=0, le=1)
+    grayscale_prob: float = Fraction
 
 
 class LoopSettings(BaseModel):

@@ -146,7 +146,7 @@ def single_stage_predictor(checkpoint: str, score_threshold: float = 0.0, max_pe
 
     cfg = {"model": {"name": "dsct", "checkpoint": checkpoint, "device": "cpu", "score_threshold": score_threshold},
            "detector": {"name": "retinaface", "head_expand": 1.25, "device": "cpu"},
-           "predictor": {"threshold": 0.5, "max_people": max_people, "max_image_side": 960}}
+           "predictor": {"threshold": 0.5, "max_people": max_people, "max_image_side": 960, "align_faces": True}}
     return build_predictor(cfg)
 
 

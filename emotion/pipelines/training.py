@@ -41,7 +41,8 @@ from emotion.pipelines.ray_env import QUIET_TRAIN_POLLING_HOOK, forwarded_env, i
 from emotion.training import history as history_io
 from emotion.training.augment import build_augment
 from emotion.training.families import get_family
-from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, epoch_generator, evaluate,
+from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, combine_val_reports,
+                                   epoch_generator, evaluate,
                                    restore_training_checkpoint, save_training_checkpoint, seed_everything,
                                    train_epoch)
 from emotion.models.registry import input_spec
@@ -74,6 +75,10 @@ def _label_info(data_cfg: Mapping[str, Any]) -> tuple[str, tuple[str, ...], list
     """(label set, labels, samples; None for prepared data, which Ray Data reads itself)."""
     fmt = str(data_cfg["format"])
     root = str(data_cfg["root"])
+    if fmt == SOURCES_FORMAT:  # samples are read source by source (_mixture_datasets)
+        from emotion.labels import get_label_set
+
+        return str(data_cfg["label_set"]), tuple(get_label_set(str(data_cfg["label_set"]))), []
     if fmt == "prepared":
         import pyarrow.parquet as pq
 
@@ -119,18 +124,31 @@ def _split_dataset(data_cfg: Mapping[str, Any], samples: list[dict[str, Any]] | 
         if limit:
             ds = ds.limit(int(limit))
         ds = ds.random_shuffle(seed=seed)
-    else:
-        from emotion.data.records import samples_to_table
+        return _rows_dataset(ds, split, spec, labels, multi_label, rows_per_task, make_rows)
+    chosen = [s for s in samples if s["split"] == split]
+    if not chosen:
+        raise ValueError(f"split {split!r} of {data_cfg['root']!r} has no images "
+                         f"(splits found: {sorted({s['split'] for s in samples})})")
+    return _samples_dataset(chosen, labels, label_set, split, spec, multi_label, seed, limit, rows_per_task,
+                            make_rows)
 
-        chosen = [s for s in samples if s["split"] == split]
-        if not chosen:
-            raise ValueError(f"split {split!r} of {data_cfg['root']!r} has no images "
-                             f"(splits found: {sorted({s['split'] for s in samples})})")
-        order = np.random.default_rng(seed).permutation(len(chosen))
-        chosen = [chosen[i] for i in order][: int(limit) if limit else None]
-        table = samples_to_table(chosen, labels, label_set)
-        chunks = [table.slice(i, rows_per_task) for i in range(0, table.num_rows, rows_per_task)]
-        ds = ray.data.from_arrow(chunks)
+
+def _samples_dataset(chosen: list[dict[str, Any]], labels: tuple[str, ...], label_set: str, split: str,
+                     spec: CropSpec, multi_label: bool, seed: int, limit: int | None, rows_per_task: int,
+                     make_rows: Callable[..., dict[str, np.ndarray]] = person_rows) -> ray.data.Dataset:
+    """Samples (shuffled once by ``seed``, at most ``limit``) as a materialised Ray
+    Dataset of training rows."""
+    from emotion.data.records import samples_to_table
+
+    order = np.random.default_rng(seed).permutation(len(chosen))
+    chosen = [chosen[i] for i in order][: int(limit) if limit else None]
+    table = samples_to_table(chosen, labels, label_set)
+    chunks = [table.slice(i, rows_per_task) for i in range(0, table.num_rows, rows_per_task)]
+    return _rows_dataset(ray.data.from_arrow(chunks), split, spec, labels, multi_label, rows_per_task, make_rows)
+
+
+def _rows_dataset(ds: ray.data.Dataset, split: str, spec: CropSpec, labels: tuple[str, ...], multi_label: bool,
+                  rows_per_task: int, make_rows: Callable[..., dict[str, np.ndarray]]) -> ray.data.Dataset:
     ds = ds.map_batches(_rows_batch, fn_kwargs={"spec": spec, "num_labels": len(labels),
                                                 "multi_label": multi_label, "make_rows": make_rows},
                         batch_format="pyarrow", batch_size=rows_per_task)
@@ -144,11 +162,16 @@ def build_datasets(cfg: Mapping[str, Any], spec: CropSpec, samples: list[dict[st
                    labels: tuple[str, ...], label_set: str, multi_label: bool,
                    make_rows: Callable[..., dict[str, np.ndarray]] = person_rows) -> dict[str, ray.data.Dataset]:
     """``{"train": ..., "val": ...}`` Ray Datasets of training rows (test is never used
-    here): one per person with its crops, or what the family's ``make_rows`` makes."""
+    here): one per person with its crops, or what the family's ``make_rows`` makes. A
+    mixture of datasets (``data.sources``) gives one ``val_<source>`` per scored source
+    instead of ``val``."""
     data_cfg = cfg["data"]
     seed = int(cfg.get("seed", 0))
     rows_per_task = int(cfg["train"].get("rows_per_task", 512))
     limit = cfg.get("limit")
+    if data_cfg["format"] == SOURCES_FORMAT:
+        return _mixture_datasets(data_cfg, spec, labels, label_set, multi_label, seed, limit, rows_per_task,
+                                 make_rows)
     out = {}
     for key in ("train", "val"):
         split = data_cfg.get(f"{key}_split")
@@ -159,12 +182,65 @@ def build_datasets(cfg: Mapping[str, Any], spec: CropSpec, samples: list[dict[st
     return out
 
 
+# -- several datasets in one label space (emotion.data.mixture) -----------------------------
+SOURCES_FORMAT = "sources"
+
+
+def _source_samples(source: Any, labels: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+    """{split: samples} of one source, its labels placed in the job's label space (NaN
+    at its missing classes in the train split, 0 in the val split)."""
+    from emotion.data import read_dataset
+    from emotion.data.mixture import label_positions, to_label_space, trained
+
+    splits = [s for s in (source.train_split if trained(source) else None, source.val_split) if s]
+    sample_set = read_dataset(source.format, source.root, **{**source.options, "splits": sorted(set(splits))})
+    positions = label_positions(sample_set.labels, labels, source.name)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for split in splits:
+        rows = [s for s in sample_set.samples() if s["split"] == split]
+        if not rows:
+            raise ValueError(f"data.sources.{source.name}: split {split!r} has no images under {source.root}")
+        missing = float("nan") if split == source.train_split and trained(source) else 0.0
+        out[split] = [{**s, "labels": to_label_space(s["labels"], positions, len(labels), missing)} for s in rows]
+    return out
+
+
+def _mixture_datasets(data_cfg: Mapping[str, Any], spec: CropSpec, labels: tuple[str, ...], label_set: str,
+                      multi_label: bool, seed: int, limit: int | None, rows_per_task: int,
+                      make_rows: Callable[..., dict[str, np.ndarray]]) -> dict[str, ray.data.Dataset]:
+    """The mixture's one train dataset (every trained source at its weight, shuffled
+    together) and a ``val_<source>`` dataset per scored source."""
+    from emotion.data.mixture import parse_sources, repeat_plan, trained
+
+    train: list[dict[str, Any]] = []
+    out: dict[str, ray.data.Dataset] = {}
+    for number, source in enumerate(parse_sources(data_cfg["sources"])):
+        by_split = _source_samples(source, labels)
+        if trained(source):
+            rows = by_split[source.train_split]
+            rows = rows[: int(limit)] if limit else rows
+            train += [rows[i] for i in repeat_plan(len(rows), source.weight, seed + number)]
+            log.info("source %s: %d train images x %.2f", source.name, len(rows), source.weight)
+        if source.val_split:
+            out[f"val_{source.name}"] = _samples_dataset(by_split[source.val_split], labels, label_set,
+                                                         f"{source.name}/{source.val_split}", spec, multi_label,
+                                                         seed, limit, rows_per_task, make_rows)
+    out["train"] = _samples_dataset(train, labels, label_set, "train", spec, multi_label, seed, None,
+                                    rows_per_task, make_rows)
+    return out
+
+
+def val_keys(datasets: Mapping[str, Any]) -> list[str]:
+    """The validation datasets' keys: ``val``, or ``val_<source>`` of a mixture."""
+    return sorted(k for k in datasets if k == "val" or k.startswith("val_"))
+
+
 def class_prior(dataset: ray.data.Dataset, num_labels: int) -> list[float]:
     """Share of each class in the training rows (label rows summed: soft targets count
     fractionally)."""
     totals = np.zeros(num_labels, dtype=np.float64)
     for batch in dataset.select_columns(["labels"]).iter_batches(batch_size=8192, batch_format="numpy"):
-        totals += np.asarray(batch["labels"], dtype=np.float64).reshape(-1, num_labels).sum(axis=0)
+        totals += np.nansum(np.asarray(batch["labels"], dtype=np.float64).reshape(-1, num_labels), axis=0)
     return (totals / max(totals.sum(), 1e-12)).round(6).tolist()
 
 
@@ -200,6 +276,10 @@ def _epoch_row(epoch: int, train: Mapping[str, Any], val: Mapping[str, Any], wor
                 "world_size": world_size, "start_epoch": start_epoch, "node_ids": nodes, "pids": pids})
     if "per_class" in val:
         row["val_per_class"] = val["per_class"]
+    for name, report in (val.get("sources") or {}).items():
+        for key in ("accuracy", "mean_recall", "ece", "mAP"):
+            if key in report:
+                row[f"val_{name}_{key}"] = report[key]
     return row
 
 
@@ -235,7 +315,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start_epoch = state.epoch
 
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    val_shards = {key: ray.train.get_dataset_shard(key) for key in config["val_keys"]}
     before_training = getattr(family, "before_training", None)  # e.g. CocoER's projection pre-training
     if before_training is not None and checkpoint is None and not config.get("resume_from"):
         # Once per fresh run, before DDP wraps the model (DDP then copies rank 0's result to every rank).
@@ -254,8 +334,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                     grad_clip=train_cfg.get("grad_clip"), generator=generator,
                                     log_every=int(train_cfg.get("log_every", 0)) if rank == 0 else 0,
                                     max_steps=steps_per_epoch, sam_rho=float(train_cfg.get("sam_rho") or 0.0))
-        val_batches = val_shard.iter_batches(batch_size=int(train_cfg.get("eval_batch_size", 256)), batch_format="numpy")
-        val = getattr(family, "evaluate", evaluate)(model, val_batches, rank=rank, world_size=world_size)
+        evaluate_split = getattr(family, "evaluate", evaluate)
+        val = combine_val_reports({
+            key: evaluate_split(model, shard.iter_batches(batch_size=int(train_cfg.get("eval_batch_size", 256)),
+                                                          batch_format="numpy"), rank=rank, world_size=world_size)
+            for key, shard in val_shards.items()})
         state.epoch = epoch + 1
         row = _epoch_row(epoch, train_metrics, val, world_size, start_epoch, nodes, pids, time.perf_counter() - started)
         improved = state.record(row)
@@ -402,7 +485,8 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
                     max_side=int(cfg["predictor"]["max_image_side"]))
     make_rows = family.row_maker(model_cfg) if hasattr(family, "row_maker") else person_rows
     datasets = build_datasets(cfg, spec, samples, labels, label_set, contract.multi_label, make_rows)
-    train_rows, val_rows = datasets["train"].count(), datasets["val"].count()
+    train_rows = datasets["train"].count()
+    val_rows = sum(datasets[key].count() for key in val_keys(datasets))
     log.info("training rows: %d, validation rows: %d (%s)", train_rows, val_rows, ", ".join(spec.levels))
     datasets["train"] = datasets["train"].randomize_block_order()  # a new block order every epoch
 
@@ -420,7 +504,7 @@ def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
         job["train"] = {**cfg["train"], "class_prior": class_prior(datasets["train"], len(labels))}
         log.info("class prior of the train split: %s", dict(zip(labels, job["train"]["class_prior"])))
     loop_config = {"job": job, "model_name": model_name, "model_cfg": model_cfg, "train_rows": train_rows,
-                   "resume_from": cfg.get("resume_from")}
+                   "resume_from": cfg.get("resume_from"), "val_keys": val_keys(datasets)}
     trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
                            scaling_config=_scaling_config(cfg["scaling"]), run_config=run_config, datasets=datasets,
                            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))

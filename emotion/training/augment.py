@@ -3,7 +3,10 @@
 Images arrive as uint8 [B, S, S, 3] (the crops the predictor cuts, so training sees what
 tagging and serving see) and leave as float32 [B, 3, S, S], ImageNet-normalised.
 Geometry (scale, shift, rotation, flip) is one affine warp per image done by a single
-``grid_sample`` over the batch; photometric jitter is two broadcast ops.
+``grid_sample`` over the batch; photometric jitter is two broadcast ops. Two transforms
+make a model indifferent to how a face was captured: ``downscale`` (shrink a face to as
+little as ``min_downscale`` of its side and enlarge it back: low-resolution and blurred
+faces) and ``grayscale`` (colour dropped, for models that read colour).
 """
 
 from __future__ import annotations
@@ -25,10 +28,14 @@ class AugmentConfig:
     flip: bool = True
     max_rotation_deg: float = 10.0
     min_scale: float = 0.85  # zoom in by up to 1/min_scale (a random crop, resized back)
+    max_scale: float = 1.0  # zoom out by up to max_scale (the face smaller in the frame; borders extend)
     max_shift: float = 0.08  # fraction of the side
     brightness: float = 0.2  # additive, in [0, 1] pixel units
     contrast: float = 0.2  # multiplicative around each image's mean
     erase_prob: float = 0.0  # random erasing of one rectangle (up to a quarter of the side each way)
+    downscale_prob: float = 0.0  # share of images shrunk and enlarged back (bilinear)
+    min_downscale: float = 0.3  # the smallest side a shrunk image gets, as a fraction of its side
+    grayscale_prob: float = 0.0  # share of images turned gray (same value in the three channels)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -47,7 +54,7 @@ def random_affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
         return torch.rand(b, **opts) * (high - low) + low
 
     angle = uniform(-cfg.max_rotation_deg, cfg.max_rotation_deg) * (math.pi / 180.0)
-    scale = uniform(cfg.min_scale, 1.0)  # sampling a smaller window = zooming in
+    scale = uniform(cfg.min_scale, cfg.max_scale)  # a smaller window zooms in, a larger one out
     flip = torch.where(torch.rand(b, **opts) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(b, device=images.device)
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.zeros(b, 2, 3, device=images.device)
@@ -88,10 +95,40 @@ def random_erase(images: torch.Tensor, prob: float, generator: torch.Generator |
     return torch.where(mask.unsqueeze(1), mean, images)
 
 
+def random_downscale(images: torch.Tensor, prob: float, min_fraction: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shrink the chosen images of [B, 3, S, S] to a random side in [min_fraction * S, S]
+    and enlarge them back: the detail a low-resolution or blurred face has. Images of one
+    batch share the drawn side (one resize pair per batch)."""
+    b, _, h, w = images.shape
+    opts = {"device": images.device, "generator": generator}
+    chosen = torch.rand(b, **opts) < prob
+    fraction = float(torch.rand(1, **opts).item()) * (1.0 - min_fraction) + min_fraction
+    side_h, side_w = max(4, round(h * fraction)), max(4, round(w * fraction))
+    if not bool(chosen.any()) or (side_h, side_w) == (h, w):
+        return images
+    small = F.interpolate(images[chosen], size=(side_h, side_w), mode="bilinear", align_corners=False, antialias=True)
+    out = images.clone()
+    out[chosen] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return out
+
+
+def random_grayscale(images: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Turn the chosen images of [B, 3, S, S] gray (ITU-R 601 luma in every channel)."""
+    chosen = torch.rand(images.shape[0], device=images.device, generator=generator) < prob
+    weights = images.new_tensor((0.299, 0.587, 0.114)).view(1, 3, 1, 1)
+    gray = (images * weights).sum(dim=1, keepdim=True).expand_as(images)
+    return torch.where(chosen.view(-1, 1, 1, 1), gray, images)
+
+
 def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 [B, S, S, 3] -> augmented, ImageNet-normalised float32 [B, 3, S, S]."""
     x = to_float(images)
     x = random_affine(x, cfg, generator)
+    if cfg.downscale_prob > 0:
+        x = random_downscale(x, cfg.downscale_prob, cfg.min_downscale, generator)
+    if cfg.grayscale_prob > 0:
+        x = random_grayscale(x, cfg.grayscale_prob, generator)
     x = color_jitter(x, cfg, generator)
     if cfg.erase_prob > 0:
         x = random_erase(x, cfg.erase_prob, generator)

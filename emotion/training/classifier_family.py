@@ -39,7 +39,8 @@ class ClassificationCriterion(nn.Module):
 
 def _targets(batch: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     labels = torch.as_tensor(np.asarray(batch["labels"], dtype=np.float32), device=device)
-    return {"labels": labels, "classes": labels.argmax(dim=-1)}
+    # NaN marks a class the row's dataset lacks (emotion.training.targets): never its class.
+    return {"labels": labels, "classes": torch.nan_to_num(labels, nan=-1.0).argmax(dim=-1)}
 
 
 class ClassifierFamily:

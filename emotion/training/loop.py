@@ -224,6 +224,23 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], *, r
     return report
 
 
+def combine_val_reports(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One validation report from one per validation dataset (``val``, or ``val_<source>``
+    of a mixture of datasets): a single report as it is; several give ``score`` and
+    ``accuracy`` (or ``mAP``) as the mean over the datasets, so each dataset counts the
+    same whatever its size, ``n`` and ``seconds`` summed, and ``sources`` {name: report}."""
+    if len(reports) == 1:
+        return dict(next(iter(reports.values())))
+    named = {key.removeprefix("val_"): dict(report) for key, report in reports.items()}
+    out: dict[str, Any] = {"score": float(np.mean([r["score"] for r in named.values()])),
+                           "n": int(sum(r["n"] for r in named.values())),
+                           "seconds": round(sum(r["seconds"] for r in named.values()), 3), "sources": named}
+    for key in ("accuracy", "mAP"):
+        if all(key in r for r in named.values()):
+            out[key] = float(np.mean([r[key] for r in named.values()]))
+    return out
+
+
 # -- checkpoints ------------------------------------------------------------------------
 def save_training_checkpoint(path: str, *, model_name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                              state: TrainState, train_cfg: Mapping[str, Any], metrics: Mapping[str, Any],

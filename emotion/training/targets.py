@@ -12,6 +12,10 @@ probability      cross-entropy on a class drawn from t at every step (PLD)
 crossentropy     cross-entropy against the distribution t itself (CEL)
 multi_target     -log sum_{k: t_k > 0} softmax(z)_k: any of the classes voted for
 ================ ===================================================================
+
+A NaN in a target row marks a class the row's dataset does not have (a 7-class set in
+FER+'s 8 classes has no ``contempt``): that class's logit is left out of the row's
+softmax, so the row says nothing about it, rather than "not this class".
 """
 
 from __future__ import annotations
@@ -55,12 +59,14 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, mode: str = 
     labels = labels.to(logits.dtype)
     if len(logits) == 0:
         return logits.sum() * 0.0  # keeps the graph: an empty term adds nothing
+    known = ~torch.isnan(labels)
+    labels = torch.nan_to_num(labels, nan=0.0)
+    if not bool(known.all()):
+        return _masked_loss(logits, labels, known, mode, label_smoothing, generator)
     if mode == "majority":
         return F.cross_entropy(logits, labels.argmax(dim=-1), label_smoothing=label_smoothing)
     if mode == "probability":
-        weights = labels.clamp_min(0) + (labels.sum(dim=-1, keepdim=True) <= 0).to(labels.dtype)
-        drawn = torch.multinomial(weights, 1, generator=generator).squeeze(1)
-        return F.cross_entropy(logits, drawn, label_smoothing=label_smoothing)
+        return F.cross_entropy(logits, _drawn(labels, generator), label_smoothing=label_smoothing)
     log_p = F.log_softmax(logits, dim=-1)
     if mode == "crossentropy":
         target = labels / labels.sum(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -69,6 +75,34 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, mode: str = 
         return -(target * log_p).sum(dim=-1).mean()
     accepted = labels > 0  # multi_target
     return -torch.logsumexp(log_p.masked_fill(~accepted, float("-inf")), dim=-1).mean()
+
+
+def _drawn(labels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """A class per row drawn from its target distribution (a row without votes: uniform)."""
+    weights = labels.clamp_min(0) + (labels.sum(dim=-1, keepdim=True) <= 0).to(labels.dtype)
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
+def _masked_loss(logits: torch.Tensor, labels: torch.Tensor, known: torch.Tensor, mode: str,
+                 label_smoothing: float, generator: torch.Generator | None) -> torch.Tensor:
+    """``classification_loss`` where each row's softmax spans only its ``known`` classes:
+    every mode becomes a soft cross-entropy over them (label smoothing spread over the
+    known classes alone)."""
+    log_p = F.log_softmax(logits.masked_fill(~known, float("-inf")), dim=-1)
+    log_p = log_p.masked_fill(~known, 0.0)  # -inf * 0 would be NaN
+    if mode == "majority":
+        target = F.one_hot(labels.argmax(dim=-1), labels.shape[-1]).to(labels.dtype)
+    elif mode == "probability":
+        target = F.one_hot(_drawn(labels, generator), labels.shape[-1]).to(labels.dtype)
+    elif mode == "multi_target":
+        accepted = (labels > 0) & known
+        return -torch.logsumexp(log_p.masked_fill(~accepted, float("-inf")), dim=-1).mean()
+    else:
+        target = labels / labels.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    if label_smoothing:
+        count = known.sum(dim=-1, keepdim=True).clamp_min(1).to(labels.dtype)
+        target = (1.0 - label_smoothing) * target + label_smoothing * known.to(labels.dtype) / count
+    return -(target * log_p).sum(dim=-1).mean()
 
 
 def loss_settings(train_cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,9 @@ forward(head [B, 3, S, S] ImageNet-normalised, quadruplets int64 [Q, 4] or None)
 
 ``predict`` (``EmotionModel``) takes uint8 crops [B, S, S, 3] and returns softmax
 ``scores`` [B, K]; with ``test_flip`` the mean of the face's and its mirror image's
-softmax (faces are left-right symmetric in expression, and training flips them too).
+softmax (faces are left-right symmetric in expression, and training flips them too);
+with ``prior_correction`` tau > 0 the logits first lose tau * log(class prior)
+(``prior_offset``).
 ``cross_similarity: false`` builds the plain network without the attention (the
 ablation's cross-entropy baseline: same backbone, same head).
 
@@ -64,6 +66,8 @@ DEFAULTS: dict[str, Any] = {
     "equalize": False,  # histogram-equalise the gray face first (ToGray); needs grayscale
     "cross_similarity": True,  # False: no attention, no refined branch (the baseline)
     "test_flip": False,  # inference averages the scores of the face and its mirror image (2x the forward)
+    "class_prior": None,  # [K] share of each class in the training data (set when the weights are exported)
+    "prior_correction": 0.0,  # tau: inference subtracts tau * log(class_prior) from the logits
 }
 
 # Rows of a quadruplet (a1, a2, b1, b2): each member's same-class and cross-class partner.
@@ -88,6 +92,10 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError("qcs equalize=true needs grayscale=true (the gray face is what is equalised)")
     if out["multi_label"]:
         raise ValueError("qcs is a single-label model (quadruplets need one class per image): multi_label must be false")
+    out["prior_correction"] = float(out["prior_correction"])
+    if out["prior_correction"] and (not out["class_prior"] or len(out["class_prior"]) != len(out["labels"])):
+        raise ValueError(f"qcs prior_correction={out['prior_correction']} needs class_prior: one share per label "
+                         f"({len(out['labels'])})")
     return out
 
 
@@ -163,10 +171,22 @@ class QCSNet(nn.Module):
         heads = crops["head"]
         if self.config["test_flip"]:  # faces and mirror images in one forward
             heads = np.concatenate([heads, heads[:, :, ::-1]])
-        scores = torch.softmax(head_logits(self, {**crops, "head": heads}), dim=-1)
+        logits = head_logits(self, {**crops, "head": heads})
+        if self.config["prior_correction"]:
+            logits = logits - self.prior_offset.to(logits.device)
+        scores = torch.softmax(logits, dim=-1)
         if self.config["test_flip"]:
             scores = scores.reshape(2, len(heads) // 2, scores.shape[-1]).mean(dim=0)
         return {"scores": scores.cpu().numpy().astype(np.float32)}
+
+    @property
+    def prior_offset(self) -> torch.Tensor:
+        """[K] ``prior_correction * log(class_prior)``: subtracted from the logits at
+        inference, it moves the scores from the training data's class frequencies toward
+        equal ones (post-hoc logit adjustment, Menon et al., ICLR 2021), so rare classes
+        (disgust, fear, contempt) are not lost to frequent ones on faces of other sources."""
+        prior = torch.as_tensor(self.config["class_prior"], dtype=torch.float32).clamp_min(1e-4)
+        return float(self.config["prior_correction"]) * torch.log(prior / prior.sum())
 
     def output_columns(self, outputs: dict[str, np.ndarray]) -> dict:
         return single_level_columns(outputs["scores"])

@@ -1,0 +1,102 @@
+"""Several datasets trained as one: each source's labels placed in one label space.
+
+A training job over several face datasets (``data: faces``) names them under
+``data.sources``; each is an ordinary dataset config (``format``, ``root``, splits,
+reader ``options``) plus a sampling ``weight``. The job's label space is one label set
+(FER+'s 8 classes); a source's classes are placed in it by name (``canonical_name``:
+``angry`` = ``anger``).
+
+A class the source does not have (FER2013's 7 classes have no ``contempt``) is NaN in its
+training rows: the loss leaves that class out of the row's softmax
+(``emotion.training.targets``), so the row never says "not contempt". Validation rows
+keep 0 there: a face of a 7-class set that the model calls ``contempt`` is wrong.
+
+``weight`` is how many times a source's training rows appear in one epoch: 2.0 twice,
+0.5 a fixed half (drawn once per run from the seed), 0 never (a source scored on its
+``val_split`` only: a held-out dataset).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from emotion.labels import canonical_name
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """One dataset of a mixture (``data.sources.<name>``)."""
+
+    name: str
+    format: str
+    root: str
+    weight: float
+    train_split: str | None
+    val_split: str | None
+    options: Mapping[str, Any]
+
+
+def parse_sources(sources: Mapping[str, Mapping[str, Any]]) -> list[SourceSettings]:
+    """``data.sources`` as ``SourceSettings``, in config order; a source that is neither
+    trained on (weight > 0 with a train split) nor scored (a val split) is an error."""
+    if not sources:
+        raise ValueError("data.sources is empty: name at least one dataset")
+    known = {"format", "root", "weight", "train_split", "val_split", "options"}
+    out = []
+    for name, cfg in sources.items():
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"data.sources.{name}: unknown key(s) {unknown}; known: {sorted(known)}")
+        missing = sorted(k for k in ("format", "root", "weight") if cfg.get(k) in (None, ""))
+        if missing:
+            raise ValueError(f"data.sources.{name}: missing {missing}")
+        source = SourceSettings(name=str(name), format=str(cfg["format"]), root=str(cfg["root"]),
+                                weight=float(cfg["weight"]), train_split=cfg.get("train_split") or None,
+                                val_split=cfg.get("val_split") or None, options=dict(cfg.get("options") or {}))
+        if source.weight < 0:
+            raise ValueError(f"data.sources.{name}.weight={source.weight}: must be >= 0")
+        if source.weight > 0 and not source.train_split:
+            raise ValueError(f"data.sources.{name}: weight {source.weight} > 0 needs a train_split")
+        if not trained(source) and not source.val_split:
+            raise ValueError(f"data.sources.{name}: neither trained on (weight > 0) nor scored (val_split)")
+        out.append(source)
+    if not any(trained(s) for s in out):
+        raise ValueError("data.sources: no source is trained on (every weight is 0)")
+    return out
+
+
+def trained(source: SourceSettings) -> bool:
+    return source.weight > 0 and source.train_split is not None
+
+
+def label_positions(source_labels: Sequence[str], labels: Sequence[str], source: str) -> np.ndarray:
+    """int64 [k]: where each of a source's k classes sits among the job's ``labels``; a
+    class with no place there is an error naming the source."""
+    index = {canonical_name(name): i for i, name in enumerate(labels)}
+    positions = []
+    for name in source_labels:
+        if canonical_name(name) not in index:
+            raise ValueError(f"data.sources.{source}: class {name!r} is not in the label space {list(labels)}")
+        positions.append(index[canonical_name(name)])
+    return np.asarray(positions, dtype=np.int64)
+
+
+def to_label_space(rows: np.ndarray, positions: np.ndarray, num_labels: int, missing: float) -> np.ndarray:
+    """float32 [N, k] label rows of a source -> [N, K] rows of the job's label space, with
+    ``missing`` (NaN for training, 0 for validation) at the classes the source lacks."""
+    rows = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(positions))
+    out = np.full((len(rows), num_labels), missing, dtype=np.float32)
+    out[:, positions] = rows
+    return out
+
+
+def repeat_plan(count: int, weight: float, seed: int) -> np.ndarray:
+    """Row indices of one epoch of a source with ``count`` rows at sampling ``weight``:
+    ``floor(weight)`` copies of every row and a seeded draw of the fraction left."""
+    whole = int(np.floor(weight))
+    extra = int(round((weight - whole) * count))
+    drawn = np.random.default_rng(seed).permutation(count)[:extra]
+    return np.concatenate([np.tile(np.arange(count), whole), np.sort(drawn)]).astype(np.int64)

@@ -1,0 +1,163 @@
+"""Face model v2's parts: datasets in one label space with missing classes masked, the
+new augmentations, face alignment by landmarks, and calibration in the report."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from emotion.crops import FACE_TEMPLATE, CropSpec, aligned_face, person_crops, similarity_transform
+from emotion.data.mixture import label_positions, parse_sources, repeat_plan, to_label_space
+from emotion.metrics import evaluation_report, expected_calibration_error
+from emotion.training.augment import AugmentConfig, augment, random_downscale, random_grayscale
+from emotion.training.targets import classification_loss
+
+FERPLUS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+FER = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
+
+# -- one label space ----------------------------------------------------------------------
+def test_a_seven_class_source_lands_in_ferplus_with_contempt_unknown_in_training_only():
+    positions = label_positions(FER, FERPLUS, "expw")
+    assert [FERPLUS[p] for p in positions] == ["anger", "disgust", "fear", "happiness", "neutral", "sadness",
+                                                "surprise"]
+    happy = np.eye(7, dtype=np.float32)[[3]]
+    train = to_label_space(happy, positions, 8, float("nan"))
+    val = to_label_space(happy, positions, 8, 0.0)
+    assert train[0, 1] == 1 and math.isnan(train[0, 7]) and np.nansum(train) == 1
+    assert val.tolist() == [[0, 1, 0, 0, 0, 0, 0, 0]]
+    with pytest.raises(ValueError, match="sources.x: class 'bored'"):
+        label_positions(("bored",), FERPLUS, "x")
+
+
+@pytest.mark.parametrize("mode", ["majority", "probability", "crossentropy", "multi_target"])
+def test_an_unknown_class_is_left_out_of_the_softmax_not_pushed_down(mode):
+    logits = torch.randn(4, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    labels = torch.zeros(4, 8)
+    labels[torch.arange(4), torch.tensor([0, 1, 4, 6])] = 1.0
+    labels[:, 7] = float("nan")
+    loss = classification_loss(logits, labels, mode, label_smoothing=0.1 if mode != "multi_target" else 0.0)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad[:, 7].abs().max() == 0  # contempt's logit is untouched
+    # The same loss as the 7 known classes alone.
+    seven = classification_loss(logits.detach()[:, :7], labels[:, :7], mode,
+                                label_smoothing=0.1 if mode != "multi_target" else 0.0,
+                                generator=torch.Generator().manual_seed(1))
+    if mode != "probability":  # (draws differ)
+        assert torch.allclose(loss.detach(), seven, atol=1e-6)
+
+
+def test_rows_with_every_class_known_keep_the_plain_loss():
+    logits = torch.randn(5, 8, generator=torch.Generator().manual_seed(2))
+    labels = torch.softmax(torch.randn(5, 8, generator=torch.Generator().manual_seed(3)), dim=-1)
+    expected = -(((1 - 0.05) * labels + 0.05 / 8) * F.log_softmax(logits, -1)).sum(-1).mean()
+    assert torch.allclose(classification_loss(logits, labels, "crossentropy", 0.05), expected)
+
+
+def test_sampling_weights_repeat_and_draw_a_fixed_fraction():
+    plan = repeat_plan(10, 2.5, seed=0)
+    counts = np.bincount(plan, minlength=10)
+    assert len(plan) == 25 and set(counts) == {2, 3} and (counts == 3).sum() == 5
+    assert np.array_equal(plan, repeat_plan(10, 2.5, seed=0)) and len(repeat_plan(10, 0.0, 0)) == 0
+
+
+def test_sources_config_names_its_mistakes():
+    good = {"format": "fer", "root": "r", "weight": 1.0, "train_split": "train", "val_split": "val", "options": {}}
+    assert parse_sources({"a": good})[0].weight == 1.0
+    with pytest.raises(ValueError, match=r"sources.a: unknown key\(s\) \['wieght'\]"):
+        parse_sources({"a": {**good, "wieght": 1}})
+    with pytest.raises(ValueError, match="sources.b: neither trained on"):
+        parse_sources({"a": good, "b": {**good, "weight": 0.0, "val_split": None}})
+    with pytest.raises(ValueError, match="no source is trained on"):
+        parse_sources({"a": {**good, "weight": 0.0}})
+
+
+# -- augmentation -------------------------------------------------------------------------
+def test_downscale_blurs_the_chosen_images_and_keeps_the_others():
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = random_downscale(images, prob=1.0, min_fraction=0.25, generator=torch.Generator().manual_seed(1))
+    assert out.shape == images.shape
+    # Fine detail (neighbour differences) is what a shrunk-and-enlarged image loses.
+    assert out.diff(dim=-1).abs().mean() < images.diff(dim=-1).abs().mean() * 0.8
+    assert torch.equal(random_downscale(images, 0.0, 0.25), images)
+
+
+def test_grayscale_makes_the_channels_equal():
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    gray = random_grayscale(images, 1.0)
+    assert torch.allclose(gray[:, 0], gray[:, 1]) and torch.allclose(gray[:, 1], gray[:, 2])
+    expected = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
+    assert torch.allclose(gray[:, 0], expected, atol=1e-6)
+
+
+def test_augment_with_every_transform_on_is_seeded():
+    cfg = AugmentConfig(min_scale=0.75, max_scale=1.25, erase_prob=0.5, downscale_prob=0.5, grayscale_prob=0.5)
+    images = torch.randint(0, 256, (8, 24, 24, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    first = augment(images, cfg, torch.Generator().manual_seed(5))
+    assert first.shape == (8, 3, 24, 24) and torch.isfinite(first).all()
+    assert torch.equal(first, augment(images, cfg, torch.Generator().manual_seed(5)))
+
+
+# -- alignment ----------------------------------------------------------------------------
+def _rotation(angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:
+    a = math.radians(angle_deg)
+    return np.array([[scale * math.cos(a), -scale * math.sin(a), shift[0]],
+                     [scale * math.sin(a), scale * math.cos(a), shift[1]]])
+
+
+def test_similarity_transform_recovers_a_known_one():
+    points = FACE_TEMPLATE * 100
+    truth = _rotation(20.0, 1.7, (30.0, -12.0))
+    moved = points @ truth[:, :2].T + truth[:, 2]
+    assert np.allclose(similarity_transform(points, moved), truth, atol=1e-9)
+
+
+def _face_with_dots(landmarks: np.ndarray, radius: int, size: int = 800) -> np.ndarray:
+    """A black image with a white square dot at each landmark."""
+    pixels = np.zeros((size, size, 3), np.uint8)
+    for x, y in landmarks:
+        pixels[int(y) - radius:int(y) + radius + 1, int(x) - radius:int(x) + radius + 1] = 255
+    return pixels
+
+
+@pytest.mark.parametrize("angle,scale", [(0.0, 2.0), (25.0, 3.0), (-35.0, 8.0)])
+def test_aligned_face_puts_the_landmarks_on_the_template(angle, scale):
+    """A tilted face of any size: after alignment each landmark's dot is where the
+    template says, within a pixel of the 64 px crop (large faces are first shrunk)."""
+    size = 64
+    truth = _rotation(angle, scale, (400.0, 400.0))
+    landmarks = (FACE_TEMPLATE - 0.5) * size @ truth[:, :2].T + truth[:, 2]
+    crop = aligned_face(_face_with_dots(landmarks, radius=round(1.5 * scale)), landmarks + 0.5, size)
+    assert crop.shape == (size, size, 3) and crop.dtype == np.uint8
+    for x, y in FACE_TEMPLATE * size:
+        window = crop[int(y) - 1:int(y) + 2, int(x) - 1:int(x) + 2, 0]
+        assert window.max() > 100, (x, y)
+
+
+def test_person_crops_align_only_faces_with_landmarks_and_only_when_asked():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    faces = np.array([[50, 50, 120, 130], [10, 10, 60, 60]], np.float32)
+    landmarks = np.full((2, 5, 2), np.nan, np.float32)
+    landmarks[0] = FACE_TEMPLATE * 80 + 40
+    plain = CropSpec(("head",), 32, head_expand=1.25, max_side=960)
+    aligned = CropSpec(("head",), 32, head_expand=1.25, max_side=960, align=True)
+    unaligned = person_crops(pixels, faces, np.full((2, 4), np.nan), plain, landmarks=landmarks)["head"]
+    out = person_crops(pixels, faces, np.full((2, 4), np.nan), aligned, landmarks=landmarks)["head"]
+    assert np.array_equal(out[1], unaligned[1])  # no landmarks: the box crop
+    assert np.array_equal(out[0], aligned_face(pixels, landmarks[0], 32))
+    assert not np.array_equal(out[0], unaligned[0])
+
+
+# -- calibration --------------------------------------------------------------------------
+def test_expected_calibration_error():
+    # Always 0.9 sure, right 9 times in 10: calibrated. Always sure, right half the time: 0.5.
+    scores = np.tile([[0.9, 0.1]], (10, 1))
+    assert expected_calibration_error(scores, np.array([0] * 9 + [1])) == pytest.approx(0.0)
+    assert expected_calibration_error(np.tile([[1.0, 0.0]], (4, 1)), np.array([0, 1, 0, 1])) == pytest.approx(0.5)
+    report = evaluation_report(scores, np.eye(2)[[0] * 9 + [1]], ("a", "b"), multi_label=False)
+    assert report["ece"] == pytest.approx(0.0) and report["mean_recall"] == pytest.approx(0.5)
