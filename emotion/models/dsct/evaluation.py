@@ -1,4 +1,4 @@
-"""DSCT's evaluation protocol (METHODS.md §2), in NumPy.
+"""DSCT's evaluation protocol (as the DSCT paper evaluates), in NumPy.
 
 **Recognition.** Each ground-truth person is matched to the predicted box with the
 highest IoU, among *all* of the image's candidates (every subject query; pass

@@ -1,6 +1,6 @@
 """DSCT: single-stage emotion recognition with a Decoupled Subject-Context Transformer
-(ACM MM 2024; ``../shared/METHODS.md`` section 2). One network finds the people in a whole
-image and recognises each one's emotion.
+(ACM MM 2024). One network finds the people in a whole image and recognises each one's
+emotion.
 
 image [B, 3, S, S] -> backbone (``backbone.py``: ImageNet CNN, one scale, 1x1 projection
 to D) -> transformer encoder (``encoder.py``) -> decoder (``decoder.py``) with Qs subject

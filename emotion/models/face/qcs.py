@@ -1,5 +1,5 @@
 """``qcs``: a facial-expression model trained with Quadruplet Cross Similarity
-(Wang et al., AAAI 2025; ``../shared/METHODS.md`` section 3), on the head crop.
+(Wang et al., AAAI 2025), on the head crop.
 
 The network is one branch: gray conversion (FER data is gray) -> an ImageNet backbone
 (``emotion.models.backbones``, MobileNetV2 by default) -> a 1x1 embedding to D-dim
