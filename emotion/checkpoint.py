@@ -15,7 +15,8 @@ the safe unpickler accepts it):
 
 ``load_checkpoint`` decodes the JSON fields back into ``model_cfg``, ``metrics`` and
 ``extra`` and adds ``sha256`` (of the file's bytes) and ``path``. Paths may be local or
-``s3://`` URIs (through ``emotion.storage``, imported only when needed).
+``s3://`` URIs (through ``emotion.storage``, imported only when needed). The model a
+checkpoint holds is rebuilt by ``emotion.models.loading.load_model_from_checkpoint``.
 """
 
 from __future__ import annotations
@@ -117,28 +118,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         out = _read_local(local, map_location)
     out["path"] = target
     return out
-
-
-def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", s3: Any = None):
-    """Rebuild the model a checkpoint names (via the registry), load its weights strictly,
-    put it in eval mode on ``device`` and set ``checkpoint_hash`` to the file's SHA-256.
-
-    Config keys ``pretrained`` and ``prototypes_from_text``, where the saved config has
-    them, are set to False: every weight (CocoER's class prototypes included) comes from
-    the checkpoint, and no pretrained file or text encoder is read.
-    """
-    from emotion.models.registry import build_model
-
-    ckpt = load_checkpoint(path, s3=s3)
-    cfg = dict(ckpt["model_cfg"])
-    for key in ("pretrained", "prototypes_from_text"):
-        if key in cfg:
-            cfg[key] = False
-    cfg.setdefault("labels", ckpt["labels"])
-    model = build_model(ckpt["model_name"], cfg)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    model.checkpoint_hash = ckpt["sha256"]
-    return model.to(device).eval()
 
 
 def export_weights(source: str | os.PathLike, target: str | os.PathLike, *, half: bool = True,

@@ -28,7 +28,8 @@ import numpy as np
 from emotion import metrics, storage
 from emotion.image_files import IMAGE_SUFFIXES
 from emotion.labels import remap, remap_scores
-from emotion.predictor import EmotionPredictor, split_rows
+from emotion.predictor import EmotionPredictor
+from emotion.schema import split_rows
 from emotion.sources import read_source
 
 log = logging.getLogger(__name__)

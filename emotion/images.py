@@ -10,6 +10,11 @@ and never stops a job. ``tests/test_decode_fuzz.py`` holds this to a seeded fuzz
 A damaged EXIF block does not cost the image: the pixels are still decoded, only the
 orientation tag is ignored (cameras write broken maker notes often enough that refusing
 those photos would lose real data).
+
+``decode_one`` shrinks a decoded image to the predictor's working size; ``decode_batch``
+(or ``DecodedBatch``, one image at a time) builds the batch ``EmotionPredictor.detect``
+takes, failures as error rows. ``emotion.device_decode`` decodes JPEGs on a torch device
+into the same batch.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import io
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,3 +177,92 @@ def exif_orientation(img: Image.Image) -> int:
     except Exception as exc:  # noqa: BLE001 - as _upright: any EXIF parsing failure
         log.debug("ignoring a damaged EXIF block (%s: %s)", type(exc).__name__, exc)
         return 1
+
+
+def decode_one(data: bytes | None, max_side: int, max_pixels: int) -> tuple[np.ndarray, float, int, int]:
+    """Bytes -> (working pixels shrunk to ``max_side``, scale back to the original,
+    original height, original width). Raises ``ImageDecodeError`` only."""
+    decoded = decode_image(data or b"", max_pixels=max_pixels, draft_side=max_side)
+    pixels, _ = resize_max_side(decoded.pixels, max_side)
+    # From the full-size original: a draft-mode decode already shrank the pixels.
+    original_longer = max(decoded.original_height, decoded.original_width)
+    scale = original_longer / max(pixels.shape[:2]) if original_longer != max(pixels.shape[:2]) else 1.0
+    return pixels, scale, decoded.original_height, decoded.original_width
+
+
+# A failed image's pixels: keeps the image column rectangular in rank.
+_PLACEHOLDER = np.zeros((1, 1, 3), dtype=np.uint8)
+
+
+class DecodedBatch:
+    """Builds the batch ``EmotionPredictor.detect`` takes, one image at a time, so a reader
+    can drop each file's bytes as soon as it is decoded (memory per batch is then bounded
+    by the decoded images, not by the files' sizes)."""
+
+    def __init__(self) -> None:
+        self.sources: list[str] = []
+        self.source_bytes: list[bytes] = []
+        self.images: list[np.ndarray] = []
+        self.scale: list[float] = []
+        self.heights: list[int] = []
+        self.widths: list[int] = []
+        self.errors: list[str] = []
+
+    def add(self, source: str, data: bytes | None, max_side: int, max_pixels: int, *,
+            source_bytes: bytes = b"", error: str | None = None) -> None:
+        """Decode ``data`` (unless ``error`` already says why there is none) and append it;
+        a failure becomes the image's error."""
+        pixels, scale, height, width = _PLACEHOLDER, 1.0, 0, 0
+        if error is None:
+            try:
+                pixels, scale, height, width = decode_one(data, max_side, max_pixels)
+            except ImageDecodeError as exc:
+                error = str(exc)
+        self.append(source, pixels, scale, height, width, source_bytes=source_bytes, error=error)
+
+    def append(self, source: str, pixels: np.ndarray, scale: float, height: int, width: int, *,
+               source_bytes: bytes = b"", error: str | None = None) -> None:
+        """Append an image decoded elsewhere (``decode_one``'s four values)."""
+        self.sources.append(source)
+        self.source_bytes.append(source_bytes)
+        self.images.append(pixels)
+        self.scale.append(scale)
+        self.heights.append(height)
+        self.widths.append(width)
+        # "" means no error: an all-None column would not survive Arrow conversion as strings.
+        self.errors.append(error or "")
+
+    def to_batch(self) -> dict[str, np.ndarray]:
+        images = np.empty(len(self.images), dtype=object)
+        images[:] = self.images  # ragged [H, W, 3] arrays: an object column
+        return {
+            "source": np.asarray(self.sources, dtype=object),
+            "source_bytes": np.asarray(self.source_bytes, dtype=object),
+            "image": images,
+            "scale": np.asarray(self.scale, dtype=np.float32),
+            "image_height": np.asarray(self.heights, dtype=np.int32),
+            "image_width": np.asarray(self.widths, dtype=np.int32),
+            "error": np.asarray(self.errors, dtype=object),
+        }
+
+
+def decode_batch(sources: Sequence[str], payloads: Sequence[bytes | None], max_side: int,
+                 max_pixels: int, read_errors: Sequence[str | None] | None = None,
+                 decoded: Sequence[tuple[np.ndarray, float, int, int] | None] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Decode raw bytes with Pillow (``decode_one``) into the batch
+    ``EmotionPredictor.detect`` takes; failures become error rows.
+
+    ``read_errors``: per image, why its bytes could not be read (None: read). ``decoded``:
+    per image, ``decode_one``'s four values where another decoder already has them
+    (``emotion.device_decode.decode_batch_on_device``), None where Pillow is to decode it.
+    """
+    errors = list(read_errors) if read_errors is not None else [None] * len(sources)
+    done = list(decoded) if decoded is not None else [None] * len(sources)
+    batch = DecodedBatch()
+    for source, data, error, result in zip(sources, payloads, errors, done):
+        if result is not None:
+            batch.append(source, *result)
+        else:
+            batch.add(source, data, max_side, max_pixels, error=error)
+    return batch.to_batch()

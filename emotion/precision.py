@@ -1,6 +1,6 @@
 """``predictor.precision``: the arithmetic the detector and the emotion model run in.
 
-* ``fp32`` (the default): no autocast, today's results;
+* ``fp32`` (the default): no autocast; the reference results;
 * ``fp16``: ``torch.autocast`` with float16, on CUDA only: a CPU device is refused with
   an error naming the key (CPU float16 kernels are slow or missing, so a silent fall
   back to fp32 would hide a config that does not do what it says);

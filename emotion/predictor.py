@@ -9,7 +9,11 @@ Two steps, which Ray Data runs in separate actor pools and Serve runs back to ba
   (``emotion.schema.output_schema``).
 
 Batches are dicts of numpy arrays; per-image Python objects appear only where images of
-different sizes must (the ``image`` column is an object array of [H, W, 3] uint8).
+different sizes must (the ``image`` column is an object array of [H, W, 3] uint8). Image
+bytes become that batch in ``emotion.images.decode_batch``.
+
+``build_predictor`` builds one from a config's ``detector``, ``model`` and ``predictor``
+sections (the networks through ``emotion.models.loading``).
 """
 
 from __future__ import annotations
@@ -21,108 +25,14 @@ import pyarrow as pa
 
 from emotion.boxes import body_box_from_face
 from emotion.crops import CropSpec, head_crops, person_crops
-from emotion.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, resize_max_side
+from emotion.devices import device_of
+from emotion.images import DEFAULT_MAX_PIXELS, decode_batch
+from emotion.models.loading import build_detector_from_config, build_emotion_model, input_spec, spec_of
 from emotion.models.protocol import EmotionModel, InputSpec, single_level_columns
-from emotion.schema import LEVEL_NAMES, image_id_for, output_schema
+from emotion.schema import LEVEL_NAMES, has_error, output_schema, output_table, split_rows
 
-
-def has_error(value: object) -> bool:
-    """Error cells are non-empty strings; "" / None / NaN (after Arrow round trips) mean none."""
-    return isinstance(value, str) and value != ""
-
-
-def decode_one(data: bytes | None, max_side: int, max_pixels: int) -> tuple[np.ndarray, float, int, int]:
-    """Bytes -> (working pixels shrunk to ``max_side``, scale back to the original,
-    original height, original width). Raises ``ImageDecodeError`` only."""
-    decoded = decode_image(data or b"", max_pixels=max_pixels, draft_side=max_side)
-    pixels, _ = resize_max_side(decoded.pixels, max_side)
-    # From the full-size original: a draft-mode decode already shrank the pixels.
-    original_longer = max(decoded.original_height, decoded.original_width)
-    scale = original_longer / max(pixels.shape[:2]) if original_longer != max(pixels.shape[:2]) else 1.0
-    return pixels, scale, decoded.original_height, decoded.original_width
-
-
-class DecodedBatch:
-    """Builds the batch ``detect`` takes, one image at a time, so a reader can drop each
-    file's bytes as soon as it is decoded (memory per batch is then bounded by the
-    decoded images, not by the files' sizes)."""
-
-    def __init__(self) -> None:
-        self.sources: list[str] = []
-        self.source_bytes: list[bytes] = []
-        self.images: list[np.ndarray] = []
-        self.scale: list[float] = []
-        self.heights: list[int] = []
-        self.widths: list[int] = []
-        self.errors: list[str] = []
-
-    def add(self, source: str, data: bytes | None, max_side: int, max_pixels: int, *,
-            source_bytes: bytes = b"", error: str | None = None) -> None:
-        """Decode ``data`` (unless ``error`` already says why there is none) and append it;
-        a failure becomes the image's error."""
-        pixels, scale, height, width = _PLACEHOLDER, 1.0, 0, 0
-        if error is None:
-            try:
-                pixels, scale, height, width = decode_one(data, max_side, max_pixels)
-            except ImageDecodeError as exc:
-                error = str(exc)
-        self.append(source, pixels, scale, height, width, source_bytes=source_bytes, error=error)
-
-    def append(self, source: str, pixels: np.ndarray, scale: float, height: int, width: int, *,
-               source_bytes: bytes = b"", error: str | None = None) -> None:
-        """Append an image decoded elsewhere (``decode_one``'s four values)."""
-        self.sources.append(source)
-        self.source_bytes.append(source_bytes)
-        self.images.append(pixels)
-        self.scale.append(scale)
-        self.heights.append(height)
-        self.widths.append(width)
-        # "" means no error: an all-None column would not survive Arrow conversion as strings.
-        self.errors.append(error or "")
-
-    def to_batch(self) -> dict[str, np.ndarray]:
-        images = np.empty(len(self.images), dtype=object)
-        images[:] = self.images  # ragged [H, W, 3] arrays: an object column
-        return {
-            "source": np.asarray(self.sources, dtype=object),
-            "source_bytes": np.asarray(self.source_bytes, dtype=object),
-            "image": images,
-            "scale": np.asarray(self.scale, dtype=np.float32),
-            "image_height": np.asarray(self.heights, dtype=np.int32),
-            "image_width": np.asarray(self.widths, dtype=np.int32),
-            "error": np.asarray(self.errors, dtype=object),
-        }
-
-
-# A failed image's pixels: keeps the image column rectangular in rank.
-_PLACEHOLDER = np.zeros((1, 1, 3), dtype=np.uint8)
-
-
-def decode_batch(sources: Sequence[str], payloads: Sequence[bytes | None], max_side: int,
-                 max_pixels: int, read_errors: Sequence[str | None] | None = None,
-                 device: Any | None = None) -> dict[str, np.ndarray]:
-    """Decode raw bytes into the batch ``detect`` takes; failures become error rows.
-
-    ``device`` (a torch device, CUDA or CPU): JPEGs are decoded there in one batched
-    ``decode_jpeg`` call, turned upright and shrunk there (``emotion.device_decode``);
-    every other file, and any the device fails on, takes the Pillow path (``decode_one``).
-    None (the default): Pillow for every file.
-    """
-    errors = list(read_errors) if read_errors is not None else [None] * len(sources)
-    done: list[tuple[np.ndarray, float, int, int] | None] = [None] * len(sources)
-    if device is not None:
-        from emotion.device_decode import decode_on_device
-
-        wanted = [i for i, err in enumerate(errors) if err is None]
-        for i, result in zip(wanted, decode_on_device([payloads[i] for i in wanted], max_side, max_pixels, device)):
-            done[i] = result
-    batch = DecodedBatch()
-    for i, (source, data) in enumerate(zip(sources, payloads)):
-        if done[i] is not None:
-            batch.append(source, *done[i])
-        else:
-            batch.add(source, data, max_side, max_pixels, error=errors[i])
-    return batch.to_batch()
+# Where crops are cut and JPEGs decoded (``predictor.crops``, ``predictor.decode``).
+MODES = ("auto", "pil", "device")
 
 
 class EmotionPredictor:
@@ -133,7 +43,7 @@ class EmotionPredictor:
             ``boxes`` [n,4], ``scores`` [n] (working-image pixels). None if only
             ``recognize`` is used.
         model: an ``EmotionModel``. None if only ``detect`` is used.
-        spec: the model's input contract (``emotion.models.registry.input_spec``), known
+        spec: the model's input contract (``emotion.models.loading.input_spec``), known
             even where the model is not loaded (the detect actors, the tagging driver).
         crop: how crops are cut, ``max_side`` included (``emotion.crops.CropSpec``).
         threshold: score above which a category is listed in ``emotions`` (multi-label
@@ -168,8 +78,8 @@ class EmotionPredictor:
         self.threshold = threshold
         self.max_people = max_people
         self.person_threshold = float(person_threshold)  # single-stage models: least person score kept
-        self.detector_device = _device_of(detector)
-        self.model_device = _device_of(model)
+        self.detector_device = device_of(detector)
+        self.model_device = device_of(model)
         self.device = str(device) if device is not None else (self.detector_device or self.model_device or "cpu")
         on_cuda = self.device.startswith("cuda")
         self.crop_mode = _resolve_mode("predictor.crops", crops, on_cuda)
@@ -194,12 +104,17 @@ class EmotionPredictor:
                read_errors: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
         """Image bytes -> the batch ``detect`` takes, shrunk to this predictor's ``max_side``
         (JPEGs decoded on the device with ``decode=device``)."""
-        return decode_batch(sources, payloads, self.crop.max_side, max_pixels, read_errors,
-                            device=self.device if self.decode_mode == "device" else None)
+        if self.decode_mode == "device":
+            from emotion.device_decode import decode_batch_on_device  # imports torch(vision)
+
+            return decode_batch_on_device(sources, payloads, self.crop.max_side, max_pixels, read_errors,
+                                          device=self.device)
+        return decode_batch(sources, payloads, self.crop.max_side, max_pixels, read_errors)
 
     # -- step 1 -------------------------------------------------------------------------
     def detect(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Decoded images -> person rows. See ``decode_batch`` for the input columns.
+        """Decoded images -> person rows. See ``emotion.images.decode_batch`` for the input
+        columns.
 
         Every row carries ``image_index`` (its image's position in ``batch``) and
         ``rows_in_image``, so no consumer infers image boundaries from row order.
@@ -368,7 +283,7 @@ class EmotionPredictor:
             for row, names in zip(idx, columns["dropped_levels"]):
                 dropped[row] = names
         emotions = [self._emotion_names(scores[r], labels) if has_person[r] else [] for r in range(n)]
-        return self._to_table(people, labels, self.spec.model_id, scores, level_scores, refined, dropped, emotions)
+        return output_table(people, labels, self.spec.model_id, scores, level_scores, refined, dropped, emotions)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> pa.Table:
         return self.recognize(self.detect(batch))
@@ -395,125 +310,14 @@ class EmotionPredictor:
     def output_schema(self) -> pa.Schema:
         return output_schema(list(self.spec.labels), self.spec.model_id)
 
-    def _to_table(self, people, labels, model_id, scores, level_scores, refined, dropped, emotions) -> pa.Table:
-        n = len(people["source"])
-        has_person = np.asarray(people["person_index"]) >= 0
-        ok = np.array([not has_error(e) for e in people["error"]], dtype=bool)
-        scored = has_person & ok
-
-        def boxes(col: str) -> pa.Array:  # null where unknown (no person, or a box the model does not give)
-            array = np.asarray(people[col], dtype=np.float32).reshape(-1, 4)
-            unknown = ~has_person | np.isnan(array).any(axis=1)
-            return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), 4, mask=pa.array(unknown))
-
-        def per_label(values: np.ndarray, mask: np.ndarray) -> pa.Array:
-            flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
-            return pa.FixedSizeListArray.from_arrays(flat, len(labels), mask=pa.array(mask))
-
-        level_arrays = []
-        for j, _ in enumerate(LEVEL_NAMES):
-            column = level_scores[:, j]
-            level_arrays.append(per_label(column, ~scored | np.isnan(column).all(axis=1)))
-        level_struct = pa.StructArray.from_arrays(level_arrays, names=list(LEVEL_NAMES), mask=pa.array(~scored))
-        sources = [str(s) for s in people["source"]]
-        raw_names = people.get("source_bytes")
-        raw_names = [bytes(b) if b is not None and len(b) else None for b in raw_names] if raw_names is not None \
-            else [None] * n
-        schema = output_schema(labels, model_id)
-        columns = {
-            "image_id": pa.array([image_id_for(s, b) for s, b in zip(sources, raw_names)], pa.string()),
-            "source": pa.array(sources, pa.string()),
-            "source_bytes": pa.array(raw_names, pa.binary()),
-            "person_index": pa.array(np.asarray(people["person_index"], dtype=np.int32), mask=~has_person),
-            "face_box": boxes("face_box"),
-            "body_box": boxes("body_box"),
-            "detector_score": pa.array(np.asarray(people["detector_score"], dtype=np.float32), mask=~has_person),
-            "emotions": pa.array(emotions, pa.list_(pa.string())),
-            "scores": per_label(scores, ~scored),
-            "level_scores": level_struct,
-            "refined": pa.array(refined, pa.bool_()),
-            "dropped_levels": pa.array(dropped, pa.list_(pa.string())),
-            "image_width": pa.array(np.asarray(people["image_width"], dtype=np.int32)),
-            "image_height": pa.array(np.asarray(people["image_height"], dtype=np.int32)),
-            "model": pa.array([model_id] * n, pa.string()),
-            "error": pa.array([str(e) if has_error(e) else None for e in people["error"]], pa.string()),
-        }
-        return pa.table([columns[f.name] for f in schema], schema=schema)
-
-
-def split_rows(table: pa.Table, image_index: np.ndarray, n_images: int) -> list[pa.Table]:
-    """Rows -> one table per image, by each row's image index."""
-    image_index = np.asarray(image_index)
-    return [table.take(pa.array(np.flatnonzero(image_index == i))) for i in range(n_images)]
-
-
-CROP_MODES = DECODE_MODES = ("auto", "pil", "device")
-
 
 def _resolve_mode(key: str, value: str, on_cuda: bool) -> str:
     """``auto`` -> ``device`` on CUDA, else ``pil``; ``pil``/``device`` as given."""
-    if value not in CROP_MODES:
-        raise ValueError(f"{key}={value!r} is not one of {list(CROP_MODES)}")
+    if value not in MODES:
+        raise ValueError(f"{key}={value!r} is not one of {list(MODES)}")
     if value == "auto":
         return "device" if on_cuda else "pil"
     return value
-
-
-def _device_of(obj: Any) -> str | None:
-    """Where a detector or model runs ("cuda:0", "cpu"), or None for one without a
-    network (the full-frame detector) or no object at all."""
-    if obj is None:
-        return None
-    device = getattr(obj, "device", None)
-    if device is not None:
-        return str(device)
-    parameters = getattr(obj, "parameters", None)
-    if callable(parameters):
-        for parameter in parameters():
-            return str(parameter.device)
-    return None
-
-
-# -- builders ---------------------------------------------------------------------------
-def _resolve_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def build_detector_from_config(cfg: Mapping) -> Any:
-    """``cfg.name``: ``retinaface`` (default) or ``full_frame`` (pre-cropped faces)."""
-    from emotion.models.detection.full_frame import build_full_frame_detector
-    from emotion.models.detection.retinaface import build_detector
-
-    builders = {"retinaface": build_detector, "full_frame": build_full_frame_detector}
-    name = cfg.get("name", "retinaface")
-    if name not in builders:
-        raise ValueError(f"detector.name={name!r} is not one of {sorted(builders)}")
-    return builders[name]({**cfg, "device": _resolve_device(cfg.get("device"))})
-
-
-def build_emotion_model(cfg: Mapping) -> EmotionModel:
-    """A model from ``cfg.checkpoint`` (any registered family) or by ``cfg.name``."""
-    from emotion.models.registry import build_model, checkpoint_of
-
-    device = _resolve_device(cfg.get("device"))
-    checkpoint = checkpoint_of(cfg)
-    if checkpoint:
-        from emotion.checkpoint import load_model_from_checkpoint
-
-        return load_model_from_checkpoint(checkpoint, device=device)
-    return build_model(cfg["name"], {**cfg, "device": device})
-
-
-def spec_of(model: EmotionModel) -> InputSpec:
-    """The input contract of a built model (no second read of its checkpoint)."""
-    return InputSpec(name=model.name, levels=tuple(model.input_levels), input_size=int(model.input_size),
-                     labels=tuple(model.labels), multi_label=bool(model.multi_label),
-                     model_id=f"{model.name}@sha256:{model.checkpoint_hash[:16]}",
-                     finds_people=bool(getattr(model, "finds_people", False)))
 
 
 def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True,
@@ -524,8 +328,6 @@ def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True
     actor pools); ``spec`` saves re-deriving the model's input contract where the caller
     has it (else it comes from the model, or from the config when the model is not built).
     """
-    from emotion.models.registry import input_spec
-
     predictor_cfg = cfg["predictor"]
     given = spec is not None
     if spec is None:
@@ -541,7 +343,7 @@ def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True
                     # The margin around a face box is the box source's convention.
                     head_expand=float(cfg["detector"]["head_expand"]),
                     max_side=int(predictor_cfg["max_image_side"]), align=bool(predictor_cfg["align_faces"]))
-    # Configs written before these keys existed (a saved serve config) get the YAML defaults.
+    # A saved serve config may lack crops, decode and precision: they take the YAML defaults.
     return EmotionPredictor(detector, model, spec=spec, crop=crop, threshold=float(predictor_cfg["threshold"]),
                             max_people=int(predictor_cfg["max_people"]), crops=str(predictor_cfg.get("crops", "auto")),
                             decode=str(predictor_cfg.get("decode", "auto")),

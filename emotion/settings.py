@@ -8,18 +8,16 @@ every default; these models only say what a valid value is. A mistake raises
 
     bad config: detector.score_threshold='abc': Input should be a valid number
     bad config: stages.detect: pool_max (0) must be >= pool_min (1)
+
+Parsing reads no file: whether the output can be written and the checkpoint exists is
+``emotion.preflight``, which the jobs run next.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from emotion import storage
-from emotion.models.registry import checkpoint_of
-from emotion.weights import KNOWN_WEIGHTS
 
 
 class ConfigError(ValueError):
@@ -314,58 +312,8 @@ def parse_eval_settings(cfg: Mapping) -> EvalSettings:
 
 
 def parse_train_settings(cfg: Mapping) -> TrainSettings:
-    settings = parse_settings(TrainSettings, cfg)
-    check_output_location(settings.output)
-    return settings
+    return parse_settings(TrainSettings, cfg)
 
 
 def parse_tag_settings(cfg: Mapping) -> TagSettings:
-    settings = parse_settings(TagSettings, cfg)
-    check_output_location(settings.output)
-    check_model_checkpoint(settings.model)
-    if settings.annotate:  # a bad folder must fail now, not after hours of tagging
-        check_output_location(settings.annotate, key="annotate")
-    return settings
-
-
-def check_model_checkpoint(model: ModelSettings, key: str = "model.checkpoint") -> None:
-    """Fail now, before Ray starts, if the checkpoint the model config names is missing: a
-    required one left unset, a local path that is not a file, an s3:// object that does
-    not exist. Reading it (format, hash) is left to the job, which does it while Ray starts."""
-    try:
-        checkpoint = checkpoint_of(model.model_dump())  # a required one left unset raises
-    except ValueError as exc:
-        raise ConfigError(f"bad config: {key}: {exc}") from None
-    if checkpoint is None or checkpoint in KNOWN_WEIGHTS:
-        return
-    if storage.is_s3(checkpoint):
-        try:
-            found = storage.exists(checkpoint)
-        except storage.StorageError as exc:  # missing bucket or credentials: one line naming the key
-            raise storage.StorageError(f"{key}={checkpoint!r}: {exc}") from None
-    else:
-        found = os.path.isfile(os.path.expanduser(checkpoint))
-    if not found:
-        raise ConfigError(f"bad config: {key}={checkpoint!r}: no such file")
-
-
-def check_output_location(output: str, key: str = "output") -> None:
-    """Fail now, before Ray starts, if ``output`` (the config's ``key``) cannot be a
-    writable folder; the message names the key."""
-    if storage.is_s3(output):
-        storage.split_s3(output)  # malformed URIs raise ValueError
-        try:
-            storage.check_bucket(output)
-        except storage.StorageError as exc:  # missing bucket or credentials: one line naming the key
-            raise storage.StorageError(f"{key}={output!r}: {exc}") from None
-        return
-    path = os.path.abspath(os.path.expanduser(output))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"bad config: {key}={output!r}: is a file; give a folder (it is created if missing)")
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ConfigError(f"bad config: {key}={output!r}: {parent} is a file, so the folder cannot be created")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"bad config: {key}={output!r}: {parent} is not writable")
+    return parse_settings(TagSettings, cfg)

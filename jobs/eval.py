@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from emotion import storage
 from emotion.evaluation import evaluate_dataset, evaluate_image_folder, evaluate_scenes, plot_confusion
-from emotion.models.registry import input_spec
-from emotion.predictor import build_emotion_model, build_predictor
+from emotion.models.loading import build_emotion_model, input_spec
+from emotion.models.protocol import model_id
+from emotion.predictor import build_predictor
 from emotion.settings import parse_eval_settings
 from jobs.user_errors import exit_on_user_error
 
@@ -61,7 +62,7 @@ def run(cfg: DictConfig) -> dict:
         model = build_emotion_model(plain["model"])
         report = evaluate_dataset(model, data, str(split), max_side=int(plain["predictor"]["max_image_side"]),
                                   batch_size=int(plain.get("batch_size", 256)), limit=plain.get("limit"))
-    report["model"] = f"{model.name}@sha256:{model.checkpoint_hash[:16]}"
+    report["model"] = model_id(model.name, model.checkpoint_hash)
     return _finish(plain, report, model.labels, data)
 
 

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from emotion.pipelines.tagging import TagSummary, tag_images
 from emotion import storage, tag_report
 from emotion.tag_output import OutputLockedError, OutputModelMismatch
+from emotion.preflight import check_tag_settings
 from emotion.settings import parse_tag_settings
 from jobs.user_errors import USER_ERRORS, exit_on_user_error
 
@@ -23,7 +24,8 @@ log = logging.getLogger("emotion.tag")
 def run(cfg: DictConfig) -> TagSummary:
     """Run the job from a composed config (tests call this directly)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    settings = parse_tag_settings(plain)  # once, before anything starts (annotate's folder included)
+    settings = parse_tag_settings(plain)  # once, before anything starts
+    check_tag_settings(settings)  # the output and annotate folders, the checkpoint
     summary = tag_images(settings)
     # A few images are worth a line each; thousands would bury the summary.
     echo = 0 < summary.images <= settings.echo_images

@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from emotion import storage
 from emotion.pipelines.training import TrainSummary, run_training
+from emotion.preflight import check_train_settings
+from emotion.settings import parse_train_settings
 from jobs.user_errors import USER_ERRORS, exit_on_user_error
 
 log = logging.getLogger("emotion.train")
@@ -24,6 +26,7 @@ log = logging.getLogger("emotion.train")
 def run(cfg: DictConfig) -> TrainSummary:
     """Run the job from a composed config (tests call this directly)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
+    check_train_settings(parse_train_settings(plain))  # the output folder, before Ray starts
     summary = run_training(plain)
     print(summary.render(), flush=True)
     print(json.dumps(json.loads(summary.to_json())), flush=True)

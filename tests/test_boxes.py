@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from emotion.boxes import body_box_from_face, box_area, box_iou, clip_boxes, expand_boxes
+from emotion.boxes import body_box_from_face, box_area, box_iou, clip_boxes
 
 IMAGE_HW = (100, 200)  # height 100, width 200
 
@@ -19,7 +19,6 @@ def test_clip_boxes_limits_each_coordinate_to_the_image():
 def test_empty_arrays_keep_their_shape():
     empty = np.zeros((0, 4), np.float32)
     assert clip_boxes(empty, IMAGE_HW).shape == (0, 4)
-    assert expand_boxes(empty, 1.3, IMAGE_HW).shape == (0, 4)
     assert body_box_from_face(empty, IMAGE_HW).shape == (0, 4)
     assert box_iou(empty, np.array([[0, 0, 1, 1]])).shape == (0, 1)
     assert box_iou(empty, empty).shape == (0, 0)
@@ -48,15 +47,6 @@ def test_box_iou_known_values_and_degenerate_boxes():
 
 def test_box_area_treats_inverted_boxes_as_empty():
     np.testing.assert_array_equal(box_area(np.array([[0, 0, 4, 5], [4, 0, 0, 5]])), [20, 0])
-
-
-def test_expand_boxes_makes_centred_squares_and_clips_at_the_border():
-    boxes = np.array([[90, 40, 110, 70], [0, 0, 20, 10]], np.float32)  # 20x30 inside, 20x10 at a corner
-    out = expand_boxes(boxes, 2.0, IMAGE_HW)
-    np.testing.assert_array_equal(out[0], [70, 25, 130, 85])  # side 2 * 30, centre (100, 55) kept
-    np.testing.assert_array_equal(out[1], [0, 0, 30, 25])  # [-10, -15, 30, 25] clipped
-    with pytest.raises(ValueError, match="scale"):
-        expand_boxes(boxes, 0.0, IMAGE_HW)
 
 
 def test_body_box_geometry_inside_the_image():

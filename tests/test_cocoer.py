@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from emotion.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
+from emotion.checkpoint import load_checkpoint, save_checkpoint
+from emotion.models.loading import load_model_from_checkpoint
 from emotion.losses import CocoERCriterion
 from emotion.models.joint.cocoer import CocoER
 from emotion.models.joint.vocabulary import collect_embeddings, pretrain_projection, projection_loss

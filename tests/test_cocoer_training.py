@@ -163,7 +163,8 @@ def debug_run(ray_local, synthetic_root, tmp_path_factory):
 
 @pytest.mark.slow  # a real Ray Train run: about a minute on a busy 2-core machine
 def test_one_epoch_run_writes_a_checkpoint_that_loads_and_predicts(debug_run, train_rows):
-    from emotion.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from emotion.checkpoint import load_checkpoint
+    from emotion.models.loading import load_model_from_checkpoint
     from emotion.models.joint.cocoer import CocoER
     from emotion.models.joint.vocabulary import collect_embeddings, projection_loss
     from emotion.training.cocoer_family import CocoERFamily

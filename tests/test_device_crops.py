@@ -184,7 +184,8 @@ def test_context_is_the_whole_image_once_per_person(photos):
 def test_predictor_device_crops_keep_the_row_contract(photos, faces, fer):
     """``predictor.crops=device``: the same numpy uint8 crop columns, the same scores within 0.01."""
     from emotion.models.protocol import InputSpec
-    from emotion.predictor import EmotionPredictor, decode_batch
+    from emotion.images import decode_batch
+    from emotion.predictor import EmotionPredictor
     from emotion.weights import SAMPLE_PHOTOS, resolve
 
     class Known:  # the photos' own faces, in working pixels

@@ -1,5 +1,5 @@
 """Batched JPEG decoding on the device (``emotion.device_decode``, ``predictor.decode``)
-against today's Pillow path (``decode_batch`` without a device).
+against the Pillow path (``emotion.images.decode_batch``).
 
 Run here with device "cpu" (libjpeg-turbo through torchvision); the ``gpu`` tests run
 nvJPEG. Measured on CPU: the sample photos, grayscale, progressive and every EXIF
@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from emotion.device_decode import decode_on_device
-from emotion.predictor import decode_batch
+from emotion.device_decode import decode_batch_on_device, decode_on_device
+from emotion.images import decode_batch
 
 from tests.conftest import jpeg_bytes, needs_cuda, write_awkward_images
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def both(names, payloads, max_side=960, device="cpu", read_errors=None):
     today = decode_batch(names, payloads, max_side, MAX_PIXELS, read_errors)
-    ours = decode_batch(names, payloads, max_side, MAX_PIXELS, read_errors, device=device)
+    ours = decode_batch_on_device(names, payloads, max_side, MAX_PIXELS, read_errors, device=device)
     for column in ("source", "image_height", "image_width", "error"):
         np.testing.assert_array_equal(ours[column], today[column], err_msg=column)
     np.testing.assert_allclose(ours["scale"], today["scale"], rtol=1e-6)
@@ -135,7 +135,7 @@ def test_a_damaged_exif_block_is_handled_as_today(poison_exif_jpeg):
 
 def test_pixel_limit_and_a_failed_batch_call(monkeypatch, sample_photos):
     data = sample_photos["trump"].read_bytes()
-    too_big = decode_batch(["t.jpg"], [data], 960, 1000, device="cpu")
+    too_big = decode_batch_on_device(["t.jpg"], [data], 960, 1000, device="cpu")
     assert "above the limit" in too_big["error"][0]
     # One file that decode_jpeg refuses fails the batched call: each file is then tried alone.
     import torchvision.io

@@ -18,7 +18,8 @@ from emotion.models.dsct.matcher import HungarianMatcher
 from emotion.models.dsct.model import DSCT, OUTPUT_KEYS, resolve_config
 from emotion.models.dsct.postprocess import postprocess
 from emotion.models.protocol import EmotionModel
-from emotion.models.registry import build_model, input_spec
+from emotion.models.loading import input_spec
+from emotion.models.registry import build_model
 
 LABELS = ["happy", "sad", "angry"]
 K = len(LABELS)
@@ -138,7 +139,8 @@ def test_predict_follows_the_emotion_model_contract():
 
 
 def test_checkpoint_round_trip_rebuilds_the_same_network(tmp_path):
-    from emotion.checkpoint import load_model_from_checkpoint, save_checkpoint
+    from emotion.checkpoint import save_checkpoint
+    from emotion.models.loading import load_model_from_checkpoint
 
     model = tiny_model(frozen_bn=True).eval()
     path = save_checkpoint(tmp_path / "dsct.ckpt", model_name="dsct", model_cfg=model.config,

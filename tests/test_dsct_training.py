@@ -112,7 +112,7 @@ def test_dsct_family_trains_in_the_shared_loop_and_validates_by_the_dsct_protoco
 
 @pytest.mark.slow
 def test_emotion_train_model_dsct_runs_through_ray_train(ray_local, scenes, tmp_path):
-    from emotion.checkpoint import load_model_from_checkpoint
+    from emotion.models.loading import load_model_from_checkpoint
     from jobs.train import run
 
     root, _ = scenes

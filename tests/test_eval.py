@@ -210,7 +210,7 @@ def test_dataset_eval_is_validation_with_the_model_spelling_its_classes_its_own_
 
 
 def test_a_model_without_shipped_weights_asks_for_its_checkpoint(tmp_path):
-    from emotion.models.registry import input_spec
+    from emotion.models.loading import input_spec
     from jobs.eval import run
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

@@ -69,7 +69,7 @@ def test_large_jpegs_decode_in_draft_mode_to_the_same_working_image(sample_photo
     EXIF orientation included."""
     import io
 
-    from emotion.predictor import decode_one
+    from emotion.images import decode_one
 
     photo = Image.open(sample_photos["batman"]).resize((2400, 2100))
     for orientation in (1, 6):

@@ -14,8 +14,9 @@ from PIL import Image
 
 from emotion.crops import CropSpec
 from emotion.models.protocol import InputSpec
-from emotion.models.registry import input_spec
-from emotion.predictor import EmotionPredictor, decode_batch
+from emotion.models.loading import input_spec
+from emotion.images import decode_batch
+from emotion.predictor import EmotionPredictor
 from emotion.training.rows import person_rows
 
 

@@ -20,7 +20,9 @@ import pytest
 import torch
 
 from emotion.crops import CropSpec
-from emotion.predictor import EmotionPredictor, decode_batch, spec_of
+from emotion.images import decode_batch
+from emotion.models.loading import spec_of
+from emotion.predictor import EmotionPredictor
 
 from tests.conftest import needs_cuda
 

@@ -198,7 +198,8 @@ def test_a_tiny_qcs_model_overfits_a_few_images():
 def test_a_qcs_checkpoint_is_a_backbone_for_another_models_level(tmp_path):
     """The joint model's head level can start from the face model's backbone
     (``backbone_weights={head: PATH}``)."""
-    from emotion.checkpoint import export_weights, load_model_from_checkpoint, save_checkpoint
+    from emotion.checkpoint import export_weights, save_checkpoint
+    from emotion.models.loading import load_model_from_checkpoint
     from emotion.models.backbones import build_backbone
 
     torch.manual_seed(0)
@@ -221,7 +222,8 @@ def test_a_qcs_checkpoint_is_a_backbone_for_another_models_level(tmp_path):
 
 
 def test_test_flip_averages_the_face_and_its_mirror_and_travels_in_the_exported_config(tmp_path):
-    from emotion.checkpoint import export_weights, load_model_from_checkpoint, save_checkpoint
+    from emotion.checkpoint import export_weights, save_checkpoint
+    from emotion.models.loading import load_model_from_checkpoint
 
     plain = tiny_qcs().eval()
     crops = np.random.default_rng(1).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)

@@ -30,7 +30,7 @@ from starlette.datastructures import UploadFile
 
 from emotion.labels import FERPLUS_CLASSES
 from emotion.client import EmotionAPIError, EmotionClient, format_person
-from emotion.predictor import split_rows
+from emotion.schema import split_rows
 from emotion.weights import KNOWN_WEIGHTS
 from emotion.pipelines.serving import (
     APIError,

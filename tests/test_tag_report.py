@@ -25,7 +25,8 @@ from emotion.tag_report import (
     read_images,
     top_emotion,
 )
-from emotion.settings import ConfigError, check_output_location
+from emotion.preflight import check_output_location
+from emotion.settings import ConfigError
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 

@@ -247,7 +247,8 @@ def test_run_writes_checkpoints_with_all_fields_and_metrics(first_run):
 
 
 def test_best_checkpoint_is_chosen_on_validation_and_loads_for_prediction(first_run):
-    from emotion.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from emotion.checkpoint import load_checkpoint
+    from emotion.models.loading import load_model_from_checkpoint
     from emotion.models.protocol import EmotionModel
 
     summary, output = first_run
@@ -273,7 +274,8 @@ def test_resume_on_request_from_s3_checkpoints_with_prepared_data(ray_local, ban
     read by Ray Data, Ray Train storage on s3://; a second run with resume=true continues
     from the saved epoch with the optimiser state restored."""
     from emotion import storage
-    from emotion.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from emotion.checkpoint import load_checkpoint
+    from emotion.models.loading import load_model_from_checkpoint
     from emotion.data.prepare import prepare_dataset
     from jobs.train import run
 
@@ -370,7 +372,7 @@ def test_experiments_compose_into_trainable_configs(name):
 @pytest.mark.slow
 def test_fer_mobilenet_experiment_smoke(ray_local, fer_root, tmp_path):
     """The shipped experiment on a FER2013 subset: one epoch, real ImageNet MobileNetV2."""
-    from emotion.checkpoint import load_model_from_checkpoint
+    from emotion.models.loading import load_model_from_checkpoint
     from jobs.train import run
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

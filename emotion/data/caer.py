@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -59,7 +59,3 @@ def read_caer(
             for name, uri in rows
         ]
     return result
-
-
-def build_caer(cfg: Mapping) -> SampleSet:
-    return read_caer(cfg["root"], splits=cfg.get("splits"), face_boxes_uri=cfg.get("face_boxes_uri"))

@@ -58,7 +58,6 @@ from emotion.data.records import SampleSet, make_sample
 from emotion.labels import EMOTIC_CATEGORIES, names_to_multi_hot
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-CSV_COLUMNS = ("Folder", "Filename", "Image Size", "BBox", "Categorical_Labels", "Continuous_Labels", "Gender", "Age")
 
 
 # ---------------------------------------------------------------- reading Annotations.mat
@@ -421,16 +420,3 @@ def _struct_array(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         for name in names:
             array[0, i][name] = record[name]
     return array
-
-
-def build_emotic(cfg: Mapping) -> SampleSet:
-    """``read_emotic`` (``cfg.format == 'emotic'``) or ``read_emotic_csv`` (``'emotic_csv'``)."""
-    if cfg.get("format", "emotic") == "emotic_csv":
-        return read_emotic_csv(cfg["root"], splits=cfg.get("splits"), images_root=cfg.get("images_root"))
-    return read_emotic(
-        cfg["root"],
-        splits=cfg.get("splits"),
-        annotations_uri=cfg.get("annotations_uri"),
-        images_root=cfg.get("images_root"),
-        drop_unlabelled=bool(cfg.get("drop_unlabelled", True)),
-    )

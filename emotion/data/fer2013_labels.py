@@ -1,8 +1,8 @@
 """FER2013's original labels for FER+ faces: the second label set of the same images.
 
 FER+ ships FER2013's pixels as ``fer<row>.png`` with 10 new votes, but not FER2013's own
-label; FER2013's class-folder copy (``<fer2013_root>/<split>/<class>/*.jpg``, the layout
-of ``../shared/data/fer2013``) has the labels under other file names, and its JPEGs are
+label; FER2013's class-folder copy (``<fer2013_root>/<split>/<class>/*.jpg``) has the
+labels under other file names, and its JPEGs are
 histogram-equalised renders of the same faces (``docs/training.md``). Equalising keeps
 the order of a face's grey levels, so the two copies of one face are matched by the
 correlation of their pixel ranks (Spearman's rho; about 0.998 for true pairs, under 0.9

@@ -312,7 +312,7 @@ def _read(root: str, mode: str, splits: Sequence[str] | None, fer2013_root: str 
         raise ValueError(f"fer2013_image_prob must be in [0, 1], got {fer2013_image_prob}")
     for key, value in (("fer2013_weight", fer2013_weight), ("fer2013_image_prob", fer2013_image_prob)):
         if value > 0 and not fer2013_root:
-            raise ValueError(f"{key} > 0 needs fer2013_root (FER2013's class folders, e.g. ../shared/data/fer2013)")
+            raise ValueError(f"{key} > 0 needs fer2013_root (FER2013's class folders, <split>/<class>/*.jpg)")
     root = str(root)
     requested = splits is not None
     result = SampleSet(label_set=LABEL_SET, labels=FERPLUS_CLASSES)

@@ -13,7 +13,7 @@ folders named ``happy``/``sad``. Without a label set the classes are the sorted 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from emotion import storage
 from emotion.data.records import SampleSet, make_sample, one_hot, probe_image_size, relative_parts, whole_image_box
@@ -86,15 +86,3 @@ def read_image_folder(
             )
         result.splits[split] = samples
     return result
-
-
-def build_image_folder(cfg: Mapping) -> SampleSet:
-    size = cfg.get("image_size")
-    return read_image_folder(
-        cfg["root"],
-        label_set=cfg.get("label_set"),
-        labels=cfg.get("labels"),
-        splits=cfg.get("splits"),
-        image_size=tuple(size) if size else None,
-    )
-

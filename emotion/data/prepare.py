@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -178,13 +178,6 @@ def decode_row(row: Mapping[str, Any], num_labels: int | None = None) -> Decoded
         raise ValueError(f"row for {sample['image_uri']} has no image bytes: read it from a prepared dataset")
     pixels = decode_image(bytes(sample["image_bytes"])).pixels
     return DecodedSample(pixels, sample["person_boxes"], sample["face_boxes"], sample["labels"], sample["vad"])
-
-
-def iter_decoded(table: pa.Table) -> Iterable[DecodedSample]:
-    """Decode every row of a prepared table (small tables: tests, notebooks)."""
-    _, labels = prepared_labels(table)
-    for row in table.to_pylist():
-        yield decode_row(row, len(labels))
 
 
 def build_prepare(cfg: Mapping[str, Any]) -> dict[str, Any]:

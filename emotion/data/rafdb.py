@@ -10,7 +10,7 @@ The split is the file-name prefix (``train``/``test``).
 from __future__ import annotations
 
 import posixpath
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from emotion import storage
 from emotion.data.records import SampleSet, make_sample, one_hot, probe_image_size, relative_parts, whole_image_box
@@ -76,8 +76,3 @@ def read_rafdb(
             f"nor Image/original under {root}, e.g. {missing[:3]}"
         )
     return result
-
-
-def build_rafdb(cfg: Mapping) -> SampleSet:
-    size = cfg.get("aligned_size", ALIGNED_SIZE)
-    return read_rafdb(cfg["root"], splits=cfg.get("splits"), aligned_size=tuple(size) if size else None)

@@ -21,7 +21,7 @@ LEVELS: tuple[str, ...] = ("head", "body", "context")
 @dataclass(frozen=True)
 class InputSpec:
     """A model family's input contract, derived from its config without building the
-    network (``emotion.models.registry.input_spec``): which crops it reads, at what size,
+    network (``emotion.models.loading.input_spec``): which crops it reads, at what size,
     and what its outputs are called. The predictor (tagging, serving, evaluation) and
     training rows cut crops from it with the one crop function, ``emotion.crops.person_crops``.
 
@@ -34,7 +34,7 @@ class InputSpec:
     input_size: int
     labels: tuple[str, ...]
     multi_label: bool
-    model_id: str  # name@sha256:<first 16 hex of the weights>, recorded in every output row
+    model_id: str  # ``model_id(name, weights hash)``, recorded in every output row
     # True for a single-stage model (DSCT) that reads whole images and finds the people
     # itself (``find_people``): the predictor then runs no detector and cuts no crops.
     finds_people: bool = False
@@ -45,6 +45,12 @@ class InputSpec:
             raise ValueError(f"input levels must be a non-empty subset of {list(LEVELS)}, got {list(self.levels)}")
         if self.input_size < 1:
             raise ValueError(f"input_size must be >= 1, got {self.input_size}")
+
+
+def model_id(name: str, checkpoint_hash: str) -> str:
+    """The id every output row records for a model: ``name@sha256:<first 16 hex digits
+    of the weights' SHA-256>``."""
+    return f"{name}@sha256:{checkpoint_hash[:16]}"
 
 
 def plain_config(value: Any) -> Any:

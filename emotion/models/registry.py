@@ -5,6 +5,8 @@ says which module registers each name, so ``build_model("fer")`` imports the one
 it needs on first use: callers never import a model module themselves, and a tagging
 actor that runs the mini-Xception does not pay for importing DSCT (and through it
 torchvision, about 2 s of CPU per process). ``list_models`` imports them all.
+
+Loading a model from a config or a checkpoint is ``emotion.models.loading``.
 """
 
 from __future__ import annotations
@@ -54,31 +56,8 @@ def register_spec(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     return decorator
 
 
-def checkpoint_of(cfg: Mapping[str, Any]) -> str | None:
-    """The checkpoint a ``model`` config names, or None; a required one left unset
-    (Hydra's ``???``) is an error saying what to pass."""
-    checkpoint = cfg.get("checkpoint")
-    if checkpoint == "???":
-        raise ValueError(f"model={cfg.get('name')} has no shipped weights: pass model.checkpoint=PATH "
-                         "(a checkpoint from `emotion train`)")
-    return str(checkpoint) if checkpoint else None
-
-
-def input_spec(cfg: Mapping[str, Any]) -> Any:
-    """The ``InputSpec`` of the model a ``model`` config names: from ``cfg.checkpoint``
-    (its saved config and file hash; the weights are read, no network is built) or from
-    ``cfg.name``."""
-    checkpoint = checkpoint_of(cfg)
-    if checkpoint:
-        from emotion.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(checkpoint)
-        saved = {**dict(ckpt["model_cfg"]), "labels": ckpt["model_cfg"].get("labels") or ckpt["labels"]}
-        return _spec_fn(ckpt["model_name"])(saved, checkpoint_hash=ckpt["sha256"])
-    return _spec_fn(cfg["name"])(cfg)
-
-
-def _spec_fn(name: str) -> Callable[..., Any]:
+def get_spec_builder(name: str) -> Callable[..., Any]:
+    """The spec function ``register_spec`` registered for model ``name``."""
     _import_module_of(name)
     try:
         return _SPECS[name]

@@ -99,4 +99,5 @@ def init_ray(cfg: Mapping, worker_setup_hook: str | None = None, metrics_export_
 
 
 def gpus_available() -> bool:
+    """Whether the Ray cluster this process is connected to has GPUs."""
     return ray.cluster_resources().get("GPU", 0) > 0

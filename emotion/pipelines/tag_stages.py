@@ -13,10 +13,11 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from emotion.images import DecodedBatch
 from emotion.models.protocol import InputSpec
 from emotion.pipelines.job_board import StallWatch
 from emotion.pipelines.worker_startup import limit_torch_threads, loading_models
-from emotion.predictor import DecodedBatch, build_predictor
+from emotion.predictor import build_predictor
 from emotion.sources import read_source, source_path
 from emotion.tag_output import DETECT_NODE, ROWS_IN_IMAGE
 

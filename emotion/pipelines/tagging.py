@@ -39,8 +39,8 @@ from ray.data import ActorPoolStrategy, TaskPoolStrategy
 from emotion import storage
 from emotion.listing import InputPlan, list_inputs, plan_inputs
 from emotion.models.protocol import InputSpec
-from emotion.models.registry import input_spec
-from emotion.predictor import has_error
+from emotion.models.loading import input_spec
+from emotion.schema import has_error
 from emotion.schema import output_schema
 from emotion.pipelines.ray_env import forwarded_env, gpus_available, init_ray
 from emotion.pipelines.job_board import JobBoard

@@ -45,7 +45,7 @@ from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, c
                                    epoch_generator, evaluate,
                                    restore_training_checkpoint, save_training_checkpoint, seed_everything,
                                    train_epoch)
-from emotion.models.registry import input_spec
+from emotion.models.loading import input_spec
 from emotion.settings import parse_train_settings
 from emotion.training.rows import CropSpec, RowCounts, person_rows
 from emotion.training.schedule import build_schedule

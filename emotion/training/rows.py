@@ -23,8 +23,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from emotion.crops import CropSpec, person_crops
-from emotion.images import DEFAULT_MAX_PIXELS
-from emotion.predictor import decode_one
+from emotion.images import DEFAULT_MAX_PIXELS, decode_one
 
 __all__ = ["CropSpec", "RowCounts", "build_crop_spec", "person_rows", "working_image"]
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emotion.devices import resolve_device
 from emotion.models.detection.nms import batched_nms
 from emotion.models.detection.priors import (
     MOBILENET025_ANCHORS,
@@ -499,7 +500,4 @@ def build_detector(cfg: Mapping[str, Any] | None = None) -> FaceDetector:
         upscale_size=cfg.get("upscale_size"),
         top_k=int(cfg.get("top_k", 100)),
     )
-    device = cfg.get("device", "auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return detector.to(device)
+    return detector.to(resolve_device(cfg.get("device")))

@@ -1,5 +1,5 @@
 """DSCT: single-stage emotion recognition with a Decoupled Subject-Context Transformer
-(ACM MM 2024; ``../shared/METHODS.md`` section 2).
+(ACM MM 2024).
 
 One concept per module, DETR-style:
 

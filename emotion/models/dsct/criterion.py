@@ -7,7 +7,7 @@ then, with ``num_boxes`` = people in the batch (at least 1):
   matched queries and 0 for the rest, summed over queries / num_boxes;
 * ``loss_emotion``: sigmoid focal loss of the matched queries' emotion logits against the
   people's labels (multi-hot; single-label sets use the one-hot of each row's arg-max),
-  summed over queries and classes / num_boxes (METHODS.md: α 0.25, γ 2);
+  summed over queries and classes / num_boxes (the paper's α 0.25, γ 2);
 * ``loss_bbox``: L1 of matched boxes (normalised cx, cy, w, h) / num_boxes;
 * ``loss_giou``: 1 - GIoU of matched boxes (``torchvision.ops``) / num_boxes.
 

@@ -1,4 +1,4 @@
-"""DSCT's evaluation protocol (METHODS.md §2), in NumPy.
+"""DSCT's evaluation protocol (as the DSCT paper evaluates), in NumPy.
 
 **Recognition.** Each ground-truth person is matched to the predicted box with the
 highest IoU, among *all* of the image's candidates (every subject query; pass
@@ -172,16 +172,3 @@ def dsct_report(predictions: Sequence[Mapping[str, Any]], ground_truth: Sequence
     report["unmatched"] = int(np.isnan(people["scores"]).any(axis=1).sum())
     report["mean_iou"] = float(people["iou"].mean())
     return report
-
-
-def build_evaluator(cfg: Mapping[str, Any]):
-    """``predictions, ground_truth -> dsct_report(...)`` with ``labels``, ``multi_label``
-    and optional ``min_score`` / ``iou_threshold`` from a config."""
-    labels, multi_label = list(cfg["labels"]), bool(cfg.get("multi_label", True))
-    min_score = cfg.get("min_score")
-    iou_threshold = float(cfg.get("iou_threshold", 0.5))
-
-    def evaluate(predictions: Sequence[Mapping[str, Any]], ground_truth: Sequence[Mapping[str, Any]]) -> dict:
-        return dsct_report(predictions, ground_truth, labels, multi_label, min_score, iou_threshold)
-
-    return evaluate

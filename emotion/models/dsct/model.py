@@ -1,6 +1,6 @@
 """DSCT: single-stage emotion recognition with a Decoupled Subject-Context Transformer
-(ACM MM 2024; ``../shared/METHODS.md`` section 2). One network finds the people in a whole
-image and recognises each one's emotion.
+(ACM MM 2024). One network finds the people in a whole image and recognises each one's
+emotion.
 
 image [B, 3, S, S] -> backbone (``backbone.py``: ImageNet CNN, one scale, 1x1 projection
 to D) -> transformer encoder (``encoder.py``) -> decoder (``decoder.py``) with Qs subject
@@ -34,7 +34,6 @@ Config (``DEFAULTS``; the paper's sizes in brackets): ``backbone`` mobilenet_v2 
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Mapping, Sequence
 
@@ -48,7 +47,7 @@ from emotion.models.dsct.decoder import build_decoder
 from emotion.models.dsct.encoder import build_encoder
 from emotion.models.dsct.postprocess import emotion_probabilities
 from emotion.models.dsct.relations import RELATIONS
-from emotion.models.protocol import InputSpec, adopt_config, plain_config, single_level_columns
+from emotion.models.protocol import InputSpec, adopt_config, model_id, plain_config, single_level_columns
 from emotion.models.registry import register_model, register_spec
 
 DEFAULTS: dict[str, Any] = {
@@ -263,9 +262,6 @@ class DSCT(nn.Module):
         """Scores of the whole-image (``context``) level, no refinement."""
         return single_level_columns(outputs["scores"], level="context")
 
-    def config_json(self) -> str:
-        return json.dumps(self.config, sort_keys=True)
-
 
 @register_spec("dsct")
 def dsct_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") -> InputSpec:
@@ -273,11 +269,11 @@ def dsct_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") 
     resolved = resolve_config(cfg)
     return InputSpec(name="dsct", levels=DSCT.input_levels, input_size=resolved["input_size"],
                      labels=tuple(resolved["labels"]), multi_label=resolved["multi_label"],
-                     model_id=f"dsct@sha256:{checkpoint_hash[:16]}", finds_people=True)
+                     model_id=model_id("dsct", checkpoint_hash), finds_people=True)
 
 
 @register_model("dsct")
 def build_dsct(cfg: Mapping[str, Any]) -> DSCT:
     """Build DSCT from a config mapping (keys and defaults: ``DEFAULTS``); a trained model
-    comes from its checkpoint (``emotion.checkpoint.load_model_from_checkpoint``)."""
+    comes from its checkpoint (``emotion.models.loading.load_model_from_checkpoint``)."""
     return DSCT(cfg)

@@ -59,20 +59,3 @@ def postprocess(outputs: Mapping[str, Any], image_sizes: torch.Tensor | Sequence
         results.append({"boxes": absolute[b, order], "scores": scores[b, order], "emotion_probs": probs[b, order],
                         "query_index": order})
     return results
-
-
-class PostProcess:
-    """``postprocess`` with the model's label mode bound: ``PostProcess(multi_label)(outputs, image_sizes)``."""
-
-    def __init__(self, multi_label: bool = True, min_score: float = 0.0):
-        self.multi_label = bool(multi_label)
-        self.min_score = float(min_score)
-
-    def __call__(self, outputs: Mapping[str, Any],
-                 image_sizes: torch.Tensor | Sequence[Sequence[int]]) -> list[dict[str, torch.Tensor]]:
-        return postprocess(outputs, image_sizes, self.multi_label, self.min_score)
-
-
-def build_postprocess(cfg: Mapping[str, Any]) -> PostProcess:
-    """From a DSCT config (``multi_label``; optional ``min_score``, default 0)."""
-    return PostProcess(bool(cfg.get("multi_label", True)), float(cfg.get("min_score", 0.0)))

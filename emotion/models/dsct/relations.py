@@ -1,8 +1,8 @@
 """Subject-context fusion: relation-biased attention from subject queries to context queries.
 
 In the fused decoder layers (``fuse_from_layer`` on) each subject query gathers context
-queries' features by attention whose logits carry two relation terms (METHODS.md §2,
-"spatial relations (box geometry) and semantic relations (feature similarity)"):
+queries' features by attention whose logits carry two relation terms (the DSCT paper's
+spatial relations, from box geometry, and semantic relations, from feature similarity):
 
 * **spatial** (``SpatialRelation``): from the geometry of the subject's current reference
   box s and the context query's box c (both normalised cx, cy, w, h): offset of c's

@@ -7,7 +7,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from emotion.models.protocol import InputSpec, single_level_columns
+from emotion.models.protocol import InputSpec, model_id, single_level_columns
 from emotion.models.registry import register_model, register_spec
 from emotion.models.face.mini_xception import FER_LABELS, build_face_model, preprocess_faces
 from emotion.weights import KNOWN_WEIGHTS, resolve, sha256_of
@@ -57,7 +57,7 @@ def _weights_hash(cfg: Mapping) -> str:
 @register_spec("fer")
 def fer_input_spec(cfg: Mapping) -> InputSpec:
     return InputSpec(name="fer", levels=FaceExpressionModel.input_levels, input_size=FaceExpressionModel.input_size,
-                     labels=tuple(FER_LABELS), multi_label=False, model_id=f"fer@sha256:{_weights_hash(cfg)[:16]}")
+                     labels=tuple(FER_LABELS), multi_label=False, model_id=model_id("fer", _weights_hash(cfg)))
 
 
 @register_model("fer")

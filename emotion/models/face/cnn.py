@@ -15,7 +15,6 @@ forward(head): float [B, 3, S, S] ImageNet-normalised -> dict
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from emotion.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, crops_to_input
-from emotion.models.protocol import InputSpec, adopt_config, single_level_columns
+from emotion.models.protocol import InputSpec, adopt_config, model_id, single_level_columns
 from emotion.models.registry import register_model, register_spec
 
 DEFAULTS: dict[str, Any] = {
@@ -143,16 +142,13 @@ class FaceCNN(nn.Module):
     def output_columns(self, outputs: dict[str, np.ndarray]) -> dict:
         return single_level_columns(outputs["scores"])
 
-    def config_json(self) -> str:
-        return json.dumps(self.config, sort_keys=True)
-
 
 @register_spec("face_cnn")
 def face_cnn_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") -> InputSpec:
     resolved = resolve_config(cfg)
     return InputSpec(name="face_cnn", levels=FaceCNN.input_levels, input_size=resolved["input_size"],
                      labels=tuple(resolved["labels"]), multi_label=bool(resolved["multi_label"]),
-                     model_id=f"face_cnn@sha256:{checkpoint_hash[:16]}")
+                     model_id=model_id("face_cnn", checkpoint_hash))
 
 
 @register_model("face_cnn")

@@ -1,5 +1,5 @@
 """``qcs``: a facial-expression model trained with Quadruplet Cross Similarity
-(Wang et al., AAAI 2025; ``../shared/METHODS.md`` section 3), on the head crop.
+(Wang et al., AAAI 2025), on the head crop.
 
 The network is one branch: gray conversion (FER data is gray) -> an ImageNet backbone
 (``emotion.models.backbones``, MobileNetV2 by default) -> a 1x1 embedding to D-dim
@@ -40,7 +40,6 @@ Trained weights load from a checkpoint of ``emotion train`` (``model.checkpoint`
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Mapping
 
@@ -50,7 +49,7 @@ from torch import nn
 
 from emotion.models.backbones import build_backbone
 from emotion.models.face.cnn import ToGray, head_logits
-from emotion.models.protocol import InputSpec, adopt_config, single_level_columns
+from emotion.models.protocol import InputSpec, adopt_config, model_id, single_level_columns
 from emotion.models.registry import register_model, register_spec
 
 DEFAULTS: dict[str, Any] = {
@@ -191,16 +190,13 @@ class QCSNet(nn.Module):
     def output_columns(self, outputs: dict[str, np.ndarray]) -> dict:
         return single_level_columns(outputs["scores"])
 
-    def config_json(self) -> str:
-        return json.dumps(self.config, sort_keys=True)
-
 
 @register_spec("qcs")
 def qcs_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") -> InputSpec:
     resolved = resolve_config(cfg)
     return InputSpec(name="qcs", levels=QCSNet.input_levels, input_size=resolved["input_size"],
                      labels=tuple(resolved["labels"]), multi_label=False,
-                     model_id=f"qcs@sha256:{checkpoint_hash[:16]}")
+                     model_id=model_id("qcs", checkpoint_hash))
 
 
 @register_model("qcs")

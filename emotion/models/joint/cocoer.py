@@ -28,7 +28,6 @@ feeds FFN_1's hidden vector to its global classifier.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping
 
 import numpy as np
@@ -41,7 +40,7 @@ from emotion.models.joint.text_encoder import DEFAULT_TEMPLATE, class_prototypes
 from emotion.models.joint.vocabulary import VocabularyAlignment, build_vocabulary
 from emotion.models.joint.workspace import Workspace, level_probabilities, pseudo_label_losses
 from emotion.models.protocol import LEVELS
-from emotion.models.protocol import InputSpec, adopt_config, plain_config
+from emotion.models.protocol import InputSpec, adopt_config, model_id, plain_config
 from emotion.models.registry import register_model, register_spec
 
 VOCABULARY_LEVEL = "vocabulary"
@@ -309,16 +308,13 @@ class CocoER(nn.Module):
                 "refined": np.asarray(outputs["refined"], dtype=bool),
                 "dropped_levels": dropped}
 
-    def config_json(self) -> str:
-        return json.dumps(self.config, sort_keys=True)
-
 
 @register_spec("cocoer")
 def cocoer_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") -> InputSpec:
     resolved = resolve_config(cfg)
     return InputSpec(name="cocoer", levels=LEVELS, input_size=int(resolved["input_size"]),
                      labels=tuple(resolved["labels"]), multi_label=bool(resolved["multi_label"]),
-                     model_id=f"cocoer@sha256:{checkpoint_hash[:16]}")
+                     model_id=model_id("cocoer", checkpoint_hash))
 
 
 @register_model("cocoer")

@@ -271,7 +271,3 @@ class Workspace(nn.Module):
         if return_delta:
             out["delta"] = -torch.einsum("bm,bmk,bmd->bkd", alpha, residual, h)
         return out
-
-
-def build_workspace(cfg) -> Workspace:
-    return Workspace(eta=float(cfg.get("eta", 0.1)), multi_label=bool(cfg.get("multi_label", True)))

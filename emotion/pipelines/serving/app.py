@@ -10,6 +10,8 @@ the model deployment (``EmotionRecognizer``) with the Serve options that
 
 from ray.serve import Application
 
+from emotion.devices import cuda_available
+from emotion.pipelines.ray_env import gpus_available
 from emotion.pipelines.serving.deployment import EmotionRecognizer
 from emotion.pipelines.serving.ingress import EmotionAPI
 from emotion.pipelines.serving.settings import (
@@ -52,12 +54,10 @@ def _resolve_num_gpus(options: RecognizerOptions) -> float:
     import ray
 
     if ray.is_initialized():
-        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        has_gpu = gpus_available()
     else:
         # `serve run` calls the builder before it connects to Ray; it runs on the head node.
-        import torch
-
-        has_gpu = torch.cuda.is_available()
+        has_gpu = cuda_available()
     return options.gpu_fraction if has_gpu else 0.0
 
 

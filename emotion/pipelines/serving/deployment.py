@@ -22,7 +22,9 @@ from emotion.pipelines.serving.ingress import image_response
 from emotion.pipelines.serving.settings import Limits
 from emotion.pipelines.serving.telemetry import RecognizerMetrics
 from emotion.pipelines.worker_startup import limit_torch_threads, loading_models
-from emotion.predictor import build_predictor, split_rows
+from emotion.models.protocol import model_id
+from emotion.predictor import build_predictor
+from emotion.schema import split_rows
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +133,7 @@ def _model_info(predictor: Any, predictor_cfg: Mapping) -> dict:
     model = predictor.model
     return {
         "name": model.name,
-        "id": f"{model.name}@sha256:{model.checkpoint_hash[:16]}",
+        "id": model_id(model.name, model.checkpoint_hash),
         "checkpoint_hash": model.checkpoint_hash,
         "labels": list(model.labels),
         "multi_label": bool(model.multi_label),

@@ -176,11 +176,13 @@ def resolve_config(args: ServeArgs) -> dict:
     return {name: merged.get(name) or {} for name in _SECTIONS}
 
 
+# The jobs' Hydra configs: installed beside the ``emotion`` package (``jobs/configs``,
+# package data), read as files so the library does not import the entry-point package.
+_CONFIG_DIR = Path(__file__).resolve().parents[3] / "jobs" / "configs"
+
+
 def _compose_default(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    import jobs
-
-    config_dir = Path(jobs.__file__).resolve().parent / "configs"
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(_CONFIG_DIR), version_base="1.3"):
         return compose(config_name="serve", overrides=overrides)

@@ -1,6 +1,6 @@
 """``scenes_v2``: synthetic crowd scenes with real faces and ambiguous body and context cues.
 
-The second synthetic generator (issue 14). It keeps the first one's EMOTIC format, its 6
+The second synthetic generator. It keeps the first one's EMOTIC format, its 6
 categories (Happiness, Sadness, Anger, Fear, Surprise, Peace), its body poses and scene
 backgrounds, and its label rule, and changes three things:
 
@@ -31,10 +31,11 @@ face's category unless body and context are both shown and agree on another one.
 **Each level alone** (``agreement``): a level is right on a person when it shows the
 person's label (absent: wrong). With these probabilities the expected fractions are face
 0.675, body 0.640, context 0.640 (``agreement.expected_level_agreement``), inside the
-55-75 % the issue asks for; ``agreement.level_agreement`` measures them on generated
-people. The parameters (``params.ScenesV2Params``) were fixed from this closed form
-before any model was trained and are recorded in ``jobs/configs/data_scenes_v2.yaml``
-and ``docs/scenes_v2.md``.
+55-75 % range the generator is specified for (each level alone right on about two
+thirds of the people); ``agreement.level_agreement`` measures them on generated people.
+The parameters (``params.ScenesV2Params``) were fixed from this closed form before any
+model was trained and are recorded in ``jobs/configs/data_scenes_v2.yaml`` and
+``docs/scenes_v2.md``.
 
 Everything is deterministic in the seed: image ``i`` of split ``s`` depends only on
 (seed, s, i, image size, parameters, the FER+ faces present).

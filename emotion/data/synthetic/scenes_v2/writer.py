@@ -125,7 +125,7 @@ def build_scenes_v2(cfg: Mapping[str, Any]) -> dict[str, Any]:
     faces = cfg.get("faces")
     if not faces:
         raise ValueError("scenes_v2 needs faces=PATH: the FER+ root holding FER2013Train/ and FER2013Valid/ "
-                         "(e.g. faces=../shared/data/ferplus)")
+                         "(e.g. faces=/data/ferplus)")
     if not cfg.get("root"):
         raise ValueError("scenes_v2 needs root=PATH: the folder to write the data set to")
     size = cfg.get("image_size", 224)
