@@ -19,7 +19,7 @@ output=...``) runs in its own process group, as a user would run it:
    more of the largest input's images (copies of a committed row with other sources), so
    the resume checks an output of that size.
 
-Listing alone (``emotion.listing.list_inputs`` in this process) is timed too. Writes
+Listing alone (``emotion.tagging.inputs.list_inputs`` in this process) is timed too. Writes
 bench_scale_results.json next to this file (``--out``).
 """
 
@@ -144,7 +144,7 @@ def add_committed(output: Path, sources: list[str], rows_per_unit: int = 20000) 
 def measure(input_uri: str, images: int, env: dict[str, str], overrides: list[str], after_s: float,
             timeout_s: float, resume_done: int = 0) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from emotion.listing import list_inputs, plan_inputs
+    from emotion.tagging.inputs import list_inputs, plan_inputs
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -62,7 +62,7 @@ def load_payloads(kind: str, limit: int = 256) -> list[bytes]:
         from emotion.weights import SAMPLE_PHOTOS, resolve
 
         return [resolve(spec).read_bytes() for spec in SAMPLE_PHOTOS.values()]
-    from emotion.data_paths import fer2013_root
+    from emotion.tagging.samples import fer2013_root
 
     root = fer2013_root()
     if root is None:

@@ -91,7 +91,7 @@ def main() -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from emotion.pipelines.tagging import list_sources
+    from emotion.tagging.inputs import list_sources
 
     sources = list_sources(args.input)[: args.images]
     with initialize_config_dir(config_dir=str(ROOT / "jobs" / "configs"), version_base="1.3"):

@@ -26,11 +26,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from emotion import metrics, storage
-from emotion.image_files import IMAGE_SUFFIXES
+from emotion.images import IMAGE_SUFFIXES
 from emotion.labels import remap, remap_scores
 from emotion.predictor import EmotionPredictor
 from emotion.schema import split_rows
-from emotion.sources import read_source
+from emotion.tagging.reads import read_source
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 # Decompression bombs: refuse images above this many pixels (PIL warns at 89 MP).
 DEFAULT_MAX_PIXELS = 64_000_000
 
+# Which file names are images, for every listing of image files (``emotion tag`` inputs,
+# ``emotion eval`` class folders). Lower-case; listings compare case-insensitively. Every
+# format here decodes through ``decode_image``; TIFF is how JAFFE ships.
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
 
 class ImageDecodeError(ValueError):
     """The bytes are not a readable image; the message says why."""

@@ -25,7 +25,7 @@ MODEL_METADATA_KEY = b"emotion.model"
 
 def image_id_for(source: str, source_bytes: bytes | None = None) -> str:
     """Stable id of an image: the first 32 hex digits of SHA-256 of its source URI's bytes
-    (``source_bytes`` when the name is not valid UTF-8; see ``emotion.sources``)."""
+    (``source_bytes`` when the name is not valid UTF-8; see ``emotion.tagging.sources``)."""
     return hashlib.sha256(source_bytes if source_bytes else source.encode("utf-8")).hexdigest()[:32]
 
 
@@ -41,7 +41,7 @@ def output_schema(labels: Sequence[str], model_id: str = "") -> pa.Schema:
     fields = [
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
-        pa.field("source_bytes", pa.binary()),  # the name's bytes when not valid UTF-8 (emotion.sources)
+        pa.field("source_bytes", pa.binary()),  # the name's bytes when not valid UTF-8 (emotion.tagging.sources)
         pa.field("person_index", pa.int32()),
         pa.field("face_box", box_type()),
         pa.field("body_box", box_type()),

@@ -87,7 +87,7 @@ class DecodeStage(TaskStage):
 class ActorStage(_Strict):
     pool_min: int = Field(ge=1)
     # "auto": as many actors as the cluster's cores (or GPUs) keep busy, at least pool_min
-    # (emotion.pipelines.tagging.auto_pool_max).
+    # (emotion.tagging.pools.auto_pool_max).
     pool_max: Union[Literal["auto"], int]
     batch_size: int = Field(ge=1)
     num_cpus: float = Field(ge=0)

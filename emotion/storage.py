@@ -1,27 +1,28 @@
-"""One storage layer over local paths and ``s3://`` URIs, on ``pyarrow.fs``.
+"""One storage layer over local paths and ``s3://`` URIs.
 
 Everything that reads or writes data (tagging inputs and outputs, datasets, checkpoints,
 weights) goes through these functions, so a job runs unchanged on a laptop folder, on
 AWS S3 or on an S3-compatible store (MinIO, Ceph, moto).
 
-The file operations are PyArrow's: ``get_filesystem`` gives a ``LocalFileSystem`` or an
-``S3FileSystem`` (the same object handed to ``pyarrow.parquet`` and Ray Data), and reads,
-writes, listings, copies, moves and deletes are calls on it. What this module adds:
+The work is the libraries': ``pyarrow.fs`` reads, writes, lists (``FileSelector``),
+moves and deletes (``get_filesystem`` gives the same ``S3FileSystem`` to
+``pyarrow.parquet`` and Ray Data); boto3 pages through huge S3 listings and sends the
+conditional create; botocore resolves credentials and classifies its errors; fsspec
+translates globs. What this module adds:
 
-* one credentials path (``_pyarrow_credentials``) and one error translation
-  (``_translate``): a missing object is a ``FileNotFoundError`` naming the URI; a missing
-  bucket, denied access or bad credentials, throttling and an unreachable endpoint are a
-  ``StorageError`` naming the URI, the bucket and the endpoint;
-* globs (``*`` and ``?`` within one path segment, ``**`` across segments) over a listing;
+* one credentials path (``_credentials``) for PyArrow and boto3 alike, and one error
+  translation (``_translate``): a missing object is a ``FileNotFoundError`` naming the
+  URI; a missing bucket, denied access or bad credentials, throttling and an unreachable
+  endpoint are a ``StorageError`` naming the URI, the bucket and the endpoint;
+* globs (``*`` and ``?`` within one path segment, ``**`` for whole segments) over a listing;
 * the ``max_bytes`` cap of ``read_bytes`` (checked against the size PyArrow learns when it
   opens the file, a HEAD request on S3, before anything is read);
 * atomic writes: a local file is written to a temporary name in its folder, then renamed;
   an S3 object appears whole or not at all (see ``_write``);
-* the conditional create ``create_exclusive``, the one operation that still uses boto3
-  (PyArrow cannot send ``If-None-Match``);
 * local listings use ``os.scandir`` (``walk_local``): PyArrow decodes file names as UTF-8
-  and fails on the whole folder when one name is not; S3 listings can stream page by page
-  (``iter_s3_objects``, boto3's paginator), where PyArrow returns a whole listing at once;
+  and fails on the whole folder when one name is not, and lists a tree in one call; S3
+  listings stream page by page (``iter_s3_objects``, boto3's paginator), where PyArrow
+  returns a whole listing at once;
 * local reads open regular files only (``read_bytes``): a FIFO, socket or device is
   refused before it is read, where opening a FIFO would block forever.
 
@@ -30,8 +31,9 @@ Credentials follow the standard AWS chain and nothing else: ``AWS_ACCESS_KEY_ID`
 config files, then an instance, task or pod role. The endpoint of an S3-compatible store
 comes from ``S3Config.endpoint_url``, else ``AWS_ENDPOINT_URL_S3``, else
 ``AWS_ENDPOINT_URL``. Throttling and 5xx answers are retried with exponential backoff
-(PyArrow's ``AwsStandardS3RetryStrategy``; boto3 ``adaptive`` mode for the conditional
-create), up to ``S3Config.max_attempts`` requests.
+(PyArrow's ``AwsStandardS3RetryStrategy``; boto3 ``adaptive`` mode), up to
+``S3Config.max_attempts`` requests; connections time out (10 s to connect, 60 s per
+request), so a stalled store is a retried failure, never a hang.
 
 Secrets never appear in logs, in ``repr(S3Config)`` or in exception messages.
 
@@ -43,18 +45,20 @@ starts, or pass them in the runtime environment.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
+import dataclasses
+import functools
 import hashlib
 import itertools
 import logging
 import os
 import re
+import shutil
 import stat
 import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 import pyarrow.fs as pafs
 
@@ -62,29 +66,35 @@ logger = logging.getLogger(__name__)
 
 S3_SCHEME = "s3://"
 _FILE_SCHEME = "file://"
-_GLOB_CHARS = "*?["
-# Timeouts in seconds; a stalled connection then counts as a retryable failure.
+_GLOB_CHARS = re.compile(r"[*?[]")
 _CONNECT_TIMEOUT_S = 10.0
 _READ_TIMEOUT_S = 60.0
 # Streamed copies (copy_to_local, upload_file) move this much per read and write.
 _CHUNK_BYTES = 8 * 1024 * 1024
 _LOCAL = pafs.LocalFileSystem()
 
-# Error codes S3 (and S3-compatible stores) answer with, grouped by what they mean. PyArrow
-# reports the AWS SDK's names (ACCESS_DENIED), which _error_fields turns back into these.
+# S3 error codes (those of S3-compatible stores too), grouped by what they mean. PyArrow
+# names them in the AWS SDK's spelling (ACCESS_DENIED), which _error_fields turns back.
 _ACCESS_DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "ExpiredToken", "Forbidden", "InvalidAccessKeyId",
                         "InvalidClientTokenId", "InvalidToken", "MissingAuthenticationToken",
                         "SignatureDoesNotMatch", "TokenRefreshRequired"}
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "ResourceNotFound", "404"}
 _THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                      "TooManyRequestsException", "ServiceUnavailable"}
-_UNREACHABLE_CODES = {"NetworkConnection", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"}
 # "When reading ...: AWS Error ACCESS_DENIED during HeadObject operation: No response body."
 _PYARROW_AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))? during \w+ operation: ?(.*)", re.S)
 
 
 class StorageError(OSError):
     """A storage operation failed; the message names the URI, bucket and endpoint."""
+
+
+class FileTooLargeError(StorageError):
+    """A file is larger than the caller's ``max_bytes``; it was not read."""
+
+
+class NotARegularFileError(OSError):
+    """A path names a FIFO, socket, device or folder: nothing that can be read whole."""
 
 
 @dataclass(frozen=True)
@@ -115,12 +125,33 @@ class S3Config:
             raise ValueError("S3Config needs both access_key_id and secret_access_key, or neither")
 
 
+def build_s3_config(cfg: Mapping[str, Any] | None) -> S3Config | None:
+    """An S3Config from a plain mapping (Hydra ``storage`` group): ``endpoint_url``,
+    ``region``, ``max_attempts``, ``profile``; ``None``/empty -> environment only."""
+    if not cfg:
+        return None
+    known = {"endpoint_url", "region", "max_attempts", "profile"}
+    unknown = set(cfg) - known
+    if unknown:
+        raise ValueError(
+            f"unknown storage setting(s) {sorted(unknown)}; known: {sorted(known)}. "
+            "Credentials come from the AWS environment, a profile or a role, not from config"
+        )
+    values = {k: cfg.get(k) for k in known if cfg.get(k) is not None}
+    return S3Config(**values)
+
+
 # --------------------------------------------------------------------------- URIs
 
 
 def is_s3(uri: str | os.PathLike) -> bool:
     """True for ``s3://bucket/key`` URIs."""
     return isinstance(uri, str) and uri.startswith(S3_SCHEME)
+
+
+def is_glob(uri: str) -> bool:
+    """True when ``uri`` holds a glob character (``*``, ``?``, ``[``)."""
+    return _GLOB_CHARS.search(uri) is not None
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -130,7 +161,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
     if not bucket:
         raise ValueError(f"s3 URI has no bucket: {uri!r}")
-    if any(c in bucket for c in _GLOB_CHARS):
+    if is_glob(bucket):
         raise ValueError(f"glob characters are not allowed in the bucket name: {uri!r}")
     return bucket, key
 
@@ -152,137 +183,69 @@ def _local_path(uri: str | os.PathLike) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
-def _has_glob(text: str) -> bool:
-    return any(c in text for c in _GLOB_CHARS)
-
-
-def _glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Glob over ``/``-separated paths: ``*`` and ``?`` stay within one path segment,
-    ``**`` spans any number of segments (``a/**/b`` also matches ``a/b``)."""
-    out, i, n = [], 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                out.append(re.escape(c))
-                i += 1
-            else:
-                # fnmatch already translates one bracket expression correctly.
-                out.append(fnmatch.translate(pattern[i : end + 1])[4:-3])
-                i = end + 1
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def _literal_prefix(pattern: str) -> str:
-    """The part of ``pattern`` before its first glob character."""
-    cut = min((pattern.find(c) for c in _GLOB_CHARS if c in pattern), default=len(pattern))
-    return pattern[:cut]
-
-
 def split_glob(pattern: str) -> tuple[str, re.Pattern[str], int | None]:
     """A ``/``-separated glob (a local absolute path, or ``bucket/key`` on S3) -> (the folder
     or prefix to list, the regular expression whole paths must match, how many folder
-    levels below and including that folder may hold matches: ``None`` with ``**``)."""
-    base = _literal_prefix(pattern).rpartition("/")[0]
+    levels below and including that folder may hold matches: ``None`` with ``**``).
+
+    ``*`` and ``?`` match within one path segment; ``**``, a whole segment, matches any
+    number of them (``a/**/b`` also matches ``a/b``)."""
+    base = _GLOB_CHARS.split(pattern, maxsplit=1)[0].rpartition("/")[0]
     rest = pattern[len(base) + 1 :]
-    return base or "/", _glob_to_regex(pattern), None if "**" in rest else rest.count("/") + 1
+    from fsspec.utils import glob_translate  # fsspec only when a glob is used
+
+    try:
+        regex = re.compile(glob_translate(pattern))
+    except ValueError as err:  # '**' inside a segment, e.g. 'photos/**.jpg'
+        raise ValueError(f"invalid glob {pattern!r}: {err} (e.g. photos/**/*.jpg)") from None
+    return base or "/", regex, None if "**" in rest else rest.count("/") + 1
 
 
-def _suffix_filter(suffixes: Iterable[str] | None):
+def _suffix_filter(suffixes: Iterable[str] | str | None):
     if suffixes is None:
         return lambda name: True
     wanted = tuple(s.lower() for s in ([suffixes] if isinstance(suffixes, str) else suffixes))
     return lambda name: name.lower().endswith(wanted)
 
 
-# --------------------------------------------------------------- configuration
+# ---------------------------------------------------- settings, credentials, clients
 
 
 @dataclass(frozen=True)
 class _Resolved:
-    """S3Config with the environment applied; the cache key for clients."""
+    """An S3Config with the environment applied (endpoint, region), and a digest of the
+    credential environment: the cache key of filesystems and clients, so that one made
+    before the environment changed (new keys, another profile) is not reused."""
 
-    endpoint_url: str | None
-    region: str | None
-    max_attempts: int
-    profile: str | None
-    access_key_id: str | None = field(repr=False)
-    secret_access_key: str | None = field(repr=False)
-    session_token: str | None = field(repr=False)
-    # A digest of the credential-related environment: a client made before the
-    # environment changed (new keys, another profile) must not be reused.
-    env_fingerprint: str = field(repr=False, default="")
+    s3: S3Config
+    env_fingerprint: str = field(repr=False)
 
     @property
     def where(self) -> str:
-        return f"endpoint {self.endpoint_url}" if self.endpoint_url else "AWS S3"
+        return f"endpoint {self.s3.endpoint_url}" if self.s3.endpoint_url else "AWS S3"
+
+
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                   "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED")
 
 
 def _resolve(s3: S3Config | None) -> _Resolved:
     cfg = s3 or S3Config()
-    endpoint = (
-        cfg.endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or None
-    )
+    endpoint = cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region is None and endpoint is not None:
-        # S3-compatible stores ignore the region but SigV4 signing needs one.
-        region = "us-east-1"
-    return _Resolved(
-        endpoint_url=endpoint.rstrip("/") if endpoint else None,
-        region=region,
-        max_attempts=cfg.max_attempts,
-        profile=cfg.profile,
-        access_key_id=cfg.access_key_id,
-        secret_access_key=cfg.secret_access_key,
-        session_token=cfg.session_token,
-        env_fingerprint=_credential_env_fingerprint(),
-    )
-
-
-_CREDENTIAL_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_EC2_METADATA_DISABLED",
-)
-
-
-def _credential_env_fingerprint() -> str:
-    text = "\0".join(os.environ.get(name, "") for name in _CREDENTIAL_ENV)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _secrets(res: _Resolved) -> list[str]:
-    values = [res.secret_access_key, res.session_token]
-    values += [os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN")]
-    return [v for v in values if v and len(v) >= 4]
+    if region is None and endpoint:
+        region = "us-east-1"  # S3-compatible stores ignore the region, but SigV4 signing needs one
+    fingerprint = "\0".join(os.environ.get(name, "") for name in _CREDENTIAL_ENV)
+    return _Resolved(dataclasses.replace(cfg, endpoint_url=endpoint.rstrip("/") if endpoint else None, region=region),
+                     hashlib.sha256(fingerprint.encode()).hexdigest())
 
 
 def _redact(text: str, res: _Resolved) -> str:
-    for secret in _secrets(res):
-        text = text.replace(secret, "***")
+    secrets = [res.s3.secret_access_key, res.s3.session_token,
+               os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN")]
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
     return text
 
 
@@ -292,40 +255,42 @@ _filesystems: dict[tuple[_Resolved, str | None], pafs.S3FileSystem] = {}
 _regions: dict[str, str | None] = {}
 
 
-def _pyarrow_credentials(res: _Resolved) -> dict[str, str]:
-    """The one credentials path: explicit keys, else a profile's keys, else ``{}`` for the
-    SDK's default chain (env, shared files, instance/pod role), once we know it has some.
+def _credentials(res: _Resolved) -> dict[str, str]:
+    """The one credentials path, for PyArrow and boto3: explicit keys, else a profile's
+    keys, else ``{}`` for the SDK's default chain (env, shared files, instance/pod role),
+    once botocore has found some there.
 
-    PyArrow's C++ SDK silently sends unsigned requests when the chain is empty, and takes no
-    profile argument: botocore resolves profiles (SSO, credential_process, ...) and tells
-    whether the default chain holds anything. Role credentials are not copied out of the
-    default chain, so the SDK keeps refreshing them.
+    PyArrow's C++ SDK silently sends unsigned requests when the chain is empty, and takes
+    no profile argument: botocore resolves profiles (SSO, credential_process, ...) and
+    tells whether the default chain holds anything. Role credentials are not copied out
+    of the default chain, so the SDK keeps refreshing them.
     """
-    key, secret, token = res.access_key_id, res.secret_access_key, res.session_token
+    cfg = res.s3
+    key, secret, token = cfg.access_key_id, cfg.secret_access_key, cfg.session_token
     if not key:
         import boto3
         from botocore.exceptions import ProfileNotFound
 
         try:
-            found = boto3.session.Session(profile_name=res.profile).get_credentials()
+            found = boto3.session.Session(profile_name=cfg.profile).get_credentials()
         except ProfileNotFound:
-            raise StorageError(f"AWS profile {res.profile!r} is not configured") from None
-        if found is None and res.profile:
-            raise StorageError(f"AWS profile {res.profile!r} has no credentials")
+            raise StorageError(f"AWS profile {cfg.profile!r} is not configured") from None
+        if found is None and cfg.profile:
+            raise StorageError(f"AWS profile {cfg.profile!r} has no credentials")
         if found is None:
             raise StorageError(
                 f"no usable AWS credentials for {res.where}: set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance/pod role"
             )
-        if not res.profile:
+        if not cfg.profile:
             return {}
         key, secret, token = found.get_frozen_credentials()
     return {"access_key": key, "secret_key": secret, **({"session_token": token} if token else {})}
 
 
 def _s3_filesystem(res: _Resolved, bucket: str | None) -> pafs.S3FileSystem:
-    region = res.region
-    if region is None and res.endpoint_url is None and bucket:
+    region = res.s3.region
+    if region is None and res.s3.endpoint_url is None and bucket:
         if bucket not in _regions:
             try:
                 _regions[bucket] = pafs.resolve_s3_region(bucket)
@@ -337,30 +302,25 @@ def _s3_filesystem(res: _Resolved, bucket: str | None) -> pafs.S3FileSystem:
         fs = _filesystems.get(key)
     if fs is not None:
         return fs
-    kwargs: dict[str, Any] = dict(
-        region=region,
-        connect_timeout=_CONNECT_TIMEOUT_S,
-        request_timeout=_READ_TIMEOUT_S,
-        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=res.max_attempts),
-        **_pyarrow_credentials(res),
-    )
-    if res.endpoint_url:
-        scheme, _, host = res.endpoint_url.partition("://")
+    kwargs: dict[str, Any] = {}
+    if res.s3.endpoint_url:
+        scheme, _, host = res.s3.endpoint_url.partition("://")
         kwargs.update(endpoint_override=host, scheme=scheme)
-    try:
-        # Delayed open: an object up to 10 MiB is sent as one PutObject when the stream
-        # closes, instead of CreateMultipartUpload + UploadPart + CompleteMultipartUpload.
-        fs = pafs.S3FileSystem(**kwargs, allow_delayed_open=True)
-    except TypeError:  # pyarrow < 21: always a multipart upload, completed on close
-        fs = pafs.S3FileSystem(**kwargs)
+    # Delayed open: an object up to 10 MiB is sent as one PutObject when the stream
+    # closes, instead of CreateMultipartUpload + UploadPart + CompleteMultipartUpload.
+    fs = pafs.S3FileSystem(
+        region=region, connect_timeout=_CONNECT_TIMEOUT_S, request_timeout=_READ_TIMEOUT_S,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=res.s3.max_attempts),
+        allow_delayed_open=True, **_credentials(res), **kwargs)
     logger.debug("created S3 filesystem for %s, region %s, max_attempts %d", res.where, region,
-                 res.max_attempts)
+                 res.s3.max_attempts)
     with _lock:
         return _filesystems.setdefault(key, fs)
 
 
 def _boto3_client(res: _Resolved):
-    """A cached boto3 S3 client, only for what PyArrow cannot send (``create_exclusive``)."""
+    """A cached boto3 S3 client, for what PyArrow cannot do: page through a listing, send
+    a conditional PUT."""
     with _lock:
         client = _clients.get(res)
     if client is not None:
@@ -368,20 +328,20 @@ def _boto3_client(res: _Resolved):
     import boto3
     from botocore.config import Config
 
-    creds = _pyarrow_credentials(res)
+    creds = _credentials(res)
     client = boto3.session.Session().client(
         "s3",
-        endpoint_url=res.endpoint_url,
-        region_name=res.region,
+        endpoint_url=res.s3.endpoint_url,
+        region_name=res.s3.region,
         aws_access_key_id=creds.get("access_key"),
         aws_secret_access_key=creds.get("secret_key"),
         aws_session_token=creds.get("session_token"),
         config=Config(
-            retries={"total_max_attempts": res.max_attempts, "mode": "adaptive"},
+            retries={"total_max_attempts": res.s3.max_attempts, "mode": "adaptive"},
             connect_timeout=_CONNECT_TIMEOUT_S,
             read_timeout=_READ_TIMEOUT_S,
             # S3-compatible stores rarely have per-bucket DNS names.
-            s3={"addressing_style": "path"} if res.endpoint_url else None,
+            s3={"addressing_style": "path"} if res.s3.endpoint_url else None,
         ),
     )
     with _lock:
@@ -401,17 +361,33 @@ def _fs(uri: str | os.PathLike, s3: S3Config | None) -> tuple[pafs.FileSystem, A
     return _LOCAL, os.fsencode(_local_path(uri)), None
 
 
+def get_filesystem(uri: str | os.PathLike, s3: S3Config | None = None) -> tuple[pafs.FileSystem, str]:
+    """A PyArrow filesystem and the path inside it, for ``pyarrow.parquet`` and Ray Data.
+
+    ``s3://bucket/key`` -> ``(S3FileSystem, "bucket/key")``; a local path ->
+    ``(LocalFileSystem, absolute path)``. Every function here uses the same filesystem
+    (one per S3 settings and region, cached). The only request it may make: with neither a
+    region nor an endpoint configured, it asks AWS for the bucket's region (once per bucket).
+    Raises StorageError when no credentials can be found.
+    """
+    if is_s3(uri):
+        fs, path, _ = _fs(uri, s3)
+        return fs, path
+    return pafs.LocalFileSystem(), _local_path(uri)
+
+
 # ------------------------------------------------------------------- errors
 
 
 def _error_fields(err: BaseException) -> tuple[str, int | None, str]:
-    """(S3 error code, HTTP status, detail) from a PyArrow OSError or a botocore error."""
-    response = getattr(err, "response", None)
-    if isinstance(response, dict):  # botocore ClientError
-        error = response.get("Error", {})
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    """(S3 error code, HTTP status, detail) of a botocore or PyArrow error."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(err, ClientError):
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        error = err.response.get("Error", {})
         return str(error.get("Code", "")), status, str(error.get("Message") or "")
-    if type(err).__module__.startswith("botocore"):  # raised before any answer came
+    if isinstance(err, BotoCoreError):  # raised before any answer came
         return type(err).__name__, None, str(err)
     if isinstance(err, FileNotFoundError):  # PyArrow: "Path does not exist 'bucket/key'"
         return "NoSuchKey", 404, str(err)
@@ -422,6 +398,14 @@ def _error_fields(err: BaseException) -> tuple[str, int | None, str]:
     # The SDK's enum name (NO_SUCH_BUCKET) spells the S3 code (NoSuchBucket) in capitals.
     code = "" if name == "UNKNOWN" else "".join(part.capitalize() for part in name.split("_"))
     return code, int(status) if status else None, detail.strip()
+
+
+def _is_unreachable(err: BaseException, code: str) -> bool:
+    """No answer came: botocore's connection errors (refused, DNS, timeouts, dropped) or
+    PyArrow's ``NETWORK_CONNECTION``."""
+    from botocore.exceptions import ConnectionError, HTTPClientError
+
+    return isinstance(err, (ConnectionError, HTTPClientError)) or code == "NetworkConnection"
 
 
 def _bucket_missing(uri: str, res: _Resolved, action: str) -> StorageError:
@@ -461,10 +445,10 @@ def _translate(err: BaseException, uri: str, res: _Resolved | None, action: str)
     elif code in _THROTTLING_CODES or status in (429, 503):
         msg = (
             f"{res.where} kept throttling requests to {action} {uri} ({shown}) "
-            f"after {res.max_attempts} attempts; lower the request rate or raise "
+            f"after {res.s3.max_attempts} attempts; lower the request rate or raise "
             "S3Config.max_attempts"
         )
-    elif code in _UNREACHABLE_CODES:
+    elif _is_unreachable(err, code):
         msg = f"cannot reach {res.where} to {action} {uri}: {detail}"
     else:
         msg = f"failed to {action} {uri} at {res.where}: " + " ".join(str(x) for x in (code or status, detail) if x)
@@ -473,10 +457,12 @@ def _translate(err: BaseException, uri: str, res: _Resolved | None, action: str)
 
 @contextlib.contextmanager
 def _errors(uri: str | os.PathLike, res: _Resolved | None, action: str) -> Iterator[None]:
-    """Translate the OSErrors PyArrow raises inside the block (see ``_translate``)."""
+    """Translate the OSErrors (and botocore errors) raised inside the block (``_translate``)."""
     try:
         yield
-    except OSError as err:
+    except Exception as err:
+        if not isinstance(err, OSError) and not type(err).__module__.startswith("botocore"):
+            raise
         translated = _translate(err, os.fspath(uri), res, action)
         if translated is err:
             raise
@@ -500,24 +486,7 @@ def _bucket_exists(res: _Resolved, bucket: str) -> bool:
     return _s3_filesystem(res, bucket).get_file_info(bucket).type != pafs.FileType.NotFound
 
 
-# ------------------------------------------------------------------ public API
-
-
-def get_filesystem(
-    uri: str | os.PathLike, s3: S3Config | None = None
-) -> tuple[pafs.FileSystem, str]:
-    """A PyArrow filesystem and the path inside it, for ``pyarrow.parquet`` and Ray Data.
-
-    ``s3://bucket/key`` -> ``(S3FileSystem, "bucket/key")``; a local path ->
-    ``(LocalFileSystem, absolute path)``. Every function here uses the same filesystem
-    (one per S3 settings and region, cached). The only request it may make: with neither a
-    region nor an endpoint configured, it asks AWS for the bucket's region (once per bucket).
-    Raises StorageError when no credentials can be found.
-    """
-    if is_s3(uri):
-        fs, path, _ = _fs(uri, s3)
-        return fs, path
-    return pafs.LocalFileSystem(), _local_path(uri)
+# ------------------------------------------------------------------ listing
 
 
 def list_files(
@@ -529,10 +498,9 @@ def list_files(
     """Files under a folder/prefix, or matching a glob, as sorted full URIs.
 
     ``uri`` is a local folder, a local file, an ``s3://bucket/prefix``, or a glob over
-    either (``*`` and ``?`` within one path segment, ``**`` across segments).
-    ``suffixes`` (case-insensitive, e.g. ``(".jpg", ".png")``) filters file names.
-    ``recursive=False`` lists only the folder's direct children (ignored for globs,
-    whose pattern says how deep to go).
+    either (``split_glob``). ``suffixes`` (case-insensitive, e.g. ``(".jpg", ".png")``)
+    filters file names. ``recursive=False`` lists only the folder's direct children
+    (ignored for globs, whose pattern says how deep to go).
     """
     return [name for name, _ in list_entries(uri, suffixes, recursive, s3)]
 
@@ -556,8 +524,8 @@ def list_entries(
 
 def _list_local(uri: str, recursive: bool) -> list[str]:
     text = uri[len(_FILE_SCHEME) :] if uri.startswith(_FILE_SCHEME) else uri
-    if _has_glob(text):
-        base, regex, depth = split_glob(os.path.abspath(os.path.expanduser(text)))
+    if is_glob(text):
+        base, regex, depth = split_glob(_local_path(text))
         if not os.path.isdir(base):
             raise FileNotFoundError(f"no such directory: {base} (from pattern {uri!r})")
         # Without '**' the pattern fixes the depth: do not walk deeper than that.
@@ -611,49 +579,12 @@ def local_subfolders(top: str) -> list[str]:
         return sorted(e.path for e in found if _is_folder(e) and not e.is_symlink())
 
 
-def iter_s3_objects(prefix_uri: str, recursive: bool = True, s3: S3Config | None = None) -> Iterator[list[tuple[str, int]]]:
-    """The objects under an ``s3://bucket/prefix/`` as a stream of listing pages (up to
-    1,000 ``(uri, size)`` each, in key order); ``recursive=False``: only the objects
-    directly under the prefix. Folder markers (keys ending in ``/``) are left out."""
-    res = _resolve(s3)
-    bucket, prefix = split_s3(prefix_uri)
-    pages = _s3_pages(prefix_uri, res, Bucket=bucket, Prefix=prefix, **({} if recursive else {"Delimiter": "/"}))
-    for page in pages:
-        yield [(f"{S3_SCHEME}{bucket}/{item['Key']}", int(item["Size"])) for item in page.get("Contents", ())
-               if not item["Key"].endswith("/")]
-
-
-def iter_s3_prefixes(prefix_uri: str, s3: S3Config | None = None) -> list[str]:
-    """The ``/``-delimited prefixes directly under ``s3://bucket/prefix/`` (its "folders"),
-    in key order."""
-    res = _resolve(s3)
-    bucket, prefix = split_s3(prefix_uri)
-    return [f"{S3_SCHEME}{bucket}/{common['Prefix']}"
-            for page in _s3_pages(prefix_uri, res, Bucket=bucket, Prefix=prefix, Delimiter="/")
-            for common in page.get("CommonPrefixes", ())]
-
-
-def _s3_pages(uri: str, res: _Resolved, **request: Any) -> Iterator[dict]:
-    """ListObjectsV2 pages, one request at a time (boto3's paginator), errors translated."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    pages = iter(_boto3_client(res).get_paginator("list_objects_v2").paginate(**request))
-    while True:
-        try:
-            page = next(pages, None)
-        except (BotoCoreError, ClientError) as err:
-            raise _translate(err, uri, res, "list") from err
-        if page is None:
-            return
-        yield page
-
-
 def _list_s3(uri: str, recursive: bool, res: _Resolved) -> list[tuple[str, int]]:
     """One PyArrow listing (it follows ListObjectsV2 pages); a glob filters it."""
     bucket, key = split_s3(uri)
     fs = _s3_filesystem(res, bucket)
     base, regex = f"{bucket}/{key}".rstrip("/"), None
-    if _has_glob(key):
+    if is_glob(key):
         base, regex, depth = split_glob(f"{bucket}/{key}")
         recursive = depth != 1  # "dir/*.jpg" needs only one level
     with _errors(uri, res, "list"):
@@ -666,8 +597,39 @@ def _list_s3(uri: str, recursive: bool, res: _Resolved) -> list[tuple[str, int]]
     return [(u, size) for u, size in files if regex is None or regex.match(u[len(S3_SCHEME) :])]
 
 
-class FileTooLargeError(StorageError):
-    """A file is larger than the caller's ``max_bytes``; it was not read."""
+def iter_s3_objects(prefix_uri: str, recursive: bool = True,
+                    s3: S3Config | None = None) -> Iterator[list[tuple[str, int]]]:
+    """The objects under an ``s3://bucket/prefix/`` as a stream of listing pages (up to
+    1,000 ``(uri, size)`` each, in key order); ``recursive=False``: only the objects
+    directly under the prefix. Folder markers (keys ending in ``/``) are left out."""
+    bucket, prefix = split_s3(prefix_uri)
+    for page in _s3_pages(prefix_uri, s3, Bucket=bucket, Prefix=prefix, **({} if recursive else {"Delimiter": "/"})):
+        yield [(f"{S3_SCHEME}{bucket}/{item['Key']}", int(item["Size"])) for item in page.get("Contents", ())
+               if not item["Key"].endswith("/")]
+
+
+def iter_s3_prefixes(prefix_uri: str, s3: S3Config | None = None) -> list[str]:
+    """The ``/``-delimited prefixes directly under ``s3://bucket/prefix/`` (its "folders"),
+    in key order."""
+    bucket, prefix = split_s3(prefix_uri)
+    return [f"{S3_SCHEME}{bucket}/{common['Prefix']}"
+            for page in _s3_pages(prefix_uri, s3, Bucket=bucket, Prefix=prefix, Delimiter="/")
+            for common in page.get("CommonPrefixes", ())]
+
+
+def _s3_pages(uri: str, s3: S3Config | None, **request: Any) -> Iterator[dict]:
+    """ListObjectsV2 pages, one request at a time (boto3's paginator), errors translated."""
+    res = _resolve(s3)
+    pages = iter(_boto3_client(res).get_paginator("list_objects_v2").paginate(**request))
+    while True:
+        with _errors(uri, res, "list"):
+            page = next(pages, None)
+        if page is None:
+            return
+        yield page
+
+
+# ------------------------------------------------------------------ reading
 
 
 def read_bytes(uri: str | os.PathLike, s3: S3Config | None = None, *, max_bytes: int | None = None,
@@ -690,10 +652,6 @@ def read_bytes(uri: str | os.PathLike, s3: S3Config | None = None, *, max_bytes:
         if max_bytes is not None:
             _check_size(uri, f.size(), max_bytes)
         return f.read()
-
-
-class NotARegularFileError(OSError):
-    """A path names a FIFO, socket, device or folder: nothing that can be read whole."""
 
 
 _FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
@@ -728,95 +686,6 @@ def _check_size(uri: str | os.PathLike, size: int, max_bytes: int) -> None:
         raise FileTooLargeError(f"{os.fspath(uri)} is {size} bytes, above the limit of {max_bytes} bytes")
 
 
-def write_bytes(uri: str | os.PathLike, data: bytes, s3: S3Config | None = None) -> None:
-    """Write ``data`` to a local file or an S3 object, atomically (see ``_write``);
-    local folders are created."""
-    _write(uri, [data], s3, "write")
-
-
-def _write(uri: str | os.PathLike, chunks: Iterable[bytes], s3: S3Config | None, action: str) -> None:
-    """The one write path (``write_bytes``, ``upload_file``, ``copy_to_local``).
-
-    Local: the chunks go to ``.NAME.<uuid>.part`` in the target's folder, which is then
-    renamed over the target: readers never see a half-written file.
-
-    S3: PyArrow's output stream sends nothing the object store shows before ``close()``:
-    up to 10 MiB it buffers and sends one PutObject on close; above, it uploads 10 MiB parts
-    in the background and sends CompleteMultipartUpload on close only if every part
-    succeeded (parts of a failed upload stay invisible until the bucket's lifecycle rule
-    removes them). So a failed request leaves the previous object, or none. PyArrow has no
-    ``abort()`` in Python, though, and *closes* (completes) a stream that is dropped open:
-    when the chunks themselves fail midway (a local read error), the partial object is
-    completed by that close and deleted here, so none remains. A source that fails before
-    its first chunk leaves the target untouched (nothing is opened).
-    """
-    fs, path, res = _fs(uri, s3)
-    target = path
-    if res is not None:
-        key = split_s3(os.fspath(uri))[1]
-        if not key or key.endswith("/"):
-            raise ValueError(f"cannot {action} to a bucket or prefix: {uri!r}")
-    else:
-        folder, name = os.path.split(path)
-        target = os.path.join(folder, b".%s.%s.part" % (name, uuid.uuid4().hex.encode()))
-    chunks = iter(chunks)
-    first = next(chunks, b"")
-    with _errors(uri, res, action):
-        if res is None:
-            fs.create_dir(folder, recursive=True)
-        out = fs.open_output_stream(target, compression=None)
-        try:
-            for chunk in itertools.chain([first], chunks):
-                out.write(chunk)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                out.close()  # what PyArrow would do when the stream is dropped ...
-                fs.delete_file(target)  # ... so remove what it wrote (only if it closed)
-            raise
-        try:
-            out.close()
-            if target != path:
-                fs.move(target, path)
-        except BaseException:
-            if target != path:
-                with contextlib.suppress(OSError):
-                    fs.delete_file(target)
-            raise
-
-
-def _chunks(f, uri: str | os.PathLike, res: _Resolved | None, action: str) -> Iterator[bytes]:
-    with f:
-        while True:
-            with _errors(uri, res, action):
-                chunk = f.read(_CHUNK_BYTES)
-            if not chunk:
-                return
-            yield chunk
-
-
-def copy_to_local(
-    uri: str | os.PathLike, dest_path: str | os.PathLike, s3: S3Config | None = None
-) -> Path:
-    """Copy a local file or S3 object to ``dest_path`` (folders created, written atomically,
-    streamed in 8 MiB reads, so large checkpoints need not fit in memory); returns it."""
-    fs, path, res = _fs(uri, s3)
-    with _errors(uri, res, "download"):
-        source = fs.open_input_file(path)
-    _write(dest_path, _chunks(source, uri, res, "download"), None, "download")
-    return Path(dest_path)
-
-
-def upload_file(
-    local_path: str | os.PathLike, uri: str | os.PathLike, s3: S3Config | None = None
-) -> None:
-    """Copy a local file to a local path or an S3 object, streamed in 8 MiB pieces, through
-    the same atomic write as ``write_bytes`` (one PutObject up to 10 MiB, else multipart)."""
-    src = _local_path(local_path)
-    with _errors(src, None, "upload"):
-        source = _LOCAL.open_input_file(os.fsencode(src))
-    _write(uri, _chunks(source, src, None, "upload"), s3, "upload")
-
-
 def exists(uri: str | os.PathLike, s3: S3Config | None = None) -> bool:
     """True if a local file/folder, an S3 object, or a non-empty S3 prefix exists.
 
@@ -830,6 +699,91 @@ def exists(uri: str | os.PathLike, s3: S3Config | None = None) -> bool:
         if res is not None and not _bucket_exists(res, split_s3(os.fspath(uri))[0]):
             raise _bucket_missing(os.fspath(uri), res, "check")
     return False
+
+
+# ------------------------------------------------------------------ writing
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes, s3: S3Config | None = None) -> None:
+    """Write ``data`` to a local file or an S3 object, atomically (see ``_write``);
+    local folders are created."""
+    _write(uri, [data], s3, "write")
+
+
+def _write(uri: str | os.PathLike, chunks: Iterable[bytes], s3: S3Config | None, action: str) -> None:
+    """The one write path of bytes (``write_bytes``, ``upload_file``).
+
+    Local: the chunks go to a temporary file in the target's folder, which is then renamed
+    over the target (``_replacing``): readers never see a half-written file.
+
+    S3: PyArrow's output stream sends nothing the object store shows before ``close()``:
+    up to 10 MiB it buffers and sends one PutObject on close; above, it uploads 10 MiB parts
+    in the background and sends CompleteMultipartUpload on close only if every part
+    succeeded (parts of a failed upload stay invisible until the bucket's lifecycle rule
+    removes them). So a failed request leaves the previous object, or none. PyArrow has no
+    ``abort()`` in Python, though, and *closes* (completes) a stream that is dropped open:
+    when the chunks themselves fail midway (a local read error), the partial object is
+    completed by that close and deleted here, so none remains. A source that fails before
+    its first chunk leaves the target untouched (nothing is opened).
+    """
+    fs, path, res = _fs(uri, s3)
+    if res is not None:
+        key = split_s3(os.fspath(uri))[1]
+        if not key or key.endswith("/"):
+            raise ValueError(f"cannot {action} to a bucket or prefix: {uri!r}")
+    chunks = iter(chunks)
+    first = next(chunks, b"")
+    if res is None:
+        with _replacing(path) as out:
+            for chunk in itertools.chain([first], chunks):
+                out.write(chunk)
+        return
+    with _errors(uri, res, action):
+        out = fs.open_output_stream(path, compression=None)
+        try:
+            for chunk in itertools.chain([first], chunks):
+                out.write(chunk)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                out.close()  # what PyArrow would do when the stream is dropped ...
+                fs.delete_file(path)  # ... so remove what it wrote (only if it closed)
+            raise
+        out.close()
+
+
+@contextlib.contextmanager
+def _replacing(path: bytes) -> Iterator[BinaryIO]:
+    """A file open for writing at ``.NAME.<uuid>.part`` beside local ``path`` (folders
+    created), renamed over ``path`` when the block succeeds, removed when it fails."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, b".%s.%s.part" % (name, uuid.uuid4().hex.encode()))
+    try:
+        with open(temp, "wb") as out:
+            yield out
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def copy_to_local(uri: str | os.PathLike, dest_path: str | os.PathLike, s3: S3Config | None = None) -> Path:
+    """Copy a local file or S3 object to ``dest_path`` (folders created, written atomically,
+    streamed in 8 MiB pieces, so large checkpoints need not fit in memory); returns it."""
+    fs, path, res = _fs(uri, s3)
+    with _errors(uri, res, "download"):
+        source = fs.open_input_stream(path)
+    with source, _replacing(os.fsencode(_local_path(dest_path))) as out, _errors(uri, res, "download"):
+        shutil.copyfileobj(source, out, _CHUNK_BYTES)
+    return Path(dest_path)
+
+
+def upload_file(local_path: str | os.PathLike, uri: str | os.PathLike, s3: S3Config | None = None) -> None:
+    """Copy a local file to a local path or an S3 object, streamed in 8 MiB pieces, through
+    the same atomic write as ``write_bytes`` (one PutObject up to 10 MiB, else multipart)."""
+    with open(_local_path(local_path), "rb") as source:
+        _write(uri, iter(functools.partial(source.read, _CHUNK_BYTES), b""), s3, "upload")
 
 
 def create_exclusive(uri: str | os.PathLike, data: bytes, s3: S3Config | None = None) -> bool:
@@ -848,18 +802,19 @@ def create_exclusive(uri: str | os.PathLike, data: bytes, s3: S3Config | None = 
         except FileExistsError:
             return False
         return True
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
 
     res = _resolve(s3)
     bucket, key = split_s3(uri)
-    try:
-        # boto3, not PyArrow: PyArrow's output stream cannot send a conditional PUT.
-        _boto3_client(res).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-    except (BotoCoreError, ClientError) as err:
-        code, status, _ = _error_fields(err)
-        if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
-            return False
-        raise _translate(err, uri, res, "write") from err
+    with _errors(uri, res, "write"):
+        try:
+            # boto3, not PyArrow: PyArrow's output stream cannot send a conditional PUT.
+            _boto3_client(res).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as err:
+            code, status, _ = _error_fields(err)
+            if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
     return True
 
 
@@ -887,22 +842,4 @@ def move(src: str | os.PathLike, dest: str | os.PathLike, s3: S3Config | None = 
 def makedirs(uri: str | os.PathLike, s3: S3Config | None = None) -> None:
     """Create a local folder and its parents; a no-op on S3, which has no folders."""
     if not is_s3(uri):
-        fs, path, res = _fs(uri, s3)
-        with _errors(uri, res, "create"):
-            fs.create_dir(path, recursive=True)
-
-
-def build_s3_config(cfg: Mapping[str, Any] | None) -> S3Config | None:
-    """An S3Config from a plain mapping (Hydra ``storage`` group): ``endpoint_url``,
-    ``region``, ``max_attempts``, ``profile``; ``None``/empty -> environment only."""
-    if not cfg:
-        return None
-    known = {"endpoint_url", "region", "max_attempts", "profile"}
-    unknown = set(cfg) - known
-    if unknown:
-        raise ValueError(
-            f"unknown storage setting(s) {sorted(unknown)}; known: {sorted(known)}. "
-            "Credentials come from the AWS environment, a profile or a role, not from config"
-        )
-    values = {k: cfg.get(k) for k in known if cfg.get(k) is not None}
-    return S3Config(**values)
+        os.makedirs(_local_path(uri), exist_ok=True)

@@ -7,10 +7,13 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from emotion.pipelines.tagging import TagSummary, tag_images
-from emotion import storage, tag_report
-from emotion.tag_output import OutputLockedError, OutputModelMismatch
+from emotion import storage
+from emotion.pipelines.tagging import tag_images
 from emotion.preflight import check_tag_settings
+from emotion.tagging import report
+from emotion.tagging.lock import OutputLockedError
+from emotion.tagging.output import OutputModelMismatch
+from emotion.tagging.summary import TagSummary
 from emotion.settings import parse_tag_settings
 from jobs.user_errors import USER_ERRORS, exit_on_user_error
 
@@ -29,14 +32,14 @@ def run(cfg: DictConfig) -> TagSummary:
     summary = tag_images(settings)
     # A few images are worth a line each; thousands would bury the summary.
     echo = 0 < summary.images <= settings.echo_images
-    images = tag_report.read_images(summary.files) if echo or settings.annotate else []
+    images = report.read_images(summary.files) if echo or settings.annotate else []
     if echo:
-        tag_report.print_images(images)
+        report.print_images(images)
     print(summary.render(), flush=True)
     if settings.summary_json:
         storage.write_bytes(settings.summary_json, summary.to_json().encode())
     if settings.annotate:
-        print(tag_report.annotate(images, settings.annotate).render(), flush=True)
+        print(report.annotate(images, settings.annotate).render(), flush=True)
     return summary
 
 

@@ -18,7 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def fer2013_root() -> Path | None:
-    from emotion.data_paths import fer2013_root as find
+    from emotion.tagging.samples import fer2013_root as find
 
     return find()
 

@@ -115,7 +115,7 @@ def test_eval_reads_a_tiff_class_folder(fer_root, tmp_path, capsys):
     (it once looked for other suffixes only and stopped with "no images under ...")."""
     from PIL import Image
 
-    from emotion.image_files import IMAGE_SUFFIXES
+    from emotion.images import IMAGE_SUFFIXES
 
     assert {".tif", ".tiff"} <= set(IMAGE_SUFFIXES)
     jpegs = copy_fer_faces(fer_root, tmp_path / "jpeg")

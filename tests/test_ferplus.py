@@ -290,7 +290,7 @@ def test_config_mode_reaches_the_reader_options(job: str, extra: list[str]):
 
 def ferplus_real_root() -> Path | None:
     """FER+ as shared research data: ``$EMOTION_FERPLUS`` or ``../shared/data/ferplus``
-    beside the project (as ``emotion.data_paths.fer2013_root`` finds FER2013)."""
+    beside the project (as ``emotion.tagging.samples.fer2013_root`` finds FER2013)."""
     for candidate in (os.environ.get("EMOTION_FERPLUS"), PROJECT_ROOT.parent / "shared" / "data" / "ferplus"):
         if candidate and (Path(candidate) / "FER2013Valid" / "label.csv").is_file():
             return Path(candidate)

@@ -15,9 +15,11 @@ import pytest
 
 from emotion import storage
 from emotion.schema import output_schema
-from emotion.sources import UnnameableSourceError, encode_source, source_digests, source_path
-from emotion.tag_output import (ROWS_IN_IMAGE, OutputLock, OutputLockedError, OutputModelMismatch, UnitWriter,
-                                drop_superseded, list_units, remove_partial_writes, scan_output)
+from emotion.tagging.digests import source_digests
+from emotion.tagging.lock import OutputLock, OutputLockedError
+from emotion.tagging.output import OutputModelMismatch, drop_superseded, list_units, remove_partial_writes, scan_output
+from emotion.tagging.sources import UnnameableSourceError, encode_source, source_path
+from emotion.tagging.units import ROWS_IN_IMAGE, UnitWriter
 from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
 
 SCHEMA = output_schema(["happy", "sad"], "test@sha256:0")
@@ -125,7 +127,7 @@ def test_newest_rows_supersede_older_ones(tmp_path):
 
 HOLDER = """
 import sys, time
-from emotion.tag_output import OutputLock
+from emotion.tagging.lock import OutputLock
 lock = OutputLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(120)

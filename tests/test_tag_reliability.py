@@ -30,7 +30,7 @@ from PIL import Image
 
 from emotion.preflight import check_model_checkpoint
 from emotion.settings import ConfigError, ModelSettings
-from emotion.tag_output import list_units
+from emotion.tagging.output import list_units
 from tests.conftest import PROJECT_ROOT
 from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
 from tests.test_tagging import compose_tag

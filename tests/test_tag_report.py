@@ -14,7 +14,7 @@ from PIL import Image
 
 from emotion.images import decode_image
 from emotion.schema import image_id_for, output_schema
-from emotion.tag_report import (
+from emotion.tagging.report import (
     ANNOTATE_MAX_SIDE,
     annotate,
     fit,

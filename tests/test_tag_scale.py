@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from emotion import storage
-from emotion.listing import Shard, iter_shard, list_inputs, plan_inputs
-from emotion.sources import SourceSet, read_source, source_digests
+from emotion.tagging.digests import SourceSet, source_digests
+from emotion.tagging.inputs import Shard, iter_shard, list_inputs, plan_inputs
+from emotion.tagging.reads import read_source
 from tests.conftest import PROJECT_ROOT
 from tests.s3_server import s3_bucket, s3_endpoint, s3_env, s3_server, seed_objects  # noqa: F401 (fixtures)
 from tests.test_tag_reliability import EMOTION, assert_each_input_once, read_rows

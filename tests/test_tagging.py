@@ -144,7 +144,7 @@ def test_pipeline_counts_each_image_once_per_node_even_split_across_batches():
     image's rows split over two batches count once (at its first row)."""
     import pyarrow as pa
 
-    from emotion.pipelines.tagging import PipelineCounts
+    from emotion.tagging.progress import PipelineCounts
 
     def batch(rows):
         source, person, error, node = zip(*rows)
@@ -163,7 +163,7 @@ def test_pipeline_counts_each_image_once_per_node_even_split_across_batches():
 def test_manifest_input_and_missing_input(ray_local, mixed_folder, tmp_path):
     import pyarrow as pa
 
-    from emotion.pipelines.tagging import list_sources
+    from emotion.tagging.inputs import list_sources
 
     root, _ = mixed_folder
     photos = sorted(str(p) for p in (root / "photos").glob("*.jpg"))
@@ -206,7 +206,8 @@ def test_a_small_job_starts_no_more_actors_than_it_has_batches(ray_local):
     """The first actor stage's pool is capped at the batches it can get: three photos in
     one input block start one actor, not the two that pool_min asks for (the second
     would load both models on the cores the first one works on, for nothing)."""
-    from emotion.pipelines.tagging import _pool, most_batches
+    from emotion.pipelines.tagging import _pool
+    from emotion.tagging.pools import most_batches
 
     assert most_batches(3, 8, 8) == 1
     assert most_batches(300, 8, 8) == 38
@@ -225,7 +226,7 @@ def test_auto_pool_max_fills_the_cores_or_the_gpus_and_keeps_pool_min():
     """``pool_max: auto`` (the local predict stage): one 1-thread actor per core, one
     three-batch actor per three cores, as many GPU shares as the GPUs hold; never below
     ``pool_min``. On this project's 2-core CI machine it gives the two actors measured."""
-    from emotion.pipelines.tagging import auto_pool_max
+    from emotion.tagging.pools import auto_pool_max
 
     stage = {"pool_min": 2, "torch_threads": 1, "concurrent_batches": 1}
     assert auto_pool_max(stage, 0.0, {"CPU": 2.0}) == 2

@@ -18,7 +18,7 @@ from typing import Sequence
 from emotion import storage
 from emotion.data.records import SampleSet, make_sample, one_hot, probe_image_size, relative_parts, whole_image_box
 from emotion.labels import canonical_name, get_label_set, index_by_name
-from emotion.image_files import IMAGE_SUFFIXES
+from emotion.images import IMAGE_SUFFIXES
 
 
 

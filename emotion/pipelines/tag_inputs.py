@@ -1,19 +1,19 @@
-"""The tagging job's input rows on Ray Data.
+"""The input rows of a large tagging input on Ray Data.
 
-A small input (listed on the driver, ``emotion.listing``) becomes blocks made on the
-driver (``source_blocks``); a large one becomes a ``ShardDatasource`` whose read tasks
-each list a run of consecutive shards as the job runs, drop what the output already holds
-(the resume sets, shipped once through the object store as digests) and yield input
-blocks as they go. The driver never holds the listing; the tasks report their counts on the job's
-board (``emotion.pipelines.job_board``).
+A small input is listed on the driver (``emotion.tagging.inputs``) and becomes blocks
+made there (``emotion.tagging.sources.source_blocks``). A large one becomes a
+``ShardDatasource`` whose read tasks each list a run of consecutive shards as the job
+runs, drop what the output already holds (the resume sets, shipped once through the
+object store as digests) and yield input blocks as they go. The driver never holds the
+listing; the tasks report their counts on the job's board
+(``emotion.pipelines.job_board``).
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -22,51 +22,10 @@ from ray.data import TaskPoolStrategy
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from emotion.listing import Entry, InputPlan, Shard, iter_shard
 from emotion.pipelines.job_board import JobBoard
-from emotion.sources import SourceSet, UnnameableSourceError, encode_source, source_digests
-
-
-# -- input rows --------------------------------------------------------------------------
-def source_blocks(inputs: Sequence[Entry], block: int) -> list[pa.Table]:
-    """The job's input rows: ``source`` text, ``source_bytes`` (see ``emotion.sources``),
-    listed ``size`` (-1 unknown), and ``error`` for a name that cannot be handled."""
-    texts, raws, errors = [], [], []
-    for path, _ in inputs:
-        try:
-            text, raw = encode_source(path)
-            error = ""
-        except UnnameableSourceError as exc:
-            text, raw, error = exc.shown, b"", str(exc)
-        texts.append(text)
-        raws.append(raw)
-        errors.append(error)
-    sizes = [size for _, size in inputs]
-    return [pa.table({"source": pa.array(texts[i:i + block], pa.string()),
-                      "source_bytes": pa.array(raws[i:i + block], pa.binary()),
-                      "size": pa.array(sizes[i:i + block], pa.int64()),
-                      "error": pa.array(errors[i:i + block], pa.string())})
-            for i in range(0, len(inputs), block)]
-
-
-@dataclass(frozen=True)
-class ResumeSets:
-    """What the output already holds: ``done`` images are skipped unless ``retry`` holds
-    them too (``retry_errors``). Sorted digests (``emotion.sources.SourceSet``)."""
-
-    done: np.ndarray
-    retry: np.ndarray
-
-    def todo(self, entries: Sequence[Entry]) -> tuple[list[Entry], int]:
-        """(the entries to tag, how many of them are retried earlier errors)."""
-        if not len(self.done):
-            return list(entries), 0
-        digests = source_digests([path for path, _ in entries])
-        done = SourceSet(self.done, sorted_unique=True).contains(digests)
-        retry = SourceSet(self.retry, sorted_unique=True).contains(digests)
-        keep = ~done | retry
-        return [e for e, k in zip(entries, keep) if k], int(retry.sum())
-
+from emotion.tagging.digests import ResumeSets, source_digests
+from emotion.tagging.inputs import Entry, InputPlan, Shard, iter_shard
+from emotion.tagging.sources import source_blocks
 
 # Rows per table a read task yields; Ray Data gathers them into blocks of ``block_bytes``.
 TABLE_ROWS = 32

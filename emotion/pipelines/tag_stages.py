@@ -18,8 +18,9 @@ from emotion.models.protocol import InputSpec
 from emotion.pipelines.job_board import StallWatch
 from emotion.pipelines.worker_startup import limit_torch_threads, loading_models
 from emotion.predictor import build_predictor
-from emotion.sources import read_source, source_path
-from emotion.tag_output import DETECT_NODE, ROWS_IN_IMAGE
+from emotion.tagging.reads import read_source
+from emotion.tagging.sources import source_path
+from emotion.tagging.units import DETECT_NODE, ROWS_IN_IMAGE
 
 
 def read_and_decode(batch: dict[str, np.ndarray], max_side: int, max_pixels: int,
@@ -29,7 +30,7 @@ def read_and_decode(batch: dict[str, np.ndarray], max_side: int, max_pixels: int
     One file's bytes are held at a time (dropped once decoded), and a file above
     ``max_file_bytes`` is refused before it is read, so a batch's memory is bounded by
     its decoded (shrunk) images, whatever the files weigh. A read that takes longer than
-    ``read_timeout_s`` becomes an error row (``emotion.sources.read_source``).
+    ``read_timeout_s`` becomes an error row (``emotion.tagging.reads.read_source``).
     """
     out = DecodedBatch()
     for text, raw, size, error in zip(batch["source"], batch["source_bytes"], batch["size"], batch["error"]):

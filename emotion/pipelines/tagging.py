@@ -16,118 +16,44 @@ Every input image appears exactly once in the output. Output is committed as the
 (every ``commit_every_rows`` rows or ``commit_every_s`` seconds), so a crash loses only
 the last unit's worth of work, and re-running over the same output skips images already
 there (resume); ``retry_errors=true`` also tags again the images whose rows are errors.
-A lock in the output refuses a second concurrent run. See ``emotion.tag_output``; what
-runs in the tasks and actors is in ``emotion.pipelines.tag_stages``.
+A lock in the output refuses a second concurrent run. The parts that do not need Ray
+(inputs, output units, resume, the lock, pool sizes, progress) are in ``emotion.tagging``;
+what runs in the tasks and actors is in ``emotion.pipelines.tag_stages``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Mapping
 
-import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
 from emotion import storage
-from emotion.listing import InputPlan, list_inputs, plan_inputs
 from emotion.models.protocol import InputSpec
 from emotion.models.loading import input_spec
-from emotion.schema import has_error
-from emotion.schema import output_schema
-from emotion.pipelines.ray_env import forwarded_env, gpus_available, init_ray
 from emotion.pipelines.job_board import JobBoard
-from emotion.pipelines.tag_inputs import ResumeSets, input_dataset, source_blocks
-from emotion.sources import SourceSet
+from emotion.pipelines.ray_env import forwarded_env, gpus_available, init_ray
+from emotion.pipelines.tag_inputs import input_dataset
 from emotion.pipelines.tag_stages import DetectStage, PredictStage, RecognizeStage, read_and_decode
-from emotion.tag_output import DETECT_NODE, OutputLock, UnitWriter, WriteStats, drop_superseded, \
-    remove_partial_writes, scan_output, scan_units
+from emotion.schema import output_schema
 from emotion.settings import TagSettings, parse_tag_settings
+from emotion.tagging.digests import ResumeSets, SourceSet
+from emotion.tagging.inputs import InputPlan, plan_inputs
+from emotion.tagging.lock import OutputLock
+from emotion.tagging.output import drop_superseded, remove_partial_writes, scan_output, scan_units
+from emotion.tagging.pools import auto_pool_max, decodes_in_actors, most_batches
+from emotion.tagging.progress import PipelineCounts, ProgressPrinter
+from emotion.tagging.sources import source_blocks
+from emotion.tagging.summary import TagSummary
+from emotion.tagging.units import UnitWriter, WriteStats
 
 log = logging.getLogger(__name__)
-
-# -- inputs -----------------------------------------------------------------------------
-def list_sources(input_uri: str, path_column: str = "path") -> list[str]:
-    """Image URIs from a folder/prefix (recursive), a glob, or a Parquet/CSV manifest,
-    listed here in full (``emotion.listing.list_inputs``).
-
-    ``samples`` stands for the embedded demo set (``emotion.listing.sample_sources``).
-    """
-    return [uri for uri, _ in list_inputs(input_uri, path_column)]
-
-
-# -- the job ----------------------------------------------------------------------------
-@dataclass
-class TagSummary:
-    images: int = 0
-    people: int = 0
-    errors: int = 0
-    listed: int = 0  # inputs listed (those already tagged included)
-    skipped_already_tagged: int = 0
-    retried_errors: int = 0  # images whose earlier error rows were tagged again (retry_errors)
-    quarantined: list[str] = field(default_factory=list)  # unreadable output files moved aside
-    seconds: float = 0.0  # wall time of the whole job, Ray start-up included
-    pipeline_seconds: float = 0.0  # from the first batch to the last unit written
-    images_per_second: float = 0.0  # images / pipeline_seconds
-    first_output_seconds: float = 0.0  # from the pipeline's start to its first rows (actor start-up)
-    steady_images_per_second: float = 0.0  # images after the first output batch / the time after it
-    emotions: dict[str, int] = field(default_factory=dict)
-    images_by_node: dict[str, int] = field(default_factory=dict)  # which Ray nodes detected how many
-    output: str = ""
-    files: list[str] = field(default_factory=list)  # units committed by this run
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    def render(self) -> str:
-        lines = [
-            f"tagged {self.images} images in {self.seconds:.1f} s "
-            f"({self.images_per_second:.2f} images/s over {self.pipeline_seconds:.1f} s of pipeline, "
-            f"first rows after {self.first_output_seconds:.1f} s)"
-            f"{f'; skipped {self.skipped_already_tagged} already tagged' if self.skipped_already_tagged else ''}"
-            f"{f'; retried {self.retried_errors} earlier errors' if self.retried_errors else ''}",
-            f"people found: {self.people}   images that failed: {self.errors}",
-        ]
-        if self.emotions:
-            width = max(len(k) for k in self.emotions)
-            lines.append("emotions:")
-            lines += [f"  {k:<{width}}  {v}" for k, v in sorted(self.emotions.items(), key=lambda kv: -kv[1])]
-        if len(self.images_by_node) > 1:
-            lines.append("images per node: " + ", ".join(f"{k[:8]}: {v}" for k, v in sorted(self.images_by_node.items())))
-        if self.quarantined:
-            lines.append(f"unreadable output files moved aside: {', '.join(self.quarantined)}")
-        lines.append(f"output: {self.output} ({len(self.files)} files written)")
-        return "\n".join(lines)
-
-
-def auto_pool_max(stage: Mapping, num_gpus: float, cluster: Mapping[str, float]) -> int:
-    """``pool_max: auto``: the most actors the cluster can keep busy, at least ``pool_min``.
-
-    With a GPU share per actor, as many as the GPUs hold; else one per
-    ``torch_threads x concurrent_batches`` cores (an actor without a thread limit uses
-    every core of its node, so one). On 2 cores with the local defaults this is 2.
-    """
-    if num_gpus > 0:
-        fits = int(cluster.get("GPU", 0) / num_gpus + 1e-9)
-    else:
-        cpus = float(cluster.get("CPU", 1))
-        cores_per_actor = (stage["torch_threads"] or cpus) * int(stage["concurrent_batches"])
-        fits = int(cpus / cores_per_actor + 1e-9)
-    return max(int(stage["pool_min"]), fits)
-
-
-def most_batches(images: int, block: int, batch_size: int) -> int:
-    """The most batches the first actor stage can be handed for ``images`` in input blocks
-    of ``block`` rows: one per block, and Ray Data bundles blocks up to ``batch_size`` rows."""
-    return max(1, math.ceil(images / max(block, batch_size)))
-
 
 def _pool(stage: Mapping, use_gpu: bool, batches: int | None = None) -> dict[str, Any]:
     """``map_batches`` arguments for an actor stage. ``batches``: the most batches it will
@@ -181,20 +107,6 @@ def _threads(concurrent_batches: int) -> dict[str, Any]:
     if concurrent_batches <= 1:
         return {}
     return {"max_concurrent_calls_per_actor": concurrent_batches, "enable_true_multi_threading": True}
-
-
-def decodes_in_actors(in_actors: bool | str, use_gpu: bool) -> bool:
-    """Whether the first actor stage reads and decodes its own batches.
-
-    ``auto``: yes without GPUs. On CPUs decode and the models share the same cores, so
-    separate decode tasks add only their worker processes' start-up (each imports Ray
-    Data, about 1.5 s of CPU, while the actors load their models) and object-store
-    traffic; with a GPU, decode tasks keep the CPUs decoding while the actors run the
-    GPU.
-    """
-    if in_actors == "auto":
-        return not use_gpu
-    return bool(in_actors)
 
 
 def _wait_for_pools(seconds: float | None) -> None:
@@ -387,7 +299,7 @@ def _run_pipeline(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo:
     return listing
 
 
-def _add_run(summary: TagSummary, stats: WriteStats, counts: "PipelineCounts") -> None:
+def _add_run(summary: TagSummary, stats: WriteStats, counts: PipelineCounts) -> None:
     """Add one pipeline run's committed work to the job's summary."""
     summary.images += stats.images
     summary.people += stats.people
@@ -432,113 +344,3 @@ def _model_stages(ds: ray.data.Dataset, stages: Mapping, model_cfg: dict, spec: 
 
 def _most_batches(images: int | None, block: int, stage: Mapping) -> int | None:
     return None if images is None else most_batches(images, block, int(stage["batch_size"]))
-
-
-class PipelineCounts:
-    """What has come out of the pipeline so far, counted on the driver from the rows
-    themselves: feeds the progress line and the summary's per-node figures.
-
-    Each image's first row (``person_index`` 0, or null for an image with nobody in it
-    or an error) counts the image once, even when its rows arrive in several batches.
-    """
-
-    def __init__(self) -> None:
-        self.images = 0
-        self.people = 0
-        self.errors = 0
-        self.images_by_node: dict[str, int] = {}
-
-    def add(self, table: pa.Table) -> None:
-        person = table.column("person_index").to_numpy(zero_copy_only=False)
-        errors = table.column("error").to_pylist()
-        first_rows = [i for i, p in enumerate(person) if not p > 0]  # 0 or null (NaN here)
-        self.images += len(first_rows)
-        self.people += int((person >= 0).sum())
-        self.errors += sum(has_error(errors[i]) for i in first_rows)
-        nodes = table.column(DETECT_NODE).to_pylist()
-        for i in first_rows:
-            self.images_by_node[nodes[i]] = self.images_by_node.get(nodes[i], 0) + 1
-
-
-class ProgressPrinter:
-    """Prints one progress line every ``every_s`` seconds while the pipeline runs, and a
-    warning naming the files in flight when no row has come out for ``stall_warn_s``.
-
-    ``images``: the images to tag when known up front (a small input); else the listing
-    tasks' counts on the job's ``board`` say how far listing has got (``listing_tasks``
-    tasks in all, over ``listing_total`` entries when the input says so).
-    """
-
-    def __init__(self, counts: PipelineCounts, writer: UnitWriter, board: JobBoard, *, images: int | None,
-                 listing_tasks: int, listing_total: int | None, every_s: float, stall_warn_s: float):
-        import threading
-
-        self.counts, self.writer, self.board = counts, writer, board
-        self.images, self.listing_tasks, self.listing_total = images, listing_tasks, listing_total
-        self.every_s, self.stall_warn_s = every_s, stall_warn_s
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="tag-progress", daemon=True)
-        self.started = time.perf_counter()
-
-    def line(self) -> str:
-        counts, stats = self.counts, self.writer.stats
-        elapsed = time.perf_counter() - self.started
-        rate = counts.images / elapsed if elapsed > 0 else 0.0
-        to_tag = self.images
-        parts = []
-        if self.images is None:
-            listing = self.board.listing()
-            finished = listing["finished"] >= self.listing_tasks
-            total = "" if self.listing_total is None else f"/{self.listing_total}"
-            parts.append(f"listed {listing['listed']}{total}{'' if finished else ' so far'} "
-                         f"({listing['skipped']} already tagged)")
-            if finished:
-                to_tag = listing["listed"] - listing["skipped"]
-            elif self.listing_total is not None:
-                to_tag = self.listing_total - listing["skipped"]
-        done = f"{counts.images}/{to_tag}" if to_tag is not None else f"{counts.images}"
-        parts.append(f"{done} images tagged, {stats.images} committed ({len(stats.units)} files), "
-                     f"{counts.people} people, {counts.errors} errors, {rate:.1f} images/s")
-        if to_tag is not None and rate > 0:
-            parts.append(f"eta {_duration(max(0, to_tag - counts.images) / rate)}")
-        else:
-            parts.append("eta: listing")
-        return "[tag] " + "; ".join(parts)
-
-    def stalled_line(self, seconds: float) -> str:
-        files = self.board.in_flight()
-        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
-        where = f"in flight: {shown}" if files else "no batch has been running that long (listing or start-up)"
-        return f"[tag] no image finished in the last {seconds:.0f} s; {where}"
-
-    def _loop(self) -> None:
-        last_line = last_row = last_warning = time.perf_counter()
-        images = -1
-        tick = min(x for x in (self.every_s, self.stall_warn_s / 4, 1.0) if x > 0)
-        while not self.stop.wait(tick):
-            now = time.perf_counter()
-            if self.counts.images != images:
-                images, last_row = self.counts.images, now
-            if self.every_s > 0 and now - last_line >= self.every_s:
-                print(self.line(), flush=True)
-                last_line = now
-            if self.stall_warn_s > 0 and now - last_row >= self.stall_warn_s and now - last_warning >= self.stall_warn_s:
-                print(self.stalled_line(now - last_row), flush=True)
-                last_warning = now
-
-    def __enter__(self) -> "ProgressPrinter":
-        if self.every_s > 0 or self.stall_warn_s > 0:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from emotion import storage
 from emotion.images import ImageDecodeError, decode_image, resize_max_side
 from emotion.schema import labels_from_schema
-from emotion.sources import source_path
+from emotion.tagging.sources import source_path
 
 log = logging.getLogger(__name__)
 

