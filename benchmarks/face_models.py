@@ -130,6 +130,7 @@ def build_detected(value: str, align: bool, model, threads: int):
     from emotion.crops import CropSpec
     from emotion.models.loading import build_detector_from_config, spec_of
     from emotion.predictor import EmotionPredictor
+    from emotion.settings import RetinaFaceSettings
 
     configs = ROOT / "jobs" / "configs"
     detector_cfg = yaml.safe_load((configs / "detector" / "retinaface.yaml").read_text())
@@ -137,7 +138,8 @@ def build_detected(value: str, align: bool, model, threads: int):
     spec = spec_of(model)
     crop = CropSpec(levels=spec.levels, size=spec.input_size, head_expand=float(detector_cfg["head_expand"]),
                     max_side=int(predictor_cfg["max_image_side"]), align=align)
-    return EmotionPredictor(build_detector_from_config({**detector_cfg, "device": "cpu"}), model, spec=spec,
+    detector = build_detector_from_config(RetinaFaceSettings.model_validate({**detector_cfg, "device": "cpu"}))
+    return EmotionPredictor(detector, model, spec=spec,
                             crop=crop, threshold=float(predictor_cfg["threshold"]),
                             max_people=int(predictor_cfg["max_people"]), crops="pil", decode="pil")
 

@@ -22,6 +22,7 @@ import yaml
 from emotion.crops import square_box
 from emotion.images import decode_image
 from emotion.models.loading import build_detector_from_config
+from emotion.settings import RetinaFaceSettings
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "jobs", "configs", "detector", "retinaface.yaml")
 
@@ -57,7 +58,8 @@ def main() -> None:
         cfg = yaml.safe_load(handle)
     paths = sorted(p for p in glob.glob(os.path.join(args.images, "**", "*"), recursive=True)
                    if p.lower().endswith((".jpg", ".jpeg", ".png")))
-    points = landmark_fractions(build_detector_from_config({**cfg, "device": "cpu"}), paths, cfg["head_expand"])
+    detector = build_detector_from_config(RetinaFaceSettings.model_validate({**cfg, "device": "cpu"}))
+    points = landmark_fractions(detector, paths, cfg["head_expand"])
     template = symmetric_median(points)
     spread = np.percentile(points, 75, axis=0) - np.percentile(points, 25, axis=0)
     print(json.dumps({"images": len(paths), "faces": len(points), "template": np.round(template, 4).tolist(),

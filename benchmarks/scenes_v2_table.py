@@ -43,7 +43,8 @@ def build(kind: str, checkpoint: str, min_score: float):
                 "nms_iou": 0.4, "max_size": 640, "upscale_size": 320, "top_k": 750, "device": "cpu",
                 "head_expand": 1.25}
     cfg = {"model": model, "detector": detector,
-           "predictor": {"threshold": 0.5, "max_people": 20, "max_image_side": 960}}
+           "predictor": {"threshold": 0.5, "max_people": 20, "max_image_side": 960, "crops": "auto",
+                         "align_faces": True, "decode": "auto", "precision": "fp32"}}
     return build_predictor(cfg)
 
 
@@ -67,8 +68,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from emotion.evaluation import evaluate_scenes
+    from emotion.settings import DataSettings
 
-    data = {"format": "synthetic", "root": args.data}
+    data = DataSettings(format="synthetic", root=args.data, head_expand=1.25, multi_label=True)  # data/synthetic.yaml
     rows = []
     for spec in args.pipeline:
         name, _, rest = spec.partition("=")

@@ -30,6 +30,7 @@ from emotion.images import IMAGE_SUFFIXES
 from emotion.labels import remap, remap_scores
 from emotion.predictor import EmotionPredictor
 from emotion.schema import split_rows
+from emotion.settings import DataSettings
 from emotion.tagging.reads import read_source
 
 log = logging.getLogger(__name__)
@@ -136,9 +137,10 @@ def evaluate_image_folder(predictor: EmotionPredictor, root: str, split: str | N
 
 
 # -- datasets with annotated boxes (any emotion.data format, or prepared Parquet) --------
-def _dataset_samples(data: Mapping, split: str) -> tuple[tuple[str, ...], list[dict]]:
-    """(dataset labels, samples of ``split``) for a data config (``format``, ``root``)."""
-    fmt, root = str(data["format"]), str(data["root"])
+def _dataset_samples(data: DataSettings, split: str) -> tuple[tuple[str, ...], list[dict]]:
+    """(dataset labels, samples of ``split``) of the ``data`` group (``format``, ``root``,
+    the format's reader ``options``)."""
+    fmt, root = data.format, data.root
     if fmt == "prepared":
         from emotion.data.prepare import prepared_labels, read_prepared
         from emotion.data.records import row_to_sample
@@ -148,12 +150,12 @@ def _dataset_samples(data: Mapping, split: str) -> tuple[tuple[str, ...], list[d
         return labels, [row_to_sample(row, len(labels)) for row in table.to_pylist()]
     from emotion.data import read_dataset
 
-    options = {**dict(data.get("options") or {}), "splits": [split]}
+    options = {**dict((data.model_extra or {}).get("options") or {}), "splits": [split]}
     sample_set = read_dataset(fmt, root, **options)
     return tuple(sample_set.labels), list(sample_set.samples(split))
 
 
-def evaluate_dataset(model, data: Mapping, split: str, *, max_side: int, batch_size: int = 64,
+def evaluate_dataset(model, data: DataSettings, split: str, *, max_side: int, batch_size: int = 64,
                      limit: int | None = None) -> dict:
     """``metrics.evaluation_report`` of ``model`` (an EmotionModel) on the annotated people
     of one split, plus ``skipped`` (people without the boxes the model needs), ``images``,
@@ -179,7 +181,7 @@ def evaluate_dataset(model, data: Mapping, split: str, *, max_side: int, batch_s
     for sample in samples:
         present |= np.asarray(sample["labels"]).reshape(-1, len(data_labels)).max(axis=0, initial=0) > 0
     _require_known([name for name, seen in zip(data_labels, present) if seen], labels)
-    spec = build_crop_spec(model, float(data.get("head_expand", 1.0)), max_side)
+    spec = build_crop_spec(model, data.head_expand, max_side)
     counts = RowCounts()
 
     def row_batches():
@@ -194,11 +196,11 @@ def evaluate_dataset(model, data: Mapping, split: str, *, max_side: int, batch_s
     scored = metrics.score_batches(lambda batch: predict_rows(model, batch), row_batches(), len(labels))
     seconds = time.perf_counter() - started
     if len(scored["scores"]) == 0:
-        raise RuntimeError(f"split {split!r} of {data['root']!r} has no person the model can score ({counts.skipped})")
+        raise RuntimeError(f"split {split!r} of {data.root!r} has no person the model can score ({counts.skipped})")
     report = metrics.evaluation_report(scored["scores"], scored["targets"], labels, bool(model.multi_label),
                                        scored["vad_true"], scored["vad_pred"])
     report.update({"skipped": counts.skipped, "left_out_classes": left_out, "images": len(samples), "split": split,
-                   "root": str(data["root"]), "people_per_second": round(report["n"] / max(seconds, 1e-9), 2)})
+                   "root": data.root, "people_per_second": round(report["n"] / max(seconds, 1e-9), 2)})
     return report
 
 
@@ -287,7 +289,7 @@ def top1_accuracy(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(hit.mean()) if len(hit) else 0.0
 
 
-def evaluate_scenes(predictor: EmotionPredictor, data: Mapping, split: str, *, batch_size: int = 16,
+def evaluate_scenes(predictor: EmotionPredictor, data: DataSettings, split: str, *, batch_size: int = 16,
                     limit: int | None = None, levels: bool = False) -> dict:
     """End-to-end report of ``predictor`` on the annotated images of one split: the
     DSCT protocol's ``mAP`` / ``accuracy`` over every annotated person (a person no
@@ -306,7 +308,7 @@ def evaluate_scenes(predictor: EmotionPredictor, data: Mapping, split: str, *, b
     truth = [scene_truth(sample, list(data_labels), labels, bool(predictor.spec.multi_label), skipped)
              for sample in samples]
     if not any(len(t["boxes"]) for t in truth):
-        raise ValueError(f"split {split!r} of {data['root']!r} has no person with a body or face box: "
+        raise ValueError(f"split {split!r} of {data.root!r} has no person with a body or face box: "
                          f"the whole-image protocol needs them ({skipped})")
     tables = []
     read_failures = 0
@@ -330,7 +332,7 @@ def evaluate_scenes(predictor: EmotionPredictor, data: Mapping, split: str, *, b
     if levels:
         report["level_reports"] = {level: {k: v for k, v in one(predictions[level]).items() if k != "confusion"}
                                    for level in LEVEL_KEYS if level in predictions}
-    report.update({"images": len(samples), "split": split, "root": str(data["root"]), "skipped": skipped,
+    report.update({"images": len(samples), "split": split, "root": data.root, "skipped": skipped,
                    "images_not_read": read_failures,
                    "images_per_second": round(len(samples) / max(seconds, 1e-9), 2), "protocol": "dsct"})
     return report

@@ -12,8 +12,8 @@ Batches are dicts of numpy arrays; per-image Python objects appear only where im
 different sizes must (the ``image`` column is an object array of [H, W, 3] uint8). Image
 bytes become that batch in ``emotion.images.decode_batch``.
 
-``build_predictor`` builds one from a config's ``detector``, ``model`` and ``predictor``
-sections (the networks through ``emotion.models.loading``).
+``build_predictor`` builds one from a job's ``detector``, ``model`` and ``predictor``
+settings (the networks through ``emotion.models.loading``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from emotion.images import DEFAULT_MAX_PIXELS, decode_batch
 from emotion.models.loading import build_detector_from_config, build_emotion_model, input_spec, spec_of
 from emotion.models.protocol import EmotionModel, InputSpec, single_level_columns
 from emotion.schema import LEVEL_NAMES, has_error, output_schema, output_table, split_rows
+from emotion.settings import PredictorConfig, parse_settings
 
 # Where crops are cut and JPEGs decoded (``predictor.crops``, ``predictor.decode``).
 MODES = ("auto", "pil", "device")
@@ -320,38 +321,37 @@ def _resolve_mode(key: str, value: str, on_cuda: bool) -> str:
     return value
 
 
-def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True,
+def build_predictor(config: PredictorConfig | Mapping, *, detect: bool = True, recognize: bool = True,
                     spec: InputSpec | None = None) -> EmotionPredictor:
-    """Build from a config with ``detector``, ``model`` and ``predictor`` sections.
+    """Build from a job's settings (``emotion.settings.PredictorConfig``: the ``detector``,
+    ``model`` and ``predictor`` groups), or from a config mapping holding those three
+    sections, validated first (``ConfigError`` naming a bad or missing key).
 
     ``detect``/``recognize`` choose which parts to load (Ray Data runs them in separate
     actor pools); ``spec`` saves re-deriving the model's input contract where the caller
     has it (else it comes from the model, or from the config when the model is not built).
     """
-    predictor_cfg = cfg["predictor"]
+    if not isinstance(config, PredictorConfig):
+        sections = {name: config.get(name) for name in ("detector", "model", "predictor")}
+        config = parse_settings(PredictorConfig, sections)
+    model_cfg = config.model.model_dump()
     given = spec is not None
     if spec is None:
-        spec = input_spec(cfg["model"])
+        spec = input_spec(model_cfg)
     if spec.finds_people:  # single stage: the model is the detector; recognize only places its scores
-        detector, model = None, build_emotion_model(cfg["model"]) if detect else None
+        detector, model = None, build_emotion_model(model_cfg) if detect else None
     else:
-        detector = build_detector_from_config(cfg["detector"]) if detect else None
-        model = build_emotion_model(cfg["model"]) if recognize else None
+        detector = build_detector_from_config(config.detector) if detect else None
+        model = build_emotion_model(model_cfg) if recognize else None
     if model is not None and not given:
         spec = spec_of(model)  # the loaded weights' hash
+    options = config.predictor
     crop = CropSpec(levels=spec.levels, size=spec.input_size,
                     # The margin around a face box is the box source's convention.
-                    head_expand=float(cfg["detector"]["head_expand"]),
-                    max_side=int(predictor_cfg["max_image_side"]), align=bool(predictor_cfg["align_faces"]))
-    # A saved serve config may lack crops, decode and precision: they take the YAML defaults.
-    return EmotionPredictor(detector, model, spec=spec, crop=crop, threshold=float(predictor_cfg["threshold"]),
-                            max_people=int(predictor_cfg["max_people"]), crops=str(predictor_cfg.get("crops", "auto")),
-                            decode=str(predictor_cfg.get("decode", "auto")),
-                            precision=str(predictor_cfg.get("precision", "fp32")),
-                            person_threshold=_person_threshold(cfg["model"]))
-
-
-def _person_threshold(model_cfg: Mapping) -> float:
-    """A single-stage model's least person score (``model.score_threshold``; 0.5 when unset)."""
-    value = model_cfg.get("score_threshold")
-    return 0.5 if value is None else float(value)
+                    head_expand=config.detector.head_expand, max_side=options.max_image_side,
+                    align=options.align_faces)
+    person_threshold = config.model.score_threshold  # single-stage models (model.score_threshold)
+    return EmotionPredictor(detector, model, spec=spec, crop=crop, threshold=options.threshold,
+                            max_people=options.max_people, crops=options.crops, decode=options.decode,
+                            precision=options.precision,
+                            **({"person_threshold": person_threshold} if person_threshold is not None else {}))

@@ -1,9 +1,11 @@
 """The jobs' settings (tag, eval, train), validated once before anything starts (Ray included).
 
 One model per config group (``detector``, ``predictor``, ``model``, ``data``, ``ray``,
-``stages``, ``scaling``, ``train``) and one per job; the serve job's ``serve`` group is
-``emotion.pipelines.serving.ServeSettings``. The YAML files under ``jobs/configs`` hold
-every default; these models only say what a valid value is. A mistake raises
+``stages``, ``scaling``, ``train``) and one per job; the serve job's settings, with its
+``serve`` group, are ``emotion.pipelines.serving.ServeJobSettings``. The YAML files under
+``jobs/configs`` hold every default; these models declare every key (an unknown one is
+refused) and say what a valid value is, with no defaults of their own. Each job parses
+its config once and passes the settings object down. A mistake raises
 ``ConfigError`` with one line naming the key, the value and what is allowed, e.g.::
 
     bad config: detector.score_threshold='abc': Input should be a valid number
@@ -71,17 +73,26 @@ class ModelSettings(BaseModel):
     score_threshold: Optional[float] = Field(None, ge=0.0, le=1.0)  # single-stage models (dsct)
 
 
+class PredictorConfig(_Strict):
+    """The groups a predictor is built from (``emotion.predictor.build_predictor``); the
+    tag, eval and serve jobs' settings extend it."""
+
+    detector: DetectorSettings = Field(discriminator="name")
+    model: ModelSettings
+    predictor: PredictorSettings
+
+
 # -- Ray stage sizing --------------------------------------------------------------------
 class TaskStage(_Strict):
     batch_size: int = Field(ge=1)
     num_cpus: float = Field(gt=0)
-    max_tasks: Optional[int] = Field(None, ge=1)  # concurrent tasks; None: Ray Data decides
+    max_tasks: Optional[int] = Field(ge=1)  # concurrent tasks; None: Ray Data decides
 
 
 class DecodeStage(TaskStage):
     # Where images are read and decoded: "auto" (in the first actor stage when the
     # cluster has no GPU, else in tasks), true (the actors), false (tasks).
-    in_actors: Union[Literal["auto"], bool] = "auto"
+    in_actors: Union[Literal["auto"], bool]
 
 
 class ActorStage(_Strict):
@@ -97,7 +108,7 @@ class ActorStage(_Strict):
     max_tasks_in_flight: Optional[int] = Field(ge=1)
     # Batches one actor runs at once, each in its own thread (torch, Pillow and NumPy
     # release the GIL): one process, so its imports and models are paid for once.
-    concurrent_batches: int = Field(1, ge=1)
+    concurrent_batches: int = Field(ge=1)
     scheduling_strategy: Optional[Literal["SPREAD", "DEFAULT"]]
     resources: Optional[dict[str, float]]
     max_restarts: int = Field(ge=-1)  # Ray restarts of a dead actor (-1: without end)
@@ -147,18 +158,18 @@ class RaySettings(_Strict):
     num_gpus: Optional[int] = Field(ge=0)
     include_dashboard: bool
     log_to_driver: bool
-    object_store_memory: Optional[int] = Field(None, ge=78_643_200)  # not in the YAML: Ray sizes it
+    object_store_memory: Optional[int] = Field(ge=78_643_200)  # None: Ray sizes it
 
 
 # -- the job -----------------------------------------------------------------------------
-class TagSettings(_Strict):
+class TagSettings(PredictorConfig):
     input: str = Field(min_length=1)
     output: str = Field(min_length=1)
     path_column: str = Field(min_length=1)
     resume: bool
     retry_errors: bool
     break_lock: bool
-    limit: Optional[int] = Field(None, ge=1)
+    limit: Optional[int] = Field(ge=1)
     max_pixels: int = Field(ge=1)
     max_file_bytes: int = Field(ge=1)
     commit_every_rows: int = Field(ge=1)
@@ -172,9 +183,6 @@ class TagSettings(_Strict):
     progress_every_s: float = Field(ge=0)
     echo_images: int = Field(ge=0)
     annotate: Optional[str]
-    detector: DetectorSettings = Field(discriminator="name")
-    model: ModelSettings
-    predictor: PredictorSettings
     ray: RaySettings
     stages: Stages
 
@@ -190,16 +198,13 @@ class DataSettings(BaseModel):
     multi_label: Optional[bool]
 
 
-class EvalSettings(_Strict):
+class EvalSettings(PredictorConfig):
     batch_size: int = Field(ge=1)
     limit_per_class: Optional[int] = Field(ge=1)
     confusion_png: Optional[str]
     output_json: Optional[str]
-    limit: Optional[int] = Field(None, ge=1)
-    protocol: Literal["auto", "scenes"] = "auto"
-    detector: DetectorSettings = Field(discriminator="name")
-    model: ModelSettings
-    predictor: PredictorSettings
+    limit: Optional[int] = Field(ge=1)
+    protocol: Literal["auto", "scenes"]
     data: DataSettings
 
 
@@ -227,32 +232,44 @@ class AugmentSettings(_Strict):
     grayscale_prob: float = Fraction
 
 
-class LoopSettings(BaseModel):
-    """The ``train`` group (the training loop); experiments may add family-specific keys."""
+class LoopSettings(_Strict):
+    """The ``train`` group: the training loop. ``loss_weights``, ``dsct`` and ``projection``
+    are family-specific and checked by the family (``emotion.training.families``)."""
 
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1)  # per worker
     eval_batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
+    betas: tuple[float, float]
     schedule: Literal["cosine", "step", "constant"]
     warmup_epochs: float = Field(ge=0)
+    min_lr_factor: float = Fraction
+    step_epochs: int = Field(ge=1)
+    gamma: float = Field(gt=0)
     label_smoothing: float = Field(ge=0, lt=1)
-    target_mode: Literal["majority", "probability", "crossentropy", "multi_target"] = "majority"
-    sam_rho: float = Field(0.0, ge=0)
-    logit_adjust_tau: float = Field(0.0, ge=0)
+    target_mode: Literal["majority", "probability", "crossentropy", "multi_target"]
+    sam_rho: float = Field(ge=0)
+    logit_adjust_tau: float = Field(ge=0)
+    grad_clip: Optional[float] = Field(ge=0)  # None or 0: no clipping
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     torch_threads: Optional[int] = Field(ge=1)
+    shuffle_buffer: Optional[int] = Field(ge=0)  # None or 0: no local shuffle
     rows_per_task: int = Field(ge=1)
+    log_every: int = Field(ge=0)  # 0: no progress lines
+    loss_weights: Optional[dict[str, float]]
+    dsct: Optional[dict[str, Any]]
+    ddp: Optional[dict[str, Any]]
+    projection: Optional[dict[str, Any]]
     augment: AugmentSettings
 
 
-class TrainSettings(BaseModel):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+class TrainSettings(_Strict):
     output: str = Field(min_length=1)
+    storage_path: Optional[str]
     run_name: str = Field(min_length=1)
     resume: bool
+    resume_from: Optional[str]
     max_failures: int = Field(ge=0)
     keep_checkpoints: int = Field(ge=1)
     seed: int
@@ -294,17 +311,6 @@ def parse_settings(model: type[BaseModel], data: Mapping, what: str = "config", 
         first = exc.errors()[0]
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"bad {what}: {_describe(first, data, prefix)}{more}") from None
-
-
-class ServeJobSettings(_Strict):
-    """The serve job's groups; the ``serve`` group itself is ``ServeSettings``
-    (``emotion.pipelines.serving.settings``)."""
-
-    detector: DetectorSettings = Field(discriminator="name")
-    model: ModelSettings
-    predictor: PredictorSettings
-    ray: RaySettings
-    serve: dict
 
 
 def parse_eval_settings(cfg: Mapping) -> EvalSettings:

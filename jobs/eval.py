@@ -28,54 +28,55 @@ from emotion.evaluation import evaluate_dataset, evaluate_image_folder, evaluate
 from emotion.models.loading import build_emotion_model, input_spec
 from emotion.models.protocol import model_id
 from emotion.predictor import build_predictor
-from emotion.settings import parse_eval_settings
+from emotion.settings import EvalSettings, parse_eval_settings
 from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger("emotion.eval")
 
 
 def run(cfg: DictConfig) -> dict:
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    parse_eval_settings(plain)  # a bad key or value stops here, naming it
-    data = plain["data"]
-    if data["format"] == "image_folder":
-        predictor = build_predictor(plain)
+    settings = parse_eval_settings(OmegaConf.to_container(cfg, resolve=True))  # once: a bad key stops here
+    data = settings.data
+    format_keys = data.model_extra or {}  # splits, reader options: the format's own keys
+    if data.format == "image_folder":
+        predictor = build_predictor(settings)
         model = predictor.model
-        report = evaluate_image_folder(predictor, data["root"], data.get("split"), plain.get("batch_size", 256),
-                                       plain.get("limit_per_class"))
+        report = evaluate_image_folder(predictor, data.root, format_keys.get("split"), settings.batch_size,
+                                       settings.limit_per_class)
     else:
-        split = data.get("split") or data.get("test_split") or data.get("val_split")
+        split = format_keys.get("split") or format_keys.get("test_split") or format_keys.get("val_split")
         if not split:
-            raise ValueError(f"data.format={data['format']!r}: say which split to evaluate with data.split=NAME")
-        spec = input_spec(plain["model"])
-        if plain.get("protocol", "auto") == "scenes" or spec.finds_people:
+            raise ValueError(f"data.format={data.format!r}: say which split to evaluate with data.split=NAME")
+        spec = input_spec(settings.model.model_dump())
+        if settings.protocol == "scenes" or spec.finds_people:
             if spec.finds_people:  # as validation during training: every query is a candidate
-                plain["model"]["score_threshold"] = 0.0
-            elif plain["detector"].get("name") == "full_frame":
+                every_query = settings.model.model_copy(update={"score_threshold": 0.0})
+                settings = settings.model_copy(update={"model": every_query})
+            elif settings.detector.name == "full_frame":
                 raise ValueError("protocol=scenes finds the people in whole images: it needs a detector "
                                  "(detector=retinaface), not detector=full_frame")
-            predictor = build_predictor(plain, spec=spec)
-            report = evaluate_scenes(predictor, data, str(split), batch_size=int(plain.get("batch_size", 256)),
-                                     limit=plain.get("limit"), levels=True)
+            predictor = build_predictor(settings, spec=spec)
+            report = evaluate_scenes(predictor, data, str(split), batch_size=settings.batch_size,
+                                     limit=settings.limit, levels=True)
             report["model"] = predictor.spec.model_id
-            return _finish(plain, report, predictor.spec.labels, data)
-        model = build_emotion_model(plain["model"])
-        report = evaluate_dataset(model, data, str(split), max_side=int(plain["predictor"]["max_image_side"]),
-                                  batch_size=int(plain.get("batch_size", 256)), limit=plain.get("limit"))
+            return _finish(settings, report, predictor.spec.labels)
+        model = build_emotion_model(settings.model.model_dump())
+        report = evaluate_dataset(model, data, str(split), max_side=settings.predictor.max_image_side,
+                                  batch_size=settings.batch_size, limit=settings.limit)
     report["model"] = model_id(model.name, model.checkpoint_hash)
-    return _finish(plain, report, model.labels, data)
+    return _finish(settings, report, model.labels)
 
 
-def _finish(plain: dict, report: dict, labels, data: dict) -> dict:
-    """Write the confusion plot and the JSON the config asks for; print one JSON line."""
-    if plain.get("confusion_png") and "confusion" in report:
+def _finish(settings: EvalSettings, report: dict, labels) -> dict:
+    """Write the confusion plot and the JSON the settings ask for; print one JSON line."""
+    if settings.confusion_png and "confusion" in report:
         name = report["model"].split("@")[0]
-        storage.write_bytes(plain["confusion_png"], plot_confusion(report["confusion"], list(labels),
-                                                                   title=f"{name}: {data['root'].rstrip('/').split('/')[-1]}"))
+        title = f"{name}: {settings.data.root.rstrip('/').split('/')[-1]}"
+        storage.write_bytes(settings.confusion_png, plot_confusion(report["confusion"], list(labels), title=title))
     line = json.dumps({k: v for k, v in report.items() if k != "confusion"})
     print(line, flush=True)
-    if plain.get("output_json"):
-        storage.write_bytes(plain["output_json"], json.dumps(report, indent=2).encode())
+    if settings.output_json:
+        storage.write_bytes(settings.output_json, json.dumps(report, indent=2).encode())
     return report
 
 

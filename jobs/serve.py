@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from ray import serve
 
 from emotion.pipelines.ray_env import init_ray
-from emotion.pipelines.serving import ServeArgs, ServeSettings, build_app
+from emotion.pipelines.serving import ServeJobSettings, ServeSettings, bind_app
 from emotion.pipelines.serving.ingress import DRAIN_KEY_PREFIX, drain_key, in_flight_key
-from emotion.settings import ServeJobSettings, parse_settings
+from emotion.settings import parse_settings
 from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger("emotion.serve")
@@ -42,16 +42,24 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def parse(cfg: DictConfig) -> ServeJobSettings:
+    """The job's settings from a composed config: a bad key or value stops here, before
+    Ray starts, with one line naming it."""
+    return parse_settings(ServeJobSettings, OmegaConf.to_container(cfg, resolve=True))
+
+
 def run(cfg: DictConfig, blocking: bool = False) -> str:
     """Start Serve and deploy the app from a composed config; returns the base URL.
 
     ``blocking=True`` (the CLI) serves until Ctrl-C; tests call it non-blocking and shut
     Serve down themselves.
     """
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    # Fail on a bad config before starting Ray, with one line naming the key.
-    parse_settings(ServeJobSettings, plain)
-    settings = parse_settings(ServeSettings, plain["serve"], prefix="serve")
+    return serve_app(parse(cfg), blocking)
+
+
+def serve_app(job: ServeJobSettings, blocking: bool = False) -> str:
+    """``run`` for settings already parsed."""
+    settings = job.serve
     if settings.throughput_optimized:
         # Read by Ray's processes when they start, so set before the local Ray starts.
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
@@ -60,10 +68,10 @@ def run(cfg: DictConfig, blocking: bool = False) -> str:
         # balancer, past the controller's 30 s shutdown bound ("Controller failed to shut
         # down within 30.0s"); the local HAProxy is updated by the controller itself.
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", str(settings.direct_ingress_drain_s))
-    init_ray(plain.get("ray") or {}, metrics_export_port=settings.metrics_export_port)
+    init_ray(job.ray, metrics_export_port=settings.metrics_export_port)
     # HTTP options are cluster-wide and fixed once Serve runs: a second call keeps the first.
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    app = build_app(ServeArgs(**{name: plain[name] for name in ("detector", "model", "predictor", "serve")}))
+    app = bind_app(job)
     prefix = settings.route_prefix.rstrip("/")
     url = f"http://{settings.host}:{settings.port}{prefix}"
     log.info("deploying %r at %s (docs: %s/docs); auth %s", settings.app_name, url, url,
@@ -221,13 +229,13 @@ def _drain_while_reachable(gcs: str, settings: ServeSettings) -> bool:
 @hydra.main(config_path="configs", config_name="serve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error(log):
+        job = parse(cfg)
         try:
-            run(cfg, blocking=True)
+            serve_app(job, blocking=True)
         except KeyboardInterrupt:
             _ignore_stop_signals()
             log.info("shutting down")
-            settings = parse_settings(ServeSettings, OmegaConf.to_container(cfg.serve, resolve=True), prefix="serve")
-            drain_and_shutdown(settings, local_ray=not cfg.ray.get("address"))
+            drain_and_shutdown(job.serve, local_ray=not job.ray.address)
 
 
 if __name__ == "__main__":

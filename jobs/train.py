@@ -25,9 +25,9 @@ log = logging.getLogger("emotion.train")
 
 def run(cfg: DictConfig) -> TrainSummary:
     """Run the job from a composed config (tests call this directly)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    check_train_settings(parse_train_settings(plain))  # the output folder, before Ray starts
-    summary = run_training(plain)
+    settings = parse_train_settings(OmegaConf.to_container(cfg, resolve=True))  # once, before Ray starts
+    check_train_settings(settings)  # the output folder
+    summary = run_training(settings)
     print(summary.render(), flush=True)
     print(json.dumps(json.loads(summary.to_json())), flush=True)
     return summary

@@ -15,6 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from tests.configs import NO_AUGMENT, augment_settings, loop_settings
 from tests.conftest import PROJECT_ROOT
 
 CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
@@ -67,7 +68,6 @@ def family_and_model(labels, seed: int = 0, **overrides):
 
 
 def test_family_is_registered_and_collate_matches_predict(train_rows):
-    from emotion.training.augment import AugmentConfig
     from emotion.training.cocoer_family import CocoERFamily
 
     rows, labels = train_rows
@@ -77,7 +77,7 @@ def test_family_is_registered_and_collate_matches_predict(train_rows):
     batch = batches_of(rows, 5)[0]
     b, k = len(batch["labels"]), len(labels)
     for flag in (True, False):
-        inputs, targets = family.collate(batch, model, flag, torch.device("cpu"), AugmentConfig(),
+        inputs, targets = family.collate(batch, model, flag, torch.device("cpu"), augment_settings(),
                                          torch.Generator().manual_seed(0))
         assert set(inputs) == {"head", "body", "context"}
         assert all(x.shape == (b, 3, SIZE, SIZE) and x.dtype == torch.float32 for x in inputs.values())
@@ -92,7 +92,7 @@ def test_family_is_registered_and_collate_matches_predict(train_rows):
     assert scores.shape == (b, k) and ((scores > 0) & (scores < 1)).all()  # sigmoid: multi-label
     # Training inputs use the same normalisation: with every random transform off they
     # equal the evaluation inputs (up to grid_sample's resampling error).
-    off = AugmentConfig(flip=False, max_rotation_deg=0, min_scale=1.0, max_shift=0, brightness=0, contrast=0)
+    off = augment_settings(**NO_AUGMENT)
     plain, _ = family.collate(batch, model, True, torch.device("cpu"), off)
     for m in inputs:
         assert torch.allclose(plain[m], inputs[m], atol=1e-4)
@@ -107,7 +107,8 @@ def test_projection_pretraining_lowers_prototype_distance_and_touches_only_omega
     family, model = family_and_model(labels)
     batches = batches_of(rows, 8)
     before_state = {n: t.clone() for n, t in model.state_dict().items()}
-    report = family.before_training(model, batches, {"projection": {"steps": 150, "lr": 0.02}}, torch.device("cpu"))
+    report = family.before_training(model, batches, loop_settings(projection={"steps": 150, "lr": 0.02}),
+                                    torch.device("cpu"))
     assert report["projection_images"] == len(rows["labels"])
     assert report["projection_loss_after"] < 0.5 * report["projection_loss_before"]
     # The distance it reports is the one of the rows' embeddings under the new ω.
@@ -120,9 +121,9 @@ def test_projection_pretraining_lowers_prototype_distance_and_touches_only_omega
     assert not model.vocabulary.projection.weight.requires_grad  # frozen again for the main loop
     assert model.training  # the model's mode is left as it was
 
-    assert family.before_training(model, batches, {"projection": {"steps": 0}}, torch.device("cpu")) == {}
+    assert family.before_training(model, batches, loop_settings(projection={"steps": 0}), torch.device("cpu")) == {}
     with pytest.raises(ValueError, match="unknown train.projection"):
-        family.before_training(model, batches, {"projection": {"step": 10}}, torch.device("cpu"))
+        family.before_training(model, batches, loop_settings(projection={"step": 10}), torch.device("cpu"))
 
 
 def test_optimizer_gets_only_trainable_parameters_and_criterion_has_all_terms(train_rows):
@@ -131,14 +132,15 @@ def test_optimizer_gets_only_trainable_parameters_and_criterion_has_all_terms(tr
 
     rows, labels = train_rows
     family, model = family_and_model(labels)
-    optimizer = build_optimizer(model, {"lr": 1e-3})
+    settings = loop_settings(lr=1e-3, loss_weights={"loss_grad_distance": 0.5})
+    optimizer = build_optimizer(model, settings)
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     frozen = {n for n, p in model.named_parameters() if id(p) not in in_optimizer}
     assert frozen and all(n.startswith(("vocabulary.image_encoder.", "vocabulary.projection.")) for n in frozen)
     assert in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
 
-    criterion = family.build_criterion({"loss_weights": {"loss_grad_distance": 0.5}}, model)
-    inputs, targets = family.collate(batches_of(rows, 4)[0], model, True, torch.device("cpu"))
+    criterion = family.build_criterion(settings, model)
+    inputs, targets = family.collate(batches_of(rows, 4)[0], model, True, torch.device("cpu"), settings.augment)
     losses = criterion(model(**inputs), targets)
     assert set(losses) == set(DEFAULT_WEIGHTS) | {"loss"}
     expected = sum({**DEFAULT_WEIGHTS, "loss_grad_distance": 0.5}[t] * losses[t] for t in DEFAULT_WEIGHTS)

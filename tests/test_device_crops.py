@@ -20,10 +20,11 @@ from PIL import Image
 from emotion.crops import CropSpec, person_crops
 from emotion.device_crops import batch_person_crops_on_device, crop_boxes, person_crops_on_device
 
+from tests.configs import retinaface_settings
 from tests.conftest import needs_cuda
 
 SPEC = CropSpec(levels=("head", "body", "context"), size=64, head_expand=1.25, max_side=960)
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def photos(sample_photos) -> dict[str, np.ndarray]:
 def faces(photos) -> dict[str, np.ndarray]:
     from emotion.models.detection.retinaface import build_detector
 
-    detector = build_detector({"device": "cpu"})
+    detector = build_detector(retinaface_settings(device="cpu"))
     return {name: result["boxes"] for name, result in zip(photos, detector.detect(list(photos.values())))}
 
 

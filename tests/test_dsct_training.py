@@ -11,6 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from tests.configs import augment_settings, composed, loop_settings
 from tests.conftest import PROJECT_ROOT
 
 CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
@@ -68,9 +69,7 @@ def test_collate_flips_boxes_with_the_pixels(scenes):
     model = family.build_model({**TINY, "labels": list(data.labels)})
     plain, targets = family.collate(rows, model, False, torch.device("cpu"))
     gen = torch.Generator().manual_seed(3)
-    from emotion.training.augment import AugmentConfig
-
-    cfg = AugmentConfig(flip=True, brightness=0.0, contrast=0.0)
+    cfg = augment_settings(flip=True, brightness=0.0, contrast=0.0)
     flipped_inputs, flipped_targets = family.collate(rows, model, True, torch.device("cpu"), cfg, gen)
     for i, (a, b) in enumerate(zip(targets["people"], flipped_targets["people"])):
         mirrored = torch.allclose(flipped_inputs["context"][i], plain["context"][i].flip(-1), atol=1e-5)
@@ -84,7 +83,6 @@ def test_collate_flips_boxes_with_the_pixels(scenes):
 
 
 def test_dsct_family_trains_in_the_shared_loop_and_validates_by_the_dsct_protocol(scenes):
-    from emotion.training.augment import AugmentConfig
     from emotion.training.families import get_family
     from emotion.training.loop import TrainState, build_optimizer, train_epoch
     from emotion.training.schedule import build_schedule
@@ -94,15 +92,16 @@ def test_dsct_family_trains_in_the_shared_loop_and_validates_by_the_dsct_protoco
     family = get_family("dsct")
     torch.manual_seed(0)
     model = family.build_model({**TINY, "labels": list(data.labels)})
-    train_cfg = {"lr": 1e-3, "dsct": {"backbone_lr_scale": 0.5, "loss_weights": {"bbox": 4.0}}}
+    train_cfg = loop_settings(lr=1e-3, weight_decay=1e-4, warmup_epochs=0, epochs=1,
+                              dsct={"backbone_lr_scale": 0.5, "loss_weights": {"bbox": 4.0}})
     optimizer = build_optimizer(model, train_cfg, family)
     assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 5e-4]  # the backbone at lr x scale
     criterion = family.build_criterion(train_cfg, model)
     assert criterion.weight_dict["loss_bbox"] == 4.0 and "loss_bbox_0" in criterion.weight_dict
     batches = [{k: v[i:i + 3] for k, v in rows.items()} for i in range(0, len(rows["labels"]), 3)]
     state = TrainState()
-    out = train_epoch(model, batches, family, criterion, optimizer, build_schedule({}, len(batches), 1), state,
-                      device=torch.device("cpu"), augment_cfg=AugmentConfig())
+    out = train_epoch(model, batches, family, criterion, optimizer, build_schedule(train_cfg, len(batches)), state,
+                      device=torch.device("cpu"), augment_cfg=train_cfg.augment)
     assert math.isfinite(out["train_loss"]) and out["train_images"] == len(rows["labels"])
     val_rows, _ = rows_of(data, "val")
     report = family.evaluate(model, [val_rows])
@@ -144,9 +143,9 @@ def dsct_checkpoint(scenes, tmp_path_factory):
 def single_stage_predictor(checkpoint: str, score_threshold: float = 0.0, max_people: int = 3):
     from emotion.predictor import build_predictor
 
-    cfg = {"model": {"name": "dsct", "checkpoint": checkpoint, "device": "cpu", "score_threshold": score_threshold},
-           "detector": {"name": "retinaface", "head_expand": 1.25, "device": "cpu"},
-           "predictor": {"threshold": 0.5, "max_people": max_people, "max_image_side": 960, "align_faces": True}}
+    cfg = composed("tag", ["model=dsct", f"model.checkpoint={checkpoint}", "model.device=cpu",
+                           f"model.score_threshold={score_threshold}", "detector.device=cpu",
+                           f"predictor.max_people={max_people}"])
     return build_predictor(cfg)
 
 
@@ -171,7 +170,8 @@ def test_a_single_stage_model_replaces_the_detector_and_fills_the_same_schema(sc
     width, height = samples[0]["width"], samples[0]["height"]
     boxes = np.array([r["body_box"] for r in rows])
     assert (boxes >= -1e-3).all() and (boxes[:, [0, 2]] <= width + 1e-3).all() and (boxes[:, [1, 3]] <= height + 1e-3).all()
-    nobody = single_stage_predictor(dsct_checkpoint, score_threshold=1.1)  # no person is that sure
+    nobody = single_stage_predictor(dsct_checkpoint)
+    nobody.person_threshold = 1.1  # above any score (a setting refuses it): no person is that sure
     empty = nobody.predict_images(sources[:1], payloads[:1])[0].to_pylist()
     assert len(empty) == 1 and empty[0]["person_index"] is None and empty[0]["error"] is None
 
@@ -276,9 +276,13 @@ def test_scene_truth_derives_unknown_bodies_from_faces_and_counts_people_it_cann
 
 
 def test_an_unset_score_threshold_in_a_validated_config_means_the_default():
-    """Settings validation fills model.score_threshold with None for models without it."""
-    from emotion.predictor import _person_threshold
+    """Settings validation fills model.score_threshold with None for models without it:
+    the predictor keeps its own person threshold (used by single-stage models only)."""
+    from emotion.predictor import EmotionPredictor, build_predictor
+    from emotion.settings import PredictorConfig, parse_settings
 
-    assert _person_threshold({"name": "fer", "score_threshold": None}) == 0.5
-    assert _person_threshold({"name": "dsct", "score_threshold": 0.0}) == 0.0
-    assert _person_threshold({"name": "fer"}) == 0.5
+    cfg = composed("tag", ["model=fer", "model.device=cpu", "detector=full_frame"])
+    settings = parse_settings(PredictorConfig, {k: cfg[k] for k in ("detector", "model", "predictor")})
+    assert settings.model.score_threshold is None
+    default = EmotionPredictor.__init__.__kwdefaults__["person_threshold"]
+    assert build_predictor(settings).person_threshold == default == 0.5

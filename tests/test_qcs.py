@@ -16,6 +16,9 @@ from emotion.training.loop import sam_ascend, sam_descend
 from emotion.training.qcs_family import QCSCriterion, QCSFamily
 from emotion.training.quadruplets import sample_quadruplets
 from emotion.training.targets import classification_loss
+from tests.configs import augment_settings, loop_settings
+
+pytestmark = pytest.mark.unit
 
 LABELS = ["neutral", "happiness", "surprise", "sadness"]
 
@@ -146,10 +149,12 @@ def test_collate_forms_quadruplets_from_the_generator_and_reaches_both_query_pat
     rng = np.random.default_rng(0)
     batch = {"crop_head": rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8),
              "labels": np.eye(4, dtype=np.float32)[rng.integers(0, 4, size=16)]}
-    inputs, targets = family.collate(batch, model, True, torch.device("cpu"), None, torch.Generator().manual_seed(5))
-    again, _ = family.collate(batch, model, True, torch.device("cpu"), None, torch.Generator().manual_seed(5))
+    inputs, targets = family.collate(batch, model, True, torch.device("cpu"), augment_settings(),
+                                     torch.Generator().manual_seed(5))
+    again, _ = family.collate(batch, model, True, torch.device("cpu"), augment_settings(),
+                                     torch.Generator().manual_seed(5))
     assert torch.equal(inputs["quadruplets"], again["quadruplets"]) and len(inputs["quadruplets"]) >= 2
-    loss = family.build_criterion({}, model)(model(**inputs), targets)["loss"]
+    loss = family.build_criterion(loop_settings(label_smoothing=0.0), model)(model(**inputs), targets)["loss"]
     loss.backward()
     assert model.cross.query.weight.grad is not None and model.cross.query.weight.grad.abs().sum() > 0
     assert model.backbone[0].weight.grad.abs().sum() > 0
@@ -174,7 +179,7 @@ def test_a_tiny_qcs_model_overfits_a_few_images():
     torch.manual_seed(0)
     model = tiny_qcs()
     family = QCSFamily()
-    criterion = family.build_criterion({}, model)
+    criterion = family.build_criterion(loop_settings(label_smoothing=0.0), model)
     rng = np.random.default_rng(1)
     classes = np.repeat(np.arange(4), 4)
     # Each class a distinct colour pattern plus noise: learnable by a 3-layer toy backbone.
@@ -184,7 +189,7 @@ def test_a_tiny_qcs_model_overfits_a_few_images():
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(60):
-        inputs, targets = family.collate(batch, model, True, torch.device("cpu"), None, generator)
+        inputs, targets = family.collate(batch, model, True, torch.device("cpu"), augment_settings(), generator)
         inputs["head"] = family.collate(batch, model, False, torch.device("cpu"))[0]["head"]  # no augmentation
         loss = criterion(model(**inputs), targets)["loss"]
         optimizer.zero_grad()

@@ -44,6 +44,7 @@ from emotion.pipelines.serving import (
     source_name,
     upload_files,
 )
+from tests.configs import serve_section
 from tests.conftest import PROJECT_ROOT, jpeg_bytes
 
 CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
@@ -349,27 +350,32 @@ def test_bearer_token_guards_v1_only(secure_service, photos):
     assert err.value.status == 401 and err.value.error == "unauthorized"
 
 
+def serve_settings(**changes) -> ServeSettings:
+    """The default ``serve`` section with ``changes``, validated."""
+    return ServeSettings.model_validate(serve_section(**changes))
+
+
 def test_token_comes_from_config_or_environment(monkeypatch):
     monkeypatch.delenv("EMOTION_API_TOKEN", raising=False)
-    assert ServeSettings().resolved_token() is None
+    assert serve_settings().resolved_token() is None
     monkeypatch.setenv("EMOTION_API_TOKEN", "from-env")
-    assert ServeSettings().resolved_token() == "from-env"
-    assert ServeSettings(auth_token="from-config").resolved_token() == "from-config"
-    assert "from-config" not in repr(ServeSettings(auth_token="from-config"))
+    assert serve_settings().resolved_token() == "from-env"
+    assert serve_settings(auth_token="from-config").resolved_token() == "from-config"
+    assert "from-config" not in repr(serve_settings(auth_token="from-config"))
 
 
 def test_numeric_token_is_its_text_and_never_echoed(monkeypatch):
     from omegaconf import OmegaConf
 
     monkeypatch.delenv("EMOTION_API_TOKEN", raising=False)
-    assert ServeSettings.model_validate({"auth_token": 123456}).resolved_token() == "123456"
+    assert serve_settings(auth_token=123456).resolved_token() == "123456"
     # `serve.auth_token=123456` on the command line: Hydra hands over an int.
     composed = OmegaConf.to_container(compose_serve(["serve.auth_token=123456"]), resolve=True)["serve"]
     assert composed["auth_token"] == 123456
     assert ServeSettings.model_validate(composed).resolved_token() == "123456"
     # A float's text is not what was typed (1e6 -> "1000000.0"): refused, asking for quotes.
     with pytest.raises(ValueError, match="quote"):
-        ServeSettings.model_validate({"auth_token": 1e6})
+        serve_settings(auth_token=1e6)
 
     secret = "tok-4815162342"
     failing = [
@@ -380,11 +386,10 @@ def test_numeric_token_is_its_text_and_never_echoed(monkeypatch):
     ]
     for section in failing:
         with pytest.raises(ValueError) as err:
-            ServeSettings.model_validate(section)
+            serve_settings(**section)
         assert secret not in str(err.value), str(err.value)
     with pytest.raises(ValueError) as err:
-        ServeSettings.model_validate({"auth_token": 123456, "recognizer": {"max_batch_size": 32,
-                                                                            "max_ongoing_requests": 8}})
+        serve_settings(auth_token=123456, recognizer={"max_batch_size": 32, "max_ongoing_requests": 8})
     assert "123456" not in str(err.value) and "max_ongoing_requests" in str(err.value)
     with pytest.raises(ValueError) as err:
         ServeArgs.model_validate({"serve": f"auth_token={secret}"})
@@ -465,11 +470,11 @@ def test_helpers():
     table = pa.table({"x": [1, 2, 3, 4]})
     assert [t.column("x").to_pylist() for t in split_rows(table, np.array([2, 0, 2, 1]), 3)] == [[2], [4], [1, 3]]
     with pytest.raises(ValueError, match="max_ongoing_requests"):
-        ServeSettings(recognizer={"max_batch_size": 32, "max_ongoing_requests": 8})
+        serve_settings(recognizer={"max_batch_size": 32, "max_ongoing_requests": 8})
     with pytest.raises(ValueError):
-        ServeSettings(limits={"max_image_byts": 1})  # typos are errors, not silently ignored
+        serve_settings(limits={"max_image_byts": 1})  # typos are errors, not silently ignored
     with pytest.raises(ValueError, match="max_queued_requests"):
-        ServeSettings(recognizer={"max_queued_requests": 0})
+        serve_settings(recognizer={"max_queued_requests": 0})
 
 
 def test_typed_builder_takes_serve_run_arguments():
@@ -518,6 +523,7 @@ def test_shutdown_waits_for_serve_only_so_long(monkeypatch):
     assert time.monotonic() - start < 3 and exited.value.code == 0 and calls == []
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # starts its own Ray and models: about a minute on a busy 2-core machine
 def test_sigterm_to_the_process_group_stops_serve_fast(tmp_path):
     """`kill -TERM -<pgid>` (a process manager stopping the group) reaches Ray's processes
@@ -796,6 +802,7 @@ def test_drain_finishes_in_flight_requests_and_refuses_new_ones(service, served_
         serve.delete("drainme")
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # starts its own Ray and models: about a minute on a busy 2-core machine
 @pytest.mark.parametrize("throughput_optimized", [False, True])
 def test_sigterm_under_load_drains_then_stops(tmp_path, photos, throughput_optimized):

@@ -21,7 +21,10 @@ from hydra import compose, initialize_config_dir
 
 from emotion.labels import SYNTHETIC_CATEGORIES
 from emotion.schema import labels_from_schema
+from tests.configs import loop_settings
 from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
 
 CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
 COMPETING = ("head", "body", "context")
@@ -53,7 +56,7 @@ def cocoer_checkpoint(synthetic_root, tmp_path_factory) -> tuple[Path, str]:
                                     input_size=32, d_h=32, d=32, n_blocks=1, n_heads=4, d_ff=64))
     rows = person_rows(data.samples("train"), build_crop_spec(model, head_expand=1.25, max_side=960),
                       num_labels=len(data.labels), multi_label=True)
-    family.before_training(model, [rows], {"projection": {"steps": 50}}, torch.device("cpu"))
+    family.before_training(model, [rows], loop_settings(projection={"steps": 50}), torch.device("cpu"))
     path = tmp_path_factory.mktemp("ckpt") / "cocoer_tiny.ckpt"
     save_checkpoint(path, model_name="cocoer", model_cfg=model.config, state_dict=model.state_dict(),
                     labels=list(model.labels))

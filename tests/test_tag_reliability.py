@@ -160,6 +160,7 @@ def listed_line(log: Path) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+@pytest.mark.integration
 def test_driver_killed_twice_then_resumed_loses_and_repeats_nothing(photo_folder, tmp_path):
     output = tmp_path / "tags"
     inputs = {str(p) for p in photo_folder.glob("*.jpg")}
@@ -209,27 +210,65 @@ BAD_CONFIGS = {
     "read_timeout_s=0": "read_timeout_s",
     "stages.list.read_tasks=0": "stages.list.read_tasks",
     "output=OUTPUT_IS_A_FILE": "output",
-    "output=s3://no-such-bucket/tags": "s3://no-such-bucket/tags",
     "detector.scor_threshold=0.5": "detector.scor_threshold",  # a typo: unknown key
     "+detector.scor_threshold=0.5": "detector.scor_threshold",  # forced past Hydra: still unknown
+    "+stages.predict.pool_maxx=2": "stages.predict.pool_maxx",
     "detector=nosuch": "detector/nosuch",
     "model.checkpoint=/no/such/best.ckpt": "model.checkpoint",  # read only while Ray starts: checked first
     "model=cocoer": "model.checkpoint",  # a required checkpoint left unset
 }
 
 
+def job_mistake(command: str, overrides: list[str], monkeypatch) -> str:
+    """What ``emotion <command> <overrides>`` reports for a config mistake, found in this
+    process as the command finds it: the override check (``jobs.overrides``), then the job
+    up to where it would start Ray (which must not be reached). The error is one the job
+    turns into its single line and exit status 2 (``jobs.user_errors``)."""
+    import importlib
+
+    from jobs.overrides import override_error
+    from tests.configs import compose_config
+
+    line = override_error(command, overrides)
+    if line is not None:
+        return line
+    job = importlib.import_module(f"jobs.{command}")
+    # What each command's entry point turns into one line and exit status 2.
+    errors = {"tag": lambda: job.TAG_USER_ERRORS, "train": lambda: (*job.USER_ERRORS, job.storage.StorageError)}.get(
+        command, lambda: (FileNotFoundError, KeyError, ValueError))()
+
+    def ray_would_start(*args, **kwargs):
+        raise AssertionError("the mistake was not found before Ray starts")
+
+    starts = {"tag": "tag_images", "train": "run_training", "eval": "build_predictor", "serve": "serve_app"}
+    monkeypatch.setattr(job, starts[command], ray_would_start)
+    with pytest.raises(errors) as err:
+        job.run(compose_config(command, overrides))
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
 @pytest.mark.parametrize("override", list(BAD_CONFIGS))
-def test_config_mistakes_exit_2_with_one_line_naming_the_key(override, tmp_path):
+def test_config_mistakes_name_the_key_in_one_line_before_ray_starts(override, tmp_path, monkeypatch):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
+    message = job_mistake("tag", ["input=samples", override.replace("OUTPUT_IS_A_FILE", str(a_file))], monkeypatch)
+    assert BAD_CONFIGS[override] in message, message
+
+
+@pytest.mark.integration
+def test_config_mistake_on_the_command_line_exits_2_with_one_line(tmp_path):
+    """The command's wiring: a storage mistake found before Ray starts (no credentials,
+    no such bucket) is one line on the console and exit status 2."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["AWS_EC2_METADATA_DISABLED"] = "true"  # no credentials anywhere: fail at once
-    result = subprocess.run([EMOTION, "tag", "input=samples", override.replace("OUTPUT_IS_A_FILE", str(a_file))],
+    result = subprocess.run([EMOTION, "tag", "input=samples", "output=s3://no-such-bucket/tags"],
                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, env=env)
     text = (result.stdout + result.stderr).strip()
     assert result.returncode == 2, text
     assert len(text.splitlines()) == 1 and "Traceback" not in text, text
-    assert BAD_CONFIGS[override] in text
+    assert "s3://no-such-bucket/tags" in text
     assert "Started a local Ray" not in text
 
 
@@ -307,15 +346,32 @@ def test_killed_detect_and_recognize_workers_lose_nothing(ray_local, photo_folde
     ("eval", "predictor.max_image_side=-1", "predictor.max_image_side"),
     ("train", "train.lr=abc", "train.lr"),
     ("train", "scaling.num_workers=0", "scaling.num_workers"),
+    ("train", "+train.bogus_key=1", "train.bogus_key"),
+    ("train", "+train.augment.hue=0.1", "train.augment.hue"),
     ("serve", "serve.port=abc", "serve.port"),
     ("serve", "serve.auth_token=1.5", "serve.auth_token"),
     ("serve", "predictor.threshold=5", "predictor.threshold"),
+    ("serve", "+serve.recognizer.max_batch=4", "serve.recognizer.max_batch"),
 ])
-def test_every_job_reports_a_config_mistake_in_one_line(command, override, key, tmp_path):
+def test_every_job_reports_a_config_mistake_in_one_line(command, override, key, monkeypatch):
+    message = job_mistake(command, [override] if command == "serve" else ["data.root=/nowhere", override],
+                          monkeypatch)
+    assert key in message, message
+    assert "1.5" not in message or command != "serve"  # a token's value is never echoed
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command, override, key", [
+    ("eval", "batch_size=0", "batch_size"),
+    ("train", "train.lr=abc", "train.lr"),
+    ("serve", "serve.auth_token=1.5", "serve.auth_token"),
+])
+def test_every_job_exits_2_with_one_line_on_the_command_line(command, override, key):
+    """Each command's wiring (one line, exit status 2) for a mistake in its settings."""
     result = subprocess.run([EMOTION, command, "data.root=/nowhere", override] if command != "serve"
                             else [EMOTION, command, override], cwd=PROJECT_ROOT, capture_output=True, text=True,
                             timeout=120)
     text = (result.stdout + result.stderr).strip()
     assert result.returncode == 2, text
     assert len(text.splitlines()) == 1 and "Traceback" not in text and key in text, text
-    assert "1.5" not in text or command != "serve"  # a token's value is never echoed
+    assert "1.5" not in text  # a token's value is never echoed

@@ -202,20 +202,25 @@ def test_tag_reads_and_writes_s3(ray_local, s3_bucket, sample_photos):
     assert again.images == 0 and again.skipped_already_tagged == 4
 
 
+# A predict stage with 1-thread actors and at least two of them.
+PREDICT_STAGE = {"pool_min": 2, "pool_max": "auto", "num_gpus": "auto", "gpu_fraction": 0.5, "torch_threads": 1,
+                 "concurrent_batches": 1, "batch_size": 8, "num_cpus": 0.5, "max_tasks_in_flight": None,
+                 "scheduling_strategy": None, "resources": None, "max_restarts": 0}
+
+
 def test_a_small_job_starts_no_more_actors_than_it_has_batches(ray_local):
     """The first actor stage's pool is capped at the batches it can get: three photos in
     one input block start one actor, not the two that pool_min asks for (the second
     would load both models on the cores the first one works on, for nothing)."""
     from emotion.pipelines.tagging import _pool
+    from emotion.settings import ActorStage
     from emotion.tagging.pools import most_batches
 
     assert most_batches(3, 8, 8) == 1
     assert most_batches(300, 8, 8) == 38
     assert most_batches(24, 2, 1) == 12  # batches smaller than blocks: one per block
     assert most_batches(100, 8, 32) == 4  # larger: Ray Data bundles blocks up to the batch size
-    stage = {"pool_min": 2, "pool_max": "auto", "num_gpus": "auto", "gpu_fraction": 0.5, "torch_threads": 1,
-             "concurrent_batches": 1, "batch_size": 8, "num_cpus": 0.5, "max_tasks_in_flight": None,
-             "scheduling_strategy": None, "resources": None, "max_restarts": 0}
+    stage = ActorStage.model_validate(PREDICT_STAGE)
     small = _pool(stage, use_gpu=False, batches=1)["compute"]
     assert (small.min_size, small.max_size) == (1, 1)
     large = _pool(stage, use_gpu=False, batches=38)["compute"]  # the fixture's Ray has 2 CPUs
@@ -226,13 +231,16 @@ def test_auto_pool_max_fills_the_cores_or_the_gpus_and_keeps_pool_min():
     """``pool_max: auto`` (the local predict stage): one 1-thread actor per core, one
     three-batch actor per three cores, as many GPU shares as the GPUs hold; never below
     ``pool_min``. On this project's 2-core CI machine it gives the two actors measured."""
+    from emotion.settings import ActorStage
     from emotion.tagging.pools import auto_pool_max
 
-    stage = {"pool_min": 2, "torch_threads": 1, "concurrent_batches": 1}
-    assert auto_pool_max(stage, 0.0, {"CPU": 2.0}) == 2
-    assert auto_pool_max(stage, 0.0, {"CPU": 16.0}) == 16
-    assert auto_pool_max({**stage, "concurrent_batches": 3}, 0.0, {"CPU": 16.0}) == 5
-    assert auto_pool_max({**stage, "torch_threads": None}, 0.0, {"CPU": 16.0}) == 2  # pool_min
-    assert auto_pool_max(stage, 0.5, {"CPU": 16.0, "GPU": 1.0}) == 2
-    assert auto_pool_max(stage, 0.5, {"CPU": 64.0, "GPU": 4.0}) == 8
-    assert auto_pool_max({**stage, "pool_min": 1}, 0.0, {"CPU": 1.0}) == 1
+    def stage(**changes) -> ActorStage:
+        return ActorStage.model_validate({**PREDICT_STAGE, **changes})
+
+    assert auto_pool_max(stage(), 0.0, {"CPU": 2.0}) == 2
+    assert auto_pool_max(stage(), 0.0, {"CPU": 16.0}) == 16
+    assert auto_pool_max(stage(concurrent_batches=3), 0.0, {"CPU": 16.0}) == 5
+    assert auto_pool_max(stage(torch_threads=None), 0.0, {"CPU": 16.0}) == 2  # pool_min
+    assert auto_pool_max(stage(), 0.5, {"CPU": 16.0, "GPU": 1.0}) == 2
+    assert auto_pool_max(stage(), 0.5, {"CPU": 64.0, "GPU": 4.0}) == 8
+    assert auto_pool_max(stage(pool_min=1), 0.0, {"CPU": 1.0}) == 1

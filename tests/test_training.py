@@ -21,6 +21,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from tests.configs import NO_AUGMENT, augment_settings, default_section, loop_settings
 from tests.conftest import PROJECT_ROOT
 from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
 
@@ -73,17 +74,23 @@ def ray_checkpoint_files(run_dir: Path) -> list[Path]:
 
 # -- framework-free pieces ----------------------------------------------------------------
 def test_schedules_warm_up_then_decay():
-    from emotion.training.schedule import build_schedule
+    from emotion.settings import ConfigError, LoopSettings, parse_settings
+    from emotion.training.schedule import LRSchedule, build_schedule
 
-    cosine = build_schedule({"schedule": "cosine", "warmup_epochs": 1}, steps_per_epoch=10, epochs=5)
+    cosine = build_schedule(loop_settings(schedule="cosine", warmup_epochs=1, min_lr_factor=0.0, epochs=5),
+                            steps_per_epoch=10)
     factors = [cosine.factor(s) for s in range(50)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[9:], factors[10:]))  # non-increasing after warm-up
     assert factors[-1] < 0.01
-    step = build_schedule({"schedule": "step", "step_epochs": 2, "gamma": 0.1}, steps_per_epoch=10, epochs=6)
+    step = build_schedule(loop_settings(schedule="step", step_epochs=2, gamma=0.1, warmup_epochs=0, epochs=6),
+                          steps_per_epoch=10)
     assert [step.factor(s) for s in (0, 19, 20, 40)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
     with pytest.raises(ValueError, match="unknown lr schedule"):
-        build_schedule({"schedule": "linear"}, 10, 1)
+        LRSchedule("linear", total_steps=10, steps_per_epoch=10, warmup_steps=0, min_factor=0.0, step_epochs=3,
+                   gamma=0.1)
+    with pytest.raises(ConfigError, match="train.schedule='linear'"):
+        parse_settings(LoopSettings, {**default_section("train", "train"), "schedule": "linear"}, prefix="train")
 
 
 def test_mixed_precision_only_on_gpu():
@@ -99,10 +106,11 @@ def test_mixed_precision_only_on_gpu():
 
 
 def test_augment_is_seeded_and_keeps_shape_and_range():
-    from emotion.training.augment import AugmentConfig, augment, build_augment, prepare_eval
+    from emotion.settings import ConfigError, LoopSettings, parse_settings
+    from emotion.training.augment import augment, prepare_eval
 
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8))
-    cfg = AugmentConfig(erase_prob=1.0)
+    cfg = augment_settings(erase_prob=1.0)
     a = augment(images, cfg, torch.Generator().manual_seed(1))
     b = augment(images, cfg, torch.Generator().manual_seed(1))
     c = augment(images, cfg, torch.Generator().manual_seed(2))
@@ -110,10 +118,13 @@ def test_augment_is_seeded_and_keeps_shape_and_range():
     assert torch.equal(a, b) and not torch.equal(a, c)
     plain = prepare_eval(images)
     # With every transform off, augmentation is the identity up to resampling error.
-    off = AugmentConfig(flip=False, max_rotation_deg=0, min_scale=1.0, max_shift=0, brightness=0, contrast=0)
+    off = augment_settings(**NO_AUGMENT)
     assert torch.allclose(augment(images, off), plain, atol=1e-4)
-    with pytest.raises(ValueError, match="unknown augmentation"):
-        build_augment({"hue": 0.1})
+    loop = default_section("train", "train")
+    with pytest.raises(ConfigError, match="train.augment.hue: unknown key"):
+        parse_settings(LoopSettings, {**loop, "augment": {**loop["augment"], "hue": 0.1}}, prefix="train")
+    with pytest.raises(ValueError, match="train.augment"):
+        augment(images, None)  # training batches cannot go without the settings
 
 
 def test_person_rows_cut_heads_bodies_and_skip_unknown_boxes():
@@ -157,7 +168,6 @@ def test_train_state_keeps_the_best_validation_epoch_and_history_files(tmp_path)
 
 def test_epoch_loop_learns_and_checkpoint_round_trip_restores_optimizer(tmp_path):
     from emotion.models.registry import build_model
-    from emotion.training.augment import AugmentConfig
     from emotion.training.families import get_family
     from emotion.training.loop import (TrainState, build_optimizer, evaluate, restore_training_checkpoint,
                                        save_training_checkpoint, train_epoch)
@@ -173,11 +183,12 @@ def test_epoch_loop_learns_and_checkpoint_round_trip_restores_optimizer(tmp_path
     batches = [{"crop_head": crops[i:i + 12], "labels": labels[i:i + 12]} for i in range(0, 48, 12)]
     family = get_family("face_cnn")
     model = family.build_model({"labels": list(CLASSES), "backbone": "toy", "pretrained": False, "input_size": 32})
-    optimizer = build_optimizer(model, {"lr": 1e-2})
-    schedule = build_schedule({"schedule": "constant"}, steps_per_epoch=4, epochs=8)
-    criterion = family.build_criterion({"label_smoothing": 0.0}, model)
+    settings = loop_settings(lr=1e-2, schedule="constant", warmup_epochs=0, epochs=8, label_smoothing=0.0)
+    optimizer = build_optimizer(model, settings)
+    schedule = build_schedule(settings, steps_per_epoch=4)
+    criterion = family.build_criterion(settings, model)
     state = TrainState()
-    off = AugmentConfig(flip=False, max_rotation_deg=0, min_scale=1.0, max_shift=0, brightness=0, contrast=0)
+    off = augment_settings(**NO_AUGMENT)
     losses = []
     for epoch in range(8):
         metrics = train_epoch(model, batches, family, criterion, optimizer, schedule, state,
@@ -199,7 +210,7 @@ def test_epoch_loop_learns_and_checkpoint_round_trip_restores_optimizer(tmp_path
     path = save_training_checkpoint(str(tmp_path / "c.ckpt"), model_name="face_cnn", model=model,
                                     optimizer=optimizer, state=state, train_cfg={"x": 1}, metrics=report)
     fresh = build_model("face_cnn", dict(model.config))
-    fresh_optimizer = build_optimizer(fresh, {"lr": 1e-2})
+    fresh_optimizer = build_optimizer(fresh, settings)
     restored = restore_training_checkpoint(path, fresh, fresh_optimizer)
     assert (restored.epoch, restored.step) == (8, 32)
     assert fresh_optimizer.state_dict()["state"][0]["step"].item() == 32
@@ -333,7 +344,6 @@ def test_cocoer_family_trains_on_synthetic_scene_rows(tmp_path):
     synthetic EMOTIC-style scenes, its five-term criterion, mAP as the selection score."""
     from emotion.data import read_dataset
     from emotion.data.synthetic import generate_synthetic_emotic
-    from emotion.training.augment import AugmentConfig
     from emotion.training.families import get_family
     from emotion.training.loop import TrainState, build_optimizer, evaluate, train_epoch
     from emotion.training.rows import CropSpec, person_rows
@@ -349,11 +359,12 @@ def test_cocoer_family_trains_on_synthetic_scene_rows(tmp_path):
                        num_labels=len(data.labels), multi_label=True)
     assert {f"crop_{m}" for m in ("head", "body", "context")} <= set(rows) and len(rows["labels"]) >= 6
     batches = [{k: v[i:i + 4] for k, v in rows.items()} for i in range(0, len(rows["labels"]), 4)]
-    criterion = family.build_criterion({}, model)
-    optimizer = build_optimizer(model, {"lr": 1e-3})
+    settings = loop_settings(lr=1e-3, epochs=1, warmup_epochs=0)
+    criterion = family.build_criterion(settings, model)
+    optimizer = build_optimizer(model, settings)
     state = TrainState()
-    out = train_epoch(model, batches, family, criterion, optimizer, build_schedule({}, len(batches), 1), state,
-                      device=torch.device("cpu"), augment_cfg=AugmentConfig())
+    out = train_epoch(model, batches, family, criterion, optimizer, build_schedule(settings, len(batches)), state,
+                      device=torch.device("cpu"), augment_cfg=settings.augment)
     assert math.isfinite(out["train_loss"]) and state.step == len(batches)
     report = evaluate(model, batches)
     assert report["score"] == report["mAP"] and 0.0 <= report["mAP"] <= 1.0 and "per_class_ap" in report
@@ -361,12 +372,18 @@ def test_cocoer_family_trains_on_synthetic_scene_rows(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (PROJECT_ROOT / "jobs/configs/experiment").glob("*.yaml")))
 def test_experiments_compose_into_trainable_configs(name):
+    from omegaconf import OmegaConf
+
+    from emotion.settings import parse_train_settings
     from emotion.training.families import FAMILIES
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={name}", "data.root=/data"])
-    assert cfg.model.name in FAMILIES and cfg.data.train_split and cfg.data.val_split
+    assert cfg.model.name in FAMILIES
+    # A mixture of datasets (data=faces) names its splits per source.
+    assert (cfg.data.get("train_split") and cfg.data.get("val_split")) or cfg.data.get("sources")
     assert cfg.train.epochs >= 1 and cfg.scaling.num_workers >= 1
+    parse_train_settings(OmegaConf.to_container(cfg, resolve=True))  # every key declared, every value valid
 
 
 @pytest.mark.slow
@@ -428,6 +445,7 @@ def test_placement_group_cleaner_filter_drops_only_the_poll_warning(monkeypatch)
 _HOOK_REACHES_DETACHED_ACTORS = """
 import json, logging, ray
 from emotion.pipelines.ray_env import PG_CLEANER_LOGGER, QUIET_TRAIN_POLLING_HOOK, init_ray
+from emotion.settings import RaySettings
 
 @ray.remote(num_cpus=0)
 class Cleaner:  # stands in for Ray Train's PlacementGroupCleaner: detached, started by an actor
@@ -450,13 +468,15 @@ class Controller:  # stands in for Ray Train's controller, started with its own 
         finally:
             ray.kill(cleaner)
 
-init_ray({"num_cpus": 1, "log_to_driver": False}, worker_setup_hook=QUIET_TRAIN_POLLING_HOOK)
+init_ray(RaySettings(address=None, num_cpus=1, num_gpus=None, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=None), worker_setup_hook=QUIET_TRAIN_POLLING_HOOK)
 controller = Controller.options(runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}}).remote()
 print("SEEN", json.dumps(ray.get(controller.cleaner_log.remote())))
 ray.shutdown()
 """
 
 
+@pytest.mark.integration
 def test_training_ray_runs_the_filter_hook_in_detached_actors(tmp_path):
     """The warning is logged in the cleaner actor's process (the driver only prints it as
     forwarded text), so the filter must be installed there: init_ray's setup hook reaches a

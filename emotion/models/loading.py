@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from emotion.devices import resolve_device
 from emotion.models.protocol import EmotionModel, InputSpec, model_id
 from emotion.models.registry import build_model, get_spec_builder
+from emotion.settings import DetectorSettings
 
 # Saved config keys that would read weights from elsewhere (see load_model_from_checkpoint).
 _LOAD_WITHOUT = ("pretrained", "prototypes_from_text")
@@ -85,13 +86,13 @@ def build_emotion_model(cfg: Mapping[str, Any]) -> EmotionModel:
     return build_model(cfg["name"], {**cfg, "device": device})
 
 
-def build_detector_from_config(cfg: Mapping[str, Any]) -> Any:
-    """``cfg.name``: ``retinaface`` (default) or ``full_frame`` (pre-cropped faces)."""
-    from emotion.models.detection.full_frame import build_full_frame_detector
+def build_detector_from_config(settings: DetectorSettings) -> Any:
+    """The detector the ``detector`` group names: ``retinaface``, or ``full_frame``
+    (each image is one pre-cropped face)."""
+    if settings.name == "full_frame":
+        from emotion.models.detection.full_frame import build_full_frame_detector
+
+        return build_full_frame_detector()
     from emotion.models.detection.retinaface import build_detector
 
-    builders = {"retinaface": build_detector, "full_frame": build_full_frame_detector}
-    name = cfg.get("name", "retinaface")
-    if name not in builders:
-        raise ValueError(f"detector.name={name!r} is not one of {sorted(builders)}")
-    return builders[name]({**cfg, "device": resolve_device(cfg.get("device"))})
+    return build_detector(settings)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
 
 import ray
+
+from emotion.settings import RaySettings
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,11 @@ def job_runtime_env(worker_setup_hook: str | None = None) -> dict | None:
     return runtime_env or None
 
 
-def init_ray(cfg: Mapping, worker_setup_hook: str | None = None, metrics_export_port: int | None = None) -> None:
-    """Start or join Ray once per process.
+def init_ray(settings: RaySettings, worker_setup_hook: str | None = None,
+             metrics_export_port: int | None = None) -> None:
+    """Start or join Ray once per process, as the ``ray`` group says.
 
-    ``cfg.address``: null starts a local Ray (the embedded default); ``auto`` or
+    ``settings.address``: null starts a local Ray (the embedded default); ``auto`` or
     ``host:port`` joins a running cluster (Ray's token, if auth is on, comes from
     ``RAY_AUTH_TOKEN`` or the token file as Ray documents). ``worker_setup_hook``: a
     function's module path that every worker process of the job runs at start.
@@ -81,17 +83,16 @@ def init_ray(cfg: Mapping, worker_setup_hook: str | None = None, metrics_export_
     kwargs = {
         "ignore_reinit_error": True,
         "runtime_env": job_runtime_env(worker_setup_hook),
-        "log_to_driver": bool(cfg.get("log_to_driver", True)),
+        "log_to_driver": settings.log_to_driver,
     }
-    address = cfg.get("address")
-    if address:
-        ray.init(address=address, **kwargs)
+    if settings.address:
+        ray.init(address=settings.address, **kwargs)
     else:
         ray.init(
-            num_cpus=cfg.get("num_cpus"),
-            num_gpus=cfg.get("num_gpus"),
-            include_dashboard=bool(cfg.get("include_dashboard", False)),
-            object_store_memory=cfg.get("object_store_memory"),
+            num_cpus=settings.num_cpus,
+            num_gpus=settings.num_gpus,
+            include_dashboard=settings.include_dashboard,
+            object_store_memory=settings.object_store_memory,
             **({"_metrics_export_port": metrics_export_port} if metrics_export_port else {}),
             **kwargs,
         )

@@ -18,6 +18,7 @@ from emotion.models.protocol import InputSpec
 from emotion.pipelines.job_board import StallWatch
 from emotion.pipelines.worker_startup import limit_torch_threads, loading_models
 from emotion.predictor import build_predictor
+from emotion.settings import PredictorConfig
 from emotion.tagging.reads import read_source
 from emotion.tagging.sources import source_path
 from emotion.tagging.units import DETECT_NODE, ROWS_IN_IMAGE
@@ -54,7 +55,7 @@ class DetectStage:
 
     recognizes = False  # whether the actor also loads the emotion model
 
-    def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None,
+    def __init__(self, cfg: PredictorConfig, spec: InputSpec, torch_threads: int | None,
                  decode: Mapping[str, Any] | None = None, run_id: str | None = None, stall_warn_s: float = 0.0):
         with loading_models():
             limit_torch_threads(torch_threads)
@@ -107,7 +108,7 @@ def with_stream_columns(table: pa.Table, people: Mapping[str, np.ndarray]) -> pa
 class RecognizeStage:
     """Actor: loads the emotion model once, turns person rows into output rows."""
 
-    def __init__(self, cfg: dict[str, Any], spec: InputSpec, torch_threads: int | None):
+    def __init__(self, cfg: PredictorConfig, spec: InputSpec, torch_threads: int | None):
         with loading_models():
             limit_torch_threads(torch_threads)
             self.predictor = build_predictor(cfg, detect=False, spec=spec)

@@ -42,7 +42,7 @@ from emotion.pipelines.ray_env import forwarded_env, gpus_available, init_ray
 from emotion.pipelines.tag_inputs import input_dataset
 from emotion.pipelines.tag_stages import DetectStage, PredictStage, RecognizeStage, read_and_decode
 from emotion.schema import output_schema
-from emotion.settings import TagSettings, parse_tag_settings
+from emotion.settings import ActorStage, PredictorConfig, Stages, TagSettings, parse_tag_settings
 from emotion.tagging.digests import ResumeSets, SourceSet
 from emotion.tagging.inputs import InputPlan, plan_inputs
 from emotion.tagging.lock import OutputLock
@@ -55,36 +55,34 @@ from emotion.tagging.units import UnitWriter, WriteStats
 
 log = logging.getLogger(__name__)
 
-def _pool(stage: Mapping, use_gpu: bool, batches: int | None = None) -> dict[str, Any]:
+def _pool(stage: ActorStage, use_gpu: bool, batches: int | None = None) -> dict[str, Any]:
     """``map_batches`` arguments for an actor stage. ``batches``: the most batches it will
     get, if known; a pool larger than that would start actors (each loading the models,
     competing for the cores with the ones that work) that never get a batch."""
-    num_gpus = stage["num_gpus"]
-    num_gpus = (float(stage["gpu_fraction"]) if use_gpu else 0.0) if num_gpus == "auto" else float(num_gpus)
-    pool_max = stage["pool_max"]
-    pool_max = auto_pool_max(stage, num_gpus, ray.cluster_resources()) if pool_max == "auto" else int(pool_max)
-    pool_min = int(stage["pool_min"])
+    num_gpus = (stage.gpu_fraction if use_gpu else 0.0) if stage.num_gpus == "auto" else float(stage.num_gpus)
+    pool_max = auto_pool_max(stage, num_gpus, ray.cluster_resources()) if stage.pool_max == "auto" else stage.pool_max
+    pool_min = stage.pool_min
     if batches is not None:
         pool_min, pool_max = min(pool_min, batches), min(pool_max, batches)
     args = {
         "compute": ActorPoolStrategy(
             min_size=pool_min, max_size=pool_max,
             # Fewer queued batches per actor spread work across actors (and nodes) more evenly.
-            max_tasks_in_flight_per_actor=stage["max_tasks_in_flight"],
-            **_threads(int(stage["concurrent_batches"])),
+            max_tasks_in_flight_per_actor=stage.max_tasks_in_flight,
+            **_threads(stage.concurrent_batches),
         ),
-        "batch_size": int(stage["batch_size"]),
-        "num_cpus": float(stage["num_cpus"]),
+        "batch_size": stage.batch_size,
+        "num_cpus": stage.num_cpus,
         "num_gpus": num_gpus,
-        "max_restarts": int(stage["max_restarts"]),
+        "max_restarts": stage.max_restarts,
     }
-    if stage["scheduling_strategy"]:
+    if stage.scheduling_strategy:
         # SPREAD places a pool's actors on different nodes where it can (clusters).
-        args["scheduling_strategy"] = str(stage["scheduling_strategy"])
-    if stage["resources"]:
+        args["scheduling_strategy"] = stage.scheduling_strategy
+    if stage.resources:
         # Custom resources per actor. Placement guarantee where SPREAD is best effort: with
         # one unit of a resource on each node, asking for one unit gives one actor per node.
-        args["resources"] = {str(name): float(amount) for name, amount in dict(stage["resources"]).items()}
+        args["resources"] = dict(stage.resources)
     return args
 
 
@@ -115,8 +113,8 @@ def _wait_for_pools(seconds: float | None) -> None:
     Without it the first ready actor takes batches while the others are still loading,
     so on a short job one node can do all the work.
     """
-    if seconds is not None and float(seconds) > 0:
-        ray.data.DataContext.get_current().wait_for_min_actors_s = int(math.ceil(float(seconds)))
+    if seconds is not None and seconds > 0:
+        ray.data.DataContext.get_current().wait_for_min_actors_s = int(math.ceil(seconds))
 
 
 def run_tagging(cfg: Mapping) -> TagSummary:
@@ -143,14 +141,13 @@ def tag_images(settings: TagSettings) -> TagSummary:
         # The model's input contract (crops, labels, id) comes from its config: no network
         # is built, but the driver imports torch and reads the checkpoint for it (1-2 s of
         # CPU), so that runs while Ray starts, which mostly waits on its own processes.
-        cfg = settings.model_dump()
-        spec_loading = background.submit(input_spec, cfg["model"])
+        spec_loading = background.submit(input_spec, settings.model.model_dump())
         resume = ResumeSets(done=state.done.digests if state is not None else SourceSet().digests,
                             retry=state.failed.digests if state is not None and settings.retry_errors
                             else SourceSet().digests)
         todo, retried = resume.todo(plan.entries) if plan.entries is not None else (None, 0)
         if todo is None or todo:
-            init_ray(cfg["ray"])
+            init_ray(settings.ray)
         spec = spec_loading.result()  # a bad model or checkpoint raises here, before any row is dropped or written
         if state is not None:
             state.check_model(spec.model_id)
@@ -226,16 +223,16 @@ def _run_pipeline(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo:
                   resume: ResumeSets, summary: TagSummary, lock: OutputLock) -> dict[str, int] | None:
     """One Ray Data run of the pipeline; adds what it committed to ``summary``. Returns the
     listing tasks' counts (``JobBoard.listing``) when they listed the input, else None."""
-    cfg = settings.model_dump()
     use_gpu = gpus_available()
-    model_cfg = {"detector": cfg["detector"], "model": cfg["model"], "predictor": cfg["predictor"]}
+    # What the actors build their predictor from (a pydantic model travels to them pickled).
+    predictor_config = PredictorConfig(detector=settings.detector, model=settings.model, predictor=settings.predictor)
     schema = output_schema(list(spec.labels), spec.model_id)
 
-    stages = cfg["stages"]
-    _wait_for_pools(stages["wait_for_min_actors_s"])
+    stages = settings.stages
+    _wait_for_pools(stages.wait_for_min_actors_s)
     env = forwarded_env()
     remote_env = {"runtime_env": {"env_vars": env}} if env else {}
-    block = int(stages["decode"]["batch_size"])
+    block = stages.decode.batch_size
     board = JobBoard(lock.run_id)
     if todo is not None:
         # from_blocks (a Ray Data developer API) reads the blocks' metadata here; from_arrow
@@ -244,31 +241,32 @@ def _run_pipeline(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo:
         ds = ray.data.from_blocks(source_blocks(todo, block))
         images, listing_tasks = len(todo), 0
     else:
-        listing = stages["list"]
+        listing = stages.list
         ds, listing_tasks = input_dataset(
             plan, resume, path_column=settings.path_column, run_id=lock.run_id, limit=settings.limit,
-            num_cpus=float(listing["num_cpus"]), max_tasks=listing["max_tasks"],
-            read_tasks=int(listing["read_tasks"]), block_bytes=int(listing["block_bytes"]))
+            num_cpus=listing.num_cpus, max_tasks=listing.max_tasks, read_tasks=listing.read_tasks,
+            block_bytes=listing.block_bytes)
         images = None
     decode_kwargs = {"max_side": settings.predictor.max_image_side, "max_pixels": settings.max_pixels,
                      "max_file_bytes": settings.max_file_bytes, "read_timeout_s": settings.read_timeout_s}
-    decode_in_actors = decodes_in_actors(stages["decode"]["in_actors"], use_gpu)
+    decode_in_actors = decodes_in_actors(stages.decode.in_actors, use_gpu)
     if not decode_in_actors:
-        decode_tasks = stages["decode"]["max_tasks"]
+        decode_tasks = stages.decode.max_tasks
         ds = ds.map_batches(
             read_and_decode,
             batch_size=block,
-            num_cpus=float(stages["decode"]["num_cpus"]),
+            num_cpus=stages.decode.num_cpus,
             # Each concurrent decode task is a worker process that imports Ray Data when it
             # starts: on a small machine a cap keeps that start-up off the model actors' cores.
-            **({"compute": TaskPoolStrategy(size=int(decode_tasks))} if decode_tasks else {}),
+            **({"compute": TaskPoolStrategy(size=decode_tasks)} if decode_tasks else {}),
             **remote_env,
             fn_kwargs=decode_kwargs,
         )
     first_stage_decode = decode_kwargs if decode_in_actors else None
     watch = {"run_id": lock.run_id, "stall_warn_s": settings.stall_warn_s}
     with _remote_args_through_catch_all():
-        ds = _model_stages(ds, stages, model_cfg, spec, use_gpu, images, block, first_stage_decode, watch, remote_env)
+        ds = _model_stages(ds, stages, predictor_config, spec, use_gpu, images, block, first_stage_decode, watch,
+                           remote_env)
     storage.makedirs(summary.output)
     writer = UnitWriter(summary.output, schema, settings.commit_every_rows, settings.commit_every_s,
                         run_started=lock.started, run_id=lock.run_id, first_seq=len(summary.files),
@@ -311,36 +309,36 @@ def _add_run(summary: TagSummary, stats: WriteStats, counts: PipelineCounts) -> 
         summary.images_by_node[node] = summary.images_by_node.get(node, 0) + n
 
 
-def _model_stages(ds: ray.data.Dataset, stages: Mapping, model_cfg: dict, spec: InputSpec, use_gpu: bool,
-                  images: int | None, block: int, first_stage_decode: dict | None, watch: dict,
+def _model_stages(ds: ray.data.Dataset, stages: Stages, predictor_config: PredictorConfig, spec: InputSpec,
+                  use_gpu: bool, images: int | None, block: int, first_stage_decode: dict | None, watch: dict,
                   remote_env: dict) -> ray.data.Dataset:
     """The actor stages: one fused predict pool, or detect then recognize pools."""
-    if stages["fuse"]:
-        predict_cfg = stages["predict"]
+    if stages.fuse:
+        predict = stages.predict
         ds = ds.map_batches(
             PredictStage,
-            fn_constructor_kwargs={"cfg": model_cfg, "spec": spec, "torch_threads": predict_cfg["torch_threads"],
+            fn_constructor_kwargs={"cfg": predictor_config, "spec": spec, "torch_threads": predict.torch_threads,
                                    "decode": first_stage_decode, **watch},
-            **_pool(predict_cfg, use_gpu, _most_batches(images, block, predict_cfg)),
+            **_pool(predict, use_gpu, _most_batches(images, block, predict)),
             **remote_env,
         )
     else:
-        detect_cfg, recognize_cfg = stages["detect"], stages["recognize"]
+        detect, recognize = stages.detect, stages.recognize
         ds = ds.map_batches(
             DetectStage,
-            fn_constructor_kwargs={"cfg": model_cfg, "spec": spec, "torch_threads": detect_cfg["torch_threads"],
+            fn_constructor_kwargs={"cfg": predictor_config, "spec": spec, "torch_threads": detect.torch_threads,
                                    "decode": first_stage_decode, **watch},
-            **_pool(detect_cfg, use_gpu, _most_batches(images, block, detect_cfg)),
+            **_pool(detect, use_gpu, _most_batches(images, block, detect)),
             **remote_env,
         )
         ds = ds.map_batches(
             RecognizeStage,
-            fn_constructor_kwargs={"cfg": model_cfg, "spec": spec, "torch_threads": recognize_cfg["torch_threads"]},
-            **_pool(recognize_cfg, use_gpu),
+            fn_constructor_kwargs={"cfg": predictor_config, "spec": spec, "torch_threads": recognize.torch_threads},
+            **_pool(recognize, use_gpu),
             **remote_env,
         )
     return ds
 
 
-def _most_batches(images: int | None, block: int, stage: Mapping) -> int | None:
-    return None if images is None else most_batches(images, block, int(stage["batch_size"]))
+def _most_batches(images: int | None, block: int, stage: ActorStage) -> int | None:
+    return None if images is None else most_batches(images, block, stage.batch_size)

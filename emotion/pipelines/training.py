@@ -37,16 +37,15 @@ import torch
 
 from emotion import storage
 from emotion.checkpoint import load_checkpoint, save_checkpoint
-from emotion.pipelines.ray_env import QUIET_TRAIN_POLLING_HOOK, forwarded_env, init_ray
+from emotion.pipelines.ray_env import QUIET_TRAIN_POLLING_HOOK, forwarded_env, gpus_available, init_ray
 from emotion.training import history as history_io
-from emotion.training.augment import build_augment
 from emotion.training.families import get_family
 from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, combine_val_reports,
                                    epoch_generator, evaluate,
                                    restore_training_checkpoint, save_training_checkpoint, seed_everything,
                                    train_epoch)
 from emotion.models.loading import input_spec
-from emotion.settings import parse_train_settings
+from emotion.settings import DataSettings, ModelSettings, ScalingSettings, TrainSettings
 from emotion.training.rows import CropSpec, RowCounts, person_rows
 from emotion.training.schedule import build_schedule
 
@@ -71,14 +70,19 @@ def _filesystem(uri: str) -> tuple[Any, str]:
     return storage.get_filesystem(uri, s3)
 
 
-def _label_info(data_cfg: Mapping[str, Any]) -> tuple[str, tuple[str, ...], list[dict[str, Any]] | None]:
+def _format_keys(data: DataSettings) -> dict[str, Any]:
+    """The ``data`` group's format-specific keys (splits, reader options, sources), which
+    the readers check (``emotion.data``)."""
+    return dict(data.model_extra or {})
+
+
+def _label_info(data: DataSettings) -> tuple[str, tuple[str, ...], list[dict[str, Any]] | None]:
     """(label set, labels, samples; None for prepared data, which Ray Data reads itself)."""
-    fmt = str(data_cfg["format"])
-    root = str(data_cfg["root"])
+    fmt, root, keys = data.format, data.root, _format_keys(data)
     if fmt == SOURCES_FORMAT:  # samples are read source by source (_mixture_datasets)
         from emotion.labels import get_label_set
 
-        return str(data_cfg["label_set"]), tuple(get_label_set(str(data_cfg["label_set"]))), []
+        return str(keys["label_set"]), tuple(get_label_set(str(keys["label_set"]))), []
     if fmt == "prepared":
         import pyarrow.parquet as pq
 
@@ -92,8 +96,8 @@ def _label_info(data_cfg: Mapping[str, Any]) -> tuple[str, tuple[str, ...], list
         return label_set, labels, None
     from emotion.data import read_dataset
 
-    options = dict(data_cfg.get("options") or {})
-    splits = [s for s in (data_cfg.get("train_split"), data_cfg.get("val_split")) if s]
+    options = dict(keys.get("options") or {})
+    splits = [s for s in (keys.get("train_split"), keys.get("val_split")) if s]
     options.setdefault("splits", splits)
     sample_set = read_dataset(fmt, root, **options)
     samples = list(sample_set.samples())
@@ -108,7 +112,7 @@ def _rows_batch(batch: pa.Table, spec: CropSpec, num_labels: int, multi_label: b
     return make_rows(samples, spec, RowCounts(), num_labels=num_labels, multi_label=multi_label)
 
 
-def _split_dataset(data_cfg: Mapping[str, Any], samples: list[dict[str, Any]] | None, labels: tuple[str, ...],
+def _split_dataset(root: str, samples: list[dict[str, Any]] | None, labels: tuple[str, ...],
                    label_set: str, split: str, spec: CropSpec, multi_label: bool, seed: int, limit: int | None,
                    rows_per_task: int, make_rows: Callable[..., dict[str, np.ndarray]] = person_rows
                    ) -> ray.data.Dataset:
@@ -116,9 +120,9 @@ def _split_dataset(data_cfg: Mapping[str, Any], samples: list[dict[str, Any]] | 
     if samples is None:  # prepared Parquet shards: `<split>-NNNNN.parquet`
         from emotion.data.prepare import list_shards
 
-        shards = [s for s in list_shards(str(data_cfg["root"])) if os.path.basename(s).startswith(f"{split}-")]
+        shards = [s for s in list_shards(root) if os.path.basename(s).startswith(f"{split}-")]
         if not shards:
-            raise FileNotFoundError(f"no shards of split {split!r} under {data_cfg['root']!r}")
+            raise FileNotFoundError(f"no shards of split {split!r} under {root!r}")
         filesystem, _ = _filesystem(shards[0])
         ds = ray.data.read_parquet([storage.get_filesystem(s)[1] for s in shards], filesystem=filesystem)
         if limit:
@@ -127,7 +131,7 @@ def _split_dataset(data_cfg: Mapping[str, Any], samples: list[dict[str, Any]] | 
         return _rows_dataset(ds, split, spec, labels, multi_label, rows_per_task, make_rows)
     chosen = [s for s in samples if s["split"] == split]
     if not chosen:
-        raise ValueError(f"split {split!r} of {data_cfg['root']!r} has no images "
+        raise ValueError(f"split {split!r} of {root!r} has no images "
                          f"(splits found: {sorted({s['split'] for s in samples})})")
     return _samples_dataset(chosen, labels, label_set, split, spec, multi_label, seed, limit, rows_per_task,
                             make_rows)
@@ -158,27 +162,25 @@ def _rows_dataset(ds: ray.data.Dataset, split: str, spec: CropSpec, labels: tupl
     return ds
 
 
-def build_datasets(cfg: Mapping[str, Any], spec: CropSpec, samples: list[dict[str, Any]] | None,
+def build_datasets(settings: TrainSettings, spec: CropSpec, samples: list[dict[str, Any]] | None,
                    labels: tuple[str, ...], label_set: str, multi_label: bool,
                    make_rows: Callable[..., dict[str, np.ndarray]] = person_rows) -> dict[str, ray.data.Dataset]:
     """``{"train": ..., "val": ...}`` Ray Datasets of training rows (test is never used
     here): one per person with its crops, or what the family's ``make_rows`` makes. A
     mixture of datasets (``data.sources``) gives one ``val_<source>`` per scored source
     instead of ``val``."""
-    data_cfg = cfg["data"]
-    seed = int(cfg.get("seed", 0))
-    rows_per_task = int(cfg["train"].get("rows_per_task", 512))
-    limit = cfg.get("limit")
-    if data_cfg["format"] == SOURCES_FORMAT:
-        return _mixture_datasets(data_cfg, spec, labels, label_set, multi_label, seed, limit, rows_per_task,
+    keys = _format_keys(settings.data)
+    seed, limit, rows_per_task = settings.seed, settings.limit, settings.train.rows_per_task
+    if settings.data.format == SOURCES_FORMAT:
+        return _mixture_datasets(keys["sources"], spec, labels, label_set, multi_label, seed, limit, rows_per_task,
                                  make_rows)
     out = {}
     for key in ("train", "val"):
-        split = data_cfg.get(f"{key}_split")
+        split = keys.get(f"{key}_split")
         if not split:
             raise ValueError(f"data.{key}_split is not set: training needs a train split and a validation split")
-        out[key] = _split_dataset(data_cfg, samples, labels, label_set, str(split), spec, multi_label, seed, limit,
-                                  rows_per_task, make_rows)
+        out[key] = _split_dataset(settings.data.root, samples, labels, label_set, str(split), spec, multi_label, seed,
+                                  limit, rows_per_task, make_rows)
     return out
 
 
@@ -205,7 +207,7 @@ def _source_samples(source: Any, labels: tuple[str, ...]) -> dict[str, list[dict
     return out
 
 
-def _mixture_datasets(data_cfg: Mapping[str, Any], spec: CropSpec, labels: tuple[str, ...], label_set: str,
+def _mixture_datasets(sources: Any, spec: CropSpec, labels: tuple[str, ...], label_set: str,
                       multi_label: bool, seed: int, limit: int | None, rows_per_task: int,
                       make_rows: Callable[..., dict[str, np.ndarray]]) -> dict[str, ray.data.Dataset]:
     """The mixture's one train dataset (every trained source at its weight, shuffled
@@ -214,7 +216,7 @@ def _mixture_datasets(data_cfg: Mapping[str, Any], spec: CropSpec, labels: tuple
 
     train: list[dict[str, Any]] = []
     out: dict[str, ray.data.Dataset] = {}
-    for number, source in enumerate(parse_sources(data_cfg["sources"])):
+    for number, source in enumerate(parse_sources(sources)):
         by_split = _source_samples(source, labels)
         if trained(source):
             rows = by_split[source.train_split]
@@ -284,60 +286,60 @@ def _epoch_row(epoch: int, train: Mapping[str, Any], val: Mapping[str, Any], wor
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker (see the module doc)."""
-    job, train_cfg = config["job"], config["job"]["train"]
+    """Runs on every Ray Train worker (see the module doc). ``config``: the job's settings
+    as a plain dict (``settings``), validated again here, and what the driver measured."""
+    settings = TrainSettings.model_validate(config["settings"])
+    loop = settings.train
     if not logging.getLogger().handlers:  # Ray workers have none: progress lines would be lost
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    if train_cfg.get("torch_threads"):
-        torch.set_num_threads(int(train_cfg["torch_threads"]))
-    seed_everything(int(job.get("seed", 0)) + rank)
+    if loop.torch_threads:
+        torch.set_num_threads(loop.torch_threads)
+    seed_everything(settings.seed + rank)
     device = ray.train.torch.get_device()
     family = get_family(config["model_name"])
     model = family.build_model(config["model_cfg"]).to(device)
-    criterion = family.build_criterion(train_cfg, model)
-    optimizer = build_optimizer(model, train_cfg, family)
-    amp_dtype = amp_dtype_for(str(train_cfg.get("precision", "auto")), device)
+    criterion = family.build_criterion(loop, model, config["class_prior"])
+    optimizer = build_optimizer(model, loop, family)
+    amp_dtype = amp_dtype_for(loop.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    epochs, batch_size = int(train_cfg["epochs"]), int(train_cfg["batch_size"])
-    steps_per_epoch = max(1, (config["train_rows"] // world_size) // batch_size)
-    schedule = build_schedule(train_cfg, steps_per_epoch, epochs)
-    augment_cfg = build_augment(train_cfg.get("augment"))
+    steps_per_epoch = max(1, (config["train_rows"] // world_size) // loop.batch_size)
+    schedule = build_schedule(loop, steps_per_epoch)
 
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()  # set after a crash or on resume=true
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = restore_training_checkpoint(os.path.join(folder, CHECKPOINT_FILE), model, optimizer, scaler)
-    elif config.get("resume_from"):
-        state = restore_training_checkpoint(_resume_file(config["resume_from"]), model, optimizer, scaler)
+    elif settings.resume_from:
+        state = restore_training_checkpoint(_resume_file(settings.resume_from), model, optimizer, scaler)
     start_epoch = state.epoch
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shards = {key: ray.train.get_dataset_shard(key) for key in config["val_keys"]}
     before_training = getattr(family, "before_training", None)  # e.g. CocoER's projection pre-training
-    if before_training is not None and checkpoint is None and not config.get("resume_from"):
+    if before_training is not None and checkpoint is None and not settings.resume_from:
         # Once per fresh run, before DDP wraps the model (DDP then copies rank 0's result to every rank).
-        before_training(model, train_shard.iter_batches(batch_size=int(train_cfg.get("eval_batch_size", 256)),
-                                                        batch_format="numpy"), train_cfg, device)
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=train_cfg.get("ddp") or None)
+        before_training(model, train_shard.iter_batches(batch_size=loop.eval_batch_size, batch_format="numpy"),
+                        loop, device)
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=loop.ddp or None)
     nodes, pids = _gather_placement()
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, loop.epochs):
         started = time.perf_counter()
-        batches = train_shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
-                                           local_shuffle_buffer_size=train_cfg.get("shuffle_buffer") or None,
-                                           local_shuffle_seed=int(job.get("seed", 0)) * 7919 + epoch * 31 + rank)
-        generator = epoch_generator(int(job.get("seed", 0)), epoch, rank, device)
+        batches = train_shard.iter_batches(batch_size=loop.batch_size, batch_format="numpy", drop_last=True,
+                                           local_shuffle_buffer_size=loop.shuffle_buffer or None,
+                                           local_shuffle_seed=settings.seed * 7919 + epoch * 31 + rank)
+        generator = epoch_generator(settings.seed, epoch, rank, device)
         train_metrics = train_epoch(model, batches, family, criterion, optimizer, schedule, state, device=device,
-                                    augment_cfg=augment_cfg, amp_dtype=amp_dtype, scaler=scaler,
-                                    grad_clip=train_cfg.get("grad_clip"), generator=generator,
-                                    log_every=int(train_cfg.get("log_every", 0)) if rank == 0 else 0,
-                                    max_steps=steps_per_epoch, sam_rho=float(train_cfg.get("sam_rho") or 0.0))
+                                    augment_cfg=loop.augment, amp_dtype=amp_dtype, scaler=scaler,
+                                    grad_clip=loop.grad_clip, generator=generator,
+                                    log_every=loop.log_every if rank == 0 else 0,
+                                    max_steps=steps_per_epoch, sam_rho=loop.sam_rho)
         evaluate_split = getattr(family, "evaluate", evaluate)
         val = combine_val_reports({
-            key: evaluate_split(model, shard.iter_batches(batch_size=int(train_cfg.get("eval_batch_size", 256)),
-                                                          batch_format="numpy"), rank=rank, world_size=world_size)
+            key: evaluate_split(model, shard.iter_batches(batch_size=loop.eval_batch_size, batch_format="numpy"),
+                                rank=rank, world_size=world_size)
             for key, shard in val_shards.items()})
         state.epoch = epoch + 1
         row = _epoch_row(epoch, train_metrics, val, world_size, start_epoch, nodes, pids, time.perf_counter() - started)
@@ -348,14 +350,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray_checkpoint = None
             if rank == 0:
                 save_training_checkpoint(os.path.join(folder, CHECKPOINT_FILE), model_name=config["model_name"],
-                                         model=model, optimizer=optimizer, state=state, train_cfg=job,
-                                         metrics=metrics, scaler=scaler)
+                                         model=model, optimizer=optimizer, state=state,
+                                         train_cfg=_checkpoint_record(config), metrics=metrics, scaler=scaler)
                 ray_checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=ray_checkpoint)
         if rank == 0:  # after the report: the files list only epochs whose checkpoint was handed over
-            history_io.write_history(job["output"], state.history)
+            history_io.write_history(settings.output, state.history)
             log.info("epoch %d: train loss %.4f, %s %.4f (%.0f s)", epoch, row["train_loss"], SCORE_METRIC,
                      row[SCORE_METRIC], row["epoch_seconds"])
+
+
+def _checkpoint_record(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's settings as a checkpoint keeps them (``extra.train_cfg``), with the train
+    split's class prior where logit adjustment measured one."""
+    record = dict(config["settings"])
+    if config["class_prior"] is not None:
+        record["train"] = {**record["train"], "class_prior": config["class_prior"]}
+    return record
 
 
 # -- driver -----------------------------------------------------------------------------
@@ -387,23 +398,20 @@ class TrainSummary:
         return json.dumps({k: v for k, v in asdict(self).items() if k != "history"}, indent=2)
 
 
-def _scaling_config(scaling: Mapping[str, Any]) -> ray.train.ScalingConfig:
+def _scaling_config(scaling: ScalingSettings) -> ray.train.ScalingConfig:
     """The ``scaling`` group (``jobs/configs/scaling/``) as Ray Train's ScalingConfig."""
-    use_gpu = scaling["use_gpu"]
-    if use_gpu == "auto":
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    resources = {"CPU": float(scaling["cpus_per_worker"])}
+    use_gpu = gpus_available() if scaling.use_gpu == "auto" else scaling.use_gpu
+    resources = {"CPU": scaling.cpus_per_worker}
     if use_gpu:
-        resources["GPU"] = float(scaling["gpus_per_worker"])
-    return ray.train.ScalingConfig(num_workers=int(scaling["num_workers"]), use_gpu=bool(use_gpu),
-                                   resources_per_worker=resources,
-                                   placement_strategy=str(scaling["placement_strategy"]))
+        resources["GPU"] = scaling.gpus_per_worker
+    return ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=use_gpu, resources_per_worker=resources,
+                                   placement_strategy=scaling.placement_strategy)
 
 
-def _storage(cfg: Mapping[str, Any]) -> tuple[str, Any, str]:
+def _storage(settings: TrainSettings) -> tuple[str, Any, str]:
     """(storage path for RunConfig, pyarrow filesystem or None, the run's URI)."""
-    uri = str(cfg.get("storage_path") or storage.join(str(cfg["output"]), "ray"))
-    run_uri = storage.join(uri, str(cfg["run_name"]))
+    uri = settings.storage_path or storage.join(settings.output, "ray")
+    run_uri = storage.join(uri, settings.run_name)
     if storage.is_s3(uri):
         filesystem, path = _filesystem(uri)  # Ray Train's controller does not see this environment
         return path, filesystem, run_uri
@@ -417,24 +425,26 @@ def _absolute(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
-def _check_resume(cfg: Mapping[str, Any], run_uri: str) -> None:
+def _check_resume(settings: TrainSettings, run_uri: str) -> None:
     exists = storage.exists(run_uri) and bool(storage.list_files(run_uri))
-    if exists and not cfg.get("resume"):
+    if exists and not settings.resume:
         raise ValueError(f"a training run already exists at {run_uri}: pass resume=true to continue it, "
                          "or choose another output / run_name")
-    if exists and cfg.get("resume_from"):
+    if exists and settings.resume_from:
         raise ValueError(f"resume_from starts a new run, but {run_uri} already exists: use resume=true to continue "
                          "that run, or another run_name")
 
 
-def model_config(cfg: Mapping[str, Any], labels: tuple[str, ...]) -> dict[str, Any]:
-    """The model's config: ``model`` minus job-only keys, with the dataset's labels."""
-    model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k not in ("name", "checkpoint", "device")}
+def model_config(model: ModelSettings, data: DataSettings, labels: tuple[str, ...]) -> dict[str, Any]:
+    """The model's config: the ``model`` keys the YAML sets, minus job-only ones, with the
+    dataset's labels."""
+    model_cfg = {k: v for k, v in model.model_dump(exclude_unset=True).items()
+                 if k not in ("name", "checkpoint", "device")}
     if model_cfg.get("labels") and list(model_cfg["labels"]) != list(labels):
         raise ValueError(f"model.labels {model_cfg['labels']} differ from the dataset's labels {list(labels)}")
     model_cfg["labels"] = list(labels)
-    if cfg["data"].get("multi_label") is not None:
-        model_cfg["multi_label"] = bool(cfg["data"]["multi_label"])
+    if data.multi_label is not None:
+        model_cfg["multi_label"] = data.multi_label
     return model_cfg
 
 
@@ -462,57 +472,59 @@ def export_best(result: Any, output: str, model_name: str) -> tuple[str, dict[st
     return target, ckpt["metrics"] or {}, latest["extra"] or {}
 
 
-def run_training(cfg: Mapping[str, Any]) -> TrainSummary:
-    """Train ``cfg.model`` on ``cfg.data`` with Ray Train; see the module doc."""
+def run_training(settings: TrainSettings) -> TrainSummary:
+    """Train ``settings.model`` on ``settings.data`` with Ray Train; see the module doc."""
     from ray.train.torch import TorchTrainer
 
     started = time.perf_counter()
-    parse_train_settings(cfg)  # a bad key or value stops here, naming it, before Ray starts
     # Workers run in their own folders: local paths must not be relative.
-    cfg = {**cfg, **{key: _absolute(cfg[key]) for key in ("output", "storage_path", "resume_from") if cfg.get(key)}}
-    model_name = str(cfg["model"]["name"])
+    settings = settings.model_copy(update={key: _absolute(getattr(settings, key))
+                                           for key in ("output", "storage_path", "resume_from")
+                                           if getattr(settings, key)})
+    model_name = settings.model.name
     family = get_family(model_name)  # a family that cannot be trained fails here, before Ray starts
-    storage_path, filesystem, run_uri = _storage(cfg)
-    _check_resume(cfg, run_uri)
+    storage_path, filesystem, run_uri = _storage(settings)
+    _check_resume(settings, run_uri)
     # The hook silences Ray Train's per-second PlacementGroupCleaner warning (see ray_env).
-    init_ray(cfg.get("ray") or {}, worker_setup_hook=QUIET_TRAIN_POLLING_HOOK)
+    init_ray(settings.ray, worker_setup_hook=QUIET_TRAIN_POLLING_HOOK)
 
-    label_set, labels, samples = _label_info(cfg["data"])
-    model_cfg = model_config(cfg, labels)
+    label_set, labels, samples = _label_info(settings.data)
+    model_cfg = model_config(settings.model, settings.data, labels)
     # The model's input contract says which crops to cut; crops shrink images as tagging does.
-    contract = input_spec({**model_cfg, "name": cfg["model"]["name"]})
-    spec = CropSpec(levels=contract.levels, size=contract.input_size, head_expand=float(cfg["data"]["head_expand"]),
-                    max_side=int(cfg["predictor"]["max_image_side"]))
+    contract = input_spec({**model_cfg, "name": model_name})
+    spec = CropSpec(levels=contract.levels, size=contract.input_size, head_expand=settings.data.head_expand,
+                    max_side=settings.predictor.max_image_side)
     make_rows = family.row_maker(model_cfg) if hasattr(family, "row_maker") else person_rows
-    datasets = build_datasets(cfg, spec, samples, labels, label_set, contract.multi_label, make_rows)
+    datasets = build_datasets(settings, spec, samples, labels, label_set, contract.multi_label, make_rows)
     train_rows = datasets["train"].count()
     val_rows = sum(datasets[key].count() for key in val_keys(datasets))
     log.info("training rows: %d, validation rows: %d (%s)", train_rows, val_rows, ", ".join(spec.levels))
     datasets["train"] = datasets["train"].randomize_block_order()  # a new block order every epoch
 
-    failure = ray.train.FailureConfig(max_failures=int(cfg.get("max_failures", 2)))
-    checkpoints = ray.train.CheckpointConfig(num_to_keep=cfg.get("keep_checkpoints", 2),
+    failure = ray.train.FailureConfig(max_failures=settings.max_failures)
+    checkpoints = ray.train.CheckpointConfig(num_to_keep=settings.keep_checkpoints,
                                              checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max")
     # Workers write metrics and read data through emotion.storage: give them the driver's S3 settings.
     env_vars = forwarded_env()
-    run_config = ray.train.RunConfig(name=str(cfg["run_name"]), storage_path=storage_path,
+    run_config = ray.train.RunConfig(name=settings.run_name, storage_path=storage_path,
                                      storage_filesystem=filesystem, failure_config=failure,
                                      checkpoint_config=checkpoints,
                                      worker_runtime_env={"env_vars": env_vars} if env_vars else None)
-    job = dict(cfg)
-    if float(cfg["train"].get("logit_adjust_tau") or 0) > 0:
-        job["train"] = {**cfg["train"], "class_prior": class_prior(datasets["train"], len(labels))}
-        log.info("class prior of the train split: %s", dict(zip(labels, job["train"]["class_prior"])))
-    loop_config = {"job": job, "model_name": model_name, "model_cfg": model_cfg, "train_rows": train_rows,
-                   "resume_from": cfg.get("resume_from"), "val_keys": val_keys(datasets)}
+    prior = None
+    if settings.train.logit_adjust_tau > 0:
+        prior = class_prior(datasets["train"], len(labels))
+        log.info("class prior of the train split: %s", dict(zip(labels, prior)))
+    # Ray Train sends the loop's config as plain data; the workers validate it again.
+    loop_config = {"settings": settings.model_dump(), "model_name": model_name, "model_cfg": model_cfg,
+                   "train_rows": train_rows, "val_keys": val_keys(datasets), "class_prior": prior}
     trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
-                           scaling_config=_scaling_config(cfg["scaling"]), run_config=run_config, datasets=datasets,
+                           scaling_config=_scaling_config(settings.scaling), run_config=run_config, datasets=datasets,
                            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
     result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}") from result.error
 
-    output = str(cfg["output"])
+    output = settings.output
     best_uri, best_metrics, latest_extra = export_best(result, output, model_name)
     history = list(latest_extra.get("history") or [])
     summary = TrainSummary(

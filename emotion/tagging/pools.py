@@ -7,8 +7,10 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+from emotion.settings import ActorStage
 
-def auto_pool_max(stage: Mapping, num_gpus: float, cluster: Mapping[str, float]) -> int:
+
+def auto_pool_max(stage: ActorStage, num_gpus: float, cluster: Mapping[str, float]) -> int:
     """``pool_max: auto``: the most actors the cluster can keep busy, at least ``pool_min``.
 
     With a GPU share per actor, as many as the GPUs hold; else one per
@@ -19,9 +21,9 @@ def auto_pool_max(stage: Mapping, num_gpus: float, cluster: Mapping[str, float])
         fits = int(cluster.get("GPU", 0) / num_gpus + 1e-9)
     else:
         cpus = float(cluster.get("CPU", 1))
-        cores_per_actor = (stage["torch_threads"] or cpus) * int(stage["concurrent_batches"])
+        cores_per_actor = (stage.torch_threads or cpus) * stage.concurrent_batches
         fits = int(cpus / cores_per_actor + 1e-9)
-    return max(int(stage["pool_min"]), fits)
+    return max(stage.pool_min, fits)
 
 
 def most_batches(images: int, block: int, batch_size: int) -> int:

@@ -12,30 +12,19 @@ faces) and ``grayscale`` (colour dropped, for models that read colour).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 
 from emotion.models.backbones import imagenet_normalize
+from emotion.settings import AugmentSettings
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Ranges of the random transforms; zeros turn a transform off."""
-
-    flip: bool = True
-    max_rotation_deg: float = 10.0
-    min_scale: float = 0.85  # zoom in by up to 1/min_scale (a random crop, resized back)
-    max_scale: float = 1.0  # zoom out by up to max_scale (the face smaller in the frame; borders extend)
-    max_shift: float = 0.08  # fraction of the side
-    brightness: float = 0.2  # additive, in [0, 1] pixel units
-    contrast: float = 0.2  # multiplicative around each image's mean
-    erase_prob: float = 0.0  # random erasing of one rectangle (up to a quarter of the side each way)
-    downscale_prob: float = 0.0  # share of images shrunk and enlarged back (bilinear)
-    min_downscale: float = 0.3  # the smallest side a shrunk image gets, as a fraction of its side
-    grayscale_prob: float = 0.0  # share of images turned gray (same value in the three channels)
+def given(cfg: AugmentSettings | None) -> AugmentSettings:
+    """``cfg``, which a training batch cannot do without (the ``train.augment`` settings)."""
+    if cfg is None:
+        raise ValueError("training batches are augmented by the train.augment settings: none were given")
+    return cfg
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -45,7 +34,7 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def random_affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_affine(images: torch.Tensor, cfg: AugmentSettings, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random zoom/shift/rotation/flip of each image of [B, 3, S, S] (border pixels extend)."""
     b = images.shape[0]
     opts = {"device": images.device, "generator": generator}
@@ -68,7 +57,7 @@ def random_affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def color_jitter(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+def color_jitter(images: torch.Tensor, cfg: AugmentSettings, generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-image brightness and contrast jitter of [B, 3, S, S] in [0, 1]."""
     b = images.shape[0]
     opts = {"device": images.device, "generator": generator}
@@ -121,8 +110,10 @@ def random_grayscale(images: torch.Tensor, prob: float, generator: torch.Generat
     return torch.where(chosen.view(-1, 1, 1, 1), gray, images)
 
 
-def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment(images: torch.Tensor, cfg: AugmentSettings | None,
+            generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 [B, S, S, 3] -> augmented, ImageNet-normalised float32 [B, 3, S, S]."""
+    cfg = given(cfg)
     x = to_float(images)
     x = random_affine(x, cfg, generator)
     if cfg.downscale_prob > 0:
@@ -138,13 +129,3 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
 def prepare_eval(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, S, S, 3] -> ImageNet-normalised float32 [B, 3, S, S] (no randomness)."""
     return imagenet_normalize(to_float(images))
-
-
-def build_augment(cfg: Mapping | None) -> AugmentConfig:
-    """An AugmentConfig from a mapping of its field names (missing keys keep defaults)."""
-    cfg = dict(cfg or {})
-    known = set(AugmentConfig.__dataclass_fields__)
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"unknown augmentation setting(s) {unknown}; known: {sorted(known)}")
-    return AugmentConfig(**cfg)

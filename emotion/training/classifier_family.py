@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emotion.training.augment import AugmentConfig, augment, prepare_eval
+from emotion.settings import AugmentSettings, LoopSettings
+from emotion.training.augment import augment, prepare_eval
 from emotion.training.targets import check_target_mode, classification_loss, loss_settings
 
 
@@ -55,11 +56,12 @@ class ClassifierFamily:
 
         return build_model(self.builder_name, cfg)
 
-    def build_criterion(self, cfg: Mapping[str, Any], model: nn.Module) -> nn.Module:
-        return ClassificationCriterion(model.multi_label, **loss_settings(cfg))
+    def build_criterion(self, settings: LoopSettings, model: nn.Module,
+                        class_prior: list[float] | None = None) -> nn.Module:
+        return ClassificationCriterion(model.multi_label, **loss_settings(settings, class_prior))
 
     def collate(self, batch: Mapping[str, np.ndarray], model: nn.Module, train: bool, device: torch.device,
-                augment_cfg: AugmentConfig | None = None,
+                augment_cfg: AugmentSettings | None = None,
                 generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         inputs = {}
         for level in model.input_levels:
@@ -68,5 +70,5 @@ class ClassifierFamily:
                 raise KeyError(f"training batch has no {key!r} column (columns: {sorted(batch)})")
             # Ray Data hands out read-only arrays; torch wants writable memory.
             images = torch.from_numpy(np.require(batch[key], dtype=np.uint8, requirements="W")).to(device)
-            inputs[level] = augment(images, augment_cfg or AugmentConfig(), generator) if train else prepare_eval(images)
+            inputs[level] = augment(images, augment_cfg, generator) if train else prepare_eval(images)
         return inputs, _targets(batch, device)

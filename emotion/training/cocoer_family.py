@@ -3,9 +3,9 @@
 (``families.Family``; ``families.FAMILIES`` registers it).
 
 * ``build_model(cfg)``: the registry's ``cocoer`` builder (labels from the dataset);
-* ``build_criterion(train_cfg, model)``: ``emotion.losses.CocoERCriterion`` — fused, head,
+* ``build_criterion(settings, model)``: ``emotion.losses.CocoERCriterion`` — fused, head,
   body, context and vocabulary classification terms plus the workspace's gradient
-  distance, weighted by ``train_cfg.loss_weights`` (defaults: ``DEFAULT_WEIGHTS``);
+  distance, weighted by ``train.loss_weights`` (defaults: ``DEFAULT_WEIGHTS``);
 * ``collate``: rows (``crop_head``/``crop_body``/``crop_context`` uint8 [B, S, S, 3],
   ``labels`` multi-hot) -> the forward's ``head``/``body``/``context`` float tensors.
   Non-training batches go through ``CocoER._crops_to_tensor``, the very function
@@ -13,12 +13,12 @@
   sees; training batches go through ``augment`` (same ImageNet normalisation after the
   random transforms). Validation needs no family: ``loop.evaluate`` calls
   ``CocoER.predict`` itself;
-* ``before_training(model, batches, train_cfg, device)``: the short pre-training of the
+* ``before_training(model, batches, settings, device)``: the short pre-training of the
   vocabulary projection ω (step 4 of the pipeline in ``cocoer.py``; ``vocabulary.py``):
   frozen image embeddings of the training split's context windows, then
   ``pretrain_projection`` towards the class prototypes of each person's labels. The loop
   calls it once, before the first epoch of a fresh run (a resumed run has ω in its
-  checkpoint). Settings: ``train_cfg.projection`` (``PROJECTION_DEFAULTS``; ``steps: 0``
+  checkpoint). Settings: ``train.projection`` (``PROJECTION_DEFAULTS``; ``steps: 0``
   skips it).
 
 Only trainable parameters reach the optimiser (``loop.build_optimizer`` keeps those with
@@ -36,7 +36,8 @@ from torch import nn
 
 from emotion.losses import CocoERCriterion
 from emotion.models.joint.vocabulary import collect_embeddings, pretrain_projection, projection_loss
-from emotion.training.augment import AugmentConfig, augment
+from emotion.settings import AugmentSettings, LoopSettings
+from emotion.training.augment import augment
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,9 @@ def _writable_uint8(array: Any) -> np.ndarray:
     return np.require(array, dtype=np.uint8, requirements=("C", "W"))
 
 
-def projection_settings(train_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """``PROJECTION_DEFAULTS`` updated by ``train_cfg.projection``; unknown keys are an error."""
-    given = dict(train_cfg.get("projection") or {})
+def projection_settings(settings: LoopSettings) -> dict[str, Any]:
+    """``PROJECTION_DEFAULTS`` updated by ``train.projection``; unknown keys are an error."""
+    given = dict(settings.projection or {})
     unknown = sorted(set(given) - set(PROJECTION_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown train.projection setting(s) {unknown}; known: {sorted(PROJECTION_DEFAULTS)}")
@@ -85,12 +86,12 @@ class CocoERFamily:
 
         return build_model("cocoer", cfg)
 
-    def build_criterion(self, cfg: Mapping[str, Any], model: nn.Module) -> nn.Module:
-        weights = cfg.get("loss_weights")
-        return CocoERLoss(model.multi_label, dict(weights) if weights else None)
+    def build_criterion(self, settings: LoopSettings, model: nn.Module,
+                        class_prior: list[float] | None = None) -> nn.Module:
+        return CocoERLoss(model.multi_label, settings.loss_weights)
 
     def collate(self, batch: Mapping[str, np.ndarray], model: nn.Module, train: bool, device: torch.device,
-                augment_cfg: AugmentConfig | None = None,
+                augment_cfg: AugmentSettings | None = None,
                 generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Rows -> ({head, body, context: float [B, 3, S, S]}, {labels [B, K], classes [B]})."""
         missing = [f"crop_{m}" for m in model.input_levels if f"crop_{m}" not in batch]
@@ -98,8 +99,8 @@ class CocoERFamily:
             raise KeyError(f"CocoER training batch lacks {missing} (columns: {sorted(batch)})")
         crops = {m: _writable_uint8(batch[f"crop_{m}"]) for m in model.input_levels}
         if train:
-            cfg = augment_cfg or AugmentConfig()
-            inputs = {m: augment(torch.from_numpy(crops[m]).to(device), cfg, generator) for m in model.input_levels}
+            inputs = {m: augment(torch.from_numpy(crops[m]).to(device), augment_cfg, generator)
+                      for m in model.input_levels}
         else:
             inputs = model._crops_to_tensor(crops)  # noqa: SLF001 - the normalisation predict() applies
         labels = torch.as_tensor(np.array(batch["labels"], dtype=np.float32), device=device)  # a writable copy
@@ -113,28 +114,28 @@ class CocoERFamily:
             yield inputs[getattr(model, "vocab_level", "context")], targets["labels"]
 
     def before_training(self, model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]],
-                        train_cfg: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+                        settings: LoopSettings, device: torch.device) -> dict[str, Any]:
         """Pre-train ω on the training rows (see the module doc). Returns what it did:
         ``projection_images``, ``projection_loss_before`` / ``_after`` (the mean squared
         distance to the label prototypes over the embedded rows); empty when skipped."""
-        settings = projection_settings(train_cfg)
-        if int(settings["steps"]) <= 0:
+        projection = projection_settings(settings)
+        if int(projection["steps"]) <= 0:
             return {}
         vocab = model.vocabulary
         was_training = model.training
         model.eval()
         try:
             embeddings, targets = collect_embeddings(vocab, self.context_batches(model, batches, device),
-                                                     max_images=int(settings["max_images"]))
+                                                     max_images=int(projection["max_images"]))
         finally:
             model.train(was_training)
         embeddings = embeddings.to(device)
         targets = targets.to(device)
         with torch.no_grad():
             before = float(projection_loss(vocab.projection(embeddings), targets, vocab.prototypes))
-        pretrain_projection(vocab, embeddings, targets, steps=int(settings["steps"]), lr=float(settings["lr"]),
-                            batch_size=int(settings["batch_size"]), weight_decay=float(settings["weight_decay"]),
-                            seed=int(settings["seed"]))
+        pretrain_projection(vocab, embeddings, targets, steps=int(projection["steps"]), lr=float(projection["lr"]),
+                            batch_size=int(projection["batch_size"]), weight_decay=float(projection["weight_decay"]),
+                            seed=int(projection["seed"]))
         with torch.no_grad():
             after = float(projection_loss(vocab.projection(embeddings), targets, vocab.prototypes))
         report = {"projection_images": int(len(targets)), "projection_loss_before": before,

@@ -31,10 +31,14 @@ from emotion.models.dsct.criterion import build_criterion as build_set_criterion
 from emotion.models.dsct.evaluation import dsct_report
 from emotion.models.dsct.model import build_dsct
 from emotion.models.dsct.postprocess import postprocess
-from emotion.training.augment import AugmentConfig, color_jitter, to_float
+from emotion.settings import AugmentSettings, LoopSettings
+from emotion.training.augment import color_jitter, given, to_float
 from emotion.training.image_rows import image_rows
 from emotion.training.loop import unwrap
 
+# The backbone's learning rate as a share of ``train.lr`` when ``train.dsct`` does not say
+# (the paper's 0.1); the set criterion's own keys default in ``emotion.models.dsct.criterion``.
+BACKBONE_LR_SCALE = 0.1
 ROW_COLUMNS = ("crop_context", "boxes", "people_labels", "num_people", "labels")
 
 
@@ -62,23 +66,23 @@ class DSCTFamily:
 
     def row_maker(self, model_cfg: Mapping[str, Any]) -> Callable[..., dict[str, np.ndarray]]:
         """``image_rows`` with room for the model's subject queries."""
-        return partial(image_rows, max_people=int(model_cfg.get("num_subject_queries", 8)))
+        return partial(image_rows, max_people=int(model_cfg["num_subject_queries"]))
 
     def build_model(self, cfg: Mapping[str, Any]) -> nn.Module:
         return build_dsct(cfg)
 
-    def build_criterion(self, cfg: Mapping[str, Any], model: nn.Module) -> nn.Module:
-        settings = dict(cfg.get("dsct") or {})
-        return build_set_criterion({**settings, "dec_layers": int(model.config["dec_layers"]),
+    def build_criterion(self, settings: LoopSettings, model: nn.Module,
+                        class_prior: list[float] | None = None) -> nn.Module:
+        return build_set_criterion({**(settings.dsct or {}), "dec_layers": int(model.config["dec_layers"]),
                                     "multi_label": bool(model.multi_label)})
 
-    def parameter_groups(self, model: nn.Module, cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
-        settings = dict(cfg.get("dsct") or {})
-        return model.parameter_groups(float(cfg.get("lr", 2e-4)), float(settings.get("backbone_lr_scale", 0.1)),
-                                      float(cfg.get("weight_decay", 1e-4)))
+    def parameter_groups(self, model: nn.Module, settings: LoopSettings) -> list[dict[str, Any]]:
+        scale = (settings.dsct or {}).get("backbone_lr_scale")
+        return model.parameter_groups(settings.lr, BACKBONE_LR_SCALE if scale is None else float(scale),
+                                      settings.weight_decay)
 
     def collate(self, batch: Mapping[str, np.ndarray], model: nn.Module, train: bool, device: torch.device,
-                augment_cfg: AugmentConfig | None = None,
+                augment_cfg: AugmentSettings | None = None,
                 generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         missing = [c for c in ROW_COLUMNS if c not in batch]
         if missing:
@@ -87,7 +91,7 @@ class DSCTFamily:
         images = to_float(torch.from_numpy(np.require(batch["crop_context"], dtype=np.uint8, requirements="W")).to(device))
         flipped = None
         if train:
-            cfg = augment_cfg or AugmentConfig()
+            cfg = given(augment_cfg)
             if cfg.flip:
                 flipped = torch.rand(len(images), device=device, generator=generator) < 0.5
                 images = torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)

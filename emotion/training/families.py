@@ -7,8 +7,10 @@ parts that differ (``Family``):
   with ``config`` (a JSON-able mapping that ``emotion.models.registry.build_model(name,
   config)`` rebuilds it from), ``labels``, ``multi_label``, ``input_levels``,
   ``input_size``; ``forward(**{level: images})`` returns a dict with ``logits`` [B, K];
-* ``build_criterion(cfg, model) -> nn.Module`` — ``criterion(outputs, targets)`` returns
-  a dict of loss terms with the total under ``loss``;
+* ``build_criterion(settings, model, class_prior) -> nn.Module`` — from the ``train``
+  settings (``emotion.settings.LoopSettings``) and, when ``train.logit_adjust_tau`` > 0,
+  the train split's class prior; ``criterion(outputs, targets)`` returns a dict of loss
+  terms with the total under ``loss``;
 * ``collate(batch, model, train, device, augment_cfg, generator) -> (inputs, targets)`` —
   training rows (``rows.py``: ``crop_<level>`` uint8, ``labels`` multi-hot, ``vad``)
   into the forward's keyword inputs (augmented when ``train``) and the criterion's
@@ -22,11 +24,11 @@ Optional seams, for models that are not crop classifiers (DSCT finds the people 
 * ``row_maker(model_cfg) -> make_rows`` — rows other than one per person (default
   ``rows.person_rows``), called as ``make_rows(samples, spec, counts, num_labels=,
   multi_label=)``;
-* ``parameter_groups(model, train_cfg)`` — optimiser groups (default: weight decay on
+* ``parameter_groups(model, settings)`` — optimiser groups (default: weight decay on
   matrices and kernels only, one learning rate);
 * ``evaluate(model, batches, rank=, world_size=)`` — validation (default ``loop.evaluate``);
   returns a report with ``score``;
-* ``before_training(model, batches, train_cfg, device)`` — once per fresh run (CocoER).
+* ``before_training(model, batches, settings, device)`` — once per fresh run (CocoER).
 
 ``FAMILIES`` maps a registered model name to its family.
 """
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from emotion.training.augment import AugmentConfig
+from emotion.settings import AugmentSettings, LoopSettings
 from emotion.training.classifier_family import ClassificationCriterion, ClassifierFamily
 from emotion.training.cocoer_family import CocoERFamily
 from emotion.training.dsct_family import DSCTFamily
@@ -51,10 +53,11 @@ class Family(Protocol):
 
     def build_model(self, cfg: Mapping[str, Any]) -> nn.Module: ...
 
-    def build_criterion(self, cfg: Mapping[str, Any], model: nn.Module) -> nn.Module: ...
+    def build_criterion(self, settings: LoopSettings, model: nn.Module,
+                        class_prior: list[float] | None = None) -> nn.Module: ...
 
     def collate(self, batch: Mapping[str, np.ndarray], model: nn.Module, train: bool, device: torch.device,
-                augment_cfg: AugmentConfig | None = None,
+                augment_cfg: AugmentSettings | None = None,
                 generator: torch.Generator | None = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]: ...
 

@@ -23,7 +23,7 @@ from torch import nn
 from emotion.checkpoint import load_checkpoint, save_checkpoint
 from emotion.evaluation import predict_rows
 from emotion.metrics import evaluation_report, score_batches
-from emotion.training.augment import AugmentConfig
+from emotion.settings import AugmentSettings, LoopSettings
 from emotion.training.schedule import LRSchedule
 
 log = logging.getLogger(__name__)
@@ -57,20 +57,18 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
-def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], family: Any = None) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, settings: LoopSettings, family: Any = None) -> torch.optim.Optimizer:
     """AdamW; weight decay on weight matrices/kernels only (not on biases and norms), or
-    the groups of ``family.parameter_groups(model, cfg)`` where a family has them."""
-    betas = tuple(float(b) for b in cfg.get("betas", (0.9, 0.999)))
+    the groups of ``family.parameter_groups(model, settings)`` where a family has them."""
     if family is not None and hasattr(family, "parameter_groups"):
-        groups = family.parameter_groups(model, cfg)
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=float(cfg.get("lr", 1e-3)), betas=betas)
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": float(cfg.get("weight_decay", 0.05))},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=float(cfg.get("lr", 1e-3)), betas=betas)
+        groups = family.parameter_groups(model, settings)
+    else:
+        decay, no_decay = [], []
+        for param in model.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+        groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, betas=settings.betas)
 
 
 def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
@@ -111,7 +109,7 @@ def _forward_backward(model: nn.Module, criterion: nn.Module, inputs: Mapping[st
 
 def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], family: Any, criterion: nn.Module,
                 optimizer: torch.optim.Optimizer, schedule: LRSchedule, state: TrainState, *, device: torch.device,
-                augment_cfg: AugmentConfig, amp_dtype: torch.dtype | None = None,
+                augment_cfg: AugmentSettings, amp_dtype: torch.dtype | None = None,
                 scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
                 generator: torch.Generator | None = None, log_every: int = 0,
                 max_steps: int | None = None, sam_rho: float = 0.0) -> dict[str, float]:

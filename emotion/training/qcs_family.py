@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from emotion.training.augment import AugmentConfig
+from emotion.settings import AugmentSettings, LoopSettings
 from emotion.training.classifier_family import ClassifierFamily
 from emotion.training.quadruplets import sample_quadruplets
 from emotion.training.targets import check_target_mode, classification_loss, loss_settings
@@ -76,11 +76,13 @@ class QCSFamily(ClassifierFamily):
     def __init__(self) -> None:
         super().__init__("qcs")
 
-    def build_criterion(self, cfg: Mapping[str, Any], model: nn.Module) -> nn.Module:
-        return QCSCriterion(weights=cfg.get("loss_weights"), refined=model.cross is not None, **loss_settings(cfg))
+    def build_criterion(self, settings: LoopSettings, model: nn.Module,
+                        class_prior: list[float] | None = None) -> nn.Module:
+        return QCSCriterion(weights=settings.loss_weights, refined=model.cross is not None,
+                            **loss_settings(settings, class_prior))
 
     def collate(self, batch: Mapping[str, np.ndarray], model: nn.Module, train: bool, device: torch.device,
-                augment_cfg: AugmentConfig | None = None,
+                augment_cfg: AugmentSettings | None = None,
                 generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         inputs, targets = super().collate(batch, model, train, device, augment_cfg, generator)
         if train and model.cross is not None:

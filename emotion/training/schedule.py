@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
-
 import torch
+
+from emotion.settings import LoopSettings
 
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -23,10 +23,10 @@ class LRSchedule:
     kind: str
     total_steps: int
     steps_per_epoch: int
-    warmup_steps: int = 0
-    min_factor: float = 0.0
-    step_epochs: int = 3
-    gamma: float = 0.1
+    warmup_steps: int
+    min_factor: float
+    step_epochs: int
+    gamma: float
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
@@ -53,15 +53,16 @@ class LRSchedule:
         return factor
 
 
-def build_schedule(cfg: Mapping, steps_per_epoch: int, epochs: int) -> LRSchedule:
-    """``cfg``: schedule (cosine|step|constant), warmup_epochs, min_lr_factor, step_epochs, gamma."""
+def build_schedule(settings: LoopSettings, steps_per_epoch: int) -> LRSchedule:
+    """The schedule of the ``train`` settings (``schedule``, ``epochs``, ``warmup_epochs``,
+    ``min_lr_factor``, ``step_epochs``, ``gamma``) at ``steps_per_epoch``."""
     steps_per_epoch = max(1, int(steps_per_epoch))
     return LRSchedule(
-        kind=str(cfg.get("schedule", "cosine")),
-        total_steps=steps_per_epoch * max(1, int(epochs)),
+        kind=settings.schedule,
+        total_steps=steps_per_epoch * settings.epochs,
         steps_per_epoch=steps_per_epoch,
-        warmup_steps=int(round(float(cfg.get("warmup_epochs", 0.0)) * steps_per_epoch)),
-        min_factor=float(cfg.get("min_lr_factor", 0.0)),
-        step_epochs=int(cfg.get("step_epochs", 3)),
-        gamma=float(cfg.get("gamma", 0.1)),
+        warmup_steps=int(round(settings.warmup_epochs * steps_per_epoch)),
+        min_factor=settings.min_lr_factor,
+        step_epochs=settings.step_epochs,
+        gamma=settings.gamma,
     )

@@ -20,10 +20,12 @@ softmax, so the row says nothing about it, rather than "not this class".
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from emotion.settings import LoopSettings
 
 TARGET_MODES: tuple[str, ...] = ("majority", "probability", "crossentropy", "multi_target")
 
@@ -105,10 +107,9 @@ def _masked_loss(logits: torch.Tensor, labels: torch.Tensor, known: torch.Tensor
     return -(target * log_p).sum(dim=-1).mean()
 
 
-def loss_settings(train_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The single-label loss keywords a criterion takes from the ``train`` config:
-    ``target_mode``, ``label_smoothing`` and the logit ``adjustment`` (``class_prior`` is
-    put there by the trainer when ``logit_adjust_tau`` > 0)."""
-    return {"target_mode": check_target_mode(str(train_cfg.get("target_mode") or "majority")),
-            "label_smoothing": float(train_cfg.get("label_smoothing", 0.0)),
-            "adjustment": logit_adjustment(train_cfg.get("class_prior"), float(train_cfg.get("logit_adjust_tau") or 0))}
+def loss_settings(settings: LoopSettings, class_prior: list[float] | None = None) -> dict[str, Any]:
+    """The single-label loss keywords a criterion takes from the ``train`` settings:
+    ``target_mode``, ``label_smoothing`` and the logit ``adjustment`` (from the train
+    split's ``class_prior``, which the trainer measures when ``logit_adjust_tau`` > 0)."""
+    return {"target_mode": settings.target_mode, "label_smoothing": settings.label_smoothing,
+            "adjustment": logit_adjustment(class_prior, settings.logit_adjust_tau)}

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emotion.devices import resolve_device
+from emotion.settings import RetinaFaceSettings
 from emotion.models.detection.nms import batched_nms
 from emotion.models.detection.priors import (
     MOBILENET025_ANCHORS,
@@ -482,22 +483,12 @@ class FaceDetector(nn.Module):
         return results
 
 
-def build_detector(cfg: Mapping[str, Any] | None = None) -> FaceDetector:
-    """Build a pretrained RetinaFace-MobileNet-0.25 detector from a plain mapping.
-
-    Keys (all optional): ``weights`` (known name, path, ``pkg://`` or ``s3://`` URI;
-    default ``"retinaface_mobilenet0.25"``), ``score_threshold`` (0.6), ``nms_iou``
-    (0.4), ``max_size`` (640), ``upscale_size`` (= ``max_size``), ``top_k`` (100),
-    ``device`` (``"auto"``: CUDA when available, else CPU).
-    """
-    cfg = {} if cfg is None else cfg
-    net = load_retinaface_state(RetinaFace(), cfg.get("weights", "retinaface_mobilenet0.25"))
-    detector = FaceDetector(
-        net,
-        score_threshold=float(cfg.get("score_threshold", 0.6)),
-        nms_iou=float(cfg.get("nms_iou", 0.4)),
-        max_size=int(cfg.get("max_size", 640)),
-        upscale_size=cfg.get("upscale_size"),
-        top_k=int(cfg.get("top_k", 100)),
-    )
-    return detector.to(resolve_device(cfg.get("device")))
+def build_detector(settings: RetinaFaceSettings) -> FaceDetector:
+    """A pretrained RetinaFace-MobileNet-0.25 detector as the ``detector=retinaface`` group
+    says (``jobs/configs/detector/retinaface.yaml``): ``weights`` (known name, path,
+    ``pkg://`` or ``s3://`` URI), ``score_threshold``, ``nms_iou``, ``max_size``,
+    ``upscale_size``, ``top_k``, ``device`` (``"auto"``: CUDA when available, else CPU)."""
+    net = load_retinaface_state(RetinaFace(), settings.weights)
+    detector = FaceDetector(net, score_threshold=settings.score_threshold, nms_iou=settings.nms_iou,
+                            max_size=settings.max_size, upscale_size=settings.upscale_size, top_k=settings.top_k)
+    return detector.to(resolve_device(settings.device))

@@ -20,10 +20,11 @@ fetches URLs that clients send: it only reads the uploaded bytes.
 ``serve run emotion.pipelines.serving:build_app`` (defaults), ``... config=serve.yaml``
 or ``... overrides="detector=full_frame serve.recognizer.max_batch_size=32"``.
 
-Modules: ``settings`` (the ``serve`` config section, ``ServeArgs`` and ``resolve_config``),
+Modules: ``settings`` (the ``serve`` config section, the serve job's settings, ``ServeArgs``
+and ``resolve_config``),
 ``ingress`` (the FastAPI app and ``EmotionAPI`` deployment: auth, API errors, upload
 checks and response bodies), ``deployment`` (the ``EmotionRecognizer`` model deployment)
-and ``app`` (``build_app`` and the deployment options it applies). The names below are
+and ``app`` (``build_app``, ``bind_app`` and the deployment options they apply). The names below are
 re-exported, so ``emotion.pipelines.serving:build_app`` and
 ``from emotion.pipelines.serving import ...`` keep working.
 """
@@ -31,7 +32,7 @@ re-exported, so ``emotion.pipelines.serving:build_app`` and
 # The builder is ``app.build_app``; Serve reads its parameter annotation at run time, so
 # app.py must not use ``from __future__ import annotations`` (see the note there).
 
-from emotion.pipelines.serving.app import build_app, ingress_options, recognizer_options
+from emotion.pipelines.serving.app import bind_app, build_app, ingress_options, recognizer_options
 from emotion.pipelines.serving.deployment import EmotionRecognizer
 from emotion.pipelines.serving.ingress import (
     ACCEPTED_FORMATS,
@@ -51,17 +52,20 @@ from emotion.pipelines.serving.ingress import (
 )
 from emotion.pipelines.serving.settings import (
     TOKEN_ENV,
+    AppSettings,
     IngressOptions,
     Limits,
     RecognizerOptions,
     ServeArgs,
+    ServeJobSettings,
     ServeSettings,
     resolve_config,
 )
 
 __all__ = [
     # settings
-    "TOKEN_ENV", "Limits", "RecognizerOptions", "IngressOptions", "ServeSettings", "ServeArgs", "resolve_config",
+    "TOKEN_ENV", "Limits", "RecognizerOptions", "IngressOptions", "ServeSettings", "AppSettings", "ServeJobSettings",
+    "ServeArgs", "resolve_config",
     # ingress
     "ACCEPTED_FORMATS", "MULTIPART_OVERHEAD_BYTES", "APIError", "ErrorBody", "ImageSize", "RecognizeResponse",
     "probe_image", "check_request_pixels", "upload_files", "source_name", "json_safe", "image_response",
@@ -69,5 +73,5 @@ __all__ = [
     # deployment
     "EmotionRecognizer",
     # app
-    "recognizer_options", "ingress_options", "build_app",
+    "recognizer_options", "ingress_options", "build_app", "bind_app",
 ]

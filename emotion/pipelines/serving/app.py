@@ -14,13 +14,8 @@ from emotion.devices import cuda_available
 from emotion.pipelines.ray_env import gpus_available
 from emotion.pipelines.serving.deployment import EmotionRecognizer
 from emotion.pipelines.serving.ingress import EmotionAPI
-from emotion.pipelines.serving.settings import (
-    IngressOptions,
-    RecognizerOptions,
-    ServeArgs,
-    ServeSettings,
-    resolve_config,
-)
+from emotion.pipelines.serving.settings import AppSettings, IngressOptions, RecognizerOptions, ServeArgs, resolve_config
+from emotion.settings import PredictorConfig, parse_settings
 
 
 def recognizer_options(options: RecognizerOptions, access_log: bool = True) -> dict:
@@ -63,12 +58,16 @@ def _resolve_num_gpus(options: RecognizerOptions) -> float:
 
 def build_app(args: ServeArgs) -> Application:
     """Typed Serve application builder: the ingress bound to the recognizer."""
-    cfg = resolve_config(args)
-    settings = ServeSettings.model_validate(cfg["serve"] or {})
-    predictor_cfg = {name: cfg[name] for name in ("detector", "model", "predictor")}
-    limits = settings.limits.model_dump()
+    return bind_app(parse_settings(AppSettings, resolve_config(args)))
+
+
+def bind_app(app: AppSettings) -> Application:
+    """The application of settings already parsed (the serve job's, or ``build_app``'s)."""
+    settings = app.serve
+    predictor_config = PredictorConfig(detector=app.detector, model=app.model, predictor=app.predictor)
+    limits = settings.limits
     options = recognizer_options(settings.recognizer, settings.access_log)
     recognizer = EmotionRecognizer.options(**options).bind(
-        predictor_cfg, limits, settings.recognizer.torch_threads, options["user_config"])
+        predictor_config, limits, settings.recognizer.torch_threads, options["user_config"])
     return EmotionAPI.options(**ingress_options(settings.ingress, settings.access_log)).bind(
         recognizer, limits, settings.resolved_token(), settings.readiness_timeout_s, settings.retry_after_s)

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping
+from typing import Any
 
 from ray import serve
 
@@ -25,6 +25,7 @@ from emotion.pipelines.worker_startup import limit_torch_threads, loading_models
 from emotion.models.protocol import model_id
 from emotion.predictor import build_predictor
 from emotion.schema import split_rows
+from emotion.settings import PredictorConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,13 @@ class EmotionRecognizer:
     without reloading the model.
     """
 
-    def __init__(self, predictor_cfg: dict, limits: dict, torch_threads: int, batching: dict):
-        self._limits = Limits.model_validate(limits)
+    def __init__(self, predictor_config: PredictorConfig, limits: Limits, torch_threads: int, batching: dict):
+        self._limits = limits
         with loading_models():
             # Replicas share the machine with the proxy and the ingress: bound intra-op threads.
             limit_torch_threads(torch_threads)
-            self._predictor = build_predictor(predictor_cfg)
-        self._info = _model_info(self._predictor, predictor_cfg)
+            self._predictor = build_predictor(predictor_config)
+        self._info = _model_info(self._predictor, predictor_config)
         # One thread runs the predictor, so the replica's event loop keeps accepting
         # requests (they queue into the next batch) and answering health checks.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictor")
@@ -129,7 +130,7 @@ class EmotionRecognizer:
         }
 
 
-def _model_info(predictor: Any, predictor_cfg: Mapping) -> dict:
+def _model_info(predictor: Any, predictor_config: PredictorConfig) -> dict:
     model = predictor.model
     return {
         "name": model.name,
@@ -141,5 +142,5 @@ def _model_info(predictor: Any, predictor_cfg: Mapping) -> dict:
         "input_size": int(model.input_size),
         "threshold": float(predictor.threshold),
         # A single-stage model finds the people itself: no detector runs.
-        "detector": None if predictor.spec.finds_people else str(predictor_cfg["detector"].get("name", "retinaface")),
+        "detector": None if predictor.spec.finds_people else predictor_config.detector.name,
     }

@@ -245,11 +245,11 @@ async def _bounded(stream: AsyncIterator[bytes], limit: int, what: str) -> Async
 class EmotionAPI:
     """Validates uploads and forwards each image to the recognizer through its handle."""
 
-    def __init__(self, recognizer: DeploymentHandle, limits: dict, auth_token: Optional[str] = None,
-                 readiness_timeout_s: float = 5.0, retry_after_s: int = 1, drain_poll_s: float = 0.25):
+    def __init__(self, recognizer: DeploymentHandle, limits: Limits, auth_token: Optional[str],
+                 readiness_timeout_s: float, retry_after_s: int, drain_poll_s: float = 0.25):
         # One handle per method, made once (each attribute access builds a new one).
         self._methods = {name: getattr(recognizer, name) for name in ("recognize", "info", "stats")}
-        self._limits = Limits.model_validate(limits)
+        self._limits = limits
         self._token = auth_token.encode() if auth_token else None
         self._readiness_timeout_s = readiness_timeout_s
         self._retry_after = {"Retry-After": str(retry_after_s)}

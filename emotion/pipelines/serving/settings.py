@@ -1,7 +1,8 @@
 """Settings of the HTTP API: the ``serve`` config section (``ServeSettings`` with its
-``Limits``, ``RecognizerOptions`` and ``IngressOptions``), the arguments of the application
-builder (``ServeArgs``) and ``resolve_config``, which turns those into the full config
-(``detector``, ``model``, ``predictor``, ``serve``) an application is built from.
+``Limits``, ``RecognizerOptions`` and ``IngressOptions``), the serve job's whole config
+(``ServeJobSettings``), the arguments of the application builder (``ServeArgs``) and
+``resolve_config``, which turns those into the full config (``detector``, ``model``,
+``predictor``, ``serve``) an application is built from (``AppSettings``).
 
 Pure pydantic and OmegaConf/Hydra: no Ray, FastAPI or model code.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from emotion.settings import PredictorConfig, RaySettings
 
 TOKEN_ENV = "EMOTION_API_TOKEN"
 
@@ -30,29 +33,29 @@ class Limits(_Strict):
     tagging: one setting for every path.
     """
 
-    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
-    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_image_bytes: int = Field(ge=1)
+    max_image_pixels: int = Field(ge=1)
     # All images of one request together: a tiny PNG header can promise tens of megapixels,
     # and a batch of them would cost the recognizer the memory and time of their sum.
-    max_request_pixels: int = Field(40_000_000, ge=1)
-    max_batch_files: int = Field(16, ge=1)
+    max_request_pixels: int = Field(ge=1)
+    max_batch_files: int = Field(ge=1)
 
 
 class RecognizerOptions(_Strict):
     """The model deployment: continuous batching and its replicas' resources."""
 
-    max_batch_size: int = Field(16, ge=1)
+    max_batch_size: int = Field(ge=1)
     # Only under load (requests queued while the last batch ran) may a batch wait this
     # long to fill; a request that reaches an idle replica runs at once.
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
-    num_replicas: int = Field(1, ge=1)
-    autoscaling_config: Optional[dict] = None  # replaces num_replicas when set
-    max_ongoing_requests: int = Field(64, ge=1)
-    max_queued_requests: int = Field(128, ge=-1)  # per ingress replica; -1: unbounded; past it: 503
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: Union[float, Literal["auto"]] = "auto"  # auto: gpu_fraction when the cluster has GPUs
-    gpu_fraction: float = Field(1.0, gt=0)
-    torch_threads: int = Field(1, ge=1)
+    batch_wait_timeout_s: float = Field(ge=0)
+    num_replicas: int = Field(ge=1)
+    autoscaling_config: Optional[dict]  # replaces num_replicas when set
+    max_ongoing_requests: int = Field(ge=1)
+    max_queued_requests: int = Field(ge=-1)  # per ingress replica; -1: unbounded; past it: 503
+    num_cpus: float = Field(ge=0)
+    num_gpus: Union[float, Literal["auto"]]  # auto: gpu_fraction when the cluster has GPUs
+    gpu_fraction: float = Field(gt=0)
+    torch_threads: int = Field(ge=1)
 
     @field_validator("max_queued_requests")
     @classmethod
@@ -63,43 +66,44 @@ class RecognizerOptions(_Strict):
 
 
 class IngressOptions(_Strict):
-    num_replicas: int = Field(1, ge=1)
-    autoscaling_config: Optional[dict] = None
-    max_ongoing_requests: int = Field(256, ge=1)
-    num_cpus: float = Field(0.25, ge=0)
+    num_replicas: int = Field(ge=1)
+    autoscaling_config: Optional[dict]
+    max_ongoing_requests: int = Field(ge=1)
+    num_cpus: float = Field(ge=0)
 
 
 class ServeSettings(_Strict):
-    """The ``serve`` section of the config (``jobs/configs/serve/default.yaml``)."""
+    """The ``serve`` section of the config (``jobs/configs/serve/default.yaml`` holds every
+    default)."""
 
     # The section holds the bearer token: pydantic's messages would quote it (the field's
     # value, or the whole section for a model-level error). They still name field and reason.
     model_config = ConfigDict(hide_input_in_errors=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    app_name: str = "emotion"
-    route_prefix: str = "/"
-    auth_token: Optional[SecretStr] = None  # or env EMOTION_API_TOKEN
-    readiness_timeout_s: float = Field(5.0, gt=0)
-    retry_after_s: int = Field(1, ge=0)  # the Retry-After of 503 answers (overloaded, draining)
-    drain_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM: the longest wait for in-flight requests
+    host: str
+    port: int = Field(ge=0, le=65535)
+    app_name: str
+    route_prefix: str
+    auth_token: Optional[SecretStr]  # or env EMOTION_API_TOKEN
+    readiness_timeout_s: float = Field(gt=0)
+    retry_after_s: int = Field(ge=0)  # the Retry-After of 503 answers (overloaded, draining)
+    drain_timeout_s: float = Field(ge=0)  # on SIGTERM: the longest wait for in-flight requests
     # Ray's metrics export port (Prometheus text) of the local Ray this job starts; null: Ray picks one.
-    metrics_export_port: Optional[int] = Field(None, ge=1, le=65535)
+    metrics_export_port: Optional[int] = Field(ge=1, le=65535)
     # How long a stopping ingress replica keeps accepting in HAProxy mode, so a load
     # balancer in front can deregister it (Ray's RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S,
     # 30 s by Ray's default). Set for the local Ray this job starts, whose HAProxy the
     # controller updates directly.
-    direct_ingress_drain_s: float = Field(1.0, ge=0)
-    access_log: bool = True  # one log line per request and replica; off saves CPU under load
+    direct_ingress_drain_s: float = Field(ge=0)
+    access_log: bool  # one log line per request and replica; off saves CPU under load
     # Ray Serve's high-throughput mode (HAProxy ingress, gRPC between replicas). Ray reads
     # it from the environment when its processes start: `jobs/serve.py` sets it for the
     # local Ray it starts; on a cluster, set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 and
     # RAY_SERVE_ENABLE_HA_PROXY=1 on every node instead.
-    throughput_optimized: bool = False
-    limits: Limits = Limits()
-    recognizer: RecognizerOptions = RecognizerOptions()
-    ingress: IngressOptions = IngressOptions()
+    throughput_optimized: bool
+    limits: Limits
+    recognizer: RecognizerOptions
+    ingress: IngressOptions
 
     @field_validator("auth_token", mode="before")
     @classmethod
@@ -124,6 +128,21 @@ class ServeSettings(_Strict):
     def resolved_token(self) -> Optional[str]:
         token = self.auth_token.get_secret_value() if self.auth_token is not None else os.environ.get(TOKEN_ENV)
         return token or None
+
+
+class AppSettings(PredictorConfig):
+    """What an application is built from (``resolve_config``): the predictor's groups and
+    ``serve``."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # `serve` holds the bearer token
+    serve: ServeSettings
+
+
+class ServeJobSettings(AppSettings):
+    """The serve job's config: the application's groups and ``ray``, which the job uses to
+    start or join Ray."""
+
+    ray: RaySettings
 
 
 class ServeArgs(_Strict):
@@ -156,7 +175,10 @@ _SECTIONS = ("detector", "model", "predictor", "serve")
 
 
 def resolve_config(args: ServeArgs) -> dict:
-    """The full config (four sections, plain dicts) an application is built from."""
+    """The full config (four sections, plain dicts) an application is built from.
+
+    A saved config file may predate keys of the ``predictor`` and ``serve`` groups: those
+    take their YAML defaults (``jobs/configs/predictor``, ``jobs/configs/serve``)."""
     from omegaconf import OmegaConf
 
     given = {name: getattr(args, name) for name in _SECTIONS if getattr(args, name) is not None}
@@ -166,7 +188,9 @@ def resolve_config(args: ServeArgs) -> dict:
         path = Path(args.config).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"serve config file {args.config!r} does not exist")
-        base = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(args.overrides)))
+        defaults = _compose_default([])
+        base = OmegaConf.merge({"predictor": defaults.predictor, "serve": defaults.serve}, OmegaConf.load(path),
+                               OmegaConf.from_dotlist(list(args.overrides)))
     else:
         base = _compose_default(list(args.overrides))
     merged = OmegaConf.to_container(OmegaConf.merge(base, given), resolve=True)

@@ -1,0 +1,75 @@
+"""Settings for tests, taken from the jobs' YAML (``jobs/configs``), which holds every
+default: a test states only what it changes."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any, Mapping, Sequence
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from tests.conftest import PROJECT_ROOT
+
+CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
+
+
+def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """A job's config as the command line composes it."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def composed(config_name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """``compose_config`` resolved to plain data."""
+    return OmegaConf.to_container(compose_config(config_name, overrides), resolve=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _default(config_name: str) -> dict[str, Any]:
+    return composed(config_name, ["data.root=/data"] if config_name in ("train", "eval") else [])
+
+
+def default_section(config_name: str, section: str) -> dict[str, Any]:
+    """A copy of one section of a job's default config (e.g. ``("serve", "serve")``)."""
+    return copy.deepcopy(_default(config_name)[section])
+
+
+def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` laid over it, nested mappings key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
+
+
+def loop_settings(**changes: Any):
+    """The ``train`` group's settings (``LoopSettings``) with ``changes``, validated."""
+    from emotion.settings import LoopSettings
+
+    return LoopSettings.model_validate(merged(default_section("train", "train"), changes))
+
+
+def augment_settings(**changes: Any):
+    """The ``train.augment`` settings (``AugmentSettings``) with ``changes``, validated."""
+    from emotion.settings import AugmentSettings
+
+    return AugmentSettings.model_validate({**default_section("train", "train")["augment"], **changes})
+
+
+# Every augmentation off: augment() is then the identity up to resampling error.
+NO_AUGMENT = dict(flip=False, max_rotation_deg=0, min_scale=1.0, max_shift=0, brightness=0, contrast=0)
+
+
+def retinaface_settings(**changes: Any):
+    """The ``detector=retinaface`` settings with ``changes``, validated."""
+    from emotion.settings import RetinaFaceSettings
+
+    detector = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "jobs/configs/detector/retinaface.yaml"))
+    return RetinaFaceSettings.model_validate({**detector, **changes})
+
+
+def serve_section(**changes: Any) -> dict[str, Any]:
+    """The default ``serve`` section with ``changes`` (nested mappings merged)."""
+    return merged(default_section("serve", "serve"), changes)
