@@ -15,7 +15,7 @@ class had no pair in the batch) still train the base branch.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
