@@ -1,4 +1,5 @@
-"""Shared fixtures: a real local Ray, real photos, and folders of awkward images."""
+"""Shared fixtures: a real local Ray, real photos, and folders of awkward images; and the
+tests' tiers (``unit``, ``integration``, ``cluster``: pyproject.toml's markers)."""
 
 from __future__ import annotations
 
@@ -121,3 +122,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# -- tiers ---------------------------------------------------------------------------------
+TIERS = ("unit", "integration", "cluster")
+# A test that asks for one of these runs against a real Ray or the S3 test server.
+INTEGRATION_FIXTURES = frozenset({"ray_local", "s3_server", "s3_endpoint", "s3_bucket", "two_node_ray"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test gets a tier. A module marks its tier with ``pytestmark``; in a module
+    that holds both, a test asking for a Ray or S3 fixture is ``integration`` and any
+    other test is ``unit`` unless marked itself (one that runs Ray in a subprocess). A
+    ``unit`` test never asks for those fixtures and carries no other tier."""
+    for item in items:
+        tiers = {mark.name for mark in item.iter_markers() if mark.name in TIERS}
+        integrated = INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if not tiers:
+            item.add_marker("integration" if integrated else "unit")
+        elif "unit" in tiers and (integrated or len(tiers) > 1):
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but uses {sorted(integrated) or sorted(tiers)}")

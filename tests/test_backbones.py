@@ -18,6 +18,8 @@ from emotion.models.backbones import (
 )
 from emotion.weights import WeightsNotFoundError, load_torch_state
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def _threads():

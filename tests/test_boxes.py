@@ -5,6 +5,8 @@ import pytest
 
 from emotion.boxes import body_box_from_face, box_area, box_iou, clip_boxes
 
+pytestmark = pytest.mark.unit
+
 IMAGE_HW = (100, 200)  # height 100, width 200
 
 

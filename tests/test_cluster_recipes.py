@@ -138,6 +138,7 @@ def _compose_command() -> list[str] | None:
     return None
 
 
+@pytest.mark.integration
 def test_docker_compose_config_validates(tmp_path):
     command = _compose_command()
     if command is None:

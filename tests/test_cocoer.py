@@ -18,6 +18,8 @@ from emotion.models.protocol import EmotionModel
 from emotion.models.registry import build_model, list_models, register_model
 from emotion.weights import sha256_of
 
+pytestmark = pytest.mark.unit
+
 LABELS = ["Happiness", "Sadness", "Anger", "Fear", "Surprise", "Peace"]
 SIZE = 32
 

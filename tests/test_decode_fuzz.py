@@ -15,6 +15,8 @@ import pytest
 from emotion.images import ImageDecodeError, decode_image
 from tests.fuzz_images import FORMATS, base_images, exif_span, mutate
 
+pytestmark = pytest.mark.unit
+
 MAX_PIXELS = 2_000_000  # mutated headers can claim huge sizes: keep each decode cheap
 
 

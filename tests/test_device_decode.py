@@ -24,7 +24,7 @@ from emotion.images import decode_batch
 from tests.conftest import jpeg_bytes, needs_cuda, write_awkward_images
 
 MAX_PIXELS = 64_000_000
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def both(names, payloads, max_side=960, device="cpu", read_errors=None):

@@ -21,6 +21,8 @@ from emotion.models.protocol import EmotionModel
 from emotion.models.loading import input_spec
 from emotion.models.registry import build_model
 
+pytestmark = pytest.mark.unit
+
 LABELS = ["happy", "sad", "angry"]
 K = len(LABELS)
 S = 64

@@ -17,6 +17,8 @@ from emotion.data.ferplus import ferplus_counts, mix_second_label, read_ferplus,
 from emotion.labels import FERPLUS_CLASSES
 from tests.conftest import PROJECT_ROOT
 
+pytestmark = pytest.mark.unit
+
 CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
 
 # FER+ PNG name -> (FER2013 class folder of its copy, FER+ votes). "lonely" has no copy.

@@ -9,6 +9,8 @@ from PIL import Image
 from emotion.images import ImageDecodeError, decode_image, resize_max_side
 from tests.conftest import write_awkward_images
 
+pytestmark = pytest.mark.unit
+
 
 def test_every_awkward_kind_decodes_or_fails_clearly(tmp_path, sample_photos):
     expected = write_awkward_images(tmp_path, sample_photos["obama"])

@@ -19,6 +19,8 @@ from emotion.images import decode_batch
 from emotion.predictor import EmotionPredictor
 from emotion.training.rows import person_rows
 
+pytestmark = pytest.mark.unit
+
 
 class FixedBoxes:
     """A detector that returns given boxes (original pixels), scaled to the working image."""

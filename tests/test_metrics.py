@@ -20,6 +20,8 @@ from emotion.metrics import (
     vad_error,
 )
 
+pytestmark = pytest.mark.unit
+
 LABELS = ("a", "b", "c")
 
 

@@ -31,6 +31,8 @@ from emotion.models.face import (
     preprocess_faces,
 )
 
+pytestmark = pytest.mark.unit
+
 torch.set_num_threads(1)
 
 FER2013 = Path(os.environ.get("EMOTION_FER2013", Path(__file__).resolve().parents[1].parent / "shared/data/fer2013"))

@@ -14,6 +14,8 @@ from emotion import storage
 from tests.multinode import two_node_ray  # noqa: F401 (fixture)
 from tests.s3_server import s3_env, s3_server  # noqa: F401 (fixture)
 
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
 # Placement is made deterministic, not left to SPREAD (best effort): every node of the
 # test cluster offers one `detect_slot` and each detect actor asks for one, so the pool's
 # two actors sit on the two nodes; `wait_for_min_actors_s` holds batches back until both

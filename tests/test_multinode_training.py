@@ -18,9 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.multinode import two_node_ray  # noqa: F401 (fixture)
 from tests.s3_server import s3_server  # noqa: F401 (the cluster fixture needs it)
 from tests.test_training import CONFIG_DIR, PROJECT_ROOT, write_band_folder
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 EPOCHS = 6
 

@@ -12,6 +12,8 @@ import torchvision
 from tests.conftest import PROJECT_ROOT
 from emotion.models.detection.nms import MAX_MATRIX_BOXES, batched_nms, greedy_nms, pairwise_iou
 
+pytestmark = pytest.mark.unit
+
 
 def _random_boxes(generator: torch.Generator, n: int, groups: int) -> tuple[torch.Tensor, ...]:
     # Clustered boxes, so that many pairs overlap around the threshold.

@@ -37,6 +37,8 @@ from emotion.data.synthetic.spec import CATEGORIES, HEAD_RADIUS
 from emotion.labels import FERPLUS_CLASSES
 from tests.conftest import PROJECT_ROOT
 
+pytestmark = pytest.mark.unit
+
 INDEX = {name: i for i, name in enumerate(CATEGORIES)}
 SMALL = (96, 96)
 

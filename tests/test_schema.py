@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 
 from emotion.schema import first_row_mask, has_error, split_rows
+
+pytestmark = pytest.mark.unit
 
 
 def test_each_image_has_one_first_row_whatever_the_row_order():

@@ -9,6 +9,8 @@ import pytest
 from emotion.pipelines.serving.batching import ContinuousBatcher
 from emotion.pipelines.serving.telemetry import server_timing
 
+pytestmark = pytest.mark.unit
+
 
 class SlowModel:
     """Answers each item with itself after ``seconds`` per batch; records the batches."""

@@ -241,6 +241,7 @@ def _full_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
 
 
+@pytest.mark.integration
 def test_s3_bad_credentials_give_access_denied_without_the_secret():
     with MotoProcess() as server:
         key_id, secret = server.create_user_with_s3_access()

@@ -24,6 +24,8 @@ from emotion.data.synthetic import (
 )
 from emotion.labels import LABEL_SETS
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def scenes_200():

@@ -28,6 +28,8 @@ from emotion.tagging.report import (
 from emotion.preflight import check_output_location
 from emotion.settings import ConfigError
 
+pytestmark = pytest.mark.unit
+
 LABELS = ["angry", "happy", "neutral", "sad"]
 
 

@@ -155,6 +155,7 @@ def test_a_read_that_blocks_past_its_deadline_is_an_error(monkeypatch):
         server.close()
 
 
+@pytest.mark.integration
 def test_a_fifo_and_a_photo_through_the_command_with_no_alarming_line(tmp_path, sample_photos):
     """The FIFO gets an error row without being opened, the photo a normal row, and the
     whole run prints no Ray error line (``E ... core_worker``)."""

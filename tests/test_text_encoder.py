@@ -8,6 +8,8 @@ import torch
 from emotion.models.joint.text_encoder import WordPieceTokenizer, class_prototypes, load_text_encoder
 from emotion.weights import WeightsNotFoundError, resolve
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def encoder():

@@ -7,6 +7,8 @@ import pytest
 
 from emotion.weights import WeightsHashMismatchError, WeightsNotFoundError, WeightSpec, resolve, sha256_of
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_file_inside_the_package_resolves_and_is_hash_checked():
     spec = WeightSpec("res://jobs/configs/tag.yaml", None)

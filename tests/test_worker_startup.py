@@ -6,6 +6,8 @@ import pytest
 
 from emotion.pipelines.worker_startup import loading_models
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def _restore_gc():

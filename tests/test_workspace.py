@@ -18,6 +18,8 @@ from emotion.models.joint.workspace import (
     with_bias,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def _hard_target(b: int, k: int, multi_label: bool, gen: torch.Generator) -> torch.Tensor:
     if multi_label:
