@@ -29,6 +29,7 @@ from emotion.devices import device_of
 from emotion.images import DEFAULT_MAX_PIXELS, decode_batch
 from emotion.models.loading import build_detector_from_config, build_emotion_model, input_spec, spec_of
 from emotion.models.protocol import EmotionModel, InputSpec, single_level_columns
+from emotion.models.settings import yaml_settings
 from emotion.schema import LEVEL_NAMES, has_error, output_schema, output_table, split_rows
 
 # Where crops are cut and JPEGs decoded (``predictor.crops``, ``predictor.decode``).
@@ -348,10 +349,13 @@ def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True
                             max_people=int(predictor_cfg["max_people"]), crops=str(predictor_cfg.get("crops", "auto")),
                             decode=str(predictor_cfg.get("decode", "auto")),
                             precision=str(predictor_cfg.get("precision", "fp32")),
-                            person_threshold=_person_threshold(cfg["model"]))
+                            **({"person_threshold": _person_threshold(cfg["model"], spec)} if spec.finds_people else {}))
 
 
-def _person_threshold(model_cfg: Mapping) -> float:
-    """A single-stage model's least person score (``model.score_threshold``; 0.5 when unset)."""
-    value = model_cfg.get("score_threshold")
-    return 0.5 if value is None else float(value)
+def _person_threshold(model_cfg: Mapping, spec: InputSpec) -> float:
+    """A single-stage model's least person score: ``model.score_threshold``. A checkpoint of
+    such a model named by another family's config (which has no such key) takes the value
+    of its own family's YAML."""
+    if "score_threshold" in model_cfg:
+        return float(model_cfg["score_threshold"])
+    return float(yaml_settings(spec.name)["score_threshold"])

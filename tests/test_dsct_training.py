@@ -11,6 +11,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from emotion.models.settings import yaml_config
+
 from tests.conftest import PROJECT_ROOT
 
 CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
@@ -65,7 +67,7 @@ def test_collate_flips_boxes_with_the_pixels(scenes):
     _, data = scenes
     rows, _ = rows_of(data, "train")
     family = get_family("dsct")
-    model = family.build_model({**TINY, "labels": list(data.labels)})
+    model = family.build_model(yaml_config("dsct", {**TINY, "labels": list(data.labels)}))
     plain, targets = family.collate(rows, model, False, torch.device("cpu"))
     gen = torch.Generator().manual_seed(3)
     from emotion.training.augment import AugmentConfig
@@ -93,7 +95,7 @@ def test_dsct_family_trains_in_the_shared_loop_and_validates_by_the_dsct_protoco
     rows, _ = rows_of(data, "train")
     family = get_family("dsct")
     torch.manual_seed(0)
-    model = family.build_model({**TINY, "labels": list(data.labels)})
+    model = family.build_model(yaml_config("dsct", {**TINY, "labels": list(data.labels)}))
     train_cfg = {"lr": 1e-3, "dsct": {"backbone_lr_scale": 0.5, "loss_weights": {"bbox": 4.0}}}
     optimizer = build_optimizer(model, train_cfg, family)
     assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 5e-4]  # the backbone at lr x scale
@@ -136,7 +138,7 @@ def dsct_checkpoint(scenes, tmp_path_factory):
 
     _, data = scenes
     torch.manual_seed(0)
-    model = get_family("dsct").build_model({**TINY, "labels": list(data.labels)}).eval()
+    model = get_family("dsct").build_model(yaml_config("dsct", {**TINY, "labels": list(data.labels)})).eval()
     return str(save_checkpoint(tmp_path_factory.mktemp("dsct") / "dsct.ckpt", model_name="dsct", model_cfg=model.config,
                                state_dict=model.state_dict(), labels=list(data.labels)))
 

@@ -29,7 +29,8 @@ import pytest
 from PIL import Image
 
 from emotion.preflight import check_model_checkpoint
-from emotion.settings import ConfigError, ModelSettings
+from emotion.models.settings import CocoERSettings, yaml_settings
+from emotion.settings import ConfigError
 from emotion.tagging.output import list_units
 from tests.conftest import PROJECT_ROOT
 from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
@@ -239,7 +240,7 @@ def test_model_checkpoint_is_found_before_ray_starts(s3_bucket, tmp_path):
     from emotion import storage
 
     def model(checkpoint):
-        return ModelSettings(name="cocoer", device="cpu", checkpoint=checkpoint)
+        return CocoERSettings(**{**yaml_settings("cocoer"), "device": "cpu", "checkpoint": checkpoint})
 
     local = tmp_path / "best.ckpt"
     local.write_bytes(b"read later, by the job")

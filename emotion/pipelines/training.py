@@ -46,6 +46,7 @@ from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, c
                                    restore_training_checkpoint, save_training_checkpoint, seed_everything,
                                    train_epoch)
 from emotion.models.loading import input_spec
+from emotion.models.settings import network_config
 from emotion.settings import parse_train_settings
 from emotion.training.rows import CropSpec, RowCounts, person_rows
 from emotion.training.schedule import build_schedule
@@ -429,7 +430,7 @@ def _check_resume(cfg: Mapping[str, Any], run_uri: str) -> None:
 
 def model_config(cfg: Mapping[str, Any], labels: tuple[str, ...]) -> dict[str, Any]:
     """The model's config: ``model`` minus job-only keys, with the dataset's labels."""
-    model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k not in ("name", "checkpoint", "device")}
+    model_cfg = network_config(cfg["model"])
     if model_cfg.get("labels") and list(model_cfg["labels"]) != list(labels):
         raise ValueError(f"model.labels {model_cfg['labels']} differ from the dataset's labels {list(labels)}")
     model_cfg["labels"] = list(labels)
