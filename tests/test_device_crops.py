@@ -33,9 +33,10 @@ def photos(sample_photos) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def faces(photos) -> dict[str, np.ndarray]:
+    from emotion.config_files import group_option
     from emotion.models.detection.retinaface import build_detector
 
-    detector = build_detector({"device": "cpu"})
+    detector = build_detector({**group_option("detector", "retinaface"), "device": "cpu"})
     return {name: result["boxes"] for name, result in zip(photos, detector.detect(list(photos.values())))}
 
 

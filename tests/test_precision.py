@@ -36,10 +36,11 @@ def payloads(sample_photos) -> tuple[list[str], list[bytes]]:
 
 
 def predictor(device: str, precision: str, **modes) -> EmotionPredictor:
+    from emotion.config_files import group_option
     from emotion.models.detection.retinaface import build_detector
     from emotion.models.registry import build_model
 
-    detector = build_detector({"device": device})
+    detector = build_detector({**group_option("detector", "retinaface"), "device": device})
     model = build_model("fer", {"weights": "fer_mini_xception"}).to(device)
     spec = spec_of(model)
     crop = CropSpec(levels=spec.levels, size=spec.input_size, head_expand=1.25, max_side=960)

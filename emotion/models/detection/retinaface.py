@@ -482,22 +482,17 @@ class FaceDetector(nn.Module):
         return results
 
 
-def build_detector(cfg: Mapping[str, Any] | None = None) -> FaceDetector:
-    """Build a pretrained RetinaFace-MobileNet-0.25 detector from a plain mapping.
-
-    Keys (all optional): ``weights`` (known name, path, ``pkg://`` or ``s3://`` URI;
-    default ``"retinaface_mobilenet0.25"``), ``score_threshold`` (0.6), ``nms_iou``
-    (0.4), ``max_size`` (640), ``upscale_size`` (= ``max_size``), ``top_k`` (100),
-    ``device`` (``"auto"``: CUDA when available, else CPU).
-    """
-    cfg = {} if cfg is None else cfg
-    net = load_retinaface_state(RetinaFace(), cfg.get("weights", "retinaface_mobilenet0.25"))
+def build_detector(cfg: Mapping[str, Any]) -> FaceDetector:
+    """RetinaFace-MobileNet-0.25 from a ``detector`` config (``emotion.settings.RetinaFaceSettings``:
+    the keys of ``jobs/configs/detector/retinaface.yaml``); ``device`` ``"auto"``: CUDA when
+    available, else CPU."""
+    net = load_retinaface_state(RetinaFace(), cfg["weights"])
     detector = FaceDetector(
         net,
-        score_threshold=float(cfg.get("score_threshold", 0.6)),
-        nms_iou=float(cfg.get("nms_iou", 0.4)),
-        max_size=int(cfg.get("max_size", 640)),
-        upscale_size=cfg.get("upscale_size"),
-        top_k=int(cfg.get("top_k", 100)),
+        score_threshold=float(cfg["score_threshold"]),
+        nms_iou=float(cfg["nms_iou"]),
+        max_size=int(cfg["max_size"]),
+        upscale_size=cfg["upscale_size"],
+        top_k=int(cfg["top_k"]),
     )
-    return detector.to(resolve_device(cfg.get("device")))
+    return detector.to(resolve_device(cfg["device"]))

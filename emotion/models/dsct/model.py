@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from emotion.models.backbones import crops_to_input
+from emotion.models.config_check import validated_config
 from emotion.models.dsct.backbone import build_dsct_backbone
 from emotion.models.dsct.decoder import build_decoder
 from emotion.models.dsct.encoder import build_encoder
@@ -47,7 +48,6 @@ from emotion.models.dsct.postprocess import emotion_probabilities
 from emotion.models.dsct.relations import RELATIONS
 from emotion.models.protocol import InputSpec, adopt_config, model_id, single_level_columns
 from emotion.models.registry import register_model, register_spec
-from emotion.models.settings import validated_config
 
 OUTPUT_KEYS: tuple[str, ...] = ("pred_logits", "pred_person_logits", "pred_boxes")
 PRIOR_PROB = 0.01  # focal-loss prior: heads start predicting "no person", "no emotion"

@@ -7,9 +7,9 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from emotion.models.config_check import validated_config
 from emotion.models.protocol import InputSpec, model_id, single_level_columns
 from emotion.models.registry import register_model, register_spec
-from emotion.models.settings import validated_config
 from emotion.models.face.mini_xception import FER_LABELS, build_face_model, preprocess_faces
 from emotion.weights import KNOWN_WEIGHTS, resolve, sha256_of
 

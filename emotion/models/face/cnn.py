@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from emotion.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, crops_to_input
+from emotion.models.config_check import validated_config
 from emotion.models.protocol import InputSpec, adopt_config, model_id, single_level_columns
 from emotion.models.registry import register_model, register_spec
-from emotion.models.settings import validated_config
 
 # ITU-R BT.601 luma (PIL's convert("L")), the conversion FER2013's faces went through.
 _LUMA = (0.299, 0.587, 0.114)

@@ -48,10 +48,10 @@ import torch
 from torch import nn
 
 from emotion.models.backbones import build_backbone
+from emotion.models.config_check import validated_config
 from emotion.models.face.cnn import ToGray, head_logits
 from emotion.models.protocol import InputSpec, adopt_config, model_id, single_level_columns
 from emotion.models.registry import register_model, register_spec
-from emotion.models.settings import validated_config
 
 # Rows of a quadruplet (a1, a2, b1, b2): each member's same-class and cross-class partner.
 SAME_PARTNER = (1, 0, 3, 2)

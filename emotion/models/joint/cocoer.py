@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from emotion.models.backbones import build_backbone, crops_to_input, feature_grid
+from emotion.models.config_check import validated_config
 from emotion.models.joint.attention import CrossLevelEncoder, PatchEmbedding
 from emotion.models.joint.text_encoder import class_prototypes, load_text_encoder
 from emotion.models.joint.vocabulary import VocabularyAlignment, build_vocabulary
@@ -42,7 +43,6 @@ from emotion.models.joint.workspace import Workspace, level_probabilities, pseud
 from emotion.models.protocol import LEVELS
 from emotion.models.protocol import InputSpec, adopt_config, model_id
 from emotion.models.registry import register_model, register_spec
-from emotion.models.settings import validated_config
 
 VOCABULARY_LEVEL = "vocabulary"
 
