@@ -179,7 +179,7 @@ def evaluate_dataset(model, data: Mapping, split: str, *, max_side: int, batch_s
     for sample in samples:
         present |= np.asarray(sample["labels"]).reshape(-1, len(data_labels)).max(axis=0, initial=0) > 0
     _require_known([name for name, seen in zip(data_labels, present) if seen], labels)
-    spec = build_crop_spec(model, float(data.get("head_expand", 1.0)), max_side)
+    spec = build_crop_spec(model, float(data["head_expand"]), max_side)
     counts = RowCounts()
 
     def row_batches():

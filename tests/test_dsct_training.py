@@ -277,10 +277,14 @@ def test_scene_truth_derives_unknown_bodies_from_faces_and_counts_people_it_cann
     assert truth["labels"].tolist() == [[0, 0, 1], [0, 1, 0]]  # in the model's label order
 
 
-def test_an_unset_score_threshold_in_a_validated_config_means_the_default():
-    """Settings validation fills model.score_threshold with None for models without it."""
+def test_the_person_threshold_comes_from_the_dsct_config_or_the_dsct_yaml():
+    """``model.score_threshold`` of a dsct config; a DSCT checkpoint named by another
+    family's config (which has no such key) takes the value of dsct.yaml."""
+    from emotion.models.protocol import InputSpec
+    from emotion.models.settings import yaml_settings
     from emotion.predictor import _person_threshold
 
-    assert _person_threshold({"name": "fer", "score_threshold": None}) == 0.5
-    assert _person_threshold({"name": "dsct", "score_threshold": 0.0}) == 0.0
-    assert _person_threshold({"name": "fer"}) == 0.5
+    spec = InputSpec(name="dsct", levels=("context",), input_size=64, labels=("a",), multi_label=True,
+                     model_id="dsct@sha256:0", finds_people=True)
+    assert _person_threshold({"name": "dsct", "score_threshold": 0.0}, spec) == 0.0
+    assert _person_threshold({"name": "qcs", "checkpoint": "dsct.ckpt"}, spec) == yaml_settings("dsct")["score_threshold"]
