@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -365,7 +366,14 @@ def test_experiments_compose_into_trainable_configs(name):
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={name}", "data.root=/data"])
-    assert cfg.model.name in FAMILIES and cfg.data.train_split and cfg.data.val_split
+    assert cfg.model.name in FAMILIES
+    if cfg.data.format == "sources":  # several datasets: each names its own splits
+        from emotion.data.mixture import parse_sources
+
+        sources = parse_sources(OmegaConf.to_container(cfg.data.sources, resolve=True))
+        assert any(s.train_split for s in sources) and all(s.root.startswith("/data/") for s in sources)
+    else:
+        assert cfg.data.train_split and cfg.data.val_split
     assert cfg.train.epochs >= 1 and cfg.scaling.num_workers >= 1
 
 
