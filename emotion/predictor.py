@@ -349,7 +349,8 @@ def build_predictor(cfg: Mapping, *, detect: bool = True, recognize: bool = True
                             max_people=int(predictor_cfg["max_people"]), crops=str(predictor_cfg.get("crops", "auto")),
                             decode=str(predictor_cfg.get("decode", "auto")),
                             precision=str(predictor_cfg.get("precision", "fp32")),
-                            **({"person_threshold": _person_threshold(cfg["model"], spec)} if spec.finds_people else {}))
+                            **({"person_threshold": _person_threshold(cfg["model"], spec)}
+                               if spec.finds_people else {}))
 
 
 def _person_threshold(model_cfg: Mapping, spec: InputSpec) -> float:

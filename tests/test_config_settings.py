@@ -167,7 +167,8 @@ TRAIN_GROUP_OPEN = pytest.mark.xfail(reason="the train group (LoopSettings, Trai
 MISSPELT = [
     *[(job, "+model.bogus_key=1", "model.bogus_key: unknown key") for job in JOBS],
     *[(job, "+model.input_siez=64", "model.input_siez: unknown key") for job in ("eval", "train")],
-    *[(job, "+detector.scroe_threshold=0.5", "detector.scroe_threshold: unknown key") for job in ("tag", "eval", "serve")],
+    *[(job, "+detector.scroe_threshold=0.5", "detector.scroe_threshold: unknown key")
+      for job in ("tag", "eval", "serve")],
     *[(job, "+predictor.treshold=0.5", "predictor.treshold: unknown key") for job in JOBS],
     *[(job, "+data.bogus_key=1", "data.bogus_key: unknown key") for job in ("eval", "train")],
     *[(job, "+data.options.bogus_key=1", "data.options.bogus_key: unknown key") for job in ("eval", "train")],

@@ -287,4 +287,5 @@ def test_the_person_threshold_comes_from_the_dsct_config_or_the_dsct_yaml():
     spec = InputSpec(name="dsct", levels=("context",), input_size=64, labels=("a",), multi_label=True,
                      model_id="dsct@sha256:0", finds_people=True)
     assert _person_threshold({"name": "dsct", "score_threshold": 0.0}, spec) == 0.0
-    assert _person_threshold({"name": "qcs", "checkpoint": "dsct.ckpt"}, spec) == yaml_settings("dsct")["score_threshold"]
+    dsct_yaml = yaml_settings("dsct")["score_threshold"]
+    assert _person_threshold({"name": "qcs", "checkpoint": "dsct.ckpt"}, spec) == dsct_yaml

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -366,8 +367,6 @@ def test_cocoer_family_trains_on_synthetic_scene_rows(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.stem for p in (PROJECT_ROOT / "jobs/configs/experiment").glob("*.yaml")))
 def test_experiments_compose_into_trainable_configs(name):
     """Every experiment composes and validates as the train job's settings."""
-    from omegaconf import OmegaConf
-
     from emotion.settings import parse_train_settings
     from emotion.training.families import FAMILIES
 
@@ -375,10 +374,13 @@ def test_experiments_compose_into_trainable_configs(name):
         cfg = compose(config_name="train", overrides=[f"experiment={name}", "data.root=/data"])
     settings = parse_train_settings(OmegaConf.to_container(cfg, resolve=True))
     assert settings.model.name in FAMILIES and settings.train.epochs >= 1 and settings.scaling.num_workers >= 1
-    sources = getattr(settings.data, "sources", None)
-    splits = [(s.train_split, s.val_split) for s in sources.values()] if sources else [
-        (settings.data.train_split, settings.data.val_split)]
-    assert any(train for train, _ in splits) and any(val for _, val in splits)
+    if settings.data.format == "sources":  # several datasets: each names its own splits
+        from emotion.data.mixture import parse_sources
+
+        sources = parse_sources(OmegaConf.to_container(cfg.data.sources, resolve=True))
+        assert any(s.train_split for s in sources) and all(s.root.startswith("/data/") for s in sources)
+    else:
+        assert settings.data.train_split and settings.data.val_split
 
 
 @pytest.mark.slow
