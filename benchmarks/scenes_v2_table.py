@@ -68,9 +68,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from emotion.evaluation import evaluate_scenes
-    from emotion.settings import DataSettings
+    from emotion.config_files import group_option
+    from emotion.settings import SyntheticData
 
-    data = DataSettings(format="synthetic", root=args.data, head_expand=1.25, multi_label=True)  # data/synthetic.yaml
+    data = SyntheticData.model_validate({**group_option("data", "synthetic"), "root": args.data})
     rows = []
     for spec in args.pipeline:
         name, _, rest = spec.partition("=")

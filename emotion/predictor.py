@@ -29,6 +29,7 @@ from emotion.devices import device_of
 from emotion.images import DEFAULT_MAX_PIXELS, decode_batch
 from emotion.models.loading import build_detector_from_config, build_emotion_model, input_spec, spec_of
 from emotion.models.protocol import EmotionModel, InputSpec, single_level_columns
+from emotion.models.settings import yaml_settings
 from emotion.schema import LEVEL_NAMES, has_error, output_schema, output_table, split_rows
 from emotion.settings import PredictorConfig, parse_settings
 
@@ -350,8 +351,16 @@ def build_predictor(config: PredictorConfig | Mapping, *, detect: bool = True, r
                     # The margin around a face box is the box source's convention.
                     head_expand=config.detector.head_expand, max_side=options.max_image_side,
                     align=options.align_faces)
-    person_threshold = config.model.score_threshold  # single-stage models (model.score_threshold)
     return EmotionPredictor(detector, model, spec=spec, crop=crop, threshold=options.threshold,
                             max_people=options.max_people, crops=options.crops, decode=options.decode,
                             precision=options.precision,
-                            **({"person_threshold": person_threshold} if person_threshold is not None else {}))
+                            **({"person_threshold": _person_threshold(model_cfg, spec)} if spec.finds_people else {}))
+
+
+def _person_threshold(model_cfg: Mapping, spec: InputSpec) -> float:
+    """A single-stage model's least person score: ``model.score_threshold``. A checkpoint of
+    such a model named by another family's config (which has no such key) takes the value
+    of its own family's YAML."""
+    if "score_threshold" in model_cfg:
+        return float(model_cfg["score_threshold"])
+    return float(yaml_settings(spec.name)["score_threshold"])

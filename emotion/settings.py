@@ -17,9 +17,11 @@ Parsing reads no file: whether the output can be written and the checkpoint exis
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from emotion.models.settings import ModelSettings
 
 
 class ConfigError(ValueError):
@@ -62,15 +64,6 @@ class PredictorSettings(_Strict):
     align_faces: bool
     decode: Literal["auto", "pil", "device"]
     precision: Literal["fp32", "fp16", "bf16"]
-
-
-class ModelSettings(BaseModel):
-    """Family-specific keys are checked by the family's builder; these are common."""
-
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-    name: str = Field(min_length=1)
-    device: str
-    score_threshold: Optional[float] = Field(None, ge=0.0, le=1.0)  # single-stage models (dsct)
 
 
 class PredictorConfig(_Strict):
@@ -188,14 +181,115 @@ class TagSettings(PredictorConfig):
 
 
 # -- eval and train ---------------------------------------------------------------------
-class DataSettings(BaseModel):
-    """The ``data`` group; format-specific keys are the readers' (``emotion.data``)."""
-
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-    format: str = Field(min_length=1)
+# The ``data`` group: one class per format (``jobs/configs/data/*.yaml``), told apart by
+# ``format``; ``options`` are the reader's keyword arguments (``emotion.data.READERS``).
+class _Data(_Strict):
     root: str = Field(min_length=1)
     head_expand: float = Field(ge=1.0)
-    multi_label: Optional[bool]
+    multi_label: Optional[bool]  # null: the model's setting
+
+
+class _Splits(_Strict):
+    train_split: Optional[str]
+    val_split: Optional[str]  # the best checkpoint is chosen on this split
+    test_split: Optional[str]
+    split: Optional[str]  # what `emotion eval` scores (null: test_split)
+
+
+class EmoticOptions(_Strict):
+    annotations_uri: Optional[str]  # null: <root>/Annotations.mat
+    images_root: Optional[str]  # null: <root>/emotic
+    drop_unlabelled: bool
+
+
+class EmoticData(_Data, _Splits):
+    format: Literal["emotic"]
+    options: EmoticOptions
+
+
+class SyntheticData(_Data, _Splits):
+    """Scenes of ``emotion data synth`` / ``scenes_v2``, in EMOTIC's layout."""
+
+    format: Literal["synthetic"]
+    options: EmoticOptions
+
+
+class CaerOptions(_Strict):
+    face_boxes_uri: Optional[str]  # a CSV path,x1,y1,x2,y2 of the faces
+
+
+class CaerData(_Data, _Splits):
+    format: Literal["caer"]
+    options: CaerOptions
+
+
+class ImageFolderOptions(_Strict):
+    image_size: Optional[tuple[int, int]]  # (width, height) of every image: headers are not read
+
+
+class ImageFolderData(_Data, _Splits):
+    format: Literal["image_folder"]
+    options: ImageFolderOptions
+
+
+class FerData(_Data, _Splits):
+    format: Literal["fer"]
+    options: ImageFolderOptions
+
+
+FerplusMode = Literal["majority", "probability", "crossentropy", "multi_target"]
+
+
+class FerplusOptions(_Strict):
+    mode: FerplusMode
+    fer2013_root: Optional[str]
+    fer2013_weight: float = Fraction
+    fer2013_image_prob: float = Fraction
+
+
+class FerplusData(_Data, _Splits):
+    format: Literal["ferplus"]
+    mode: FerplusMode  # how the train split's votes become targets (emotion.data.ferplus)
+    fer2013_root: Optional[str]  # FER2013's class folders: its own label of each train face
+    fer2013_weight: float = Fraction  # weight of that label in the target
+    fer2013_image_prob: float = Fraction  # share of matched train faces read from FER2013's copy
+    options: FerplusOptions
+
+
+class PreparedData(_Data, _Splits):
+    """Parquet shards of ``emotion data prepare``, read by Ray Data: no reader options."""
+
+    format: Literal["prepared"]
+
+
+class SourceData(_Strict):
+    """One dataset of a mixture (``data.sources.<name>``; ``emotion.data.mixture``)."""
+
+    format: str = Field(min_length=1)
+    root: str = Field(min_length=1)
+    weight: float = Field(ge=0)  # times its train images appear in an epoch (0: scored only)
+    train_split: Optional[str]
+    val_split: Optional[str]
+    options: dict[str, Any]  # the source format's reader options
+
+
+class SourcesData(_Data):
+    """Several datasets trained as one label space (``data=faces``)."""
+
+    format: Literal["sources"]
+    label_set: str = Field(min_length=1)
+    sources: dict[str, SourceData]
+
+
+DataSettings = Annotated[Union[EmoticData, SyntheticData, CaerData, ImageFolderData, FerData, FerplusData,
+                               PreparedData, SourcesData], Field(discriminator="format")]
+
+
+def reader_options(data: DataSettings) -> dict[str, Any]:
+    """The keyword arguments of the data group's reader (``options``; prepared shards and
+    mixtures have none)."""
+    options = getattr(data, "options", None)
+    return options.model_dump() if options is not None else {}
 
 
 class EvalSettings(PredictorConfig):
@@ -285,18 +379,42 @@ class TrainSettings(_Strict):
 _SECRET_WORDS = ("token", "secret", "password")
 
 
+def _key_and_value(loc: tuple, data: Mapping) -> tuple[list[str], Any]:
+    """The config path of an error location and the value there. Inside a discriminated
+    union pydantic adds the member's tag to the location (``detector.retinaface.top_k``):
+    the key after a mapping that equals its ``name`` or ``format`` is that tag, once."""
+    parts: list[str] = []
+    value: Any = data
+    tag_seen = False
+    for part in loc:
+        if not tag_seen and isinstance(value, Mapping) and isinstance(part, str) and part in (
+                value.get("name"), value.get("format")):
+            tag_seen = True
+            continue
+        parts.append(str(part))
+        if isinstance(value, Mapping):
+            value = value.get(part)
+        elif isinstance(value, (list, tuple)) and isinstance(part, int) and part < len(value):
+            value = value[part]
+        else:
+            value = None
+        tag_seen = False
+    return parts, value
+
+
 def _describe(error: Mapping[str, Any], data: Mapping, prefix: str = "") -> str:
-    # Drop the union tag pydantic adds to the location (``detector.retinaface.top_k``).
-    loc = [str(p) for p in error["loc"] if not (isinstance(p, str) and p in ("retinaface", "full_frame"))]
+    loc, value = _key_and_value(error["loc"], data)
     key = ".".join([prefix, *loc] if prefix else loc)
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     if error["type"] == "missing":
         return f"{key}: missing (required)"
-    value: Any = data
-    for part in loc:
-        value = value.get(part) if isinstance(value, Mapping) else None
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):  # e.g. model.name=bogus
+        tag_key = ".".join(p for p in (key, error["ctx"]["discriminator"].strip("'")) if p)
+        if error["type"] == "union_tag_not_found":
+            return f"{tag_key}: missing (required)"
+        return f"{tag_key}={error['ctx']['tag']!r}: not one of {error['ctx']['expected_tags']}"
     secret = any(word in key.lower() for word in _SECRET_WORDS)  # never echo a credential
     shown = f"={value!r}" if value is not None and not isinstance(value, Mapping) and not secret else ""
     return f"{key}{shown}: {message}"

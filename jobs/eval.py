@@ -28,7 +28,7 @@ from emotion.evaluation import evaluate_dataset, evaluate_image_folder, evaluate
 from emotion.models.loading import build_emotion_model, input_spec
 from emotion.models.protocol import model_id
 from emotion.predictor import build_predictor
-from emotion.settings import EvalSettings, parse_eval_settings
+from emotion.settings import EvalSettings, SourcesData, parse_eval_settings
 from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger("emotion.eval")
@@ -37,14 +37,14 @@ log = logging.getLogger("emotion.eval")
 def run(cfg: DictConfig) -> dict:
     settings = parse_eval_settings(OmegaConf.to_container(cfg, resolve=True))  # once: a bad key stops here
     data = settings.data
-    format_keys = data.model_extra or {}  # splits, reader options: the format's own keys
+    if isinstance(data, SourcesData):
+        raise ValueError("data=faces mixes datasets for training: evaluate one dataset at a time (data=<format>)")
     if data.format == "image_folder":
         predictor = build_predictor(settings)
         model = predictor.model
-        report = evaluate_image_folder(predictor, data.root, format_keys.get("split"), settings.batch_size,
-                                       settings.limit_per_class)
+        report = evaluate_image_folder(predictor, data.root, data.split, settings.batch_size, settings.limit_per_class)
     else:
-        split = format_keys.get("split") or format_keys.get("test_split") or format_keys.get("val_split")
+        split = data.split or data.test_split or data.val_split
         if not split:
             raise ValueError(f"data.format={data.format!r}: say which split to evaluate with data.split=NAME")
         spec = input_spec(settings.model.model_dump())

@@ -64,12 +64,22 @@ NO_AUGMENT = dict(flip=False, max_rotation_deg=0, min_scale=1.0, max_shift=0, br
 
 def retinaface_settings(**changes: Any):
     """The ``detector=retinaface`` settings with ``changes``, validated."""
+    from emotion.config_files import group_option
     from emotion.settings import RetinaFaceSettings
 
-    detector = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "jobs/configs/detector/retinaface.yaml"))
-    return RetinaFaceSettings.model_validate({**detector, **changes})
+    return RetinaFaceSettings.model_validate({**group_option("detector", "retinaface"), **changes})
 
 
 def serve_section(**changes: Any) -> dict[str, Any]:
     """The default ``serve`` section with ``changes`` (nested mappings merged)."""
     return merged(default_section("serve", "serve"), changes)
+
+
+def data_settings(option: str, **changes: Any):
+    """The ``data=<option>`` group's settings (a ``DataSettings`` member) with ``changes``."""
+    from pydantic import TypeAdapter
+
+    from emotion.settings import DataSettings
+
+    section = composed("eval", [f"data={option}", "data.root=/data"])["data"]
+    return TypeAdapter(DataSettings).validate_python(merged(section, changes))

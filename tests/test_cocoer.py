@@ -16,6 +16,7 @@ from emotion.models.joint.cocoer import CocoER
 from emotion.models.joint.vocabulary import collect_embeddings, pretrain_projection, projection_loss
 from emotion.models.protocol import EmotionModel
 from emotion.models.registry import build_model, list_models, register_model
+from emotion.models.settings import yaml_config
 from emotion.weights import sha256_of
 
 pytestmark = pytest.mark.unit
@@ -28,7 +29,7 @@ def tiny_cfg(**overrides) -> dict:
     cfg = dict(labels=LABELS, multi_label=True, backbone="toy", vocab_backbone="toy", pretrained=False,
                input_size=SIZE, d_h=32, d=32, n_blocks=2, n_heads=4, d_ff=64, dropout=0.0, eta=0.1)
     cfg.update(overrides)
-    return cfg
+    return yaml_config("cocoer", cfg)
 
 
 def tiny_model(seed: int = 0, **overrides) -> CocoER:
@@ -262,11 +263,11 @@ def test_vocab_level_chooses_the_window_of_the_pseudo_label():
 
 
 def test_config_errors_are_clear():
-    with pytest.raises(ValueError, match="vocab_level must be one of"):
+    with pytest.raises(ValueError, match="model.vocab_level='scene': Input should be 'head', 'body' or 'context'"):
         CocoER(tiny_cfg(vocab_level="scene"))
-    with pytest.raises(ValueError, match="needs 'labels'"):
+    with pytest.raises(ValueError, match="cocoer needs `labels`"):
         CocoER(tiny_cfg(labels=None))
-    with pytest.raises(ValueError, match="unknown CocoER config keys \\['d_model'\\]"):
+    with pytest.raises(ValueError, match="model.d_model: unknown key"):
         CocoER(tiny_cfg(d_model=3))
     with pytest.raises(KeyError, match="unknown backbone 'resnet18'"):
         CocoER(tiny_cfg(backbone="resnet18"))
@@ -346,7 +347,7 @@ def test_default_model_uses_real_weights_and_text_prototypes(sample_photos):
 
     torch.manual_seed(0)
     try:
-        model = CocoER({"labels": list(EMOTIC_CATEGORIES)})
+        model = CocoER(yaml_config("cocoer", {"labels": list(EMOTIC_CATEGORIES)}))
     except WeightsNotFoundError as exc:
         pytest.skip(str(exc))
     assert model.input_size == 224 and model.config["eta"] == 0.1

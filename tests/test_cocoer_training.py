@@ -15,6 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from emotion.models.settings import yaml_config
 from tests.configs import NO_AUGMENT, augment_settings, loop_settings
 from tests.conftest import PROJECT_ROOT
 
@@ -26,7 +27,7 @@ def tiny_cfg(labels, **overrides) -> dict:
     cfg = dict(labels=list(labels), multi_label=True, backbone="toy", vocab_backbone="toy", pretrained=False,
                input_size=SIZE, d_h=32, d=32, n_blocks=1, n_heads=4, d_ff=64, dropout=0.0)
     cfg.update(overrides)
-    return cfg
+    return yaml_config("cocoer", cfg)
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ from emotion.models.dsct.postprocess import postprocess
 from emotion.models.protocol import EmotionModel
 from emotion.models.loading import input_spec
 from emotion.models.registry import build_model
+from emotion.models.settings import yaml_config
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +42,7 @@ def tiny_cfg(**overrides) -> dict:
                nheads=2, ffn_dim=64, enc_layers=1, dec_layers=3, fuse_from_layer=1, num_subject_queries=4,
                num_context_queries=5, dropout=0.0)
     cfg.update(overrides)
-    return cfg
+    return yaml_config("dsct", cfg)
 
 
 def tiny_model(seed: int = 0, **overrides) -> DSCT:
@@ -107,7 +108,7 @@ def test_config_is_validated_and_registered():
         resolve_config(tiny_cfg(fuse_from_layer=4))
     with pytest.raises(ValueError, match="relations"):
         resolve_config(tiny_cfg(relations=["spatial", "nearby"]))
-    model = build_model("dsct", tiny_cfg(name="dsct"))
+    model = build_model("dsct", tiny_cfg())
     assert isinstance(model, DSCT) and isinstance(model, EmotionModel)
     assert model.labels == tuple(LABELS) and model.multi_label and model.input_size == S
     spec = input_spec({**tiny_cfg(), "name": "dsct"})

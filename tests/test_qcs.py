@@ -12,6 +12,7 @@ import torch
 from emotion.models.backbones import imagenet_normalize
 from emotion.models.face.cnn import equalize_histogram
 from emotion.models.face.qcs import CROSS_PARTNER, SAME_PARTNER, CrossSimilarityAttention, QCSNet
+from emotion.models.settings import yaml_config
 from emotion.training.loop import sam_ascend, sam_descend
 from emotion.training.qcs_family import QCSCriterion, QCSFamily
 from emotion.training.quadruplets import sample_quadruplets
@@ -27,7 +28,7 @@ def tiny_qcs(**overrides) -> QCSNet:
     torch.manual_seed(0)
     cfg = {"labels": LABELS, "backbone": "toy", "pretrained": False, "input_size": 32, "embed_dim": 16,
            "dropout": 0.0, "grayscale": False, **overrides}
-    return QCSNet(cfg)
+    return QCSNet(yaml_config("qcs", cfg))
 
 
 # -- sampler -----------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def test_a_qcs_checkpoint_is_a_backbone_for_another_models_level(tmp_path):
     from emotion.models.backbones import build_backbone
 
     torch.manual_seed(0)
-    face = QCSNet({"labels": LABELS, "pretrained": False, "input_size": 64})
+    face = QCSNet(yaml_config("qcs", {"labels": LABELS, "pretrained": False, "input_size": 64}))
     path = save_checkpoint(tmp_path / "qcs.ckpt", model_name="qcs", model_cfg=face.config,
                            state_dict=face.state_dict(), labels=LABELS)
     backbone, channels = build_backbone("mobilenet_v2", True, str(path))

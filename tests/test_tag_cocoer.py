@@ -20,6 +20,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from emotion.labels import SYNTHETIC_CATEGORIES
+from emotion.models.settings import yaml_config
 from emotion.schema import labels_from_schema
 from tests.configs import loop_settings
 from tests.conftest import PROJECT_ROOT
@@ -52,8 +53,9 @@ def cocoer_checkpoint(synthetic_root, tmp_path_factory) -> tuple[Path, str]:
     data = read_dataset("synthetic", str(synthetic_root), splits=["train"])
     family = get_family("cocoer")
     torch.manual_seed(0)
-    model = family.build_model(dict(labels=list(data.labels), backbone="toy", vocab_backbone="toy", pretrained=False,
-                                    input_size=32, d_h=32, d=32, n_blocks=1, n_heads=4, d_ff=64))
+    model = family.build_model(yaml_config("cocoer", dict(
+        labels=list(data.labels), backbone="toy", vocab_backbone="toy", pretrained=False, input_size=32, d_h=32, d=32,
+        n_blocks=1, n_heads=4, d_ff=64)))
     rows = person_rows(data.samples("train"), build_crop_spec(model, head_expand=1.25, max_side=960),
                       num_labels=len(data.labels), multi_label=True)
     family.before_training(model, [rows], loop_settings(projection={"steps": 50}), torch.device("cpu"))

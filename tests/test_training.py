@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -168,6 +169,7 @@ def test_train_state_keeps_the_best_validation_epoch_and_history_files(tmp_path)
 
 def test_epoch_loop_learns_and_checkpoint_round_trip_restores_optimizer(tmp_path):
     from emotion.models.registry import build_model
+    from emotion.models.settings import yaml_config
     from emotion.training.families import get_family
     from emotion.training.loop import (TrainState, build_optimizer, evaluate, restore_training_checkpoint,
                                        save_training_checkpoint, train_epoch)
@@ -182,7 +184,8 @@ def test_epoch_loop_learns_and_checkpoint_round_trip_restores_optimizer(tmp_path
     labels = np.eye(3, dtype=np.float32)[classes]
     batches = [{"crop_head": crops[i:i + 12], "labels": labels[i:i + 12]} for i in range(0, 48, 12)]
     family = get_family("face_cnn")
-    model = family.build_model({"labels": list(CLASSES), "backbone": "toy", "pretrained": False, "input_size": 32})
+    model = family.build_model(yaml_config("face_cnn", {"labels": list(CLASSES), "backbone": "toy", "pretrained": False,
+                                                        "input_size": 32}))
     settings = loop_settings(lr=1e-2, schedule="constant", warmup_epochs=0, epochs=8, label_smoothing=0.0)
     optimizer = build_optimizer(model, settings)
     schedule = build_schedule(settings, steps_per_epoch=4)
@@ -344,6 +347,7 @@ def test_cocoer_family_trains_on_synthetic_scene_rows(tmp_path):
     synthetic EMOTIC-style scenes, its five-term criterion, mAP as the selection score."""
     from emotion.data import read_dataset
     from emotion.data.synthetic import generate_synthetic_emotic
+    from emotion.models.settings import yaml_config
     from emotion.training.families import get_family
     from emotion.training.loop import TrainState, build_optimizer, evaluate, train_epoch
     from emotion.training.rows import CropSpec, person_rows
@@ -353,8 +357,9 @@ def test_cocoer_family_trains_on_synthetic_scene_rows(tmp_path):
     data = read_dataset("synthetic", str(tmp_path), splits=["train"])
     family = get_family("cocoer")
     torch.manual_seed(0)
-    model = family.build_model(dict(labels=list(data.labels), multi_label=True, backbone="toy", vocab_backbone="toy",
-                                    pretrained=False, input_size=32, d_h=32, d=32, n_blocks=1, n_heads=4, d_ff=64))
+    model = family.build_model(yaml_config("cocoer", dict(
+        labels=list(data.labels), multi_label=True, backbone="toy", vocab_backbone="toy", pretrained=False,
+        input_size=32, d_h=32, d=32, n_blocks=1, n_heads=4, d_ff=64)))
     rows = person_rows(data.samples("train"), CropSpec(tuple(model.input_levels), 32, head_expand=1.25, max_side=960),
                        num_labels=len(data.labels), multi_label=True)
     assert {f"crop_{m}" for m in ("head", "body", "context")} <= set(rows) and len(rows["labels"]) >= 6
@@ -372,18 +377,21 @@ def test_cocoer_family_trains_on_synthetic_scene_rows(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (PROJECT_ROOT / "jobs/configs/experiment").glob("*.yaml")))
 def test_experiments_compose_into_trainable_configs(name):
-    from omegaconf import OmegaConf
-
+    """Every experiment composes and validates as the train job's settings."""
     from emotion.settings import parse_train_settings
     from emotion.training.families import FAMILIES
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={name}", "data.root=/data"])
-    assert cfg.model.name in FAMILIES
-    # A mixture of datasets (data=faces) names its splits per source.
-    assert (cfg.data.get("train_split") and cfg.data.get("val_split")) or cfg.data.get("sources")
-    assert cfg.train.epochs >= 1 and cfg.scaling.num_workers >= 1
-    parse_train_settings(OmegaConf.to_container(cfg, resolve=True))  # every key declared, every value valid
+    settings = parse_train_settings(OmegaConf.to_container(cfg, resolve=True))
+    assert settings.model.name in FAMILIES and settings.train.epochs >= 1 and settings.scaling.num_workers >= 1
+    if settings.data.format == "sources":  # several datasets: each names its own splits
+        from emotion.data.mixture import parse_sources
+
+        sources = parse_sources(OmegaConf.to_container(cfg.data.sources, resolve=True))
+        assert any(s.train_split for s in sources) and all(s.root.startswith("/data/") for s in sources)
+    else:
+        assert settings.data.train_split and settings.data.val_split
 
 
 @pytest.mark.slow

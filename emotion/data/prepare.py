@@ -181,15 +181,15 @@ def decode_row(row: Mapping[str, Any], num_labels: int | None = None) -> Decoded
 
 
 def build_prepare(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """``prepare_dataset`` from a config: format, root, output_uri and optional settings."""
+    """``prepare_dataset`` from the ``emotion data prepare`` config (``jobs/configs/data_prepare.yaml``)."""
     return prepare_dataset(
         str(cfg["format"]),
         str(cfg["root"]),
         str(cfg["output_uri"]),
-        shard_rows=int(cfg.get("shard_rows", 1000)),
-        splits=cfg.get("splits"),
-        max_images_per_split=cfg.get("max_images_per_split"),
-        reader_options=cfg.get("options"),
-        num_threads=int(cfg.get("num_threads", 8)),
-        overwrite=bool(cfg.get("overwrite", False)),
+        shard_rows=int(cfg["shard_rows"]),
+        splits=cfg["splits"],
+        max_images_per_split=cfg["max_images_per_split"],
+        reader_options=cfg["options"],
+        num_threads=int(cfg["num_threads"]),
+        overwrite=bool(cfg["overwrite"]),
     )

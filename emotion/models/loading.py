@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from emotion.devices import resolve_device
 from emotion.models.protocol import EmotionModel, InputSpec, model_id
 from emotion.models.registry import build_model, get_spec_builder
+from emotion.models.settings import network_config, yaml_config
 from emotion.settings import DetectorSettings
 
 # Saved config keys that would read weights from elsewhere (see load_model_from_checkpoint).
@@ -41,9 +42,18 @@ def input_spec(cfg: Mapping[str, Any]) -> InputSpec:
         from emotion.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
-        saved = {**dict(ckpt["model_cfg"]), "labels": ckpt["model_cfg"].get("labels") or ckpt["labels"]}
-        return get_spec_builder(ckpt["model_name"])(saved, checkpoint_hash=ckpt["sha256"])
-    return get_spec_builder(cfg["name"])(cfg)
+        return get_spec_builder(ckpt["model_name"])(saved_config(ckpt), checkpoint_hash=ckpt["sha256"])
+    return get_spec_builder(cfg["name"])(network_config(cfg))
+
+
+def saved_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model config, whole: keys its family gained after the checkpoint was
+    written take the values of the family's YAML (``jobs/configs/model/<name>.yaml``), and
+    ``labels`` are the checkpoint's where the config has none."""
+    saved = dict(ckpt["model_cfg"])
+    if not saved.get("labels"):
+        saved["labels"] = list(ckpt["labels"])
+    return yaml_config(ckpt["model_name"], saved)
 
 
 def spec_of(model: EmotionModel) -> InputSpec:
@@ -65,11 +75,10 @@ def load_model_from_checkpoint(path: str | os.PathLike, device: Any = "cpu", s3:
     from emotion.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path, s3=s3)
-    cfg = dict(ckpt["model_cfg"])
+    cfg = saved_config(ckpt)
     for key in _LOAD_WITHOUT:
         if key in cfg:
             cfg[key] = False
-    cfg.setdefault("labels", ckpt["labels"])
     model = build_model(ckpt["model_name"], cfg)
     model.load_state_dict(ckpt["state_dict"], strict=True)
     model.checkpoint_hash = ckpt["sha256"]
@@ -79,11 +88,11 @@ def load_model_from_checkpoint(path: str | os.PathLike, device: Any = "cpu", s3:
 def build_emotion_model(cfg: Mapping[str, Any]) -> EmotionModel:
     """A model from ``cfg.checkpoint`` (any registered family) or by ``cfg.name``, on
     ``cfg.device`` (``auto``: CUDA when this machine has it)."""
-    device = resolve_device(cfg.get("device"))
+    device = resolve_device(cfg["device"])
     checkpoint = checkpoint_of(cfg)
     if checkpoint:
         return load_model_from_checkpoint(checkpoint, device=device)
-    return build_model(cfg["name"], {**cfg, "device": device})
+    return build_model(cfg["name"], network_config(cfg)).to(device)
 
 
 def build_detector_from_config(settings: DetectorSettings) -> Any:

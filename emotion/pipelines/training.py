@@ -45,7 +45,9 @@ from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, c
                                    restore_training_checkpoint, save_training_checkpoint, seed_everything,
                                    train_epoch)
 from emotion.models.loading import input_spec
-from emotion.settings import DataSettings, ModelSettings, ScalingSettings, TrainSettings
+from emotion.models.settings import network_config
+from emotion.settings import (DataSettings, ModelSettings, ScalingSettings, SourcesData, TrainSettings,
+                              reader_options)
 from emotion.training.rows import CropSpec, RowCounts, person_rows
 from emotion.training.schedule import build_schedule
 
@@ -70,19 +72,13 @@ def _filesystem(uri: str) -> tuple[Any, str]:
     return storage.get_filesystem(uri, s3)
 
 
-def _format_keys(data: DataSettings) -> dict[str, Any]:
-    """The ``data`` group's format-specific keys (splits, reader options, sources), which
-    the readers check (``emotion.data``)."""
-    return dict(data.model_extra or {})
-
-
 def _label_info(data: DataSettings) -> tuple[str, tuple[str, ...], list[dict[str, Any]] | None]:
     """(label set, labels, samples; None for prepared data, which Ray Data reads itself)."""
-    fmt, root, keys = data.format, data.root, _format_keys(data)
-    if fmt == SOURCES_FORMAT:  # samples are read source by source (_mixture_datasets)
+    fmt, root = data.format, data.root
+    if isinstance(data, SourcesData):  # samples are read source by source (_mixture_datasets)
         from emotion.labels import get_label_set
 
-        return str(keys["label_set"]), tuple(get_label_set(str(keys["label_set"]))), []
+        return data.label_set, tuple(get_label_set(data.label_set)), []
     if fmt == "prepared":
         import pyarrow.parquet as pq
 
@@ -96,10 +92,8 @@ def _label_info(data: DataSettings) -> tuple[str, tuple[str, ...], list[dict[str
         return label_set, labels, None
     from emotion.data import read_dataset
 
-    options = dict(keys.get("options") or {})
-    splits = [s for s in (keys.get("train_split"), keys.get("val_split")) if s]
-    options.setdefault("splits", splits)
-    sample_set = read_dataset(fmt, root, **options)
+    splits = [s for s in (data.train_split, data.val_split) if s]
+    sample_set = read_dataset(fmt, root, **{"splits": splits, **reader_options(data)})
     samples = list(sample_set.samples())
     return sample_set.label_set, tuple(sample_set.labels), samples
 
@@ -169,25 +163,22 @@ def build_datasets(settings: TrainSettings, spec: CropSpec, samples: list[dict[s
     here): one per person with its crops, or what the family's ``make_rows`` makes. A
     mixture of datasets (``data.sources``) gives one ``val_<source>`` per scored source
     instead of ``val``."""
-    keys = _format_keys(settings.data)
+    data = settings.data
     seed, limit, rows_per_task = settings.seed, settings.limit, settings.train.rows_per_task
-    if settings.data.format == SOURCES_FORMAT:
-        return _mixture_datasets(keys["sources"], spec, labels, label_set, multi_label, seed, limit, rows_per_task,
-                                 make_rows)
+    if isinstance(data, SourcesData):
+        sources = {name: source.model_dump() for name, source in data.sources.items()}
+        return _mixture_datasets(sources, spec, labels, label_set, multi_label, seed, limit, rows_per_task, make_rows)
     out = {}
     for key in ("train", "val"):
-        split = keys.get(f"{key}_split")
+        split = getattr(data, f"{key}_split")
         if not split:
             raise ValueError(f"data.{key}_split is not set: training needs a train split and a validation split")
-        out[key] = _split_dataset(settings.data.root, samples, labels, label_set, str(split), spec, multi_label, seed,
+        out[key] = _split_dataset(data.root, samples, labels, label_set, str(split), spec, multi_label, seed,
                                   limit, rows_per_task, make_rows)
     return out
 
 
 # -- several datasets in one label space (emotion.data.mixture) -----------------------------
-SOURCES_FORMAT = "sources"
-
-
 def _source_samples(source: Any, labels: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
     """{split: samples} of one source, its labels placed in the job's label space (NaN
     at its missing classes in the train split, 0 in the val split)."""
@@ -436,10 +427,9 @@ def _check_resume(settings: TrainSettings, run_uri: str) -> None:
 
 
 def model_config(model: ModelSettings, data: DataSettings, labels: tuple[str, ...]) -> dict[str, Any]:
-    """The model's config: the ``model`` keys the YAML sets, minus job-only ones, with the
-    dataset's labels."""
-    model_cfg = {k: v for k, v in model.model_dump(exclude_unset=True).items()
-                 if k not in ("name", "checkpoint", "device")}
+    """The model's network config (``model`` without the job's keys), with the dataset's
+    labels."""
+    model_cfg = network_config(model.model_dump())
     if model_cfg.get("labels") and list(model_cfg["labels"]) != list(labels):
         raise ValueError(f"model.labels {model_cfg['labels']} differ from the dataset's labels {list(labels)}")
     model_cfg["labels"] = list(labels)

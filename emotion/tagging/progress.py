@@ -8,9 +8,10 @@ import threading
 import time
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
-from emotion.schema import has_error
+from emotion.schema import first_row_mask, has_error
 from emotion.tagging.units import DETECT_NODE, UnitWriter
 
 
@@ -39,7 +40,7 @@ class PipelineCounts:
     def add(self, table: pa.Table) -> None:
         person = table.column("person_index").to_numpy(zero_copy_only=False)
         errors = table.column("error").to_pylist()
-        first_rows = [i for i, p in enumerate(person) if not p > 0]  # 0 or null (NaN here)
+        first_rows = np.flatnonzero(first_row_mask(table)).tolist()
         self.images += len(first_rows)
         self.people += int((person >= 0).sum())
         self.errors += sum(has_error(errors[i]) for i in first_rows)

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from emotion.boxes import body_box_from_face
+from emotion.boxes import usable_people
 from emotion.crops import CropSpec, context_window
 from emotion.training.rows import RowCounts, working_image
 
@@ -55,19 +55,13 @@ def image_rows(samples: Iterable[Mapping[str, Any]], spec: CropSpec, counts: Row
         height, width = pixels.shape[:2]
         faces = np.asarray(sample["face_boxes"], dtype=np.float32).reshape(-1, 4) / scale
         bodies = np.array(sample["person_boxes"], dtype=np.float32).reshape(-1, 4) / scale
-        keep = []
-        for p, target in enumerate(sample_labels):
-            body_known, face_known = bool(np.isfinite(bodies[p]).all()), bool(np.isfinite(faces[p]).all())
-            if not multi_label and target.max() <= 0:
-                counts.skip("no class")
-            elif not body_known and not face_known:
-                counts.skip("unknown body and face boxes")
-            elif len(keep) >= p_max:
-                counts.skip("more people than subject queries")
-            else:
-                if not body_known:
-                    bodies[p] = body_box_from_face(faces[p:p + 1], (height, width))[0]
-                keep.append(p)
+        keep, bodies, skipped = usable_people(sample_labels, faces, bodies, lambda: (height, width),
+                                              multi_label=multi_label)
+        for reason in skipped:
+            counts.skip(reason)
+        for p in keep[p_max:]:
+            counts.skip("more people than subject queries")
+        keep = keep[:p_max]
         if len(sample_labels) and not keep:
             counts.skip("image without a usable person")  # not an empty scene: its people lack boxes
             continue

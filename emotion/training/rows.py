@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from emotion.boxes import usable_people
 from emotion.crops import CropSpec, person_crops
 from emotion.images import DEFAULT_MAX_PIXELS, decode_one
 
@@ -74,17 +75,10 @@ def person_rows(samples: Iterable[Mapping[str, Any]], spec: CropSpec, counts: Ro
         bodies = np.asarray(sample["person_boxes"], dtype=np.float32).reshape(-1, 4) / scale
         people_vad = np.asarray(sample.get("vad") if sample.get("vad") is not None
                                 else np.full((len(sample_labels), 3), np.nan), dtype=np.float32).reshape(-1, 3)
-        keep = []
-        for p, target in enumerate(sample_labels):
-            face_known = bool(np.isfinite(faces[p]).all())
-            if not multi_label and target.max() <= 0:
-                counts.skip("no class")
-            elif "head" in spec.levels and not face_known:
-                counts.skip("unknown face box")
-            elif "body" in spec.levels and not np.isfinite(bodies[p]).all() and not face_known:
-                counts.skip("unknown body and face boxes")
-            else:
-                keep.append(p)
+        keep, bodies, skipped = usable_people(sample_labels, faces, bodies, lambda: pixels.shape[:2],
+                                              multi_label=multi_label, needs_face="head" in spec.levels)
+        for reason in skipped:
+            counts.skip(reason)
         if not keep:
             continue
         for level, cut in person_crops(pixels, faces[keep], bodies[keep], spec).items():

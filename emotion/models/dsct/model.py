@@ -26,10 +26,8 @@ The argument is named ``context`` because the model's one input level is the pro
 ``emotion.models.protocol.LEVELS`` has no other whole-image level, and the training loop
 calls ``model(**{level: images})``.
 
-Config (``DEFAULTS``; the paper's sizes in brackets): ``backbone`` mobilenet_v2 [resnet50],
-``hidden_dim`` 128 [256], ``nheads`` 4 [8], ``enc_layers`` 2 [6], ``dec_layers`` 4 [6],
-``fuse_from_layer`` 2, ``num_subject_queries`` 8 [4 EMOTIC, 9 CAER-S],
-``num_context_queries`` 32 [300], ``ffn_dim`` 512 [2048].
+Config: ``emotion.models.settings.DSCTConfig``; ``jobs/configs/model/dsct.yaml`` gives the
+sizes used here, with the paper's in brackets.
 """
 
 from __future__ import annotations
@@ -42,70 +40,27 @@ import torch
 from torch import nn
 
 from emotion.models.backbones import crops_to_input
+from emotion.models.config_check import validated_config
 from emotion.models.dsct.backbone import build_dsct_backbone
 from emotion.models.dsct.decoder import build_decoder
 from emotion.models.dsct.encoder import build_encoder
 from emotion.models.dsct.postprocess import emotion_probabilities
 from emotion.models.dsct.relations import RELATIONS
-from emotion.models.protocol import InputSpec, adopt_config, model_id, plain_config, single_level_columns
+from emotion.models.protocol import InputSpec, adopt_config, model_id, single_level_columns
 from emotion.models.registry import register_model, register_spec
-
-DEFAULTS: dict[str, Any] = {
-    "labels": None,  # required: emotion names in score order
-    "multi_label": True,  # EMOTIC: True (mAP); CAER-S: False (accuracy)
-    "backbone": "mobilenet_v2",  # emotion.models.backbones.BACKBONES
-    "backbone_weights": None,  # None: packaged ImageNet file; resnet50 needs a path / s3:// URI
-    "pretrained": True,  # False: random init (tests; checkpoints bring their own weights)
-    "frozen_bn": None,  # backbone BatchNorm in eval mode while training; None: = pretrained
-    "input_size": 224,
-    "hidden_dim": 128,
-    "nheads": 4,
-    "ffn_dim": 512,
-    "enc_layers": 2,
-    "dec_layers": 4,
-    "fuse_from_layer": 2,  # layers < this are decoupled, from it on fused
-    "num_subject_queries": 8,  # scenes here have <= 6 people
-    "num_context_queries": 32,
-    "relations": list(RELATIONS),  # which relation biases fused layers use (ablation: a subset or [])
-    "dropout": 0.1,
-}
 
 OUTPUT_KEYS: tuple[str, ...] = ("pred_logits", "pred_person_logits", "pred_boxes")
 PRIOR_PROB = 0.01  # focal-loss prior: heads start predicting "no person", "no emotion"
 
 
 def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """``DEFAULTS`` overlaid with ``cfg``, validated; JSON-able (it goes into checkpoints).
-    Keys outside ``DEFAULTS`` (``name``, ``checkpoint``, ``device``, training keys) are ignored."""
-    out = {key: plain_config(cfg.get(key, value)) for key, value in DEFAULTS.items()}
-    labels = out["labels"]
-    if not labels or isinstance(labels, str):
-        raise ValueError("dsct needs `labels`: a list of emotion names (the trainer takes them from the dataset)")
-    out["labels"] = [str(x) for x in labels]
-    out["multi_label"] = bool(out["multi_label"])
-    out["pretrained"] = bool(out["pretrained"])
-    out["frozen_bn"] = out["pretrained"] if out["frozen_bn"] is None else bool(out["frozen_bn"])
-    for key in ("input_size", "hidden_dim", "nheads", "ffn_dim", "enc_layers", "dec_layers", "fuse_from_layer",
-                "num_subject_queries", "num_context_queries"):
-        out[key] = int(out[key])
-    for key in ("input_size", "hidden_dim", "nheads", "ffn_dim", "dec_layers", "num_subject_queries",
-                "num_context_queries"):
-        if out[key] < 1:
-            raise ValueError(f"dsct {key} must be >= 1, got {out[key]}")
-    if out["input_size"] < 32:
-        raise ValueError(f"dsct input_size must be >= 32 pixels, got {out['input_size']}")
-    if out["enc_layers"] < 0:
-        raise ValueError(f"dsct enc_layers must be >= 0, got {out['enc_layers']}")
-    if out["hidden_dim"] % out["nheads"] or out["hidden_dim"] % 4:
-        raise ValueError(f"dsct hidden_dim ({out['hidden_dim']}) must be a multiple of nheads ({out['nheads']}) and 4")
-    if not 0 <= out["fuse_from_layer"] <= out["dec_layers"]:
-        raise ValueError(f"dsct fuse_from_layer must be in [0, dec_layers={out['dec_layers']}] "
-                         f"(dec_layers: no fused layer), got {out['fuse_from_layer']}")
-    relations = out["relations"]
-    if isinstance(relations, str) or not all(r in RELATIONS for r in relations):
-        raise ValueError(f"dsct relations must be a list drawn from {list(RELATIONS)}, got {relations!r}")
-    out["relations"] = [r for r in RELATIONS if r in relations]
-    out["dropout"] = float(out["dropout"])
+    """``cfg`` checked by ``DSCTConfig`` (every key of ``jobs/configs/model/dsct.yaml``), with
+    the value ``frozen_bn: null`` stands for and the relations in their fixed order;
+    JSON-able (it goes into checkpoints)."""
+    out = validated_config("dsct", cfg)
+    if out["frozen_bn"] is None:
+        out["frozen_bn"] = out["pretrained"]
+    out["relations"] = [r for r in RELATIONS if r in out["relations"]]
     return out
 
 
@@ -274,6 +229,6 @@ def dsct_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") 
 
 @register_model("dsct")
 def build_dsct(cfg: Mapping[str, Any]) -> DSCT:
-    """Build DSCT from a config mapping (keys and defaults: ``DEFAULTS``); a trained model
-    comes from its checkpoint (``emotion.models.loading.load_model_from_checkpoint``)."""
+    """Build DSCT from its config (``DSCTConfig``); a trained model comes from its
+    checkpoint (``emotion.models.loading.load_model_from_checkpoint``)."""
     return DSCT(cfg)

@@ -24,15 +24,16 @@ Shapes: B batch, Qs subject queries, Qc context queries, H heads, D width.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from emotion.models.dsct.layers import MLP, AttentionBlock
+from emotion.models.settings import Relation
 
-RELATIONS: tuple[str, ...] = ("spatial", "semantic")
+RELATIONS: tuple[str, ...] = get_args(Relation)
 GEOMETRY_FEATURES = 6
 _EPS = 1e-4
 

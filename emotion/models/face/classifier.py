@@ -7,6 +7,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from emotion.models.config_check import validated_config
 from emotion.models.protocol import InputSpec, model_id, single_level_columns
 from emotion.models.registry import register_model, register_spec
 from emotion.models.face.mini_xception import FER_LABELS, build_face_model, preprocess_faces
@@ -48,19 +49,20 @@ class FaceExpressionModel:
         return single_level_columns(outputs["scores"])
 
 
-def _weights_hash(cfg: Mapping) -> str:
-    weights = cfg.get("weights", "fer_mini_xception")
+def _weights_hash(weights: str) -> str:
     spec = KNOWN_WEIGHTS.get(weights)
     return spec.sha256 if spec is not None and spec.sha256 else sha256_of(resolve(weights))
 
 
 @register_spec("fer")
 def fer_input_spec(cfg: Mapping) -> InputSpec:
+    weights = validated_config("fer", cfg)["weights"]
     return InputSpec(name="fer", levels=FaceExpressionModel.input_levels, input_size=FaceExpressionModel.input_size,
-                     labels=tuple(FER_LABELS), multi_label=False, model_id=model_id("fer", _weights_hash(cfg)))
+                     labels=tuple(FER_LABELS), multi_label=False, model_id=model_id("fer", _weights_hash(weights)))
 
 
 @register_model("fer")
 def build_face_expression_model(cfg: Mapping) -> FaceExpressionModel:
-    device = cfg.get("device", "cpu")
-    return FaceExpressionModel(build_face_model(cfg), _weights_hash(cfg), device=device)
+    """The mini-Xception of ``cfg.weights`` (``FerConfig``), on the CPU."""
+    weights = validated_config("fer", cfg)["weights"]
+    return FaceExpressionModel(build_face_model(weights), _weights_hash(weights))

@@ -22,34 +22,18 @@ import torch
 from torch import nn
 
 from emotion.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, crops_to_input
+from emotion.models.config_check import validated_config
 from emotion.models.protocol import InputSpec, adopt_config, model_id, single_level_columns
 from emotion.models.registry import register_model, register_spec
-
-DEFAULTS: dict[str, Any] = {
-    "labels": None,  # required: class names in score order (the trainer takes them from the data)
-    "multi_label": False,
-    "backbone": "mobilenet_v2",
-    "backbone_weights": None,  # None: the packaged ImageNet file; or a local path / s3:// URI
-    "pretrained": True,  # False: random init (tests; checkpoints bring their own weights)
-    "input_size": 64,
-    "dropout": 0.2,
-    "grayscale": True,
-}
 
 # ITU-R BT.601 luma (PIL's convert("L")), the conversion FER2013's faces went through.
 _LUMA = (0.299, 0.587, 0.114)
 
 
 def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """DEFAULTS overlaid with the known keys of ``cfg``; labels are required."""
-    out = {key: cfg.get(key, value) for key, value in DEFAULTS.items()}
-    if not out["labels"]:
-        raise ValueError("face_cnn needs `labels` (class names in score order); the trainer takes them from the dataset")
-    out["labels"] = [str(x) for x in out["labels"]]
-    out["input_size"] = int(out["input_size"])
-    if out["input_size"] < 32:
-        raise ValueError(f"face_cnn input_size must be >= 32 pixels, got {out['input_size']}")
-    return out
+    """``cfg`` checked by ``FaceCNNConfig`` (every key of ``jobs/configs/model/face_cnn.yaml``),
+    as plain values; labels are required."""
+    return validated_config("face_cnn", cfg)
 
 
 class ToGray(nn.Module):
@@ -153,5 +137,5 @@ def face_cnn_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untraine
 
 @register_model("face_cnn")
 def build_face_cnn(cfg: Mapping[str, Any]) -> FaceCNN:
-    """Build ``face_cnn`` from a config mapping (keys and defaults: ``DEFAULTS``)."""
+    """Build ``face_cnn`` from its config (``FaceCNNConfig``)."""
     return FaceCNN(cfg)

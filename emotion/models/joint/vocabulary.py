@@ -181,8 +181,8 @@ def collect_embeddings(vocab: VocabularyAlignment, batches: Iterable[tuple[torch
 
 def build_vocabulary(image_encoder: nn.Module, image_dim: int, prototypes: torch.Tensor, hidden_dim: int,
                      cfg) -> VocabularyAlignment:
-    """``cfg`` keys: multi_label (True), pseudo_label_threshold (0.3), dropout (0.1)."""
+    """``cfg``: a resolved CocoER config (``multi_label``, ``pseudo_label_threshold``, ``dropout``)."""
     return VocabularyAlignment(
-        image_encoder, image_dim, prototypes, hidden_dim=hidden_dim, multi_label=bool(cfg.get("multi_label", True)),
-        threshold=float(cfg.get("pseudo_label_threshold", 0.3)), dropout=float(cfg.get("dropout", 0.1)),
+        image_encoder, image_dim, prototypes, hidden_dim=hidden_dim, multi_label=bool(cfg["multi_label"]),
+        threshold=float(cfg["pseudo_label_threshold"]), dropout=float(cfg["dropout"]),
     )

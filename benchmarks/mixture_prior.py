@@ -1,0 +1,60 @@
+"""The class prior of a mixture of datasets' training images, as ``emotion train`` sees
+them: each source's labels in the job's label space, repeated by its sampling weight,
+summed (soft targets count fractionally, a class a source lacks counts nothing).
+
+    .venv/bin/python benchmarks/mixture_prior.py experiment=face_v2 data.root=../shared/data \\
+        --out benchmarks/results/face_v2/class_prior.json
+
+Prints and writes the list (in the job's label order) that a QCS model's post-hoc prior
+correction (``class_prior``, ``prior_correction``) reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+
+
+def mixture_prior(data_cfg: dict) -> tuple[list[str], list[float]]:
+    from emotion.data import read_dataset
+    from emotion.data.mixture import label_positions, parse_sources, repeat_plan, to_label_space, trained
+    from emotion.labels import get_label_set
+
+    labels = list(get_label_set(data_cfg["label_set"]))
+    totals = np.zeros(len(labels))
+    for number, source in enumerate(parse_sources(data_cfg["sources"])):
+        if not trained(source):
+            continue
+        sample_set = read_dataset(source.format, source.root, **{**source.options, "splits": [source.train_split]})
+        positions = label_positions(sample_set.labels, labels, source.name)
+        rows = np.concatenate([to_label_space(s["labels"], positions, len(labels), float("nan"))
+                               for s in sample_set.samples(source.train_split)])
+        rows = rows / np.nansum(rows, axis=1, keepdims=True)
+        plan = repeat_plan(len(rows), source.weight, number)
+        totals += np.nansum(rows[plan], axis=0)
+    return labels, (totals / totals.sum()).round(6).tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="train config overrides, e.g. experiment=face_v2 data.root=PATH")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=args.overrides)
+    labels, prior = mixture_prior(OmegaConf.to_container(cfg.data, resolve=True))
+    print(json.dumps(dict(zip(labels, prior))))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(prior))
+
+
+if __name__ == "__main__":
+    main()
