@@ -124,7 +124,8 @@ def variant(predictor, **predictor_keys):
 
     keys = {"crops": "pil", "decode": "pil", "precision": "fp32", **predictor_keys}
     return EmotionPredictor(predictor.detector, predictor.model, spec=predictor.spec, crop=predictor.crop,
-                            threshold=predictor.threshold, max_people=predictor.max_people, **keys)
+                            threshold=predictor.threshold, max_people=predictor.max_people,
+                            person_threshold=predictor.person_threshold, **keys)
 
 
 def differences(today, selected, crops_today: dict, crops_selected: dict) -> dict:

@@ -141,7 +141,8 @@ def build_detected(value: str, align: bool, model, threads: int):
     detector = build_detector_from_config(RetinaFaceSettings.model_validate({**detector_cfg, "device": "cpu"}))
     return EmotionPredictor(detector, model, spec=spec,
                             crop=crop, threshold=float(predictor_cfg["threshold"]),
-                            max_people=int(predictor_cfg["max_people"]), crops="pil", decode="pil")
+                            max_people=int(predictor_cfg["max_people"]), crops="pil", decode="pil",
+                            person_threshold=None)
 
 
 def main() -> None:

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from emotion.boxes import body_box_from_face
 from emotion.crops import CropSpec, square_box

@@ -62,7 +62,8 @@ class EmotionPredictor:
         device: where device crops and decoding run; default the detector's device, else
             the model's, else CPU.
         person_threshold: for a single-stage model (``spec.finds_people``, DSCT): the
-            least person score a found person needs. Such a model replaces the detector:
+            least person score a found person needs (the model's ``score_threshold``;
+            None for any other model). Such a model replaces the detector:
             ``detect`` calls its ``find_people`` on the whole images, rows get its body
             boxes (no face box) and its emotion scores (``person_scores``), and
             ``recognize`` only places them; no crops are cut.
@@ -70,7 +71,7 @@ class EmotionPredictor:
 
     def __init__(self, detector: Any | None, model: EmotionModel | None, *, spec: InputSpec, crop: CropSpec,
                  threshold: float, max_people: int, crops: str = "pil", decode: str = "pil",
-                 precision: str = "fp32", device: Any | None = None, person_threshold: float = 0.5):
+                 precision: str = "fp32", device: Any | None = None, person_threshold: float | None):
         from emotion.precision import PRECISIONS, check_precision
 
         self.detector = detector
@@ -79,7 +80,9 @@ class EmotionPredictor:
         self.crop = crop
         self.threshold = threshold
         self.max_people = max_people
-        self.person_threshold = float(person_threshold)  # single-stage models: least person score kept
+        if spec.finds_people and person_threshold is None:
+            raise ValueError(f"{spec.name} finds people itself: it needs a person_threshold")
+        self.person_threshold = person_threshold  # single-stage models: least person score kept
         self.detector_device = device_of(detector)
         self.model_device = device_of(model)
         self.device = str(device) if device is not None else (self.detector_device or self.model_device or "cpu")
@@ -354,7 +357,7 @@ def build_predictor(config: PredictorConfig | Mapping, *, detect: bool = True, r
     return EmotionPredictor(detector, model, spec=spec, crop=crop, threshold=options.threshold,
                             max_people=options.max_people, crops=options.crops, decode=options.decode,
                             precision=options.precision,
-                            **({"person_threshold": _person_threshold(model_cfg, spec)} if spec.finds_people else {}))
+                            person_threshold=_person_threshold(model_cfg, spec) if spec.finds_people else None)
 
 
 def _person_threshold(model_cfg: Mapping, spec: InputSpec) -> float:

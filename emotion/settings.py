@@ -326,9 +326,56 @@ class AugmentSettings(_Strict):
     grayscale_prob: float = Fraction
 
 
+DSCTLoss = Literal["person", "emotion", "bbox", "giou"]
+
+
+class DSCTLossWeights(_Strict):
+    """Weight of each DSCT loss term (``emotion.models.dsct.criterion``)."""
+
+    person: float = Field(ge=0)
+    emotion: float = Field(ge=0)
+    bbox: float = Field(ge=0)
+    giou: float = Field(ge=0)
+
+
+class MatcherCosts(_Strict):
+    """The Hungarian matcher's cost weights (``emotion.models.dsct.matcher``)."""
+
+    cost_class: float = Field(ge=0)
+    cost_emotion: float = Field(ge=0)
+    cost_bbox: float = Field(ge=0)
+    cost_giou: float = Field(ge=0)
+
+
+class DSCTTrainSettings(_Strict):
+    """``train.dsct``: DSCT's set criterion and backbone learning rate
+    (``emotion.training.dsct_family``)."""
+
+    loss_weights: DSCTLossWeights
+    losses: list[DSCTLoss] = Field(min_length=1)  # the terms computed
+    aux_loss: bool  # the same terms on every earlier decoder layer
+    focal_alpha: float = Fraction  # sigmoid focal loss (person and emotion terms, matcher cost)
+    focal_gamma: float = Field(ge=0)
+    matcher: MatcherCosts
+    backbone_lr_scale: float = Field(gt=0)  # the backbone's learning rate as a share of train.lr
+
+
+class ProjectionSettings(_Strict):
+    """``train.projection``: CocoER's pre-training of the vocabulary projection ω
+    (``emotion.training.cocoer_family``)."""
+
+    steps: int = Field(ge=0)  # AdamW steps on ω alone; 0 skips it
+    lr: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    weight_decay: float = Field(ge=0)
+    max_images: int = Field(ge=1)  # training rows embedded for it
+    seed: int
+
+
 class LoopSettings(_Strict):
-    """The ``train`` group: the training loop. ``loss_weights``, ``dsct`` and ``projection``
-    are family-specific and checked by the family (``emotion.training.families``)."""
+    """The ``train`` group: the training loop. ``loss_weights`` (CocoER's terms) is checked
+    by the family (``emotion.training.families``); ``dsct`` and ``projection`` are read by
+    the DSCT and CocoER families only."""
 
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)  # per worker
@@ -352,9 +399,9 @@ class LoopSettings(_Strict):
     rows_per_task: int = Field(ge=1)
     log_every: int = Field(ge=0)  # 0: no progress lines
     loss_weights: Optional[dict[str, float]]
-    dsct: Optional[dict[str, Any]]
+    dsct: DSCTTrainSettings
     ddp: Optional[dict[str, Any]]
-    projection: Optional[dict[str, Any]]
+    projection: ProjectionSettings
     augment: AugmentSettings
 
 
@@ -374,6 +421,47 @@ class TrainSettings(_Strict):
     predictor: PredictorSettings
     ray: RaySettings
     scaling: ScalingSettings
+
+
+# -- the data commands -------------------------------------------------------------------
+class SynthSettings(_Strict):
+    """``emotion data synth`` (``emotion.data.synthetic.build_synthetic``)."""
+
+    root: str = Field(min_length=1)
+    n_train: int = Field(ge=0)
+    n_val: int = Field(ge=0)
+    n_test: int = Field(ge=0)
+    conflict_rate: float = Fraction  # share of images whose levels disagree
+    seed: int
+    image_size: int = Field(ge=32)  # side of the square images
+    max_people: int = Field(ge=1)
+    jpeg_quality: int = Field(ge=1, le=100)
+
+
+class ScenesV2Settings(_Strict):
+    """``emotion data scenes_v2`` (``emotion.data.synthetic.scenes_v2.build_scenes_v2``);
+    the keys after ``jpeg_quality`` are ``ScenesV2Params`` in config form
+    (``params_from_config`` checks them)."""
+
+    root: str = Field(min_length=1)
+    faces: Optional[str]  # FER+ root; the command refuses to run without it
+    n_train: int = Field(ge=0)
+    n_val: int = Field(ge=0)
+    n_test: int = Field(ge=0)
+    seed: int
+    image_size: int = Field(ge=32)  # side of the square images
+    jpeg_quality: int = Field(ge=1, le=100)
+    body_states: dict[str, float]
+    context_states: dict[str, float]
+    relations: dict[str, float]
+    people_weights: list[float]
+    weak_body_strength: tuple[float, float]
+    weak_context_alpha: tuple[float, float]
+    min_face_px: float
+    max_height: float
+    crowd_shrink: float
+    max_face_covered: float
+    placement_tries: int
 
 
 _SECRET_WORDS = ("token", "secret", "password")

@@ -14,6 +14,7 @@ from emotion.data.prepare import build_prepare
 from emotion.data.stats import format_stats
 from emotion.data.synthetic import build_synthetic
 from emotion.data.synthetic.scenes_v2 import build_scenes_v2
+from emotion.settings import ScenesV2Settings, SynthSettings, parse_settings
 from jobs.user_errors import exit_on_user_error
 
 log = logging.getLogger(__name__)
@@ -26,17 +27,24 @@ def run_prepare(cfg: DictConfig) -> dict:
     return result
 
 
+def given_values(cfg: DictConfig, command: str) -> dict:
+    """The command's config as plain data; a key left ``???`` is an error naming it."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"emotion data {command} needs {' '.join(key + '=...' for key in missing)}")
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
 def run_synth(cfg: DictConfig) -> dict:
-    summary = build_synthetic(OmegaConf.to_container(cfg, resolve=True))
+    settings = parse_settings(SynthSettings, given_values(cfg, "synth"))
+    summary = build_synthetic(settings)
     print(json.dumps(summary, default=str))
     return summary
 
 
 def run_scenes_v2(cfg: DictConfig) -> dict:
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ValueError(f"emotion data scenes_v2 needs {' '.join(key + '=...' for key in missing)}")
-    summary = build_scenes_v2(OmegaConf.to_container(cfg, resolve=True))
+    settings = parse_settings(ScenesV2Settings, given_values(cfg, "scenes_v2"))
+    summary = build_scenes_v2(settings)
     print(json.dumps(summary, default=str))
     return summary
 
@@ -48,7 +56,8 @@ def prepare_main(cfg: DictConfig) -> None:
 
 @hydra.main(config_path="configs", config_name="data_synth", version_base="1.3")
 def synth_main(cfg: DictConfig) -> None:
-    run_synth(cfg)
+    with exit_on_user_error(log):
+        run_synth(cfg)
 
 
 @hydra.main(config_path="configs", config_name="data_scenes_v2", version_base="1.3")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 import functools
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -52,6 +54,11 @@ def loop_settings(**changes: Any):
     return LoopSettings.model_validate(merged(default_section("train", "train"), changes))
 
 
+def dsct_settings(**changes: Any):
+    """The ``train.dsct`` settings (``DSCTTrainSettings``) with ``changes`` (nested mappings merged)."""
+    return loop_settings(dsct=changes).dsct
+
+
 def augment_settings(**changes: Any):
     """The ``train.augment`` settings (``AugmentSettings``) with ``changes``, validated."""
     from emotion.settings import AugmentSettings
@@ -69,6 +76,31 @@ def retinaface_settings(**changes: Any):
     from emotion.settings import RetinaFaceSettings
 
     return RetinaFaceSettings.model_validate({**group_option("detector", "retinaface"), **changes})
+
+
+def _command_values(config_name: str) -> dict[str, Any]:
+    """A data command's YAML values, without Hydra's keys and the paths."""
+    values = yaml.safe_load((Path(CONFIG_DIR) / f"{config_name}.yaml").read_text())
+    return {k: v for k, v in values.items() if k not in ("defaults", "hydra", "root", "faces")}
+
+
+def synth_options(**changes: Any) -> dict[str, Any]:
+    """Keyword arguments of ``generate_synthetic_emotic``: ``data_synth.yaml``'s values
+    (``image_size`` as (side, side)) with ``changes``."""
+    values = _command_values("data_synth")
+    values["image_size"] = (values["image_size"], values["image_size"])
+    return {**values, **changes}
+
+
+def scenes_v2_options(**changes: Any) -> dict[str, Any]:
+    """Keyword arguments of ``generate_scenes_v2``: ``data_scenes_v2.yaml``'s values
+    (``image_size`` as (side, side), the parameters as ``ScenesV2Params``) with ``changes``."""
+    from emotion.data.synthetic.scenes_v2 import params_from_config
+
+    values = _command_values("data_scenes_v2")
+    options = {key: values[key] for key in ("n_train", "n_val", "n_test", "seed", "jpeg_quality")}
+    options.update(image_size=(values["image_size"], values["image_size"]), params=params_from_config(values))
+    return {**options, **changes}
 
 
 def serve_section(**changes: Any) -> dict[str, Any]:

@@ -16,7 +16,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from emotion.models.settings import yaml_config
-from tests.configs import NO_AUGMENT, augment_settings, loop_settings
+from emotion.settings import ConfigError, LoopSettings, parse_settings
+from tests.configs import NO_AUGMENT, augment_settings, default_section, loop_settings, merged, synth_options
 from tests.conftest import PROJECT_ROOT
 
 CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
@@ -40,7 +41,7 @@ def synthetic_root(tmp_path_factory) -> Path:
     from emotion.data.synthetic import generate_synthetic_emotic
 
     root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_emotic(root, n_train=10, n_val=4, n_test=4, image_size=(96, 96), max_people=2, seed=0)
+    generate_synthetic_emotic(root, **synth_options(n_train=10, n_val=4, n_test=4, image_size=(96, 96), max_people=2, seed=0))
     return root
 
 
@@ -123,8 +124,9 @@ def test_projection_pretraining_lowers_prototype_distance_and_touches_only_omega
     assert model.training  # the model's mode is left as it was
 
     assert family.before_training(model, batches, loop_settings(projection={"steps": 0}), torch.device("cpu")) == {}
-    with pytest.raises(ValueError, match="unknown train.projection"):
-        family.before_training(model, batches, loop_settings(projection={"step": 10}), torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"train\.projection\.step: unknown key"):
+        parse_settings(LoopSettings, merged(default_section("train", "train"), {"projection": {"step": 10}}),
+                       prefix="train")
 
 
 def test_optimizer_gets_only_trainable_parameters_and_criterion_has_all_terms(train_rows):

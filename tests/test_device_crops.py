@@ -180,7 +180,8 @@ def test_predictor_device_crops_keep_the_row_contract(photos, faces, fer):
     batch = decode_batch(names, [resolve(SAMPLE_PHOTOS[n]).read_bytes() for n in names], 2000, 64_000_000)
     rows = {}
     for mode in ("pil", "device"):
-        predictor = EmotionPredictor(Known(), fer, spec=spec, crop=crop, threshold=0.5, max_people=20, crops=mode)
+        predictor = EmotionPredictor(Known(), fer, spec=spec, crop=crop, threshold=0.5, max_people=20, crops=mode,
+                                     person_threshold=None)
         assert predictor.crop_mode == mode
         rows[mode] = predictor.detect(batch)
         assert isinstance(rows[mode]["crop_head"], np.ndarray) and rows[mode]["crop_head"].dtype == np.uint8
@@ -190,9 +191,10 @@ def test_predictor_device_crops_keep_the_row_contract(photos, faces, fer):
     assert np.abs(scores[0] - scores[1]).max() < 0.01
     # auto on CPU: today's PIL crops.
     assert EmotionPredictor(Known(), fer, spec=spec, crop=crop, threshold=0.5, max_people=20,
-                            crops="auto").crop_mode == "pil"
+                            crops="auto", person_threshold=None).crop_mode == "pil"
     with pytest.raises(ValueError, match="predictor.crops"):
-        EmotionPredictor(Known(), fer, spec=spec, crop=crop, threshold=0.5, max_people=20, crops="gpu")
+        EmotionPredictor(Known(), fer, spec=spec, crop=crop, threshold=0.5, max_people=20, crops="gpu",
+                         person_threshold=None)
 
 
 @pytest.mark.gpu

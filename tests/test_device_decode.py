@@ -165,7 +165,8 @@ def test_predictor_decode_modes(sample_photos):
     crop = CropSpec(levels=("head",), size=32, head_expand=1.25, max_side=960)
 
     def make(decode):
-        return EmotionPredictor(None, None, spec=spec, crop=crop, threshold=0.5, max_people=5, decode=decode)
+        return EmotionPredictor(None, None, spec=spec, crop=crop, threshold=0.5, max_people=5, decode=decode,
+                                person_threshold=None)
 
     assert make("auto").decode_mode == "pil"  # no CUDA here: today's path
     data = sample_photos["obama"].read_bytes()

@@ -11,16 +11,18 @@ import pytest
 import torch
 from torchvision.ops import box_convert, box_iou
 
-from emotion.models.dsct.criterion import SetCriterion, build_criterion, loss_weight_dict
+from emotion.models.dsct.criterion import LOSSES, SetCriterion, build_criterion, loss_weight_dict
 from emotion.models.dsct.evaluation import (detection_ap50, detection_matches, dsct_report, match_people,
                                             person_scores)
-from emotion.models.dsct.matcher import HungarianMatcher
+from emotion.models.dsct.matcher import HungarianMatcher, build_matcher
 from emotion.models.dsct.model import DSCT, OUTPUT_KEYS, resolve_config
 from emotion.models.dsct.postprocess import postprocess
 from emotion.models.protocol import EmotionModel
 from emotion.models.loading import input_spec
 from emotion.models.registry import build_model
 from emotion.models.settings import yaml_config
+from emotion.settings import ConfigError, LoopSettings, parse_settings
+from tests.configs import default_section, dsct_settings, merged
 
 pytestmark = pytest.mark.unit
 
@@ -48,6 +50,11 @@ def tiny_cfg(**overrides) -> dict:
 def tiny_model(seed: int = 0, **overrides) -> DSCT:
     torch.manual_seed(seed)
     return DSCT(tiny_cfg(**overrides))
+
+
+def criterion_of(dec_layers: int, multi_label: bool = True, **changes) -> SetCriterion:
+    """The set criterion of ``train.dsct`` with ``changes``, for a model of ``dec_layers``."""
+    return build_criterion(dsct_settings(**changes), dec_layers=dec_layers, multi_label=multi_label)
 
 
 def images(b: int = 2, seed: int = 0) -> torch.Tensor:
@@ -171,7 +178,7 @@ def random_targets(sizes: list[int], seed: int) -> list[dict[str, torch.Tensor]]
 
 
 def test_matcher_gives_the_same_assignment_batched_and_one_image_at_a_time():
-    matcher = HungarianMatcher(cost_class=2, cost_bbox=5, cost_giou=2, cost_emotion=1)
+    matcher = HungarianMatcher(cost_class=2, cost_bbox=5, cost_giou=2, cost_emotion=1, focal_alpha=0.25, focal_gamma=2)
     outputs = random_outputs(4, 6, seed=1)
     targets = random_targets([2, 0, 6, 3], seed=2)
     batched = matcher(outputs, targets)
@@ -192,7 +199,7 @@ def test_matcher_recovers_a_permutation_of_perfect_predictions():
     outputs = {"pred_boxes": targets[0]["boxes"][perm][None],
                "pred_logits": (targets[0]["labels"][perm] * 8 - 4)[None],
                "pred_person_logits": torch.full((1, 4), 4.0)}
-    src, tgt = HungarianMatcher()(outputs, targets)[0]
+    src, tgt = build_matcher(dsct_settings())(outputs, targets)[0]
     assert torch.equal(tgt, perm[src])
 
 
@@ -200,8 +207,7 @@ def test_matcher_recovers_a_permutation_of_perfect_predictions():
 def test_loss_keys_and_auxiliary_suffixes_follow_the_config():
     model = tiny_model()
     out = model(images(2))
-    criterion = build_criterion({"dec_layers": 3, "aux_loss": True,
-                                 "loss_weights": {"person": 2, "emotion": 2, "bbox": 5, "giou": 2}})
+    criterion = criterion_of(3, aux_loss=True, loss_weights={"person": 2, "emotion": 2, "bbox": 5, "giou": 2})
     losses = criterion(out, TARGETS)
     terms = ["person", "emotion", "bbox", "giou"]
     expected = {f"loss_{t}{s}" for t in terms for s in ("", "_0", "_1")} | {"loss"}
@@ -210,20 +216,27 @@ def test_loss_keys_and_auxiliary_suffixes_follow_the_config():
     assert torch.allclose(losses["loss"], total)
     assert torch.equal(criterion(out, {"people": TARGETS})["loss"], losses["loss"])
 
-    no_aux = build_criterion({"dec_layers": 3, "aux_loss": False, "losses": ["person", "bbox"]})(out, TARGETS)
+    no_aux = criterion_of(3, aux_loss=False, losses=["person", "bbox"])(out, TARGETS)
     assert set(no_aux) == {"loss_person", "loss_bbox", "loss"}
     assert torch.allclose(no_aux["loss"], 2 * losses["loss_person"] + 5 * losses["loss_bbox"])
 
     with pytest.raises(ValueError, match="unknown DSCT loss weights"):
-        build_criterion({"loss_weights": {"class": 1}})
-    too_deep = SetCriterion(HungarianMatcher(), loss_weight_dict(None, dec_layers=6, aux_loss=True))
+        loss_weight_dict({"person": 2, "class": 1}, dec_layers=3, aux_loss=True, losses=["person"])
+    with pytest.raises(ConfigError, match=r"train\.dsct\.loss_weights\.class: unknown key"):
+        parse_settings(LoopSettings, merged(default_section("train", "train"), {"dsct": {"loss_weights": {"class": 1}}}),
+                       prefix="train")
+    settings = dsct_settings()
+    too_deep = SetCriterion(build_matcher(settings),
+                            loss_weight_dict(settings.loss_weights.model_dump(), dec_layers=6, aux_loss=True,
+                                             losses=LOSSES),
+                            LOSSES, focal_alpha=settings.focal_alpha, focal_gamma=settings.focal_gamma, multi_label=True)
     with pytest.raises(ValueError, match="loss_bbox_4"):
         too_deep(out, TARGETS)
 
 
 def test_gradients_reach_both_query_sets_and_the_relation_modules():
     model = tiny_model()
-    losses = build_criterion({"dec_layers": 3})(model(images(2)), TARGETS)
+    losses = criterion_of(3)(model(images(2)), TARGETS)
     losses["loss"].backward()
     for name in ("subject_embed.weight", "subject_anchor", "context_embed.weight", "context_pos.weight"):
         grad = dict(model.named_parameters())[name].grad
@@ -238,7 +251,7 @@ def test_gradients_reach_both_query_sets_and_the_relation_modules():
 def test_a_batch_without_people_trains_every_query_towards_no_person():
     model = tiny_model()
     out = model(images(2))
-    losses = build_criterion({"dec_layers": 3})(out, [target([], []), target([], [])])
+    losses = criterion_of(3)(out, [target([], []), target([], [])])
     assert math.isfinite(losses["loss"].item())
     assert losses["loss_bbox"].item() == losses["loss_giou"].item() == losses["loss_emotion"].item() == 0.0
     assert losses["loss_person"].item() > 0
@@ -247,7 +260,7 @@ def test_a_batch_without_people_trains_every_query_towards_no_person():
 
 
 def test_single_label_emotion_targets_are_one_hot_of_the_arg_max():
-    criterion = build_criterion({"multi_label": False, "dec_layers": 3})
+    criterion = criterion_of(3, multi_label=False)
     soft = torch.tensor([[0.2, 0.7, 0.1], [0.5, 0.2, 0.3]])
     assert torch.equal(criterion.emotion_targets(soft), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
     out = tiny_model(multi_label=False)(images(1))
@@ -346,7 +359,7 @@ def test_a_tiny_model_overfits_two_scenes():
     x = (torch.stack([first[0], second[0]]) - 0.45) / 0.25
     targets = [first[1], second[1]]
     model = tiny_model(seed=0, dec_layers=2, num_subject_queries=4, num_context_queries=4)
-    criterion = build_criterion({"dec_layers": 2})
+    criterion = criterion_of(2)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, foreach=True)
     for _ in range(150):
         losses = criterion(model(x), targets)
@@ -356,7 +369,7 @@ def test_a_tiny_model_overfits_two_scenes():
     model.eval()
     with torch.no_grad():
         out = model(x)
-    for i, (src, tgt) in enumerate(HungarianMatcher()(out, targets)):
+    for i, (src, tgt) in enumerate(build_matcher(dsct_settings())(out, targets)):
         assert len(src) == len(targets[i]["boxes"])
         pred = box_convert(out["pred_boxes"][i, src], "cxcywh", "xyxy")
         true = box_convert(targets[i]["boxes"][tgt], "cxcywh", "xyxy")

@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from emotion.models.settings import yaml_config
-from tests.configs import augment_settings, composed, loop_settings
+from tests.configs import augment_settings, composed, loop_settings, synth_options
 from tests.conftest import PROJECT_ROOT
 
 CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
@@ -26,7 +26,7 @@ def scenes(tmp_path_factory):
     from emotion.data.synthetic import generate_synthetic_emotic
 
     root = tmp_path_factory.mktemp("scenes")
-    generate_synthetic_emotic(root, n_train=6, n_val=3, n_test=0, image_size=(96, 96), max_people=3)
+    generate_synthetic_emotic(root, **synth_options(n_train=6, n_val=3, n_test=0, image_size=(96, 96), max_people=3))
     return root, read_dataset("synthetic", str(root), splits=["train", "val"])
 
 

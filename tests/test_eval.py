@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from tests.configs import data_settings
+from tests.configs import data_settings, synth_options
 from tests.conftest import PROJECT_ROOT
 
 CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
@@ -190,7 +190,7 @@ def test_dataset_eval_is_validation_with_the_model_spelling_its_classes_its_own_
     from emotion.training.loop import evaluate
     from emotion.training.rows import build_crop_spec, person_rows
 
-    generate_synthetic_emotic(tmp_path, n_train=1, n_val=4, n_test=0, image_size=(96, 96), max_people=2, seed=0)
+    generate_synthetic_emotic(tmp_path, **synth_options(n_train=1, n_val=4, n_test=0, image_size=(96, 96), max_people=2, seed=0))
     model_labels = ["peace", "happy", "sad", "angry", "fearful", "surprised"]  # another order, other spellings
     torch.manual_seed(0)
     model = build_model("cocoer", yaml_config("cocoer", dict(

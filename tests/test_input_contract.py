@@ -53,7 +53,7 @@ def test_training_rows_cut_the_crops_tagging_cuts(big_photo, max_side):
     model_spec = InputSpec(name="m", levels=spec.levels, input_size=48, labels=("a", "b", "c"), multi_label=False,
                            model_id="m@sha256:0")
     predictor = EmotionPredictor(FixedBoxes(faces, width), None, spec=model_spec, crop=spec, threshold=0.5,
-                                 max_people=20)
+                                 max_people=20, person_threshold=None)
     people = predictor.detect(decode_batch(["p.jpg"], [big_photo], max_side, 64_000_000))
     rows = person_rows([{"image_uri": "p.jpg", "image_bytes": big_photo, "labels": np.eye(2, 3),
                          "face_boxes": faces, "person_boxes": np.full((2, 4), np.nan)}], spec,

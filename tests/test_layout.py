@@ -174,15 +174,6 @@ RESTATED_DEFAULT_EXCEPTIONS = {
     # Dataset rows (emotion.data.records), not config: a row written before the column existed.
     ("emotion.data.records", "split"): "a dataset row's column",
     ("emotion.data.records", "label_set"): "a dataset row's column",
-    # The `emotion data synth` / `scenes_v2` commands (jobs/data.py): their builders are
-    # also the Python API that generates datasets from partial configs (tests, benchmarks).
-    **{("emotion.data.synthetic.writer", key): "emotion data synth's Python API"
-       for key in ("image_size", "n_train", "n_val", "n_test", "conflict_rate", "seed", "max_people")},
-    **{("emotion.data.synthetic.scenes_v2.writer", key): "emotion data scenes_v2's Python API"
-       for key in ("image_size", "n_train", "n_val", "n_test", "seed", "jpeg_quality")},
-    # The DSCT set criterion's own keys (train.dsct, checked by the DSCT family).
-    **{("emotion.models.dsct.criterion", key): "the DSCT set criterion's keys (train.dsct)"
-       for key in ("dec_layers", "aux_loss", "multi_label")},
 }
 
 

@@ -45,7 +45,7 @@ def predictor(device: str, precision: str, **modes) -> EmotionPredictor:
     spec = spec_of(model)
     crop = CropSpec(levels=spec.levels, size=spec.input_size, head_expand=1.25, max_side=960)
     return EmotionPredictor(detector, model, spec=spec, crop=crop, threshold=0.5, max_people=20,
-                            precision=precision, **modes)
+                            precision=precision, person_threshold=None, **modes)
 
 
 def differences(a, b) -> dict[str, float]:

@@ -15,13 +15,14 @@ from emotion.data.prepare import decode_row, list_shards, prepare_dataset, prepa
 from emotion.data.stats import compute_stats, stats_from_table
 from emotion.data.synthetic import generate_synthetic_emotic
 from emotion.images import decode_image
+from tests.configs import synth_options
 from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_emotic(root, n_train=11, n_val=4, n_test=3, seed=5)
+    generate_synthetic_emotic(root, **synth_options(n_train=11, n_val=4, n_test=3, seed=5))
     return root
 
 

@@ -35,6 +35,7 @@ from emotion.data.synthetic.scenes_v2 import (
 )
 from emotion.data.synthetic.spec import CATEGORIES, HEAD_RADIUS
 from emotion.labels import FERPLUS_CLASSES
+from tests.configs import scenes_v2_options
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.unit
@@ -105,7 +106,7 @@ def pools(fake_ferplus):
 @pytest.fixture(scope="module")
 def written(fake_ferplus, tmp_path_factory):
     root = tmp_path_factory.mktemp("scenes_v2")
-    summary = generate_scenes_v2(root, fake_ferplus[0], n_train=8, n_val=5, n_test=5, seed=3, image_size=SMALL)
+    summary = generate_scenes_v2(root, fake_ferplus[0], **scenes_v2_options(n_train=8, n_val=5, n_test=5, seed=3, image_size=SMALL))
     return root, summary
 
 
@@ -203,7 +204,7 @@ def test_same_seed_same_scenes_other_seed_other_scenes(pools):
 
 def test_written_dataset_is_deterministic(written, fake_ferplus, tmp_path):
     root, summary = written
-    again = generate_scenes_v2(tmp_path, fake_ferplus[0], n_train=8, n_val=5, n_test=5, seed=3, image_size=SMALL)
+    again = generate_scenes_v2(tmp_path, fake_ferplus[0], **scenes_v2_options(n_train=8, n_val=5, n_test=5, seed=3, image_size=SMALL))
     for path in sorted((root / IMAGE_FOLDER).glob("*.jpg")):
         assert path.read_bytes() == (tmp_path / IMAGE_FOLDER / path.name).read_bytes()
     for split in ("train", "val", "test"):

@@ -23,6 +23,7 @@ from emotion.data.synthetic import (
     with_cues,
 )
 from emotion.labels import LABEL_SETS
+from tests.configs import synth_options
 
 pytestmark = pytest.mark.unit
 
@@ -140,7 +141,7 @@ def test_images_look_like_scenes(scenes_200):
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    summary = generate_synthetic_emotic(root, n_train=12, n_val=4, n_test=4, conflict_rate=0.5, seed=2)
+    summary = generate_synthetic_emotic(root, **synth_options(n_train=12, n_val=4, n_test=4, conflict_rate=0.5, seed=2))
     return root, summary
 
 
@@ -194,7 +195,7 @@ def test_written_mat_has_the_emotic_layout_and_the_cues(written):
 
 def test_written_dataset_is_deterministic(written, tmp_path: Path):
     root, _ = written
-    again = generate_synthetic_emotic(tmp_path, n_train=12, n_val=4, n_test=4, conflict_rate=0.5, seed=2)
+    again = generate_synthetic_emotic(tmp_path, **synth_options(n_train=12, n_val=4, n_test=4, conflict_rate=0.5, seed=2))
     for path in sorted((root / IMAGE_FOLDER).glob("*.jpg")):
         assert path.read_bytes() == (tmp_path / IMAGE_FOLDER / path.name).read_bytes()
     assert again["splits"] == written[1]["splits"]

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from emotion.labels import SYNTHETIC_CATEGORIES
 from emotion.models.settings import yaml_config
 from emotion.schema import labels_from_schema
-from tests.configs import loop_settings
+from tests.configs import loop_settings, synth_options
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def synthetic_root(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("synthetic")
     # Test images 0 and 1 of seed 0 show 2 and 3 people whose cartoon faces RetinaFace finds.
-    generate_synthetic_emotic(root, n_train=6, n_val=1, n_test=2, image_size=(160, 160), seed=0)
+    generate_synthetic_emotic(root, **synth_options(n_train=6, n_val=1, n_test=2, image_size=(160, 160), seed=0))
     return root
 
 

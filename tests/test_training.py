@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from tests.configs import NO_AUGMENT, augment_settings, default_section, loop_settings
+from tests.configs import NO_AUGMENT, augment_settings, default_section, loop_settings, synth_options
 from tests.conftest import PROJECT_ROOT
 from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
 
@@ -353,7 +353,7 @@ def test_cocoer_family_trains_on_synthetic_scene_rows(tmp_path):
     from emotion.training.rows import CropSpec, person_rows
     from emotion.training.schedule import build_schedule
 
-    generate_synthetic_emotic(tmp_path, n_train=6, n_val=2, n_test=0, image_size=(96, 96), max_people=2)
+    generate_synthetic_emotic(tmp_path, **synth_options(n_train=6, n_val=2, n_test=0, image_size=(96, 96), max_people=2))
     data = read_dataset("synthetic", str(tmp_path), splits=["train"])
     family = get_family("cocoer")
     torch.manual_seed(0)

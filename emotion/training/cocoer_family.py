@@ -18,8 +18,7 @@
   frozen image embeddings of the training split's context windows, then
   ``pretrain_projection`` towards the class prototypes of each person's labels. The loop
   calls it once, before the first epoch of a fresh run (a resumed run has ω in its
-  checkpoint). Settings: ``train.projection`` (``PROJECTION_DEFAULTS``; ``steps: 0``
-  skips it).
+  checkpoint). Settings: ``train.projection`` (``steps: 0`` skips it).
 
 Only trainable parameters reach the optimiser (``loop.build_optimizer`` keeps those with
 ``requires_grad``): the vocabulary image encoder and ω are frozen inside the model.
@@ -41,16 +40,6 @@ from emotion.training.augment import augment
 
 log = logging.getLogger(__name__)
 
-PROJECTION_DEFAULTS: dict[str, Any] = {
-    "steps": 300,  # AdamW steps on ω alone
-    "lr": 1.0e-2,
-    "batch_size": 256,
-    "weight_decay": 0.0,
-    "max_images": 5000,  # training rows embedded for it (the frozen encoder runs once on each)
-    "seed": 0,
-}
-
-
 class CocoERLoss(nn.Module):
     """``CocoERCriterion`` on the loop's targets dict (multi-hot ``labels`` for multi-label
     sets, class indices ``classes`` otherwise)."""
@@ -67,15 +56,6 @@ class CocoERLoss(nn.Module):
 def _writable_uint8(array: Any) -> np.ndarray:
     # Ray Data hands out read-only arrays; torch.from_numpy wants writable memory.
     return np.require(array, dtype=np.uint8, requirements=("C", "W"))
-
-
-def projection_settings(settings: LoopSettings) -> dict[str, Any]:
-    """``PROJECTION_DEFAULTS`` updated by ``train.projection``; unknown keys are an error."""
-    given = dict(settings.projection or {})
-    unknown = sorted(set(given) - set(PROJECTION_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown train.projection setting(s) {unknown}; known: {sorted(PROJECTION_DEFAULTS)}")
-    return {**PROJECTION_DEFAULTS, **given}
 
 
 class CocoERFamily:
@@ -118,24 +98,24 @@ class CocoERFamily:
         """Pre-train ω on the training rows (see the module doc). Returns what it did:
         ``projection_images``, ``projection_loss_before`` / ``_after`` (the mean squared
         distance to the label prototypes over the embedded rows); empty when skipped."""
-        projection = projection_settings(settings)
-        if int(projection["steps"]) <= 0:
+        projection = settings.projection
+        if projection.steps <= 0:
             return {}
         vocab = model.vocabulary
         was_training = model.training
         model.eval()
         try:
             embeddings, targets = collect_embeddings(vocab, self.context_batches(model, batches, device),
-                                                     max_images=int(projection["max_images"]))
+                                                     max_images=projection.max_images)
         finally:
             model.train(was_training)
         embeddings = embeddings.to(device)
         targets = targets.to(device)
         with torch.no_grad():
             before = float(projection_loss(vocab.projection(embeddings), targets, vocab.prototypes))
-        pretrain_projection(vocab, embeddings, targets, steps=int(projection["steps"]), lr=float(projection["lr"]),
-                            batch_size=int(projection["batch_size"]), weight_decay=float(projection["weight_decay"]),
-                            seed=int(projection["seed"]))
+        pretrain_projection(vocab, embeddings, targets, steps=projection.steps, lr=projection.lr,
+                            batch_size=projection.batch_size, weight_decay=projection.weight_decay,
+                            seed=projection.seed)
         with torch.no_grad():
             after = float(projection_loss(vocab.projection(embeddings), targets, vocab.prototypes))
         report = {"projection_images": int(len(targets)), "projection_loss_before": before,

@@ -11,7 +11,7 @@ Where it differs from the crop-classifier families (``families.py`` lists the se
 * ``build_criterion``: ``emotion.models.dsct.criterion`` from ``train.dsct`` (loss weights,
   matcher costs, focal parameters) and the model's decoder depth;
 * ``parameter_groups``: the backbone at ``train.dsct.backbone_lr_scale`` x the learning
-  rate (the paper: 0.1);
+  rate;
 * ``evaluate``: each validation person matched to the highest-IoU predicted box; the score
   is mAP (multi-label) or accuracy, with ``ap50`` of the subject boxes alongside.
 """
@@ -36,9 +36,6 @@ from emotion.training.augment import color_jitter, given, to_float
 from emotion.training.image_rows import image_rows
 from emotion.training.loop import unwrap
 
-# The backbone's learning rate as a share of ``train.lr`` when ``train.dsct`` does not say
-# (the paper's 0.1); the set criterion's own keys default in ``emotion.models.dsct.criterion``.
-BACKBONE_LR_SCALE = 0.1
 ROW_COLUMNS = ("crop_context", "boxes", "people_labels", "num_people", "labels")
 
 
@@ -73,13 +70,11 @@ class DSCTFamily:
 
     def build_criterion(self, settings: LoopSettings, model: nn.Module,
                         class_prior: list[float] | None = None) -> nn.Module:
-        return build_set_criterion({**(settings.dsct or {}), "dec_layers": int(model.config["dec_layers"]),
-                                    "multi_label": bool(model.multi_label)})
+        return build_set_criterion(settings.dsct, dec_layers=int(model.config["dec_layers"]),
+                                   multi_label=bool(model.multi_label))
 
     def parameter_groups(self, model: nn.Module, settings: LoopSettings) -> list[dict[str, Any]]:
-        scale = (settings.dsct or {}).get("backbone_lr_scale")
-        return model.parameter_groups(settings.lr, BACKBONE_LR_SCALE if scale is None else float(scale),
-                                      settings.weight_decay)
+        return model.parameter_groups(settings.lr, settings.dsct.backbone_lr_scale, settings.weight_decay)
 
     def collate(self, batch: Mapping[str, np.ndarray], model: nn.Module, train: bool, device: torch.device,
                 augment_cfg: AugmentSettings | None = None,

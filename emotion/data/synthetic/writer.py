@@ -10,27 +10,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
-
 from PIL import Image
 
 from emotion.data.emotic import EmoticImage, EmoticPerson, write_emotic_annotations
 from emotion.data.synthetic.drawing import RenderedScene, iter_scenes
 from emotion.data.synthetic.spec import CATEGORIES
+from emotion.settings import SynthSettings
 
 IMAGE_FOLDER = "synthetic/images"
 
 
 def generate_synthetic_emotic(
     root: str | os.PathLike,
+    *,
     n_train: int,
     n_val: int,
     n_test: int,
-    conflict_rate: float = 0.3,
-    seed: int = 0,
-    image_size: tuple[int, int] = (160, 160),
-    max_people: int = 3,
-    jpeg_quality: int = 92,
+    conflict_rate: float,
+    seed: int,
+    image_size: tuple[int, int],
+    max_people: int,
+    jpeg_quality: int,
 ) -> dict[str, object]:
     """Write a synthetic EMOTIC-format dataset to the local folder ``root``.
 
@@ -81,18 +81,16 @@ def _emotic_image(scene: RenderedScene, filename: str, split: str) -> EmoticImag
     return EmoticImage(filename, IMAGE_FOLDER, spec.width, spec.height, people, database="synthetic")
 
 
-def build_synthetic(cfg: Mapping) -> dict[str, object]:
-    """Generate from a config: root, n_train, n_val, n_test, conflict_rate, seed, image_size."""
-    size = cfg.get("image_size", (160, 160))
-    if isinstance(size, int):
-        size = (size, size)
+def build_synthetic(settings: SynthSettings) -> dict[str, object]:
+    """Generate what ``emotion data synth``'s settings describe."""
     return generate_synthetic_emotic(
-        cfg["root"],
-        int(cfg.get("n_train", 1000)),
-        int(cfg.get("n_val", 200)),
-        int(cfg.get("n_test", 200)),
-        conflict_rate=float(cfg.get("conflict_rate", 0.3)),
-        seed=int(cfg.get("seed", 0)),
-        image_size=(int(size[0]), int(size[1])),
-        max_people=int(cfg.get("max_people", 3)),
+        settings.root,
+        n_train=settings.n_train,
+        n_val=settings.n_val,
+        n_test=settings.n_test,
+        conflict_rate=settings.conflict_rate,
+        seed=settings.seed,
+        image_size=(settings.image_size, settings.image_size),
+        max_people=settings.max_people,
+        jpeg_quality=settings.jpeg_quality,
     )

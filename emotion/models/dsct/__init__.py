@@ -8,7 +8,7 @@ One concept per module, DETR-style:
   subject/context streams), ``relations.py`` (spatial + semantic subject-context
   relations), ``position_encoding.py``, ``layers.py``;
 * ``matcher.py``: ``HungarianMatcher``; ``criterion.py``: ``SetCriterion``,
-  ``build_criterion(cfg)``;
+  ``build_criterion(train.dsct settings, dec_layers=, multi_label=)``;
 * ``postprocess.py``: outputs -> per-image detections;
 * ``evaluation.py``: the DSCT protocol (per-person emotion scores from the best-IoU box,
   mAP or accuracy) and person-box AP50.

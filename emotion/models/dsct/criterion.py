@@ -36,9 +36,9 @@ from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
 from emotion.models.dsct.matcher import HungarianMatcher, Match, build_matcher
+from emotion.settings import DSCTTrainSettings
 
 LOSSES: tuple[str, ...] = ("person", "emotion", "bbox", "giou")
-DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"person": 2.0, "emotion": 2.0, "bbox": 5.0, "giou": 2.0}
 
 Targets = Sequence[Mapping[str, torch.Tensor]]
 
@@ -64,9 +64,8 @@ class SetCriterion(nn.Module):
         multi_label: False turns each label row into the one-hot of its arg-max.
     """
 
-    def __init__(self, matcher: HungarianMatcher, weight_dict: Mapping[str, float],
-                 losses: Sequence[str] = LOSSES, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 multi_label: bool = True):
+    def __init__(self, matcher: HungarianMatcher, weight_dict: Mapping[str, float], losses: Sequence[str], *,
+                 focal_alpha: float, focal_gamma: float, multi_label: bool):
         super().__init__()
         unknown = sorted(set(losses) - set(LOSSES))
         if unknown:
@@ -151,14 +150,17 @@ class SetCriterion(nn.Module):
         return losses
 
 
-def loss_weight_dict(loss_weights: Mapping[str, float] | None, dec_layers: int, aux_loss: bool,
-                     losses: Sequence[str] = LOSSES) -> dict[str, float]:
-    """``{person: 2, ...}`` -> ``{"loss_person": 2, ...}`` plus ``loss_<term>_<i>`` for the
-    dec_layers - 1 auxiliary layers when ``aux_loss``."""
-    chosen = {**DEFAULT_LOSS_WEIGHTS, **{str(k): float(v) for k, v in dict(loss_weights or {}).items()}}
+def loss_weight_dict(loss_weights: Mapping[str, float], dec_layers: int, aux_loss: bool,
+                     losses: Sequence[str]) -> dict[str, float]:
+    """``{person: 2, ...}`` (a weight for every term of ``losses``) -> ``{"loss_person": 2,
+    ...}`` plus ``loss_<term>_<i>`` for the dec_layers - 1 auxiliary layers when ``aux_loss``."""
+    chosen = {str(k): float(v) for k, v in loss_weights.items()}
     unknown = sorted(set(chosen) - set(LOSSES))
     if unknown:
         raise ValueError(f"unknown DSCT loss weights {unknown}; known: {list(LOSSES)}")
+    missing = sorted(set(losses) - set(chosen))
+    if missing:
+        raise ValueError(f"no DSCT loss weight for {missing}")
     weights = {f"loss_{name}": chosen[name] for name in losses}
     if aux_loss:
         for i in range(dec_layers - 1):
@@ -166,13 +168,10 @@ def loss_weight_dict(loss_weights: Mapping[str, float] | None, dec_layers: int, 
     return weights
 
 
-def build_criterion(cfg: Mapping[str, Any]) -> SetCriterion:
-    """From a config: ``loss_weights`` ({person: 2, emotion: 2, bbox: 5, giou: 2}),
-    ``aux_loss`` (true), ``losses`` (all four), ``dec_layers`` (the model's, 4),
-    ``multi_label`` (true), ``focal_alpha`` (0.25), ``focal_gamma`` (2) and ``matcher``
-    costs (``matcher.build_matcher``)."""
-    losses = tuple(cfg.get("losses") or LOSSES)
-    weights = loss_weight_dict(cfg.get("loss_weights"), int(cfg.get("dec_layers", 4)),
-                               bool(cfg.get("aux_loss", True)), losses)
-    return SetCriterion(build_matcher(cfg), weights, losses, focal_alpha=float(cfg.get("focal_alpha", 0.25)),
-                        focal_gamma=float(cfg.get("focal_gamma", 2.0)), multi_label=bool(cfg.get("multi_label", True)))
+def build_criterion(settings: DSCTTrainSettings, *, dec_layers: int, multi_label: bool) -> SetCriterion:
+    """From ``train.dsct`` (loss weights and terms, ``aux_loss``, focal parameters, matcher
+    costs) and the model's ``dec_layers`` and ``multi_label``."""
+    losses = tuple(settings.losses)
+    weights = loss_weight_dict(settings.loss_weights.model_dump(), int(dec_layers), settings.aux_loss, losses)
+    return SetCriterion(build_matcher(settings), weights, losses, focal_alpha=settings.focal_alpha,
+                        focal_gamma=settings.focal_gamma, multi_label=bool(multi_label))

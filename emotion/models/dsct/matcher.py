@@ -23,10 +23,12 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from emotion.settings import DSCTTrainSettings
+
 Match = tuple[torch.Tensor, torch.Tensor]
 
 
-def focal_person_cost(person_logits: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+def focal_person_cost(person_logits: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
     """Deformable DETR's focal classification cost of calling each query a person:
     [M] logits -> [M] (lower = more person-like)."""
     prob = torch.sigmoid(person_logits)
@@ -46,8 +48,8 @@ class HungarianMatcher(nn.Module):
     """forward(outputs, targets) -> B pairs (pred_idx int64 [n], tgt_idx int64 [n]),
     n = min(Q, N_b); pred_idx sorted ascending (scipy's order)."""
 
-    def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 cost_emotion: float = 1.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+    def __init__(self, *, cost_class: float, cost_bbox: float, cost_giou: float, cost_emotion: float,
+                 focal_alpha: float, focal_gamma: float):
         super().__init__()
         if cost_class == cost_bbox == cost_giou == cost_emotion == 0:
             raise ValueError("all matcher costs are 0")
@@ -93,14 +95,7 @@ class HungarianMatcher(nn.Module):
         return matches
 
 
-def build_matcher(cfg: Mapping[str, Any]) -> HungarianMatcher:
-    """Costs from ``cfg["matcher"]`` (keys ``cost_class`` 2, ``cost_emotion`` 1,
-    ``cost_bbox`` 5, ``cost_giou`` 2) and ``focal_alpha`` 0.25 / ``focal_gamma`` 2."""
-    costs = dict(cfg.get("matcher") or {})
-    known = {"cost_class", "cost_emotion", "cost_bbox", "cost_giou"}
-    unknown = sorted(set(costs) - known)
-    if unknown:
-        raise ValueError(f"unknown matcher costs {unknown}; known: {sorted(known)}")
-    return HungarianMatcher(focal_alpha=float(cfg.get("focal_alpha", 0.25)),
-                            focal_gamma=float(cfg.get("focal_gamma", 2.0)),
-                            **{k: float(v) for k, v in costs.items()})
+def build_matcher(settings: DSCTTrainSettings) -> HungarianMatcher:
+    """From ``train.dsct``: its ``matcher`` costs and focal parameters."""
+    return HungarianMatcher(**settings.matcher.model_dump(), focal_alpha=settings.focal_alpha,
+                            focal_gamma=settings.focal_gamma)

@@ -121,8 +121,7 @@ class VocabularyAlignment(nn.Module):
 
 
 def pretrain_projection(vocab: VocabularyAlignment, image_embeddings: torch.Tensor, targets: torch.Tensor,
-                        steps: int = 300, lr: float = 1e-2, batch_size: int = 256, weight_decay: float = 0.0,
-                        seed: int = 0) -> list[float]:
+                        *, steps: int, lr: float, batch_size: int, weight_decay: float, seed: int) -> list[float]:
     """Fit ω alone on precomputed embeddings (``vocab.embed_images``) and labels.
 
     Args:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from PIL import Image
 
@@ -27,6 +27,7 @@ from emotion.data.synthetic.scenes_v2.faces import load_face_pool
 from emotion.data.synthetic.scenes_v2.params import ScenesV2Params, params_from_config, params_to_config
 from emotion.data.synthetic.scenes_v2.spec import SceneV2
 from emotion.data.synthetic.spec import CATEGORIES
+from emotion.settings import ScenesV2Settings
 
 IMAGE_FOLDER = "scenes_v2/images"
 DATABASE = "scenes_v2"
@@ -67,19 +68,19 @@ def _emotic_image(scene: RenderedSceneV2, filename: str) -> EmoticImage:
 def generate_scenes_v2(
     root: str | os.PathLike,
     faces: str | os.PathLike,
+    *,
     n_train: int,
     n_val: int,
     n_test: int,
-    seed: int = 0,
-    image_size: tuple[int, int] = (224, 224),
-    params: ScenesV2Params | None = None,
-    jpeg_quality: int = 92,
+    seed: int,
+    image_size: tuple[int, int],
+    params: ScenesV2Params,
+    jpeg_quality: int,
 ) -> dict[str, Any]:
     """Write a ``scenes_v2`` data set to the local folder ``root`` with faces from the FER+
     root ``faces``. Returns a summary: per split images, people, people per image, cue
     states, distinct faces and the measured level agreement; the expected agreement; the
     parameters; the annotation path."""
-    params = params or ScenesV2Params()
     root = Path(root)
     (root / IMAGE_FOLDER).mkdir(parents=True, exist_ok=True)
     image_size = (int(image_size[0]), int(image_size[1]))
@@ -119,20 +120,14 @@ def _split_summary(n: int, rows: list[dict[str, Any]], sizes: Counter) -> dict[s
     }
 
 
-def build_scenes_v2(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Generate from a config: root, faces, n_train, n_val, n_test, seed, image_size,
-    jpeg_quality and the ``ScenesV2Params`` keys (``params_from_config``)."""
-    faces = cfg.get("faces")
-    if not faces:
+def build_scenes_v2(settings: ScenesV2Settings) -> dict[str, Any]:
+    """Generate what ``emotion data scenes_v2``'s settings describe (the ``ScenesV2Params``
+    keys through ``params_from_config``)."""
+    if not settings.faces:
         raise ValueError("scenes_v2 needs faces=PATH: the FER+ root holding FER2013Train/ and FER2013Valid/ "
                          "(e.g. faces=/data/ferplus)")
-    if not cfg.get("root"):
-        raise ValueError("scenes_v2 needs root=PATH: the folder to write the data set to")
-    size = cfg.get("image_size", 224)
-    if isinstance(size, int):
-        size = (size, size)
     return generate_scenes_v2(
-        cfg["root"], faces, int(cfg.get("n_train", 1000)), int(cfg.get("n_val", 500)), int(cfg.get("n_test", 500)),
-        seed=int(cfg.get("seed", 0)), image_size=(int(size[0]), int(size[1])), params=params_from_config(cfg),
-        jpeg_quality=int(cfg.get("jpeg_quality", 92)),
+        settings.root, settings.faces, n_train=settings.n_train, n_val=settings.n_val, n_test=settings.n_test,
+        seed=settings.seed, image_size=(settings.image_size, settings.image_size),
+        params=params_from_config(settings.model_dump()), jpeg_quality=settings.jpeg_quality,
     )  # fmt: skip
