@@ -246,14 +246,15 @@ def main() -> None:
         for n, p in zip(chunk_names, chunk_payloads):
             which.decode(n, p)
 
-    # The detected faces of each batch in working pixels (body boxes derived, as detect does).
+    # The detected faces of each batch in working pixels (body boxes derived, as detect does;
+    # no landmarks: the box crops, the cost both crop modes share).
     found_boxes = []
     for batch, rows in zip(decoded, people_today):
         boxes = {}
         for i in np.unique(rows["image_index"][rows["person_index"] >= 0]):
             mine = (rows["image_index"] == i) & (rows["person_index"] >= 0)
             working = rows["face_box"][mine] / float(batch["scale"][i])
-            boxes[int(i)] = (working, np.full_like(working, np.nan))
+            boxes[int(i)] = (working, np.full_like(working, np.nan), None)
         found_boxes.append(boxes)
 
     def crops_with(which) -> None:

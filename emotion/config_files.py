@@ -18,14 +18,16 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "jobs" / "configs"
 
 
 def group_option(group: str, option: str) -> dict[str, Any]:
-    """The keys of ``jobs/configs/<group>/<option>.yaml`` (interpolations left as written)."""
+    """The keys of ``jobs/configs/<group>/<option>.yaml`` (interpolations left as written: ``${...}`` stays text)."""
     return copy.deepcopy(_read(str(CONFIG_DIR / group / f"{option}.yaml")))
 
 
 @functools.lru_cache(maxsize=None)
 def _read(path: str) -> dict[str, Any]:
-    from omegaconf import OmegaConf
+    # PyYAML, not OmegaConf: the library path (loading a model) runs without Hydra's stack.
+    import yaml
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"no config file {path}")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    with open(path) as handle:
+        return yaml.safe_load(handle) or {}

@@ -73,7 +73,8 @@ def test_the_default_tagging_models_do_not_import_torchvision() -> None:
         "    cfg = OmegaConf.to_container(compose(config_name='tag'), resolve=True)\n"
         "build_predictor(cfg)  # what each tagging actor builds\n"
         "model = build_emotion_model({**cfg['model'], 'device': 'cpu'})\n"
-        "build_emotion_model({'name': 'fer', 'device': 'cpu'})\n"
+        "from emotion.models.settings import yaml_settings\n"
+        "build_emotion_model({**yaml_settings('fer'), 'device': 'cpu'})\n"
         "print(model.name, 'torchvision' in sys.modules, 'emotion.models.dsct.model' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
