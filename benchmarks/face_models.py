@@ -123,18 +123,16 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int =
             "n": int(len(diff)), "reps": reps}
 
 
-def build_detected(value: str, align: bool, model, threads: int):
+def build_detected(align: bool, model):
     """A RetinaFace predictor around ``model`` (``predictor/default.yaml``'s settings)."""
-    import yaml
-
+    from emotion.config_files import group_option
     from emotion.crops import CropSpec
     from emotion.models.loading import build_detector_from_config, spec_of
     from emotion.predictor import EmotionPredictor
     from emotion.settings import RetinaFaceSettings
 
-    configs = ROOT / "jobs" / "configs"
-    detector_cfg = yaml.safe_load((configs / "detector" / "retinaface.yaml").read_text())
-    predictor_cfg = yaml.safe_load((configs / "predictor" / "default.yaml").read_text())
+    detector_cfg = group_option("detector", "retinaface")
+    predictor_cfg = group_option("predictor", "default")
     spec = spec_of(model)
     crop = CropSpec(levels=spec.levels, size=spec.input_size, head_expand=float(detector_cfg["head_expand"]),
                     max_side=int(predictor_cfg["max_image_side"]), align=align)
@@ -190,7 +188,7 @@ def main() -> None:
                 if align is None:
                     outcome = predictions(model, labels, samples)
                 else:
-                    outcome = detected_predictions(build_detected(value, align, model, args.threads), labels, samples)
+                    outcome = detected_predictions(build_detected(align, model), labels, samples)
                 outcomes[(dataset, run_name)] = outcome
                 row = report(outcome["true"], outcome["predicted"], outcome["confidence"])
                 row["model"] = model_id(model.name, model.checkpoint_hash)

@@ -23,8 +23,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
 
 def mixture_prior(data_cfg: dict) -> tuple[list[str], list[float]]:
-    from emotion.data import read_dataset
-    from emotion.data.mixture import label_positions, parse_sources, repeat_plan, to_label_space, trained
+    from emotion.data.mixture import parse_sources, repeat_plan, source_samples, trained
     from emotion.labels import get_label_set
 
     labels = list(get_label_set(data_cfg["label_set"]))
@@ -32,13 +31,9 @@ def mixture_prior(data_cfg: dict) -> tuple[list[str], list[float]]:
     for number, source in enumerate(parse_sources(data_cfg["sources"])):
         if not trained(source):
             continue
-        sample_set = read_dataset(source.format, source.root, **{**source.options, "splits": [source.train_split]})
-        positions = label_positions(sample_set.labels, labels, source.name)
-        rows = np.concatenate([to_label_space(s["labels"], positions, len(labels), float("nan"))
-                               for s in sample_set.samples(source.train_split)])
+        rows = np.concatenate([s["labels"] for s in source_samples(source, labels)[source.train_split]])
         rows = rows / np.nansum(rows, axis=1, keepdims=True)
-        plan = repeat_plan(len(rows), source.weight, number)
-        totals += np.nansum(rows[plan], axis=0)
+        totals += np.nansum(rows[repeat_plan(len(rows), source.weight, number)], axis=0)
     return labels, (totals / totals.sum()).round(6).tolist()
 
 

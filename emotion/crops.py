@@ -11,7 +11,7 @@ nose tip, mouth corners: RetinaFace's), the head crop is the similarity transfor
 is where those landmarks sit, on average, in the unaligned head crop (the face box made
 square and expanded by 1.25), so an aligned face is framed as an unaligned upright one.
 A face without landmarks (a pre-cropped face, ``detector=full_frame``; a dataset's box)
-is cut from its box as before.
+is cut from its square box.
 """
 
 from __future__ import annotations

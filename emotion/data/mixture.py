@@ -100,3 +100,21 @@ def repeat_plan(count: int, weight: float, seed: int) -> np.ndarray:
     extra = int(round((weight - whole) * count))
     drawn = np.random.default_rng(seed).permutation(count)[:extra]
     return np.concatenate([np.tile(np.arange(count), whole), np.sort(drawn)]).astype(np.int64)
+
+
+def source_samples(source: SourceSettings, labels: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """{split: samples} of one source, its labels placed in the job's label space (NaN
+    at its missing classes in the train split, 0 in the val split)."""
+    from emotion.data import read_dataset
+
+    splits = [s for s in (source.train_split if trained(source) else None, source.val_split) if s]
+    sample_set = read_dataset(source.format, source.root, **{**source.options, "splits": sorted(set(splits))})
+    positions = label_positions(sample_set.labels, labels, source.name)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for split in splits:
+        rows = [s for s in sample_set.samples() if s["split"] == split]
+        if not rows:
+            raise ValueError(f"data.sources.{source.name}: split {split!r} has no images under {source.root}")
+        missing = float("nan") if split == source.train_split and trained(source) else 0.0
+        out[split] = [{**s, "labels": to_label_space(s["labels"], positions, len(labels), missing)} for s in rows]
+    return out

@@ -179,36 +179,17 @@ def build_datasets(settings: TrainSettings, spec: CropSpec, samples: list[dict[s
 
 
 # -- several datasets in one label space (emotion.data.mixture) -----------------------------
-def _source_samples(source: Any, labels: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
-    """{split: samples} of one source, its labels placed in the job's label space (NaN
-    at its missing classes in the train split, 0 in the val split)."""
-    from emotion.data import read_dataset
-    from emotion.data.mixture import label_positions, to_label_space, trained
-
-    splits = [s for s in (source.train_split if trained(source) else None, source.val_split) if s]
-    sample_set = read_dataset(source.format, source.root, **{**source.options, "splits": sorted(set(splits))})
-    positions = label_positions(sample_set.labels, labels, source.name)
-    out: dict[str, list[dict[str, Any]]] = {}
-    for split in splits:
-        rows = [s for s in sample_set.samples() if s["split"] == split]
-        if not rows:
-            raise ValueError(f"data.sources.{source.name}: split {split!r} has no images under {source.root}")
-        missing = float("nan") if split == source.train_split and trained(source) else 0.0
-        out[split] = [{**s, "labels": to_label_space(s["labels"], positions, len(labels), missing)} for s in rows]
-    return out
-
-
 def _mixture_datasets(sources: Any, spec: CropSpec, labels: tuple[str, ...], label_set: str,
                       multi_label: bool, seed: int, limit: int | None, rows_per_task: int,
                       make_rows: Callable[..., dict[str, np.ndarray]]) -> dict[str, ray.data.Dataset]:
     """The mixture's one train dataset (every trained source at its weight, shuffled
     together) and a ``val_<source>`` dataset per scored source."""
-    from emotion.data.mixture import parse_sources, repeat_plan, trained
+    from emotion.data.mixture import parse_sources, repeat_plan, source_samples, trained
 
     train: list[dict[str, Any]] = []
     out: dict[str, ray.data.Dataset] = {}
     for number, source in enumerate(parse_sources(sources)):
-        by_split = _source_samples(source, labels)
+        by_split = source_samples(source, labels)
         if trained(source):
             rows = by_split[source.train_split]
             rows = rows[: int(limit)] if limit else rows
