@@ -270,6 +270,7 @@ class SourceData(_Strict):
     weight: float = Field(ge=0)  # times its train images appear in an epoch (0: scored only)
     train_split: Optional[str]
     val_split: Optional[str]
+    select: bool  # its val_split counts toward val_score, by which the best checkpoint is chosen
     options: dict[str, Any]  # the source format's reader options
 
 
@@ -411,6 +412,7 @@ class TrainSettings(_Strict):
     run_name: str = Field(min_length=1)
     resume: bool
     resume_from: Optional[str]
+    init_weights: Optional[str]
     max_failures: int = Field(ge=0)
     keep_checkpoints: int = Field(ge=1)
     seed: int

@@ -69,7 +69,8 @@ def test_sampling_weights_repeat_and_draw_a_fixed_fraction():
 
 
 def test_sources_config_names_its_mistakes():
-    good = {"format": "fer", "root": "r", "weight": 1.0, "train_split": "train", "val_split": "val", "options": {}}
+    good = {"format": "fer", "root": "r", "weight": 1.0, "train_split": "train", "val_split": "val", "select": True,
+            "options": {}}
     assert parse_sources({"a": good})[0].weight == 1.0
     with pytest.raises(ValueError, match=r"sources.a: unknown key\(s\) \['wieght'\]"):
         parse_sources({"a": {**good, "wieght": 1}})
@@ -77,6 +78,21 @@ def test_sources_config_names_its_mistakes():
         parse_sources({"a": good, "b": {**good, "weight": 0.0, "val_split": None}})
     with pytest.raises(ValueError, match="no source is trained on"):
         parse_sources({"a": {**good, "weight": 0.0}})
+    with pytest.raises(ValueError, match="no source is selected"):
+        parse_sources({"a": {**good, "select": False}})
+
+
+def test_the_score_averages_the_selected_validation_sets_and_reports_every_one():
+    from emotion.training.loop import combine_val_reports
+
+    reports = {f"val_{name}": {"score": score, "accuracy": score, "n": 10, "seconds": 1.0}
+               for name, score in (("a", 0.8), ("b", 0.4), ("held", 0.0))}
+    out = combine_val_reports(reports, selected=["val_a", "val_b"])
+    assert out["score"] == pytest.approx(0.6) and out["accuracy"] == pytest.approx(0.6)
+    assert out["n"] == 30 and set(out["sources"]) == {"a", "b", "held"}
+    assert combine_val_reports(reports)["score"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="no selected validation dataset"):
+        combine_val_reports(reports, selected=["val_c"])
 
 
 # -- augmentation -------------------------------------------------------------------------

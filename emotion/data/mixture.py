@@ -13,7 +13,9 @@ keep 0 there: a face of a 7-class set that the model calls ``contempt`` is wrong
 
 ``weight`` is how many times a source's training rows appear in one epoch: 2.0 twice,
 0.5 a fixed half (drawn once per run from the seed), 0 never (a source scored on its
-``val_split`` only: a held-out dataset).
+``val_split`` only: a held-out dataset). ``select`` says whether a source's validation
+split counts toward the score the best checkpoint is chosen by: a held-out dataset that
+should stay unseen by every choice made in training is scored with ``select: false``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class SourceSettings:
     weight: float
     train_split: str | None
     val_split: str | None
+    select: bool
     options: Mapping[str, Any]
 
 
@@ -44,18 +47,19 @@ def parse_sources(sources: Mapping[str, Mapping[str, Any]]) -> list[SourceSettin
     trained on (weight > 0 with a train split) nor scored (a val split) is an error."""
     if not sources:
         raise ValueError("data.sources is empty: name at least one dataset")
-    known = {"format", "root", "weight", "train_split", "val_split", "options"}
+    known = {"format", "root", "weight", "train_split", "val_split", "select", "options"}
     out = []
     for name, cfg in sources.items():
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"data.sources.{name}: unknown key(s) {unknown}; known: {sorted(known)}")
-        missing = sorted(k for k in ("format", "root", "weight") if cfg.get(k) in (None, ""))
+        missing = sorted(k for k in ("format", "root", "weight", "select") if cfg.get(k) in (None, ""))
         if missing:
             raise ValueError(f"data.sources.{name}: missing {missing}")
         source = SourceSettings(name=str(name), format=str(cfg["format"]), root=str(cfg["root"]),
                                 weight=float(cfg["weight"]), train_split=cfg.get("train_split") or None,
-                                val_split=cfg.get("val_split") or None, options=dict(cfg.get("options") or {}))
+                                val_split=cfg.get("val_split") or None, select=bool(cfg["select"]),
+                                options=dict(cfg.get("options") or {}))
         if source.weight < 0:
             raise ValueError(f"data.sources.{name}.weight={source.weight}: must be >= 0")
         if source.weight > 0 and not source.train_split:
@@ -65,6 +69,9 @@ def parse_sources(sources: Mapping[str, Mapping[str, Any]]) -> list[SourceSettin
         out.append(source)
     if not any(trained(s) for s in out):
         raise ValueError("data.sources: no source is trained on (every weight is 0)")
+    if not any(s.select and s.val_split for s in out):
+        raise ValueError("data.sources: no source is selected (select: true with a val_split) to choose "
+                         "the best checkpoint by")
     return out
 
 

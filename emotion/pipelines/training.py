@@ -38,10 +38,11 @@ import torch
 from emotion import storage
 from emotion.checkpoint import load_checkpoint, save_checkpoint
 from emotion.pipelines.ray_env import QUIET_TRAIN_POLLING_HOOK, forwarded_env, gpus_available, init_ray
+from emotion.weights import KNOWN_WEIGHTS
 from emotion.training import history as history_io
 from emotion.training.families import get_family
 from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, combine_val_reports,
-                                   epoch_generator, evaluate,
+                                   epoch_generator, evaluate, load_initial_weights,
                                    restore_training_checkpoint, save_training_checkpoint, seed_everything,
                                    train_epoch)
 from emotion.models.loading import input_spec
@@ -209,6 +210,14 @@ def val_keys(datasets: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in datasets if k == "val" or k.startswith("val_"))
 
 
+def selected_val_keys(data: Any, datasets: Mapping[str, Any]) -> list[str]:
+    """The validation datasets ``val_score`` is the mean over: every one, except a
+    mixture's sources with ``select: false`` (scored and reported, never chosen by)."""
+    if data.format != "sources":
+        return val_keys(datasets)
+    return [key for key in val_keys(datasets) if data.sources[key.removeprefix("val_")].select]
+
+
 def class_prior(dataset: ray.data.Dataset, num_labels: int) -> list[float]:
     """Share of each class in the training rows (label rows summed: soft targets count
     fractionally)."""
@@ -286,12 +295,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = restore_training_checkpoint(os.path.join(folder, CHECKPOINT_FILE), model, optimizer, scaler)
     elif settings.resume_from:
         state = restore_training_checkpoint(_resume_file(settings.resume_from), model, optimizer, scaler)
+    elif settings.init_weights:
+        load_initial_weights(settings.init_weights, model)
     start_epoch = state.epoch
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shards = {key: ray.train.get_dataset_shard(key) for key in config["val_keys"]}
     before_training = getattr(family, "before_training", None)  # e.g. CocoER's projection pre-training
-    if before_training is not None and checkpoint is None and not settings.resume_from:
+    if before_training is not None and checkpoint is None and not settings.resume_from and not settings.init_weights:
         # Once per fresh run, before DDP wraps the model (DDP then copies rank 0's result to every rank).
         before_training(model, train_shard.iter_batches(batch_size=loop.eval_batch_size, batch_format="numpy"),
                         loop, device)
@@ -312,7 +323,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         val = combine_val_reports({
             key: evaluate_split(model, shard.iter_batches(batch_size=loop.eval_batch_size, batch_format="numpy"),
                                 rank=rank, world_size=world_size)
-            for key, shard in val_shards.items()})
+            for key, shard in val_shards.items()}, selected=config["selected_val_keys"])
         state.epoch = epoch + 1
         row = _epoch_row(epoch, train_metrics, val, world_size, start_epoch, nodes, pids, time.perf_counter() - started)
         improved = state.record(row)
@@ -405,6 +416,12 @@ def _check_resume(settings: TrainSettings, run_uri: str) -> None:
     if exists and settings.resume_from:
         raise ValueError(f"resume_from starts a new run, but {run_uri} already exists: use resume=true to continue "
                          "that run, or another run_name")
+    if settings.resume_from and settings.init_weights:
+        raise ValueError("resume_from and init_weights both set: resume_from continues a checkpoint's training, "
+                         "init_weights starts a new run from its weights; set one")
+    if settings.init_weights and settings.init_weights not in KNOWN_WEIGHTS and not storage.exists(settings.init_weights):
+        raise ValueError(f"init_weights {settings.init_weights}: no such file (nor a shipped weight name: "
+                         f"{', '.join(sorted(KNOWN_WEIGHTS))})")
 
 
 def model_config(model: ModelSettings, data: DataSettings, labels: tuple[str, ...]) -> dict[str, Any]:
@@ -450,8 +467,8 @@ def run_training(settings: TrainSettings) -> TrainSummary:
     started = time.perf_counter()
     # Workers run in their own folders: local paths must not be relative.
     settings = settings.model_copy(update={key: _absolute(getattr(settings, key))
-                                           for key in ("output", "storage_path", "resume_from")
-                                           if getattr(settings, key)})
+                                           for key in ("output", "storage_path", "resume_from", "init_weights")
+                                           if getattr(settings, key) and getattr(settings, key) not in KNOWN_WEIGHTS})
     model_name = settings.model.name
     family = get_family(model_name)  # a family that cannot be trained fails here, before Ray starts
     storage_path, filesystem, run_uri = _storage(settings)
@@ -487,7 +504,8 @@ def run_training(settings: TrainSettings) -> TrainSummary:
         log.info("class prior of the train split: %s", dict(zip(labels, prior)))
     # Ray Train sends the loop's config as plain data; the workers validate it again.
     loop_config = {"settings": settings.model_dump(), "model_name": model_name, "model_cfg": model_cfg,
-                   "train_rows": train_rows, "val_keys": val_keys(datasets), "class_prior": prior}
+                   "train_rows": train_rows, "val_keys": val_keys(datasets),
+                   "selected_val_keys": selected_val_keys(settings.data, datasets), "class_prior": prior}
     trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
                            scaling_config=_scaling_config(settings.scaling), run_config=run_config, datasets=datasets,
                            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))

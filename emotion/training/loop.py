@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -222,20 +222,26 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, np.ndarray]], *, r
     return report
 
 
-def combine_val_reports(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def combine_val_reports(reports: Mapping[str, Mapping[str, Any]],
+                        selected: Sequence[str] | None = None) -> dict[str, Any]:
     """One validation report from one per validation dataset (``val``, or ``val_<source>``
     of a mixture of datasets): a single report as it is; several give ``score`` and
-    ``accuracy`` (or ``mAP``) as the mean over the datasets, so each dataset counts the
-    same whatever its size, ``n`` and ``seconds`` summed, and ``sources`` {name: report}."""
+    ``accuracy`` (or ``mAP``) as the mean over the ``selected`` datasets (all when None),
+    so each counts the same whatever its size, ``n`` and ``seconds`` summed over all, and
+    ``sources`` {name: report} for every dataset, selected or held out."""
     if len(reports) == 1:
         return dict(next(iter(reports.values())))
+    keys = list(reports) if selected is None else [key for key in reports if key in set(selected)]
+    if not keys:
+        raise ValueError(f"no selected validation dataset among {sorted(reports)}")
     named = {key.removeprefix("val_"): dict(report) for key, report in reports.items()}
-    out: dict[str, Any] = {"score": float(np.mean([r["score"] for r in named.values()])),
+    chosen = [named[key.removeprefix("val_")] for key in keys]
+    out: dict[str, Any] = {"score": float(np.mean([r["score"] for r in chosen])),
                            "n": int(sum(r["n"] for r in named.values())),
                            "seconds": round(sum(r["seconds"] for r in named.values()), 3), "sources": named}
     for key in ("accuracy", "mAP"):
-        if all(key in r for r in named.values()):
-            out[key] = float(np.mean([r[key] for r in named.values()]))
+        if all(key in r for r in chosen):
+            out[key] = float(np.mean([r[key] for r in chosen]))
     return out
 
 
@@ -287,6 +293,18 @@ def restore_training_checkpoint(path: str, model: nn.Module, optimizer: torch.op
         best_epoch=extra.get("best_epoch"),
         history=list(extra.get("history") or []),
     )
+
+
+def load_initial_weights(path: str, model: nn.Module) -> None:
+    """Fine-tuning: ``model``'s weights (strictly, same labels) from the checkpoint at
+    ``path`` (a file, ``s3://`` URI or shipped weight name), nothing else of its state."""
+    ckpt = load_checkpoint(path)
+    core = unwrap(model)
+    if list(ckpt["labels"]) != list(core.labels):
+        raise ValueError(f"init_weights {path} has labels {ckpt['labels']}, the model being trained has "
+                         f"{list(core.labels)}")
+    core.load_state_dict(ckpt["state_dict"], strict=True)
+    log.info("initial weights from %s (sha256 %s)", path, ckpt["sha256"][:12])
 
 
 def epoch_generator(seed: int, epoch: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
