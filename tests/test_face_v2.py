@@ -180,3 +180,43 @@ def test_expected_calibration_error():
     assert expected_calibration_error(np.tile([[1.0, 0.0]], (4, 1)), np.array([0, 1, 0, 1])) == pytest.approx(0.5)
     report = evaluation_report(scores, np.eye(2)[[0] * 9 + [1]], ("a", "b"), multi_label=False)
     assert report["ece"] == pytest.approx(0.0) and report["mean_recall"] == pytest.approx(0.5)
+
+
+# -- fine-tuning from shipped weights -------------------------------------------------------
+class _Labelled(torch.nn.Linear):
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        super().__init__(4, len(labels))
+        self.labels = labels
+
+
+def test_initial_weights_load_only_the_weights_and_refuse_other_labels(tmp_path):
+    from emotion.checkpoint import save_checkpoint
+    from emotion.training.loop import load_initial_weights
+
+    torch.manual_seed(0)
+    source = _Labelled(("a", "b"))
+    path = save_checkpoint(tmp_path / "w.ckpt", model_name="toy", model_cfg={}, state_dict=source.state_dict(),
+                           labels=["a", "b"], epoch=15)
+    target = _Labelled(("a", "b"))
+    load_initial_weights(str(path), target)
+    assert torch.equal(target.weight, source.weight) and torch.equal(target.bias, source.bias)
+    with pytest.raises(ValueError, match=r"init_weights .* has labels \['a', 'b'\]"):
+        load_initial_weights(str(path), _Labelled(("b", "a")))
+
+
+def test_init_weights_is_checked_before_the_run_starts(tmp_path):
+    from omegaconf import OmegaConf
+
+    from emotion.pipelines.training import _check_resume
+    from emotion.settings import parse_train_settings
+    from tests.test_config_settings import compose_job
+
+    def settings(*overrides: str):
+        return parse_train_settings(OmegaConf.to_container(compose_job("train", *overrides), resolve=True))
+
+    run_uri = str(tmp_path / "run")
+    _check_resume(settings("init_weights=qcs_ferplus"), run_uri)  # a shipped name
+    with pytest.raises(ValueError, match="init_weights .*nosuch.ckpt: no such file"):
+        _check_resume(settings(f"init_weights={tmp_path}/nosuch.ckpt"), run_uri)
+    with pytest.raises(ValueError, match="resume_from and init_weights both set"):
+        _check_resume(settings("init_weights=qcs_ferplus", f"resume_from={tmp_path}"), run_uri)

@@ -516,3 +516,7 @@ def test_a_mixture_of_datasets_trains_in_one_label_space_and_scores_each_source(
     assert row["val_score"] == pytest.approx(row["val_a_accuracy"])  # b is held out: select: false
     best = load_checkpoint(tmp_path / "out" / "best.ckpt")
     assert best["labels"][-1] == "contempt" and len(best["labels"]) == 8
+    # Fine-tuning from it: a new run from its weights only, so epoch 0 runs again.
+    tuned = run(train_cfg(tmp_path, str(tmp_path / "tuned"), "~data.sources", f"+data.sources={sources}",
+                          "train.epochs=1", f"init_weights={tmp_path / 'out' / 'best.ckpt'}", data="faces"))
+    assert tuned.epochs_run == 1 and tuned.history[0]["epoch"] == 0
