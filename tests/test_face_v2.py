@@ -220,3 +220,30 @@ def test_init_weights_is_checked_before_the_run_starts(tmp_path):
         _check_resume(settings(f"init_weights={tmp_path}/nosuch.ckpt"), run_uri)
     with pytest.raises(ValueError, match="resume_from and init_weights both set"):
         _check_resume(settings("init_weights=qcs_ferplus", f"resume_from={tmp_path}"), run_uri)
+
+
+def test_interpolated_weights_lie_between_the_start_and_the_fine_tuned_model(tmp_path):
+    from emotion.checkpoint import load_checkpoint, save_checkpoint
+    from emotion.training.interpolation import interpolate_checkpoints, interpolate_state
+
+    torch.manual_seed(0)
+    start, end = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        end.weight.add_(2.0), end.running_mean.add_(4.0)
+    end.num_batches_tracked += 7
+    mid = interpolate_state(start.state_dict(), end.state_dict(), 0.25)
+    assert torch.allclose(mid["weight"], start.weight + 0.5) and torch.allclose(mid["running_mean"],
+                                                                                start.running_mean + 1.0)
+    assert int(mid["num_batches_tracked"]) == 7
+    assert torch.equal(interpolate_state(start.state_dict(), end.state_dict(), 0.0)["weight"], start.weight)
+    with pytest.raises(ValueError, match="alpha=1.5"):
+        interpolate_state(start.state_dict(), end.state_dict(), 1.5)
+    with pytest.raises(ValueError, match="different tensors"):
+        interpolate_state({"a": torch.zeros(1)}, {"b": torch.zeros(1)}, 0.5)
+
+    paths = [save_checkpoint(tmp_path / f"{name}.ckpt", model_name="toy", model_cfg={"k": name},
+                             state_dict=model.state_dict(), labels=["a", "b", "c"])
+             for name, model in (("start", start), ("end", end))]
+    written = load_checkpoint(interpolate_checkpoints(paths[0], paths[1], 0.5, tmp_path / "mid.ckpt"))
+    assert torch.allclose(written["state_dict"]["weight"], start.weight + 1.0)
+    assert written["model_cfg"] == {"k": "end"} and written["extra"]["interpolated"]["alpha"] == 0.5
