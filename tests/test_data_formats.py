@@ -380,3 +380,16 @@ def test_samples_round_trip_through_arrow(caer_root: Path):
 def test_unknown_format_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ValueError, match="unknown dataset format 'coco'"):
         read_dataset("coco", str(tmp_path))
+
+
+def test_a_declared_image_size_that_the_images_do_not_have_is_an_error(tmp_path):
+    """FER2013's data config declares 48 x 48 to skip headers; pointed at larger faces it
+    would cut one corner of each, so the first image of a split is checked."""
+    for split in ("train", "val"):
+        (tmp_path / split / "happy").mkdir(parents=True)
+        Image.fromarray(np.full((64, 80, 3), 128, np.uint8)).save(tmp_path / split / "happy" / "a.jpg")
+    with pytest.raises(ValueError, match=r"a.jpg is 80x64 pixels, but data.options.image_size declares 48x48"):
+        read_image_folder(str(tmp_path), label_set="fer", image_size=(48, 48))
+    samples = read_image_folder(str(tmp_path), label_set="fer", image_size=None).splits["val"]
+    assert (samples[0]["width"], samples[0]["height"]) == (80, 64)
+    assert read_image_folder(str(tmp_path), label_set="fer", image_size=(80, 64)).splits["train"][0]["width"] == 80
