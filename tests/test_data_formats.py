@@ -300,6 +300,8 @@ def test_rafdb_partition_labels_and_face_boxes(rafdb_root: Path):
     assert read_rafdb(str(rafdb_root), splits=["test"]).counts() == {"test": 2}
     # sizes read from the headers when not given
     assert read_rafdb(str(rafdb_root), aligned_size=None).splits["train"][0]["width"] == 100
+    with pytest.raises(ValueError, match=r"_aligned.jpg is 100x100 pixels, but aligned_size declares 112x112"):
+        read_rafdb(str(rafdb_root), aligned_size=(112, 112))
 
 
 def test_rafdb_missing_image_and_bad_label_are_clear_errors(rafdb_root: Path):

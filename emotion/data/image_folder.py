@@ -16,7 +16,8 @@ from collections import defaultdict
 from typing import Sequence
 
 from emotion import storage
-from emotion.data.records import SampleSet, make_sample, one_hot, probe_image_size, relative_parts, whole_image_box
+from emotion.data.records import (SampleSet, check_declared_size, make_sample, one_hot, probe_image_size,
+                                  relative_parts, whole_image_box)
 from emotion.labels import canonical_name, get_label_set, index_by_name
 from emotion.images import IMAGE_SUFFIXES
 
@@ -78,7 +79,7 @@ def read_image_folder(
     result = SampleSet(label_set=name, labels=tuple(labels))
     for split, rows in by_split.items():
         if image_size is not None and rows:
-            check_declared_size(rows[0][1], image_size)
+            check_declared_size(rows[0][1], image_size, "data.options.image_size")
         samples = []
         for class_name, uri in rows:
             width, height = image_size if image_size is not None else probe_image_size(uri)
@@ -91,11 +92,3 @@ def read_image_folder(
         result.splits[split] = samples
     return result
 
-
-def check_declared_size(uri: str, image_size: tuple[int, int]) -> None:
-    """Raise when the image at ``uri`` is not ``image_size`` (width, height)."""
-    actual = probe_image_size(uri)
-    if tuple(actual) != tuple(int(v) for v in image_size):
-        raise ValueError(f"{uri} is {actual[0]}x{actual[1]} pixels, but data.options.image_size declares "
-                         f"{image_size[0]}x{image_size[1]} for every image: set data.options.image_size=null "
-                         "to read each image's size")

@@ -13,7 +13,8 @@ import posixpath
 from typing import Sequence
 
 from emotion import storage
-from emotion.data.records import SampleSet, make_sample, one_hot, probe_image_size, relative_parts, whole_image_box
+from emotion.data.records import (SampleSet, check_declared_size, make_sample, one_hot, probe_image_size,
+                                  relative_parts, whole_image_box)
 from emotion.labels import RAFDB_CLASSES
 
 PARTITION_FILE = ("EmoLabel", "list_patition_label.txt")
@@ -47,12 +48,14 @@ def read_rafdb(
     aligned_size: tuple[int, int] | None = ALIGNED_SIZE,
 ) -> SampleSet:
     """Read RAF-DB basic. ``aligned_size`` is the aligned images' (width, height)
-    (100 x 100 in the release); None reads each header instead."""
+    (100 x 100 in the release; the first aligned image is checked); None reads each
+    header instead."""
     entries = read_partition(storage.join(root, *PARTITION_FILE))
     aligned_dir, original_dir = storage.join(root, "Image", "aligned"), storage.join(root, "Image", "original")
     aligned, original = _names_under(aligned_dir), _names_under(original_dir)
     result = SampleSet(label_set="rafdb", labels=RAFDB_CLASSES)
     missing = []
+    checked = False  # the declared aligned_size, against the first aligned image
     for name, label in entries:
         split = name.split("_", 1)[0]
         if splits is not None and split not in splits:
@@ -62,6 +65,9 @@ def read_rafdb(
         target = one_hot([label], len(RAFDB_CLASSES))
         if aligned_name in aligned:
             uri = storage.join(aligned_dir, aligned_name)
+            if aligned_size is not None and not checked:
+                check_declared_size(uri, aligned_size, "aligned_size")
+                checked = True
             width, height = aligned_size if aligned_size is not None else probe_image_size(uri)
             sample = make_sample(uri, split, target, "rafdb", face_boxes=whole_image_box(width, height), width=width, height=height)
         elif name in original:

@@ -199,6 +199,17 @@ def probe_image_size(uri: str) -> tuple[int, int]:
         return -1, -1
 
 
+def check_declared_size(uri: str, image_size: tuple[int, int], option: str) -> None:
+    """Raise when the image at ``uri`` is not ``image_size`` (width, height), the size a
+    reader's ``option`` declares for every image so that headers are not read: boxes of
+    that size on a larger image would cut one corner of it."""
+    actual = probe_image_size(uri)
+    if tuple(actual) != tuple(int(v) for v in image_size):
+        raise ValueError(f"{uri} is {actual[0]}x{actual[1]} pixels, but {option} declares "
+                         f"{image_size[0]}x{image_size[1]} for every image: set {option}=null "
+                         "to read each image's size")
+
+
 # ---------------------------------------------------------------- Arrow
 
 

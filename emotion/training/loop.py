@@ -231,11 +231,10 @@ def combine_val_reports(reports: Mapping[str, Mapping[str, Any]],
     ``sources`` {name: report} for every dataset, selected or held out."""
     if len(reports) == 1:
         return dict(next(iter(reports.values())))
-    keys = list(reports) if selected is None else [key for key in reports if key in set(selected)]
-    if not keys:
-        raise ValueError(f"no selected validation dataset among {sorted(reports)}")
     named = {key.removeprefix("val_"): dict(report) for key, report in reports.items()}
-    chosen = [named[key.removeprefix("val_")] for key in keys]
+    chosen = [named[key.removeprefix("val_")] for key in reports if selected is None or key in selected]
+    if not chosen:
+        raise ValueError(f"no selected validation dataset among {sorted(reports)}")
     out: dict[str, Any] = {"score": float(np.mean([r["score"] for r in chosen])),
                            "n": int(sum(r["n"] for r in named.values())),
                            "seconds": round(sum(r["seconds"] for r in named.values()), 3), "sources": named}
@@ -273,10 +272,7 @@ def restore_training_checkpoint(path: str, model: nn.Module, optimizer: torch.op
     """Load weights (strictly), optimiser and scaler state from a checkpoint file; returns
     the state to continue from (next epoch = saved epoch + 1)."""
     ckpt = load_checkpoint(path)
-    core = unwrap(model)
-    if check_labels and list(ckpt["labels"]) != list(core.labels):
-        raise ValueError(f"checkpoint {path} has labels {ckpt['labels']}, the model being trained has {list(core.labels)}")
-    core.load_state_dict(ckpt["state_dict"], strict=True)
+    _load_model_state(ckpt, model, f"checkpoint {path}", check_labels)
     extra = ckpt.get("extra") or {}
     if optimizer is not None:
         if ckpt.get("optimizer_state") is not None:
@@ -299,12 +295,17 @@ def load_initial_weights(path: str, model: nn.Module) -> None:
     """Fine-tuning: ``model``'s weights (strictly, same labels) from the checkpoint at
     ``path`` (a file, ``s3://`` URI or shipped weight name), nothing else of its state."""
     ckpt = load_checkpoint(path)
-    core = unwrap(model)
-    if list(ckpt["labels"]) != list(core.labels):
-        raise ValueError(f"init_weights {path} has labels {ckpt['labels']}, the model being trained has "
-                         f"{list(core.labels)}")
-    core.load_state_dict(ckpt["state_dict"], strict=True)
+    _load_model_state(ckpt, model, f"init_weights {path}", check_labels=True)
     log.info("initial weights from %s (sha256 %s)", path, ckpt["sha256"][:12])
+
+
+def _load_model_state(ckpt: Mapping[str, Any], model: nn.Module, source: str, check_labels: bool) -> None:
+    """``ckpt``'s weights into ``model`` (strictly); with ``check_labels``, a checkpoint of
+    other labels is an error naming its ``source``."""
+    core = unwrap(model)
+    if check_labels and list(ckpt["labels"]) != list(core.labels):
+        raise ValueError(f"{source} has labels {ckpt['labels']}, the model being trained has {list(core.labels)}")
+    core.load_state_dict(ckpt["state_dict"], strict=True)
 
 
 def epoch_generator(seed: int, epoch: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
