@@ -31,7 +31,7 @@ def mixture_prior(data_cfg: dict) -> tuple[list[str], list[float]]:
     for number, source in enumerate(parse_sources(data_cfg["sources"])):
         if not trained(source):
             continue
-        rows = np.concatenate([s["labels"] for s in source_samples(source, labels)[source.train_split]])
+        rows = np.concatenate([s["labels"] for s in source_samples(source, labels)["train"]])
         rows = rows / np.nansum(rows, axis=1, keepdims=True)
         totals += np.nansum(rows[repeat_plan(len(rows), source.weight, number)], axis=0)
     return labels, (totals / totals.sum()).round(6).tolist()

@@ -262,6 +262,13 @@ class PreparedData(_Data, _Splits):
     format: Literal["prepared"]
 
 
+class FoldsSettings(_Strict):
+    """Cross-validation of a mixture source's train_split (``emotion.data.mixture``)."""
+
+    count: int = Field(ge=2)
+    held_out: int = Field(ge=0)  # the fold scored as the source's validation set
+
+
 class SourceData(_Strict):
     """One dataset of a mixture (``data.sources.<name>``; ``emotion.data.mixture``)."""
 
@@ -272,6 +279,7 @@ class SourceData(_Strict):
     val_split: Optional[str]
     select: bool  # its val_split counts toward val_score, by which the best checkpoint is chosen
     options: dict[str, Any]  # the source format's reader options
+    folds: Optional[FoldsSettings]  # null, or train_split cut into folds, one held out as validation
 
 
 class SourcesData(_Data):

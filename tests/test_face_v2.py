@@ -4,6 +4,7 @@ new augmentations, face alignment by landmarks, and calibration in the report.""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from emotion.crops import FACE_TEMPLATE, CropSpec, aligned_face, person_crops, similarity_transform
-from emotion.data.mixture import label_positions, parse_sources, repeat_plan, to_label_space
+from emotion.data.mixture import (fold_numbers, label_positions, parse_sources, repeat_plan, source_samples,
+                                  to_label_space)
 from emotion.metrics import evaluation_report, expected_calibration_error
 from emotion.training.augment import augment, random_downscale, random_grayscale
 from emotion.training.targets import classification_loss
@@ -80,6 +82,60 @@ def test_sources_config_names_its_mistakes():
         parse_sources({"a": {**good, "weight": 0.0}})
     with pytest.raises(ValueError, match="no source is selected"):
         parse_sources({"a": {**good, "select": False}})
+
+
+def test_folds_are_stratified_and_fixed_by_the_data_alone():
+    samples = [{"image_uri": f"/data/train/{c}/{i:03d}.png", "labels": np.eye(3, dtype=np.float32)[[c]]}
+               for c, n in ((0, 20), (1, 11), (2, 4)) for i in range(n)]
+    fold = fold_numbers(samples, 5)
+    for c, n in ((0, 20), (1, 11), (2, 4)):  # each class dealt round-robin: sizes differ by at most one
+        counts = np.bincount(fold[[i for i, s in enumerate(samples) if s["labels"][0, c] == 1]], minlength=5)
+        assert counts.sum() == n and counts.max() - counts.min() <= 1
+    moved = [{**s, "image_uri": s["image_uri"].replace("/data", "s3://bucket/elsewhere")} for s in samples[::-1]]
+    assert np.array_equal(fold_numbers(moved, 5)[::-1], fold)  # neither the order nor the root matters
+
+
+def _fer_folder(root, per_class: dict[str, int]) -> None:
+    from PIL import Image
+
+    for name, count in per_class.items():
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("L", (8, 8), color=i * 10).save(root / "train" / name / f"{name}{i}.png")
+
+
+def test_a_source_cross_validated_by_folds_trains_on_the_rest_and_scores_the_held_out_fold(tmp_path):
+    _fer_folder(tmp_path, {"happy": 6, "sad": 4})
+    base = {"format": "fer", "root": str(tmp_path), "train_split": "train", "val_split": None, "select": True,
+            "options": {}}
+    trained = source_samples(parse_sources({"f": {**base, "weight": 1.0, "folds": {"count": 2, "held_out": 1}}})[0],
+                             FERPLUS)
+    uris = {role: {s["image_uri"] for s in rows} for role, rows in trained.items()}
+    assert len(uris["train"]) == len(uris["val"]) == 5 and not uris["train"] & uris["val"]
+    assert all(math.isnan(s["labels"][0, 7]) for s in trained["train"])  # no contempt in FER: unknown
+    assert all(s["labels"][0, 7] == 0 for s in trained["val"])
+    other = parse_sources({"f": {**base, "weight": 1.0, "folds": {"count": 2, "held_out": 0}}})[0]
+    assert {s["image_uri"] for s in source_samples(other, FERPLUS)["val"]} == uris["train"]
+    scored_only = parse_sources({"f": {**base, "weight": 0.0, "folds": {"count": 2, "held_out": 1}},
+                                 "g": {**base, "weight": 1.0, "val_split": None}})[0]
+    assert set(source_samples(scored_only, FERPLUS)) == {"val"}  # the same faces, nothing trained
+    assert {s["image_uri"] for s in source_samples(scored_only, FERPLUS)["val"]} == uris["val"]
+
+
+@pytest.mark.parametrize("folds, message", [
+    ({"count": 1, "held_out": 0}, "count must be >= 2"),
+    ({"count": 5, "held_out": 5}, "held_out in"),
+    ({"count": 5}, "expected {count: K, held_out: i}"),
+])
+def test_folds_config_names_its_mistakes(folds, message):
+    good = {"format": "fer", "root": "r", "weight": 1.0, "train_split": "train", "val_split": None, "select": True,
+            "options": {}}
+    with pytest.raises(ValueError, match=rf"sources\.a\.folds: .*{re.escape(message)}"):
+        parse_sources({"a": {**good, "folds": folds}})
+    with pytest.raises(ValueError, match="val_split must be null"):
+        parse_sources({"a": {**good, "val_split": "val", "folds": {"count": 5, "held_out": 0}}})
+    with pytest.raises(ValueError, match="needs the train_split"):
+        parse_sources({"a": {**good, "train_split": None, "weight": 0.0, "folds": {"count": 5, "held_out": 0}}})
 
 
 def test_the_score_averages_the_selected_validation_sets_and_reports_every_one():

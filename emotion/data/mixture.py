@@ -16,6 +16,13 @@ keep 0 there: a face of a 7-class set that the model calls ``contempt`` is wrong
 ``val_split`` only: a held-out dataset). ``select`` says whether a source's validation
 split counts toward the score the best checkpoint is chosen by: a held-out dataset that
 should stay unseen by every choice made in training is scored with ``select: false``.
+
+``folds`` (``{count: K, held_out: i}``) cross-validates a source that has one labelled
+split only (SFEW's train): its ``train_split`` is cut into K folds, stratified by class and
+fixed by each image's class and file name (the same folds in every run, on every machine);
+fold ``i`` is the source's validation set and the other K - 1 are its training rows. With
+``weight: 0`` the held-out fold is scored alone, so a run without the source scores the very
+faces a run with it does. K runs, one per ``held_out``, give the cross-validated score.
 """
 
 from __future__ import annotations
@@ -23,9 +30,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import hashlib
+import os
+
 import numpy as np
 
 from emotion.labels import canonical_name
+
+
+@dataclass(frozen=True)
+class Folds:
+    """Cross-validation of a source's ``train_split``: ``count`` folds, ``held_out`` scored."""
+
+    count: int
+    held_out: int
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,7 @@ class SourceSettings:
     val_split: str | None
     select: bool
     options: Mapping[str, Any]
+    folds: Folds | None = None
 
 
 def parse_sources(sources: Mapping[str, Mapping[str, Any]]) -> list[SourceSettings]:
@@ -47,7 +66,7 @@ def parse_sources(sources: Mapping[str, Mapping[str, Any]]) -> list[SourceSettin
     trained on (weight > 0 with a train split) nor scored (a val split) is an error."""
     if not sources:
         raise ValueError("data.sources is empty: name at least one dataset")
-    known = {"format", "root", "weight", "train_split", "val_split", "select", "options"}
+    known = {"format", "root", "weight", "train_split", "val_split", "select", "options", "folds"}
     out = []
     for name, cfg in sources.items():
         unknown = sorted(set(cfg) - known)
@@ -59,24 +78,62 @@ def parse_sources(sources: Mapping[str, Mapping[str, Any]]) -> list[SourceSettin
         source = SourceSettings(name=str(name), format=str(cfg["format"]), root=str(cfg["root"]),
                                 weight=float(cfg["weight"]), train_split=cfg.get("train_split") or None,
                                 val_split=cfg.get("val_split") or None, select=bool(cfg["select"]),
-                                options=dict(cfg.get("options") or {}))
+                                options=dict(cfg.get("options") or {}), folds=_parse_folds(name, cfg))
         if source.weight < 0:
             raise ValueError(f"data.sources.{name}.weight={source.weight}: must be >= 0")
         if source.weight > 0 and not source.train_split:
             raise ValueError(f"data.sources.{name}: weight {source.weight} > 0 needs a train_split")
-        if not trained(source) and not source.val_split:
+        if not trained(source) and not scored(source):
             raise ValueError(f"data.sources.{name}: neither trained on (weight > 0) nor scored (val_split)")
         out.append(source)
     if not any(trained(s) for s in out):
         raise ValueError("data.sources: no source is trained on (every weight is 0)")
-    if not any(s.select and s.val_split for s in out):
+    if not any(s.select and scored(s) for s in out):
         raise ValueError("data.sources: no source is selected (select: true with a val_split) to choose "
                          "the best checkpoint by")
     return out
 
 
+def _parse_folds(name: str, cfg: Mapping[str, Any]) -> Folds | None:
+    folds = cfg.get("folds")
+    if folds is None:
+        return None
+    if not isinstance(folds, Mapping) or set(folds) != {"count", "held_out"}:
+        raise ValueError(f"data.sources.{name}.folds: expected {{count: K, held_out: i}} or null, got {folds!r}")
+    count, held_out = int(folds["count"]), int(folds["held_out"])
+    if count < 2 or not 0 <= held_out < count:
+        raise ValueError(f"data.sources.{name}.folds: count must be >= 2 and held_out in [0, count), "
+                         f"got count={count} held_out={held_out}")
+    if not cfg.get("train_split"):
+        raise ValueError(f"data.sources.{name}.folds: needs the train_split it cuts into folds")
+    if cfg.get("val_split"):
+        raise ValueError(f"data.sources.{name}.folds: the held-out fold is the validation set, so "
+                         f"val_split must be null (got {cfg['val_split']!r})")
+    return Folds(count=count, held_out=held_out)
+
+
 def trained(source: SourceSettings) -> bool:
     return source.weight > 0 and source.train_split is not None
+
+
+def scored(source: SourceSettings) -> bool:
+    """The source has validation rows: its val_split, or its held-out fold."""
+    return source.val_split is not None or source.folds is not None
+
+
+def fold_numbers(samples: Sequence[Mapping[str, Any]], count: int) -> np.ndarray:
+    """int64 [N]: the fold of each single-label sample. Within each class the samples are
+    ordered by a hash of their class and file name and dealt round-robin, so every fold
+    holds each class's share and a sample's fold depends on nothing but the data."""
+    classes = [int(np.asarray(s["labels"]).reshape(-1, np.asarray(s["labels"]).shape[-1]).sum(0).argmax())
+               for s in samples]
+    keys = [hashlib.sha1(f"{c}/{os.path.basename(s['image_uri'])}".encode()).hexdigest()
+            for c, s in zip(classes, samples)]
+    out = np.empty(len(samples), dtype=np.int64)
+    for c in sorted(set(classes)):
+        members = sorted((i for i in range(len(samples)) if classes[i] == c), key=lambda i: (keys[i], i))
+        out[members] = np.arange(len(members)) % count
+    return out
 
 
 def label_positions(source_labels: Sequence[str], labels: Sequence[str], source: str) -> np.ndarray:
@@ -110,18 +167,32 @@ def repeat_plan(count: int, weight: float, seed: int) -> np.ndarray:
 
 
 def source_samples(source: SourceSettings, labels: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """{split: samples} of one source, its labels placed in the job's label space (NaN
-    at its missing classes in the train split, 0 in the val split)."""
+    """``{"train": [...], "val": [...]}``: the rows a source trains on (when trained) and is
+    scored on (its val_split or held-out fold), its labels placed in the job's label space
+    (NaN at its missing classes in the training rows, 0 in the validation rows)."""
     from emotion.data import read_dataset
 
-    splits = [s for s in (source.train_split if trained(source) else None, source.val_split) if s]
+    read_train = trained(source) or source.folds is not None
+    splits = [s for s in (source.train_split if read_train else None, source.val_split) if s]
     sample_set = read_dataset(source.format, source.root, **{**source.options, "splits": sorted(set(splits))})
     positions = label_positions(sample_set.labels, labels, source.name)
-    out: dict[str, list[dict[str, Any]]] = {}
+    by_split: dict[str, list[dict[str, Any]]] = {}
     for split in splits:
-        rows = [s for s in sample_set.samples() if s["split"] == split]
-        if not rows:
+        by_split[split] = [s for s in sample_set.samples() if s["split"] == split]
+        if not by_split[split]:
             raise ValueError(f"data.sources.{source.name}: split {split!r} has no images under {source.root}")
-        missing = float("nan") if split == source.train_split and trained(source) else 0.0
-        out[split] = [{**s, "labels": to_label_space(s["labels"], positions, len(labels), missing)} for s in rows]
-    return out
+    roles: dict[str, list[dict[str, Any]]] = {}
+    if source.folds is not None:
+        rows = by_split[source.train_split]
+        fold = fold_numbers(rows, source.folds.count)
+        roles["val"] = [r for r, f in zip(rows, fold) if f == source.folds.held_out]
+        if trained(source):
+            roles["train"] = [r for r, f in zip(rows, fold) if f != source.folds.held_out]
+    else:
+        if trained(source):
+            roles["train"] = by_split[source.train_split]
+        if source.val_split:
+            roles["val"] = by_split[source.val_split]
+    return {role: [{**s, "labels": to_label_space(s["labels"], positions, len(labels),
+                                                  float("nan") if role == "train" else 0.0)} for s in rows]
+            for role, rows in roles.items()}

@@ -185,21 +185,22 @@ def _mixture_datasets(sources: Any, spec: CropSpec, labels: tuple[str, ...], lab
                       make_rows: Callable[..., dict[str, np.ndarray]]) -> dict[str, ray.data.Dataset]:
     """The mixture's one train dataset (every trained source at its weight, shuffled
     together) and a ``val_<source>`` dataset per scored source."""
-    from emotion.data.mixture import parse_sources, repeat_plan, source_samples, trained
+    from emotion.data.mixture import parse_sources, repeat_plan, source_samples
 
     train: list[dict[str, Any]] = []
     out: dict[str, ray.data.Dataset] = {}
     for number, source in enumerate(parse_sources(sources)):
         by_split = source_samples(source, labels)
-        if trained(source):
-            rows = by_split[source.train_split]
+        if "train" in by_split:
+            rows = by_split["train"]
             rows = rows[: int(limit)] if limit else rows
             train += [rows[i] for i in repeat_plan(len(rows), source.weight, seed + number)]
             log.info("source %s: %d train images x %.2f", source.name, len(rows), source.weight)
-        if source.val_split:
-            out[f"val_{source.name}"] = _samples_dataset(by_split[source.val_split], labels, label_set,
-                                                         f"{source.name}/{source.val_split}", spec, multi_label,
-                                                         seed, limit, rows_per_task, make_rows)
+        if "val" in by_split:
+            what = (f"{source.name}/{source.train_split} fold {source.folds.held_out} of {source.folds.count}"
+                    if source.folds else f"{source.name}/{source.val_split}")
+            out[f"val_{source.name}"] = _samples_dataset(by_split["val"], labels, label_set, what, spec,
+                                                         multi_label, seed, limit, rows_per_task, make_rows)
     out["train"] = _samples_dataset(train, labels, label_set, "train", spec, multi_label, seed, None,
                                     rows_per_task, make_rows)
     return out
