@@ -6,7 +6,7 @@
 set -euo pipefail
 out=benchmarks/results/face_v2_budget
 args=()
-for name in mnv2_80 mnv2_64 lite0_64; do
+for name in mnv2_80 mnv2_64 lite0_64 lite0_64_matched; do
   run=outputs/train/budget_$name
   .venv/bin/python -c "
 from emotion.checkpoint import export_weights
@@ -16,5 +16,5 @@ export_weights('$run/best.ckpt', '$run/export_fp16.ckpt', half=True, model_cfg_u
   args+=(--model "$name=$run/export_fp16.ckpt")
 done
 .venv/bin/python benchmarks/face_models.py --threads 2 --model v1=qcs_ferplus "${args[@]}" \
-  --pair mnv2_64,mnv2_80 --pair lite0_64,mnv2_80 --pair lite0_64,mnv2_64 \
+  --pair mnv2_64,mnv2_80 --pair lite0_64,mnv2_80 --pair lite0_64_matched,mnv2_80 --pair lite0_64_matched,mnv2_64 \
   --out "$out/backbone_size.json" 2>&1 | tee "$out/backbone_size.log"
