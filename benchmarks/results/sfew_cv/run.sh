@@ -13,7 +13,7 @@ train() {  # name overrides...
   if [[ -f $out/summary.json ]]; then echo "$out: done"; return; fi
   [[ -d $out/ray/run ]] && resume=true
   .venv/bin/emotion train experiment=face_v2_finetune data.root="$data" output="$out" resume=$resume \
-    init_weights=qcs_face_v2_wise train.epochs=2 train.lr=1.0e-4 \
+    init_weights=qcs_face_v2_wise train.epochs=1 train.lr=1.0e-4 \
     data.sources.ferplus.weight=0.1 data.sources.expw.weight=0.5 '~data.sources.fer2013' "$@"
 }
 train control
