@@ -498,22 +498,24 @@ def test_training_ray_runs_the_filter_hook_in_detached_actors(tmp_path):
 
 
 def test_a_mixture_of_datasets_trains_in_one_label_space_and_scores_each_source(ray_local, band_folder, tmp_path):
-    """data=faces: two class-folder sources (FER2013's class names) in FER+'s 8 classes.
-    One is trained on twice per epoch, the other is only scored (and not chosen by); each
-    is reported."""
+    """data=faces: three class-folder sources (FER2013's class names) in FER+'s 8 classes.
+    One is trained on twice per epoch, one is only scored (and not chosen by), one is
+    cross-validated (three of four folds trained on, the fourth scored); each is reported."""
     from emotion.checkpoint import load_checkpoint
     from jobs.train import run
 
     sources = (f"{{a: {{format: fer, root: '{band_folder}', weight: 2.0, train_split: train, val_split: val, "
-               f"select: true, options: {{}}}}, b: {{format: fer, root: '{band_folder}', weight: 0.0, "
-               f"train_split: null, val_split: val, select: false, options: {{}}}}}}")
+               f"select: true, options: {{}}, folds: null}}, b: {{format: fer, root: '{band_folder}', weight: 0.0, "
+               f"train_split: null, val_split: val, select: false, options: {{}}, folds: null}}, "
+               f"c: {{format: fer, root: '{band_folder}', weight: 1.0, train_split: train, val_split: null, "
+               f"select: false, options: {{}}, folds: {{count: 4, held_out: 1}}}}}}")
     cfg = train_cfg(tmp_path, str(tmp_path / "out"), "~data.sources", f"+data.sources={sources}",
                     "train.epochs=1", data="faces")
     summary = run(cfg)
-    assert summary.train_rows == 2 * 48 and summary.val_rows == 2 * 18
+    assert summary.train_rows == 2 * 48 + 36 and summary.val_rows == 2 * 18 + 12  # c: 4 folds of 48
     row = summary.history[0]
-    assert {"val_a_accuracy", "val_b_accuracy", "val_a_ece", "val_b_mean_recall"} <= set(row)
-    assert row["val_score"] == pytest.approx(row["val_a_accuracy"])  # b is held out: select: false
+    assert {"val_a_accuracy", "val_b_accuracy", "val_c_accuracy", "val_a_ece", "val_b_mean_recall"} <= set(row)
+    assert row["val_score"] == pytest.approx(row["val_a_accuracy"])  # b and c are held out: select: false
     best = load_checkpoint(tmp_path / "out" / "best.ckpt")
     assert best["labels"][-1] == "contempt" and len(best["labels"]) == 8
     # Fine-tuning from it: a new run from its weights only, so epoch 0 runs again.
