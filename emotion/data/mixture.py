@@ -35,6 +35,7 @@ import os
 
 import numpy as np
 
+from emotion.data.records import class_indices
 from emotion.labels import canonical_name
 
 
@@ -58,7 +59,7 @@ class SourceSettings:
     val_split: str | None
     select: bool
     options: Mapping[str, Any]
-    folds: Folds | None = None
+    folds: Folds | None
 
 
 def parse_sources(sources: Mapping[str, Mapping[str, Any]]) -> list[SourceSettings]:
@@ -125,8 +126,7 @@ def fold_numbers(samples: Sequence[Mapping[str, Any]], count: int) -> np.ndarray
     """int64 [N]: the fold of each single-label sample. Within each class the samples are
     ordered by a hash of their class and file name and dealt round-robin, so every fold
     holds each class's share and a sample's fold depends on nothing but the data."""
-    classes = [int(np.asarray(s["labels"]).reshape(-1, np.asarray(s["labels"]).shape[-1]).sum(0).argmax())
-               for s in samples]
+    classes = [int(class_indices(np.asarray(s["labels"]))[0]) for s in samples]
     keys = [hashlib.sha1(f"{c}/{os.path.basename(s['image_uri'])}".encode()).hexdigest()
             for c, s in zip(classes, samples)]
     out = np.empty(len(samples), dtype=np.int64)
