@@ -3,6 +3,7 @@
     emotion tag input=PATH output=PATH [overrides]
     emotion eval model=fer data=image_folder data.root=PATH
     emotion train ... | emotion serve ... | emotion data ... | emotion client IMAGE...
+    emotion ensemble --out PATH MEMBER MEMBER...
 
 Everything after the command is passed to the app as Hydra overrides (``--cfg job``,
 ``--help`` and multirun work as in any Hydra app).
@@ -20,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("jobs.train", "main", "train a model (Ray Train)"),
     "serve": ("jobs.serve", "main", "serve the HTTP API (Ray Serve)"),
     "data": ("jobs.data", "main", "prepare datasets: synthetic scenes, Parquet shards, statistics"),
+    "ensemble": ("jobs.ensemble", "main", "one checkpoint averaging several face models"),
     "client": ("emotion.client", "main", "send images to a running server"),
 }
 

@@ -56,6 +56,12 @@ def saved_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     return yaml_config(ckpt["model_name"], saved)
 
 
+def without_pretrained(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` with ``pretrained`` and ``prototypes_from_text`` False where it has them: a
+    network whose every weight a checkpoint brings reads no pretrained file or text encoder."""
+    return {**cfg, **{key: False for key in _LOAD_WITHOUT if key in cfg}}
+
+
 def spec_of(model: EmotionModel) -> InputSpec:
     """The input contract of a built model (no second read of its checkpoint)."""
     return InputSpec(name=model.name, levels=tuple(model.input_levels), input_size=int(model.input_size),
@@ -75,11 +81,7 @@ def load_model_from_checkpoint(path: str | os.PathLike, device: Any = "cpu", s3:
     from emotion.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path, s3=s3)
-    cfg = saved_config(ckpt)
-    for key in _LOAD_WITHOUT:
-        if key in cfg:
-            cfg[key] = False
-    model = build_model(ckpt["model_name"], cfg)
+    model = build_model(ckpt["model_name"], without_pretrained(saved_config(ckpt)))
     model.load_state_dict(ckpt["state_dict"], strict=True)
     model.checkpoint_hash = ckpt["sha256"]
     return model.to(device).eval()

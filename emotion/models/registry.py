@@ -23,6 +23,7 @@ MODEL_MODULES: dict[str, str] = {
     "face_cnn": "emotion.models.face.cnn",
     "qcs": "emotion.models.face.qcs",
     "dsct": "emotion.models.dsct.model",
+    "face_ensemble": "emotion.models.face.ensemble",
 }
 
 _REGISTRY: dict[str, Builder] = {}

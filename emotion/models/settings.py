@@ -181,13 +181,30 @@ class DSCTSettings(DSCTConfig, _JobKeys):
     config_class: ClassVar[type[_Strict]] = DSCTConfig
 
 
-ModelSettings = Annotated[Union[FerSettings, FaceCNNSettings, QCSSettings, CocoERSettings, DSCTSettings],
-                          Field(discriminator="name")]
+# -- face_ensemble: the mean of several face models' scores ------------------------------
+class EnsembleMember(_Strict):
+    name: str  # the member's model family (a registered name)
+    config: dict[str, Any]  # its network config, as its checkpoint saved it
+
+
+class FaceEnsembleConfig(_Strict):
+    # The members (at least two); null in the YAML: an ensemble checkpoint brings them.
+    members: Optional[list[EnsembleMember]] = Field(min_length=2)
+    labels: Optional[list[str]]  # the members' labels, in score order (the checkpoint brings them)
+
+
+class FaceEnsembleSettings(FaceEnsembleConfig, _JobKeys):
+    name: Literal["face_ensemble"]
+    config_class: ClassVar[type[_Strict]] = FaceEnsembleConfig
+
+
+ModelSettings = Annotated[Union[FerSettings, FaceCNNSettings, QCSSettings, CocoERSettings, DSCTSettings,
+                                FaceEnsembleSettings], Field(discriminator="name")]
 
 # Family name -> its settings class (``config_class``: its network's).
 MODEL_SETTINGS: dict[str, type[_JobKeys]] = {
     "fer": FerSettings, "face_cnn": FaceCNNSettings, "qcs": QCSSettings, "cocoer": CocoERSettings,
-    "dsct": DSCTSettings,
+    "dsct": DSCTSettings, "face_ensemble": FaceEnsembleSettings,
 }
 
 
