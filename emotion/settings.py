@@ -381,6 +381,15 @@ class ProjectionSettings(_Strict):
     seed: int
 
 
+class DistillSettings(_Strict):
+    """``train.distill``: knowledge distillation from a trained teacher
+    (``emotion.training.distillation``)."""
+
+    teacher: Optional[str]  # a checkpoint (path, s3:// URI or shipped name); null: no distillation
+    weight: float = Fraction  # w: loss = (1 - w) * the family's loss + w * the distillation term
+    temperature: float = Field(gt=0)  # T: both softmaxes read logits / T
+
+
 class LoopSettings(_Strict):
     """The ``train`` group: the training loop. ``loss_weights`` (CocoER's terms) is checked
     by the family (``emotion.training.families``); ``dsct`` and ``projection`` are read by
@@ -412,6 +421,7 @@ class LoopSettings(_Strict):
     ddp: Optional[dict[str, Any]]
     projection: ProjectionSettings
     augment: AugmentSettings
+    distill: DistillSettings
 
 
 class TrainSettings(_Strict):

@@ -40,12 +40,13 @@ from emotion.checkpoint import load_checkpoint, save_checkpoint
 from emotion.pipelines.ray_env import QUIET_TRAIN_POLLING_HOOK, forwarded_env, gpus_available, init_ray
 from emotion.weights import KNOWN_WEIGHTS
 from emotion.training import history as history_io
+from emotion.training.distillation import Distilled, check_teacher
 from emotion.training.families import get_family
 from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, combine_val_reports,
                                    epoch_generator, evaluate, load_initial_weights,
                                    restore_training_checkpoint, save_training_checkpoint, seed_everything,
                                    train_epoch)
-from emotion.models.loading import input_spec
+from emotion.models.loading import input_spec, load_model_from_checkpoint
 from emotion.models.settings import network_config
 from emotion.settings import (DataSettings, ModelSettings, ScalingSettings, SourcesData, TrainSettings,
                               reader_options)
@@ -281,6 +282,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     seed_everything(settings.seed + rank)
     device = ray.train.torch.get_device()
     family = get_family(config["model_name"])
+    if loop.distill.teacher:  # the student also learns the teacher's scores on the same crops
+        family = Distilled(family, load_model_from_checkpoint(loop.distill.teacher, device=device), loop.distill)
     model = family.build_model(config["model_cfg"]).to(device)
     criterion = family.build_criterion(loop, model, config["class_prior"])
     optimizer = build_optimizer(model, loop, family)
@@ -470,6 +473,10 @@ def run_training(settings: TrainSettings) -> TrainSummary:
     settings = settings.model_copy(update={key: _absolute(getattr(settings, key))
                                            for key in ("output", "storage_path", "resume_from", "init_weights")
                                            if getattr(settings, key) and getattr(settings, key) not in KNOWN_WEIGHTS})
+    teacher = settings.train.distill.teacher
+    if teacher and teacher not in KNOWN_WEIGHTS:
+        distill = settings.train.distill.model_copy(update={"teacher": _absolute(teacher)})
+        settings = settings.model_copy(update={"train": settings.train.model_copy(update={"distill": distill})})
     model_name = settings.model.name
     family = get_family(model_name)  # a family that cannot be trained fails here, before Ray starts
     storage_path, filesystem, run_uri = _storage(settings)
@@ -481,6 +488,8 @@ def run_training(settings: TrainSettings) -> TrainSummary:
     model_cfg = model_config(settings.model, settings.data, labels)
     # The model's input contract says which crops to cut; crops shrink images as tagging does.
     contract = input_spec({**model_cfg, "name": model_name})
+    if settings.train.distill.teacher:  # read once here, so a wrong teacher fails before any training
+        check_teacher(contract, input_spec({"checkpoint": settings.train.distill.teacher}))
     spec = CropSpec(levels=contract.levels, size=contract.input_size, head_expand=settings.data.head_expand,
                     max_side=settings.predictor.max_image_side)
     make_rows = family.row_maker(model_cfg) if hasattr(family, "row_maker") else person_rows
