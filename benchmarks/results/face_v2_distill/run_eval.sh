@@ -5,12 +5,7 @@
 set -euo pipefail
 out=benchmarks/results/face_v2_distill
 run=outputs/train/face_v2_distill
-.venv/bin/python -c "
-import json
-from emotion.checkpoint import export_weights
-prior = json.load(open('benchmarks/results/face_v2/class_prior.json'))
-export_weights('$run/best.ckpt', '$run/export_fp16.ckpt', half=True,
-               model_cfg_updates={'test_flip': True, 'class_prior': prior, 'prior_correction': 0.0})"
+.venv/bin/python benchmarks/export_face_model.py $run/best.ckpt $run/export_fp16.ckpt
 cp $run/metrics.csv $run/summary.json $out/
 .venv/bin/python benchmarks/face_models.py --threads 2 \
   --model v1=qcs_ferplus --model wise=qcs_face_v2_wise --model teacher=outputs/face_ensemble/ens_v1_v2.ckpt \
