@@ -708,6 +708,11 @@ def test_metrics_endpoint_is_scraped(service, photos, ray_local):
     ok = [line for line in text.splitlines() if line.startswith("ray_emotion_http_requests_total{")
           and 'route="/v1/recognize"' in line and 'status="200"' in line]
     assert ok and float(ok[0].rsplit(" ", 1)[1]) >= 1
+    # An idle replica's gauges stay in the scrape, export cycles after they were first set.
+    time.sleep(25)
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    gauges = ["ray_emotion_batch_queue_length", 'ray_emotion_model_info{']
+    assert not [w for w in gauges if w not in text], "the gauges dropped out of an idle replica's scrape"
 
 
 def _light_app(served_cfg, name: str, overrides: dict) -> str:

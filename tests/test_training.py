@@ -518,7 +518,13 @@ def test_a_mixture_of_datasets_trains_in_one_label_space_and_scores_each_source(
     assert row["val_score"] == pytest.approx(row["val_a_accuracy"])  # b and c are held out: select: false
     best = load_checkpoint(tmp_path / "out" / "best.ckpt")
     assert best["labels"][-1] == "contempt" and len(best["labels"]) == 8
-    # Fine-tuning from it: a new run from its weights only, so epoch 0 runs again.
+    # Fine-tuning from it: a new run from its weights only, so epoch 0 runs again; it also
+    # learns the scores of a teacher, an ensemble checkpoint loaded on every worker.
+    from emotion.models.face.ensemble import write_ensemble_checkpoint
+
+    teacher = write_ensemble_checkpoint([tmp_path / "out" / "best.ckpt"] * 2, tmp_path / "teacher.ckpt")
     tuned = run(train_cfg(tmp_path, str(tmp_path / "tuned"), "~data.sources", f"+data.sources={sources}",
-                          "train.epochs=1", f"init_weights={tmp_path / 'out' / 'best.ckpt'}", data="faces"))
+                          "train.epochs=1", f"init_weights={tmp_path / 'out' / 'best.ckpt'}",
+                          f"train.distill.teacher={teacher}", "train.distill.weight=0.5", data="faces"))
     assert tuned.epochs_run == 1 and tuned.history[0]["epoch"] == 0
+    assert math.isfinite(tuned.history[0]["train_loss"])

@@ -50,13 +50,18 @@ class EmotionRecognizer:
         # One thread runs the predictor, so the replica's event loop keeps accepting
         # requests (they queue into the next batch) and answering health checks.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictor")
-        self._metrics = RecognizerMetrics(self._info["id"])
         self._batcher = ContinuousBatcher(self._run_batch, batching["max_batch_size"],
                                           batching["batch_wait_timeout_s"], on_batch=self._on_batch)
+        self._metrics = RecognizerMetrics(self._info["id"], lambda: self._batcher.queue_length)
         self._recent_batches: deque[int] = deque(maxlen=256)
         self._histogram: Counter[int] = Counter()
         self._busy_s = 0.0
         log.info("recognizer ready: %s", self._info["id"])
+
+    def __del__(self) -> None:  # Serve calls it when the replica shuts down
+        metrics = getattr(self, "_metrics", None)  # absent when loading the model failed
+        if metrics is not None:
+            metrics.stop()
 
     def reconfigure(self, user_config: dict) -> None:
         self._batcher.configure(int(user_config["max_batch_size"]), float(user_config["batch_wait_timeout_s"]))

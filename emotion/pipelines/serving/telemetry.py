@@ -11,6 +11,8 @@ Metrics are ``ray.util.metrics`` objects. Ray exports them, with Ray Serve's own
 * ``ray_emotion_batch_queue_length``: requests waiting for a batch, per replica;
 * ``ray_emotion_model_info{model_id}``: 1 per loaded model (name @ checkpoint hash).
 
+The two gauges are recorded again every ``GAUGE_REFRESH_S`` by a thread of the replica.
+
 The objects are made on first use in the replica that records them, never at import
 (the driver imports these modules to build the app).
 """
@@ -18,8 +20,9 @@ The objects are made on first use in the replica that records them, never at imp
 # No ``from __future__ import annotations``, like the rest of the package.
 
 import logging
+import threading
 from functools import lru_cache
-from typing import Mapping
+from typing import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +46,45 @@ class IngressMetrics:
         self.latency.observe(duration_ms, tags={"route": route})
 
 
+# Seconds between re-recordings of the gauges: Ray exports a gauge's value in the one export
+# cycle after it was set (its observations are cleared on every collection; Ray's default
+# cycle is 10 s), so a value set once (the model, or a queue length while the replica idles)
+# would drop out of later scrapes, or be lost if set before the exporter connected.
+GAUGE_REFRESH_S = 4.0
+
+
 class RecognizerMetrics:
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, queue_length: Callable[[], int]) -> None:
         from ray.util.metrics import Gauge, Histogram
 
         self.batch_size = Histogram("emotion_batch_size", description="images per model batch",
                                     boundaries=BATCH_SIZE_BOUNDARIES)
         self.queue_length = Gauge("emotion_batch_queue_length", description="requests waiting for a batch")
         self.model_info = Gauge("emotion_model_info", description="the loaded model (always 1)", tag_keys=("model_id",))
-        self.model_info.set(1, tags={"model_id": model_id})
-        self.queue_length.set(0)
+        self._model_id = model_id
+        self._read_queue_length = queue_length
+        self.refresh_gauges()
+        self._stopped = threading.Event()
+        threading.Thread(target=self._refresh_forever, name="emotion-gauges", daemon=True).start()
 
     def on_batch(self, size: int, queue_length: int) -> None:
         self.batch_size.observe(size)
         self.queue_length.set(queue_length)
+
+    def refresh_gauges(self) -> None:
+        """Record the gauges' current values (module doc of ``GAUGE_REFRESH_S``)."""
+        self.model_info.set(1, tags={"model_id": self._model_id})
+        self.queue_length.set(self._read_queue_length())
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _refresh_forever(self) -> None:
+        while not self._stopped.wait(GAUGE_REFRESH_S):
+            try:
+                self.refresh_gauges()
+            except Exception as exc:  # metrics must never take the replica down
+                log.warning("recording the gauges failed: %r", exc)
 
 
 @lru_cache(maxsize=1)
