@@ -79,6 +79,8 @@ class Distilled:
         self.settings = settings
 
     def __getattr__(self, name: str) -> Any:  # row_maker, parameter_groups, evaluate, before_training
+        if name == "family":  # not set yet: no lookup through it
+            raise AttributeError(name)
         return getattr(self.family, name)
 
     def build_model(self, cfg: Mapping[str, Any]) -> nn.Module:
