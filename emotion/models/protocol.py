@@ -46,6 +46,16 @@ class InputSpec:
         if self.input_size < 1:
             raise ValueError(f"input_size must be >= 1, got {self.input_size}")
 
+    def reads_like(self, other: "InputSpec") -> bool:
+        """True when a model of this contract reads the crops ``other`` reads and scores its
+        labels, in its order (so their scores can be averaged or taught)."""
+        return (self.levels, self.input_size, self.labels, self.multi_label) == (
+            other.levels, other.input_size, other.labels, other.multi_label)
+
+    def reading(self) -> str:
+        """What it reads, for error messages: ``['head'] at 80 px over [labels]``."""
+        return f"{list(self.levels)} at {self.input_size} px over {list(self.labels)}"
+
 
 def model_id(name: str, checkpoint_hash: str) -> str:
     """The id every output row records for a model: ``name@sha256:<first 16 hex digits

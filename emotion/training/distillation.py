@@ -30,11 +30,9 @@ from emotion.settings import AugmentSettings, DistillSettings, LoopSettings
 
 def check_teacher(student: InputSpec, teacher: InputSpec) -> None:
     """A teacher must read the student's crops and score its labels, in its order."""
-    if (teacher.levels, teacher.input_size, teacher.labels) != (student.levels, student.input_size, student.labels):
-        raise ValueError(
-            f"train.distill.teacher reads {list(teacher.levels)} at {teacher.input_size} px over "
-            f"{list(teacher.labels)}; the student reads {list(student.levels)} at {student.input_size} px over "
-            f"{list(student.labels)}: a teacher must read the same crops and score the same labels")
+    if not teacher.reads_like(student):
+        raise ValueError(f"train.distill.teacher reads {teacher.reading()}; the student reads {student.reading()}: "
+                         "a teacher must read the same crops and score the same labels")
 
 
 @torch.no_grad()

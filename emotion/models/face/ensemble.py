@@ -17,6 +17,7 @@ trained themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
@@ -35,6 +36,11 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``cfg`` checked by ``FaceEnsembleConfig``; every member's config is completed from
     its family's YAML (keys its family gained after it was saved) and must agree with the
     others on the crop it reads and the labels it scores."""
+    return _resolved(cfg)[0]
+
+
+def _resolved(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], InputSpec]:
+    """``resolve_config``'s config and the input contract every member shares."""
     if cfg.get("members") is None:  # the YAML's null: only a checkpoint brings members
         raise ValueError("face_ensemble has no members: load an ensemble checkpoint (model.checkpoint=PATH, "
                          "written by `emotion ensemble`)")
@@ -43,15 +49,12 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     specs = [get_spec_builder(m["name"])(m["config"]) for m in members]
     first = specs[0]
     for index, spec in enumerate(specs[1:], start=1):
-        if (spec.levels, spec.input_size, spec.labels, spec.multi_label) != (
-                first.levels, first.input_size, first.labels, first.multi_label):
-            raise ValueError(
-                f"model.members[{index}] reads {list(spec.levels)} at {spec.input_size} px over {list(spec.labels)}; "
-                f"members[0] reads {list(first.levels)} at {first.input_size} px over {list(first.labels)}: "
-                "ensemble members must read the same crops and score the same labels")
+        if not spec.reads_like(first):
+            raise ValueError(f"model.members[{index}] reads {spec.reading()}; members[0] reads {first.reading()}: "
+                             "ensemble members must read the same crops and score the same labels")
     if config["labels"] is not None and tuple(config["labels"]) != first.labels:
         raise ValueError(f"model.labels {config['labels']} are not the members' {list(first.labels)}")
-    return {**config, "members": members, "labels": list(first.labels)}
+    return {**config, "members": members, "labels": list(first.labels)}, first
 
 
 class FaceEnsemble(nn.Module):
@@ -83,11 +86,7 @@ class FaceEnsemble(nn.Module):
 
 @register_spec(NAME)
 def face_ensemble_input_spec(cfg: Mapping[str, Any], checkpoint_hash: str = "untrained") -> InputSpec:
-    resolved = resolve_config(cfg)
-    first = resolved["members"][0]
-    spec = get_spec_builder(first["name"])(first["config"])
-    return InputSpec(name=NAME, levels=spec.levels, input_size=spec.input_size, labels=spec.labels,
-                     multi_label=spec.multi_label, model_id=model_id(NAME, checkpoint_hash))
+    return dataclasses.replace(_resolved(cfg)[1], name=NAME, model_id=model_id(NAME, checkpoint_hash))
 
 
 @register_model(NAME)
