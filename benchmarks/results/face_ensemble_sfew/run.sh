@@ -2,11 +2,17 @@
 # The ensemble of the default and qcs_face_v2 fine-tuned on film stills (docs/training.md,
 # "The ensemble with a member that has seen film stills"). Run from the repository root; DATA
 # (default ../shared/data) holds ferplus/, fer2013/, expw/, sfew/. Resumable: finished runs
-# are skipped.
+# are skipped. FERPLUS_WEIGHT (default 0.1) is FER+'s share of each fine-tune's epoch; RUNS and
+# OUT place a variant's runs and results; PREVIOUS (a RUNS folder) adds that variant's
+# candidate to the comparison on the directly scored sets.
 set -euo pipefail
 data=${DATA:-../shared/data}
-runs=outputs/train/face_ensemble_sfew
-out=benchmarks/results/face_ensemble_sfew
+runs=${RUNS:-outputs/train/face_ensemble_sfew}
+out=${OUT:-benchmarks/results/face_ensemble_sfew}
+ferplus_weight=${FERPLUS_WEIGHT:-0.1}
+previous=()
+[[ -n ${PREVIOUS:-} ]] && previous=(--model previous=$PREVIOUS/all/ensemble.ckpt --pair candidate,previous)
+mkdir -p $out
 train() {  # name overrides...
   local run=$runs/$1 resume=false
   shift
@@ -14,7 +20,7 @@ train() {  # name overrides...
     [[ -d $run/ray/run ]] && resume=true
     .venv/bin/emotion train experiment=face_v2_finetune data.root="$data" output="$run" resume=$resume \
       init_weights=qcs_face_v2 train.epochs=1 train.lr=1.0e-4 \
-      data.sources.ferplus.weight=0.1 data.sources.expw.weight=0.5 '~data.sources.fer2013' "$@"
+      data.sources.ferplus.weight=$ferplus_weight data.sources.expw.weight=0.5 '~data.sources.fer2013' "$@"
   fi
   # The member as it ships, and the ensemble with the default.
   .venv/bin/python benchmarks/export_face_model.py $run/best.ckpt $run/export_fp16.ckpt
@@ -39,5 +45,5 @@ train all $sfew_train
 .venv/bin/python benchmarks/face_models.py --threads 2 --sets ferplus_valid,fer2013_val,expw_val \
   --model v1=qcs_ferplus --model candidate=$runs/all/ensemble.ckpt \
   --model control=$runs/control/ensemble.ckpt --model ens_v1_v2=outputs/face_ensemble/ens_v1_v2.ckpt \
-  --pair candidate,v1 --pair candidate,ens_v1_v2 --pair control,v1 \
+  --pair candidate,v1 --pair candidate,ens_v1_v2 --pair control,v1 "${previous[@]}" \
   --out $out/candidate.json 2>&1 | tee $out/candidate.log
