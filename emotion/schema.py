@@ -3,7 +3,9 @@
 Images with no person give one row with ``person_index`` null; images that failed give
 one row with ``error`` set. So every input image appears in the output, and each image's
 first row (``first_row_mask``) has ``person_index`` 0 or null. The label set is stored in
-the Parquet file metadata under ``emotion.labels`` (JSON list).
+the Parquet file metadata under ``emotion.labels`` (JSON list), the model id under
+``emotion.model`` and, in tagging output, the crop settings under ``emotion.recipe`` (JSON
+object, ``PredictorConfig.crop_recipe``).
 
 ``output_table`` builds a table in this schema from the predictor's columns;
 ``split_rows`` splits one back into a table per image.
@@ -21,6 +23,7 @@ import pyarrow as pa
 LEVEL_NAMES: tuple[str, ...] = ("head", "body", "context", "vocabulary")
 LABELS_METADATA_KEY = b"emotion.labels"
 MODEL_METADATA_KEY = b"emotion.model"
+RECIPE_METADATA_KEY = b"emotion.recipe"
 
 
 def image_id_for(source: str, source_bytes: bytes | None = None) -> str:
@@ -33,8 +36,10 @@ def box_type() -> pa.DataType:
     return pa.list_(pa.float32(), 4)
 
 
-def output_schema(labels: Sequence[str], model_id: str = "") -> pa.Schema:
-    """Arrow schema of tagging output for a model with these ``labels``."""
+def output_schema(labels: Sequence[str], model_id: str = "",
+                  recipe: Mapping[str, object] | None = None) -> pa.Schema:
+    """Arrow schema of tagging output for a model with these ``labels``; ``recipe`` (the
+    run's crop settings) is recorded in the metadata when given."""
     k = len(labels)
     scores = pa.list_(pa.float32(), k)
     level_scores = pa.struct([pa.field(name, scores) for name in LEVEL_NAMES])
@@ -57,6 +62,8 @@ def output_schema(labels: Sequence[str], model_id: str = "") -> pa.Schema:
         pa.field("error", pa.string()),
     ]
     metadata = {LABELS_METADATA_KEY: json.dumps(list(labels)).encode(), MODEL_METADATA_KEY: model_id.encode()}
+    if recipe is not None:
+        metadata[RECIPE_METADATA_KEY] = json.dumps(dict(recipe), sort_keys=True).encode()
     return pa.schema(fields, metadata=metadata)
 
 

@@ -74,6 +74,17 @@ class PredictorConfig(_Strict):
     model: ModelSettings
     predictor: PredictorSettings
 
+    def crop_recipe(self) -> dict[str, object]:
+        """The settings that decide which people are found, how each is cut and which labels
+        are listed, by dotted key: what rows written by one run share with a run that adds
+        to them. Where the work runs (``detector.device``, ``predictor.crops``,
+        ``predictor.decode``) and ``predictor.precision`` give the same records within
+        rounding, so they are not part of it."""
+        detector = self.detector.model_dump(exclude={"device"})
+        predictor = self.predictor.model_dump(include={"threshold", "max_people", "max_image_side", "align_faces"})
+        return {**{f"detector.{k}": v for k, v in detector.items()},
+                **{f"predictor.{k}": v for k, v in predictor.items()}}
+
 
 # -- Ray stage sizing --------------------------------------------------------------------
 class TaskStage(_Strict):

@@ -12,14 +12,14 @@ from emotion.pipelines.tagging import tag_images
 from emotion.preflight import check_tag_settings
 from emotion.tagging import report
 from emotion.tagging.lock import OutputLockedError
-from emotion.tagging.output import OutputModelMismatch
+from emotion.tagging.output import OutputMismatch
 from emotion.tagging.summary import TagSummary
 from emotion.settings import parse_tag_settings
 from jobs.user_errors import USER_ERRORS, exit_on_user_error
 
 # A storage failure (bucket missing, no credentials), a locked output and an output of
-# another model are the user's to fix: one line, exit 2, no traceback.
-TAG_USER_ERRORS = (*USER_ERRORS, storage.StorageError, OutputLockedError, OutputModelMismatch)
+# another model or other crop settings are the user's to fix: one line, exit 2, no traceback.
+TAG_USER_ERRORS = (*USER_ERRORS, storage.StorageError, OutputLockedError, OutputMismatch)
 
 log = logging.getLogger("emotion.tag")
 

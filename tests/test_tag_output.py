@@ -17,7 +17,7 @@ from emotion import storage
 from emotion.schema import output_schema
 from emotion.tagging.digests import source_digests
 from emotion.tagging.lock import OutputLock, OutputLockedError
-from emotion.tagging.output import OutputModelMismatch, drop_superseded, list_units, remove_partial_writes, scan_output
+from emotion.tagging.output import OutputMismatch, drop_superseded, list_units, remove_partial_writes, scan_output
 from emotion.tagging.sources import UnnameableSourceError, encode_source, source_path
 from emotion.tagging.units import ROWS_IN_IMAGE, UnitWriter
 from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
@@ -107,9 +107,30 @@ def test_resume_scan_knows_which_model_wrote_the_output_and_refuses_another(tmp_
     state = scan_output(str(tmp_path))
     assert state.models == {"test@sha256:0": 2}
     state.check_model("test@sha256:0")  # the same model continues
-    with pytest.raises(OutputModelMismatch, match=r"holds rows of test@sha256:0 \(2 files\).*qcs@sha256:1"):
+    with pytest.raises(OutputMismatch, match=r"holds rows of test@sha256:0 \(2 files\).*qcs@sha256:1"):
         state.check_model("qcs@sha256:1")
     scan_output(str(tmp_path / "empty")).check_model("qcs@sha256:1")  # nothing there yet
+
+
+def test_resume_scan_knows_the_crop_settings_of_the_output_and_refuses_others(tmp_path):
+    recipe = {"detector.name": "retinaface", "detector.head_expand": 1.25, "predictor.align_faces": False}
+    schema = output_schema(["happy", "sad"], "test@sha256:0", recipe)
+    with UnitWriter(str(tmp_path), schema, every_rows=1, every_s=3600) as writer:
+        writer.add(table(rows("a.jpg", 1)))
+    state = scan_output(str(tmp_path))
+    assert len(state.recipes) == 1 and list(state.recipes.values()) == [1]
+    state.check_recipe(dict(recipe))  # the same settings continue
+    with pytest.raises(OutputMismatch, match=r"other crop settings \(1 files\): predictor\.align_faces=False there, "
+                                             r"True here; write to another output"):
+        state.check_recipe({**recipe, "predictor.align_faces": True})
+    with pytest.raises(OutputMismatch, match=r"detector\.head_expand=1\.25 there, None here"):
+        state.check_recipe({"detector.name": "retinaface", "predictor.align_faces": False})
+    # Units written without a recipe (serving's schema, older outputs) are not checked.
+    with UnitWriter(str(tmp_path / "plain"), SCHEMA, every_rows=1, every_s=3600) as writer:
+        writer.add(table(rows("b.jpg", 1)))
+    plain = scan_output(str(tmp_path / "plain"))
+    assert plain.recipes == {}
+    plain.check_recipe({**recipe, "predictor.align_faces": True})
 
 def test_newest_rows_supersede_older_ones(tmp_path):
     with UnitWriter(str(tmp_path), SCHEMA, every_rows=1, every_s=3600, run_started=1_000, run_id="aaaa") as w:

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from emotion.labels import FERPLUS_CLASSES
 from emotion.schema import image_id_for, labels_from_schema
+from emotion.tagging.output import OutputMismatch
 from tests.conftest import PROJECT_ROOT, write_awkward_images
 from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
 
@@ -103,10 +104,17 @@ def test_tag_resume_after_partial_output(ray_local, mixed_folder, tmp_path):
     first = run(compose_tag([f"input={root}/photos", f"output={output}", "detector=full_frame", "stages.fuse=true"]))
     assert first.images == 3
     rest = run(compose_tag([f"input={root}", f"output={output}", "detector=full_frame"]))
-    table, _ = read_output(output)
+    table, files = read_output(output)
     sources = table.column("source").to_pylist()
     assert rest.skipped_already_tagged == 3
     assert len(sources) == len(set(sources))  # full_frame: one row per image, never twice
+    # Rows cut one way are not added to by a run that cuts faces another way: refused before
+    # anything is written, naming the key. Where the crops are cut is not part of it.
+    with pytest.raises(OutputMismatch, match=r"other crop settings.*detector\.head_expand=1\.0 there, 1\.2 here"):
+        run(compose_tag([f"input={root}", f"output={output}", "detector=full_frame", "detector.head_expand=1.2"]))
+    assert read_output(output)[1] == files
+    again = run(compose_tag([f"input={root}", f"output={output}", "detector=full_frame", "predictor.crops=pil"]))
+    assert again.images == 0
 
 
 def test_decode_in_the_actors_and_threaded_actors_give_the_rows_of_decode_tasks(ray_local, mixed_folder, tmp_path):

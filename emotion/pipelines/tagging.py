@@ -151,6 +151,7 @@ def tag_images(settings: TagSettings) -> TagSummary:
         spec = spec_loading.result()  # a bad model or checkpoint raises here, before any row is dropped or written
         if state is not None:
             state.check_model(spec.model_id)
+            state.check_recipe(settings.crop_recipe())
         if state is not None and state.repeated:
             drop_superseded(state)
         summary = TagSummary(retried_errors=retried, output=output,
@@ -226,7 +227,7 @@ def _run_pipeline(settings: TagSettings, spec: InputSpec, plan: InputPlan, todo:
     use_gpu = gpus_available()
     # What the actors build their predictor from (a pydantic model travels to them pickled).
     predictor_config = PredictorConfig(detector=settings.detector, model=settings.model, predictor=settings.predictor)
-    schema = output_schema(list(spec.labels), spec.model_id)
+    schema = output_schema(list(spec.labels), spec.model_id, settings.crop_recipe())
 
     stages = settings.stages
     _wait_for_pools(stages.wait_for_min_actors_s)

