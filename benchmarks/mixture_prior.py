@@ -22,16 +22,21 @@ from omegaconf import OmegaConf
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
 
-def mixture_prior(data_cfg: dict) -> tuple[list[str], list[float]]:
-    from emotion.data.mixture import parse_sources, repeat_plan, source_samples, trained
+def mixture_prior(cfg: dict) -> tuple[list[str], list[float]]:
+    """The label set and class prior of the train config ``cfg``'s mixture (``data.sources``)."""
+    from emotion.data.mixture import repeat_plan, source_samples
     from emotion.labels import get_label_set
+    from emotion.settings import SourcesData, parse_train_settings
 
-    labels = list(get_label_set(data_cfg["label_set"]))
+    data = parse_train_settings(cfg).data
+    if not isinstance(data, SourcesData):
+        raise SystemExit(f"data.format={data.format!r}: the class prior is of a mixture (data=faces)")
+    labels = list(get_label_set(data.label_set))
     totals = np.zeros(len(labels))
-    for number, source in enumerate(parse_sources(data_cfg["sources"])):
-        if not trained(source):
+    for number, (name, source) in enumerate(data.sources.items()):
+        if not source.trained:
             continue
-        rows = np.concatenate([s["labels"] for s in source_samples(source, labels)["train"]])
+        rows = np.concatenate([s["labels"] for s in source_samples(name, source, labels)["train"]])
         rows = rows / np.nansum(rows, axis=1, keepdims=True)
         totals += np.nansum(rows[repeat_plan(len(rows), source.weight, number)], axis=0)
     return labels, (totals / totals.sum()).round(6).tolist()
@@ -44,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="train", overrides=args.overrides)
-    labels, prior = mixture_prior(OmegaConf.to_container(cfg.data, resolve=True))
+    labels, prior = mixture_prior(OmegaConf.to_container(cfg, resolve=True))
     print(json.dumps(dict(zip(labels, prior))))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

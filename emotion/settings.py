@@ -279,6 +279,12 @@ class FoldsSettings(_Strict):
     count: int = Field(ge=2)
     held_out: int = Field(ge=0)  # the fold scored as the source's validation set
 
+    @model_validator(mode="after")
+    def _held_out_is_a_fold(self) -> "FoldsSettings":
+        if self.held_out >= self.count:
+            raise ValueError(f"held_out ({self.held_out}) must be below count ({self.count})")
+        return self
+
 
 class SourceData(_Strict):
     """One dataset of a mixture (``data.sources.<name>``; ``emotion.data.mixture``)."""
@@ -286,11 +292,34 @@ class SourceData(_Strict):
     format: str = Field(min_length=1)
     root: str = Field(min_length=1)
     weight: float = Field(ge=0)  # times its train images appear in an epoch (0: scored only)
-    train_split: Optional[str]
-    val_split: Optional[str]
+    train_split: Optional[str] = Field(min_length=1)
+    val_split: Optional[str] = Field(min_length=1)
     select: bool  # its val_split counts toward val_score, by which the best checkpoint is chosen
     options: dict[str, Any]  # the source format's reader options
     folds: Optional[FoldsSettings]  # null, or train_split cut into folds, one held out as validation
+
+    @property
+    def trained(self) -> bool:
+        """Its train split is in the epochs."""
+        return self.weight > 0 and self.train_split is not None
+
+    @property
+    def scored(self) -> bool:
+        """It has validation rows: its val_split, or its held-out fold."""
+        return self.val_split is not None or self.folds is not None
+
+    @model_validator(mode="after")
+    def _trained_or_scored(self) -> "SourceData":
+        if self.weight > 0 and self.train_split is None:
+            raise ValueError(f"weight {self.weight} > 0 needs a train_split")
+        if self.folds is not None and self.train_split is None:
+            raise ValueError("folds needs the train_split it cuts into folds")
+        if self.folds is not None and self.val_split is not None:
+            raise ValueError(f"with folds the held-out fold is the validation set, so val_split must be null "
+                             f"(got {self.val_split!r})")
+        if not self.trained and not self.scored:
+            raise ValueError("neither trained on (weight > 0) nor scored (val_split or folds)")
+        return self
 
 
 class SourcesData(_Data):
@@ -299,6 +328,18 @@ class SourcesData(_Data):
     format: Literal["sources"]
     label_set: str = Field(min_length=1)
     sources: dict[str, SourceData]
+
+    @field_validator("sources")
+    @classmethod
+    def _one_trained_one_selected(cls, sources: dict[str, SourceData]) -> dict[str, SourceData]:
+        if not sources:
+            raise ValueError("empty: name at least one dataset")
+        if not any(source.trained for source in sources.values()):
+            raise ValueError("no source is trained on (every weight is 0)")
+        if not any(source.select and source.scored for source in sources.values()):
+            raise ValueError("no source is selected (select: true with a val_split or folds) to choose the best "
+                             "checkpoint by")
+        return sources
 
 
 DataSettings = Annotated[Union[EmoticData, SyntheticData, CaerData, ImageFolderData, FerData, FerplusData,

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel
 
 from emotion.crops import FACE_TEMPLATE, CropSpec, aligned_face, person_crops, similarity_transform
-from emotion.data.mixture import (fold_numbers, label_positions, parse_sources, repeat_plan, source_samples,
+from emotion.data.mixture import (fold_numbers, label_positions, repeat_plan, source_samples,
                                   to_label_space)
 from emotion.metrics import evaluation_report, expected_calibration_error
+from emotion.settings import ConfigError, DataSettings, SourceData, parse_settings
 from emotion.training.augment import augment, random_downscale, random_grayscale
 from emotion.training.targets import classification_loss
 from tests.configs import augment_settings
@@ -70,18 +72,36 @@ def test_sampling_weights_repeat_and_draw_a_fixed_fraction():
     assert np.array_equal(plan, repeat_plan(10, 2.5, seed=0)) and len(repeat_plan(10, 0.0, 0)) == 0
 
 
+class _DataGroup(BaseModel):
+    data: DataSettings  # the train job's data group: a union told apart by ``format``
+
+
+def sources(**named: dict) -> dict[str, SourceData]:
+    """``data.sources`` parsed as the train job parses it (a mistake: ``ConfigError``)."""
+    data = {"format": "sources", "root": "r", "head_expand": 1.0, "multi_label": False, "label_set": "ferplus",
+            "sources": named}
+    return parse_settings(_DataGroup, {"data": data}).data.sources
+
+
+GOOD_SOURCE = {"format": "fer", "root": "r", "weight": 1.0, "train_split": "train", "val_split": "val",
+               "select": True, "options": {}, "folds": None}
+
+
 def test_sources_config_names_its_mistakes():
-    good = {"format": "fer", "root": "r", "weight": 1.0, "train_split": "train", "val_split": "val", "select": True,
-            "options": {}}
-    assert parse_sources({"a": good})[0].weight == 1.0
-    with pytest.raises(ValueError, match=r"sources.a: unknown key\(s\) \['wieght'\]"):
-        parse_sources({"a": {**good, "wieght": 1}})
-    with pytest.raises(ValueError, match="sources.b: neither trained on"):
-        parse_sources({"a": good, "b": {**good, "weight": 0.0, "val_split": None}})
-    with pytest.raises(ValueError, match="no source is trained on"):
-        parse_sources({"a": {**good, "weight": 0.0}})
-    with pytest.raises(ValueError, match="no source is selected"):
-        parse_sources({"a": {**good, "select": False}})
+    good = GOOD_SOURCE
+    assert sources(a=good)["a"].weight == 1.0
+    with pytest.raises(ConfigError, match=r"^bad config: data.sources.a.wieght: unknown key$"):
+        sources(a={**good, "wieght": 1})
+    with pytest.raises(ConfigError, match="^bad config: data.sources.b: neither trained on"):
+        sources(a=good, b={**good, "weight": 0.0, "val_split": None})
+    with pytest.raises(ConfigError, match="^bad config: data.sources: no source is trained on"):
+        sources(a={**good, "weight": 0.0})
+    with pytest.raises(ConfigError, match="^bad config: data.sources: no source is selected"):
+        sources(a={**good, "select": False})
+    with pytest.raises(ConfigError, match="^bad config: data.sources.a: weight 1.0 > 0 needs a train_split"):
+        sources(a={**good, "train_split": None})
+    with pytest.raises(ConfigError, match="^bad config: data.sources: empty"):
+        sources()
 
 
 def test_folds_are_stratified_and_fixed_by_the_data_alone():
@@ -106,36 +126,33 @@ def _fer_folder(root, per_class: dict[str, int]) -> None:
 
 def test_a_source_cross_validated_by_folds_trains_on_the_rest_and_scores_the_held_out_fold(tmp_path):
     _fer_folder(tmp_path, {"happy": 6, "sad": 4})
-    base = {"format": "fer", "root": str(tmp_path), "train_split": "train", "val_split": None, "select": True,
-            "options": {}}
-    trained = source_samples(parse_sources({"f": {**base, "weight": 1.0, "folds": {"count": 2, "held_out": 1}}})[0],
-                             FERPLUS)
+    base = {**GOOD_SOURCE, "root": str(tmp_path), "val_split": None}
+    trained = source_samples("f", sources(f={**base, "folds": {"count": 2, "held_out": 1}})["f"], FERPLUS)
     uris = {role: {s["image_uri"] for s in rows} for role, rows in trained.items()}
     assert len(uris["train"]) == len(uris["val"]) == 5 and not uris["train"] & uris["val"]
     assert all(math.isnan(s["labels"][0, 7]) for s in trained["train"])  # no contempt in FER: unknown
     assert all(s["labels"][0, 7] == 0 for s in trained["val"])
-    other = parse_sources({"f": {**base, "weight": 1.0, "folds": {"count": 2, "held_out": 0}}})[0]
-    assert {s["image_uri"] for s in source_samples(other, FERPLUS)["val"]} == uris["train"]
-    scored_only = parse_sources({"f": {**base, "weight": 0.0, "folds": {"count": 2, "held_out": 1}},
-                                 "g": {**base, "weight": 1.0, "val_split": None}})[0]
-    assert set(source_samples(scored_only, FERPLUS)) == {"val"}  # the same faces, nothing trained
-    assert {s["image_uri"] for s in source_samples(scored_only, FERPLUS)["val"]} == uris["val"]
+    other = sources(f={**base, "folds": {"count": 2, "held_out": 0}})["f"]
+    assert {s["image_uri"] for s in source_samples("f", other, FERPLUS)["val"]} == uris["train"]
+    scored_only = sources(f={**base, "weight": 0.0, "folds": {"count": 2, "held_out": 1}}, g=base)["f"]
+    assert set(source_samples("f", scored_only, FERPLUS)) == {"val"}  # the same faces, nothing trained
+    assert {s["image_uri"] for s in source_samples("f", scored_only, FERPLUS)["val"]} == uris["val"]
 
 
 @pytest.mark.parametrize("folds, message", [
-    ({"count": 1, "held_out": 0}, "count must be >= 2"),
-    ({"count": 5, "held_out": 5}, "held_out in"),
-    ({"count": 5}, "expected {count: K, held_out: i}"),
+    ({"count": 1, "held_out": 0}, "data.sources.a.folds.count=1: Input should be greater than or equal to 2"),
+    ({"count": 5, "held_out": 5}, "data.sources.a.folds: held_out (5) must be below count (5)"),
+    ({"count": 5}, "data.sources.a.folds.held_out: missing (required)"),
 ])
 def test_folds_config_names_its_mistakes(folds, message):
-    good = {"format": "fer", "root": "r", "weight": 1.0, "train_split": "train", "val_split": None, "select": True,
-            "options": {}}
-    with pytest.raises(ValueError, match=rf"sources\.a\.folds: .*{re.escape(message)}"):
-        parse_sources({"a": {**good, "folds": folds}})
-    with pytest.raises(ValueError, match="val_split must be null"):
-        parse_sources({"a": {**good, "val_split": "val", "folds": {"count": 5, "held_out": 0}}})
-    with pytest.raises(ValueError, match="needs the train_split"):
-        parse_sources({"a": {**good, "train_split": None, "weight": 0.0, "folds": {"count": 5, "held_out": 0}}})
+    good = {**GOOD_SOURCE, "val_split": None}
+    with pytest.raises(ConfigError, match=f"^bad config: {re.escape(message)}$"):
+        sources(a={**good, "folds": folds})
+    with pytest.raises(ConfigError, match="^bad config: data.sources.a: with folds .* val_split must be null"):
+        sources(a={**good, "val_split": "val", "folds": {"count": 5, "held_out": 0}})
+    with pytest.raises(ConfigError, match="^bad config: data.sources.a: folds needs the train_split"):
+        sources(a={**good, "train_split": None, "weight": 0.0, "folds": {"count": 5, "held_out": 0}},
+                b=GOOD_SOURCE)
 
 
 def test_the_score_averages_the_selected_validation_sets_and_reports_every_one():

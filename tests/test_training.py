@@ -386,10 +386,8 @@ def test_experiments_compose_into_trainable_configs(name):
     settings = parse_train_settings(OmegaConf.to_container(cfg, resolve=True))
     assert settings.model.name in FAMILIES and settings.train.epochs >= 1 and settings.scaling.num_workers >= 1
     if settings.data.format == "sources":  # several datasets: each names its own splits
-        from emotion.data.mixture import parse_sources
-
-        sources = parse_sources(OmegaConf.to_container(cfg.data.sources, resolve=True))
-        assert any(s.train_split for s in sources) and all(s.root.startswith("/data/") for s in sources)
+        sources = settings.data.sources.values()
+        assert any(s.trained for s in sources) and all(s.root.startswith("/data/") for s in sources)
     else:
         assert settings.data.train_split and settings.data.val_split
 

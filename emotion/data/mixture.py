@@ -27,7 +27,6 @@ faces a run with it does. K runs, one per ``held_out``, give the cross-validated
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import hashlib
@@ -37,89 +36,7 @@ import numpy as np
 
 from emotion.data.records import class_indices
 from emotion.labels import canonical_name
-
-
-@dataclass(frozen=True)
-class Folds:
-    """Cross-validation of a source's ``train_split``: ``count`` folds, ``held_out`` scored."""
-
-    count: int
-    held_out: int
-
-
-@dataclass(frozen=True)
-class SourceSettings:
-    """One dataset of a mixture (``data.sources.<name>``)."""
-
-    name: str
-    format: str
-    root: str
-    weight: float
-    train_split: str | None
-    val_split: str | None
-    select: bool
-    options: Mapping[str, Any]
-    folds: Folds | None
-
-
-def parse_sources(sources: Mapping[str, Mapping[str, Any]]) -> list[SourceSettings]:
-    """``data.sources`` as ``SourceSettings``, in config order; a source that is neither
-    trained on (weight > 0 with a train split) nor scored (a val split) is an error."""
-    if not sources:
-        raise ValueError("data.sources is empty: name at least one dataset")
-    known = {"format", "root", "weight", "train_split", "val_split", "select", "options", "folds"}
-    out = []
-    for name, cfg in sources.items():
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"data.sources.{name}: unknown key(s) {unknown}; known: {sorted(known)}")
-        missing = sorted(k for k in ("format", "root", "weight", "select") if cfg.get(k) in (None, ""))
-        if missing:
-            raise ValueError(f"data.sources.{name}: missing {missing}")
-        source = SourceSettings(name=str(name), format=str(cfg["format"]), root=str(cfg["root"]),
-                                weight=float(cfg["weight"]), train_split=cfg.get("train_split") or None,
-                                val_split=cfg.get("val_split") or None, select=bool(cfg["select"]),
-                                options=dict(cfg.get("options") or {}), folds=_parse_folds(name, cfg))
-        if source.weight < 0:
-            raise ValueError(f"data.sources.{name}.weight={source.weight}: must be >= 0")
-        if source.weight > 0 and not source.train_split:
-            raise ValueError(f"data.sources.{name}: weight {source.weight} > 0 needs a train_split")
-        if not trained(source) and not scored(source):
-            raise ValueError(f"data.sources.{name}: neither trained on (weight > 0) nor scored (val_split)")
-        out.append(source)
-    if not any(trained(s) for s in out):
-        raise ValueError("data.sources: no source is trained on (every weight is 0)")
-    if not any(s.select and scored(s) for s in out):
-        raise ValueError("data.sources: no source is selected (select: true with a val_split) to choose "
-                         "the best checkpoint by")
-    return out
-
-
-def _parse_folds(name: str, cfg: Mapping[str, Any]) -> Folds | None:
-    folds = cfg.get("folds")
-    if folds is None:
-        return None
-    if not isinstance(folds, Mapping) or set(folds) != {"count", "held_out"}:
-        raise ValueError(f"data.sources.{name}.folds: expected {{count: K, held_out: i}} or null, got {folds!r}")
-    count, held_out = int(folds["count"]), int(folds["held_out"])
-    if count < 2 or not 0 <= held_out < count:
-        raise ValueError(f"data.sources.{name}.folds: count must be >= 2 and held_out in [0, count), "
-                         f"got count={count} held_out={held_out}")
-    if not cfg.get("train_split"):
-        raise ValueError(f"data.sources.{name}.folds: needs the train_split it cuts into folds")
-    if cfg.get("val_split"):
-        raise ValueError(f"data.sources.{name}.folds: the held-out fold is the validation set, so "
-                         f"val_split must be null (got {cfg['val_split']!r})")
-    return Folds(count=count, held_out=held_out)
-
-
-def trained(source: SourceSettings) -> bool:
-    return source.weight > 0 and source.train_split is not None
-
-
-def scored(source: SourceSettings) -> bool:
-    """The source has validation rows: its val_split, or its held-out fold."""
-    return source.val_split is not None or source.folds is not None
+from emotion.settings import SourceData
 
 
 def fold_numbers(samples: Sequence[Mapping[str, Any]], count: int) -> np.ndarray:
@@ -166,30 +83,31 @@ def repeat_plan(count: int, weight: float, seed: int) -> np.ndarray:
     return np.concatenate([np.tile(np.arange(count), whole), np.sort(drawn)]).astype(np.int64)
 
 
-def source_samples(source: SourceSettings, labels: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """``{"train": [...], "val": [...]}``: the rows a source trains on (when trained) and is
+def source_samples(name: str, source: SourceData, labels: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """``{"train": [...], "val": [...]}``: the rows of source ``name`` (``data.sources.<name>``,
+    checked when the config was parsed) it trains on (when trained) and is
     scored on (its val_split or held-out fold), its labels placed in the job's label space
     (NaN at its missing classes in the training rows, 0 in the validation rows)."""
     from emotion.data import read_dataset
 
-    read_train = trained(source) or source.folds is not None
+    read_train = source.trained or source.folds is not None
     splits = [s for s in (source.train_split if read_train else None, source.val_split) if s]
     sample_set = read_dataset(source.format, source.root, **{**source.options, "splits": sorted(set(splits))})
-    positions = label_positions(sample_set.labels, labels, source.name)
+    positions = label_positions(sample_set.labels, labels, name)
     by_split: dict[str, list[dict[str, Any]]] = {}
     for split in splits:
         by_split[split] = [s for s in sample_set.samples() if s["split"] == split]
         if not by_split[split]:
-            raise ValueError(f"data.sources.{source.name}: split {split!r} has no images under {source.root}")
+            raise ValueError(f"data.sources.{name}: split {split!r} has no images under {source.root}")
     roles: dict[str, list[dict[str, Any]]] = {}
     if source.folds is not None:
         rows = by_split[source.train_split]
         fold = fold_numbers(rows, source.folds.count)
         roles["val"] = [r for r, f in zip(rows, fold) if f == source.folds.held_out]
-        if trained(source):
+        if source.trained:
             roles["train"] = [r for r, f in zip(rows, fold) if f != source.folds.held_out]
     else:
-        if trained(source):
+        if source.trained:
             roles["train"] = by_split[source.train_split]
         if source.val_split:
             roles["val"] = by_split[source.val_split]

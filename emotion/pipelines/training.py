@@ -48,7 +48,7 @@ from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, c
                                    train_epoch)
 from emotion.models.loading import input_spec, load_model_from_checkpoint
 from emotion.models.settings import network_config
-from emotion.settings import (DataSettings, ModelSettings, ScalingSettings, SourcesData, TrainSettings,
+from emotion.settings import (DataSettings, ModelSettings, ScalingSettings, SourceData, SourcesData, TrainSettings,
                               reader_options)
 from emotion.training.rows import CropSpec, RowCounts, person_rows
 from emotion.training.schedule import build_schedule
@@ -168,8 +168,8 @@ def build_datasets(settings: TrainSettings, spec: CropSpec, samples: list[dict[s
     data = settings.data
     seed, limit, rows_per_task = settings.seed, settings.limit, settings.train.rows_per_task
     if isinstance(data, SourcesData):
-        sources = {name: source.model_dump() for name, source in data.sources.items()}
-        return _mixture_datasets(sources, spec, labels, label_set, multi_label, seed, limit, rows_per_task, make_rows)
+        return _mixture_datasets(data.sources, spec, labels, label_set, multi_label, seed, limit, rows_per_task,
+                                 make_rows)
     out = {}
     for key in ("train", "val"):
         split = getattr(data, f"{key}_split")
@@ -181,26 +181,26 @@ def build_datasets(settings: TrainSettings, spec: CropSpec, samples: list[dict[s
 
 
 # -- several datasets in one label space (emotion.data.mixture) -----------------------------
-def _mixture_datasets(sources: Any, spec: CropSpec, labels: tuple[str, ...], label_set: str,
+def _mixture_datasets(sources: Mapping[str, SourceData], spec: CropSpec, labels: tuple[str, ...], label_set: str,
                       multi_label: bool, seed: int, limit: int | None, rows_per_task: int,
                       make_rows: Callable[..., dict[str, np.ndarray]]) -> dict[str, ray.data.Dataset]:
     """The mixture's one train dataset (every trained source at its weight, shuffled
     together) and a ``val_<source>`` dataset per scored source."""
-    from emotion.data.mixture import parse_sources, repeat_plan, source_samples
+    from emotion.data.mixture import repeat_plan, source_samples
 
     train: list[dict[str, Any]] = []
     out: dict[str, ray.data.Dataset] = {}
-    for number, source in enumerate(parse_sources(sources)):
-        by_split = source_samples(source, labels)
+    for number, (name, source) in enumerate(sources.items()):
+        by_split = source_samples(name, source, labels)
         if "train" in by_split:
             rows = by_split["train"]
             rows = rows[: int(limit)] if limit else rows
             train += [rows[i] for i in repeat_plan(len(rows), source.weight, seed + number)]
-            log.info("source %s: %d train images x %.2f", source.name, len(rows), source.weight)
+            log.info("source %s: %d train images x %.2f", name, len(rows), source.weight)
         if "val" in by_split:
-            what = (f"{source.name}/{source.train_split} fold {source.folds.held_out} of {source.folds.count}"
-                    if source.folds else f"{source.name}/{source.val_split}")
-            out[f"val_{source.name}"] = _samples_dataset(by_split["val"], labels, label_set, what, spec,
+            what = (f"{name}/{source.train_split} fold {source.folds.held_out} of {source.folds.count}"
+                    if source.folds else f"{name}/{source.val_split}")
+            out[f"val_{name}"] = _samples_dataset(by_split["val"], labels, label_set, what, spec,
                                                          multi_label, seed, limit, rows_per_task, make_rows)
     out["train"] = _samples_dataset(train, labels, label_set, "train", spec, multi_label, seed, None,
                                     rows_per_task, make_rows)
