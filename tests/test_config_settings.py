@@ -177,7 +177,7 @@ MISSPELT = [
     *[(job, "+bogus_key=1", "bogus_key: unknown key") for job in ("tag", "eval", "serve")],
     ("train", "+bogus_key=1", "bogus_key: unknown key"),
     # A bad value of a family's key, and a family that does not exist.
-    ("eval", "model.input_size=8", "model.input_size=8: Input should be greater than or equal to 32"),
+    ("eval", "model=qcs model.input_size=8", "model.input_size=8: Input should be greater than or equal to 32"),
     ("train", "model=dsct model.fuse_from_layer=9", "dsct fuse_from_layer must be in [0, dec_layers=4]"),
     ("tag", "model.name=nosuch", "model.name='nosuch': not one of"),
     ("eval", "data=ferplus data.mode=majorty", "data.mode='majorty': Input should be"),

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from emotion.models.face.qcs import QCSNet
+from emotion.models.protocol import model_id
 from emotion.models.settings import yaml_config
+from emotion.weights import KNOWN_WEIGHTS
 from tests.configs import composed
 
 LABELS = ["neutral", "happiness", "sadness", "anger"]
@@ -83,10 +85,11 @@ def test_members_that_disagree_or_are_too_few_are_refused(members, tmp_path):
         write_ensemble_checkpoint([nested, members[0]], tmp_path / "x.ckpt")
     with pytest.raises(FileNotFoundError, match="no/such"):
         write_ensemble_checkpoint([members[0], "/no/such.ckpt"], tmp_path / "x.ckpt")
-    # The model group without a checkpoint says what to pass.
+    # The model group loads the shipped ensemble; without a checkpoint it says what to pass.
     model_cfg = composed("tag", ["model=face_ensemble"])["model"]
+    assert input_spec(model_cfg).model_id == model_id("face_ensemble", KNOWN_WEIGHTS["qcs_ensemble"].sha256)
     with pytest.raises(ValueError, match="model.checkpoint=PATH"):
-        build_emotion_model(model_cfg)
+        build_emotion_model({**model_cfg, "checkpoint": None})
     with pytest.raises(ValueError, match="no members"):
         input_spec({**model_cfg, "checkpoint": None})
     with pytest.raises(ConfigError, match="model.members.0.colour"):

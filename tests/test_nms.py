@@ -62,7 +62,7 @@ def test_many_candidates_hand_over_to_torchvision() -> None:
 
 def test_the_default_tagging_models_do_not_import_torchvision() -> None:
     # torchvision's import costs every tagging actor about 1.5-2 s of CPU at start-up. The
-    # models are those of the tag config's defaults (QCS with its shipped weights) and fer.
+    # models are those of the tag config's defaults (the shipped QCS ensemble) and fer.
     code = (
         "import sys\n"
         "from hydra import compose, initialize_config_dir\n"
@@ -78,4 +78,4 @@ def test_the_default_tagging_models_do_not_import_torchvision() -> None:
         "print(model.name, 'torchvision' in sys.modules, 'emotion.models.dsct.model' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["qcs", "False", "False"]
+    assert out.stdout.split() == ["face_ensemble", "False", "False"]

@@ -318,9 +318,9 @@ def test_models_health_and_docs(service):
     models = requests.get(service + "/v1/models", timeout=10).json()["models"]
     assert len(models) == 1
     model = models[0]
-    assert model["name"] == "qcs" and model["multi_label"] is False
-    assert model["checkpoint_hash"] == KNOWN_WEIGHTS["qcs_ferplus"].sha256
-    assert model["id"] == f"qcs@sha256:{model['checkpoint_hash'][:16]}"
+    assert model["name"] == "face_ensemble" and model["multi_label"] is False
+    assert model["checkpoint_hash"] == KNOWN_WEIGHTS["qcs_ensemble"].sha256
+    assert model["id"] == f"face_ensemble@sha256:{model['checkpoint_hash'][:16]}"
     assert model["labels"][1] == "happiness" and model["detector"] == "retinaface"
     # Readiness is open to anyone, so it names no model (that needs auth, on /v1/models).
     assert requests.get(service + "/readyz", timeout=10).json() == {"status": "ready"}
@@ -488,7 +488,7 @@ def test_typed_builder_takes_serve_run_arguments():
     assert isinstance(app, Application)
     cfg = resolve_config(ServeArgs(overrides=["detector=full_frame", "serve.limits.max_batch_files=3"]))
     assert cfg["detector"]["name"] == "full_frame" and cfg["serve"]["limits"]["max_batch_files"] == 3
-    assert cfg["model"]["name"] == "qcs" and cfg["model"]["checkpoint"] == "qcs_ferplus"
+    assert cfg["model"]["name"] == "face_ensemble" and cfg["model"]["checkpoint"] == "qcs_ensemble"
     with pytest.raises(FileNotFoundError):
         resolve_config(ServeArgs(config="/nonexistent/serve.yaml"))
 
@@ -695,7 +695,7 @@ def test_metrics_endpoint_is_scraped(service, photos, ray_local):
                          timeout=30).status_code == 400
     wanted = ['ray_emotion_http_requests_total{', 'route="/v1/recognize"', 'status="200"', 'status="400"',
               "ray_emotion_http_request_duration_ms_bucket", "ray_emotion_batch_size_bucket",
-              "ray_emotion_batch_queue_length", 'ray_emotion_model_info{', "model_id=\"qcs@sha256:",
+              "ray_emotion_batch_queue_length", 'ray_emotion_model_info{', "model_id=\"face_ensemble@sha256:",
               "ray_serve_num_http_requests", "ray_serve_deployment_processing_latency_ms"]
     deadline, text = time.monotonic() + 60, ""
     while time.monotonic() < deadline:  # Ray exports every few seconds

@@ -17,9 +17,11 @@ from emotion import storage
 from emotion.schema import output_schema
 from emotion.tagging.digests import source_digests
 from emotion.tagging.lock import OutputLock, OutputLockedError
-from emotion.tagging.output import OutputMismatch, drop_superseded, list_units, remove_partial_writes, scan_output
+from emotion.models.protocol import model_id
+from emotion.tagging.output import OutputMismatch, OutputState, drop_superseded, list_units, remove_partial_writes, scan_output
 from emotion.tagging.sources import UnnameableSourceError, encode_source, source_path
 from emotion.tagging.units import ROWS_IN_IMAGE, UnitWriter
+from emotion.weights import KNOWN_WEIGHTS
 from tests.s3_server import s3_bucket, s3_endpoint, s3_server  # noqa: F401 (fixtures)
 
 SCHEMA = output_schema(["happy", "sad"], "test@sha256:0")
@@ -109,6 +111,11 @@ def test_resume_scan_knows_which_model_wrote_the_output_and_refuses_another(tmp_
     state.check_model("test@sha256:0")  # the same model continues
     with pytest.raises(OutputMismatch, match=r"holds rows of test@sha256:0 \(2 files\).*qcs@sha256:1"):
         state.check_model("qcs@sha256:1")
+    # The message names the overrides that select the model that wrote it.
+    shipped = model_id("qcs", KNOWN_WEIGHTS["qcs_ferplus"].sha256)
+    with pytest.raises(OutputMismatch, match=r"run with the model that wrote it \(model=qcs "
+                                             r"model.checkpoint=qcs_ferplus\)"):
+        OutputState(str(tmp_path), models={shipped: 1}).check_model("face_ensemble@sha256:1")
     scan_output(str(tmp_path / "empty")).check_model("qcs@sha256:1")  # nothing there yet
 
 

