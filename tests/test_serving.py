@@ -576,23 +576,24 @@ COMPARED = ("person_index", "face_box", "body_box", "detector_score", "scores", 
             "image_width", "image_height", "model", "error")
 
 
-def _compare(got: list[dict], want: list[dict], path: str) -> None:
+def _compare(got: list[dict], want: list[dict], path: str, score_atol: float = 1e-5) -> None:
     assert len(got) == len(want) and got, path
     for g, w in zip(got, want):
         for key in COMPARED:
             if key in ("face_box", "body_box"):
                 np.testing.assert_allclose(g[key], w[key], atol=1e-4, err_msg=f"{path}: {key}")
             elif key in ("scores", "detector_score", "level_scores"):
-                np.testing.assert_allclose(_floats(g[key]), _floats(w[key]), atol=1e-5, err_msg=f"{path}: {key}")
+                np.testing.assert_allclose(_floats(g[key]), _floats(w[key]), atol=score_atol, err_msg=f"{path}: {key}")
             else:
                 assert g[key] == w[key], f"{path}: {key}"
 
 
-@pytest.mark.parametrize("max_side", [None, 400])
+@pytest.mark.parametrize("changed", [None, "predictor.max_image_side=400", "predictor.align_faces=true"])
 def test_one_image_gives_the_same_records_from_tag_http_eval_and_predictor(service, served_cfg, photos, tmp_path,
-                                                                           max_side):
+                                                                           changed):
     """The same bytes through `emotion tag`, the HTTP API, `emotion eval`'s scoring and
-    the Python predictor, at the default `predictor.max_image_side` and a changed one."""
+    the Python predictor, with the default predictor settings, a changed
+    `predictor.max_image_side`, and faces cut aligned by their landmarks."""
     import pyarrow.parquet as pq
     from omegaconf import OmegaConf
     from ray import serve
@@ -600,9 +601,9 @@ def test_one_image_gives_the_same_records_from_tag_http_eval_and_predictor(servi
     from emotion.evaluation import first_person_scores
     from emotion.predictor import build_predictor
 
-    side = [f"predictor.max_image_side={max_side}"] if max_side else []
+    side = [changed] if changed else []
     url = service
-    if max_side:  # a second app with the changed setting
+    if changed:  # a second app with the changed setting
         plain = OmegaConf.to_container(compose_serve(list(served_cfg_overrides(served_cfg)) + side), resolve=True)
         serve.run(build_app(ServeArgs(**{k: plain[k] for k in ("detector", "model", "predictor", "serve")})),
                   name="side", route_prefix="/side")
@@ -632,12 +633,16 @@ def test_one_image_gives_the_same_records_from_tag_http_eval_and_predictor(servi
 
         evaluated = first_person_scores(predictor, [str(path)])[0]
 
-        _compare(http, direct, "HTTP vs predictor")
-        _compare(tagged, direct, "tag vs predictor")
-        np.testing.assert_allclose(evaluated, direct[0]["scores"], atol=1e-5, err_msg="eval vs predictor")
+        # An aligned crop is cut to whole grey levels from landmarks that move by about 1e-5 px
+        # with the detector's torch thread count (a Serve replica runs one thread), so a few
+        # pixels round the other way: scores agree to about 4e-5 there, within 1e-5 otherwise.
+        score_atol = 1e-4 if changed == "predictor.align_faces=true" else 1e-5
+        _compare(http, direct, "HTTP vs predictor", score_atol)
+        _compare(tagged, direct, "tag vs predictor", score_atol)
+        np.testing.assert_allclose(evaluated, direct[0]["scores"], atol=score_atol, err_msg="eval vs predictor")
         assert tagged[0]["source"] == direct[0]["source"] == str(path) and http[0]["source"] == "obama.jpg"
     finally:
-        if max_side:
+        if changed:
             serve.delete("side")
 
 
