@@ -8,6 +8,9 @@ saw the source (paired bootstrap).
         --model control=outputs/train/sfew_cv/control/best.ckpt --model v1=qcs_ferplus \\
         --out benchmarks/results/sfew_cv/sfew_cv.json
 
+``--cv-model NAME=RUN0,...`` adds another cross-validated model (one run per fold) to the
+comparison, scored face by face the same way.
+
 The folds are the job's own (``emotion.data.mixture.fold_numbers``): the same faces held
 out here as in training. Every model is scored as shipped models are (``--cfg`` as in
 ``face_models.py``; mirror averaging on with ``--test-flip``), full frame.
@@ -49,6 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fold-run", action="append", required=True,
                         help="checkpoint of the run that held fold i out, once per fold in order")
+    parser.add_argument("--cv-model", action="append", default=[],
+                        help="NAME=RUN0,RUN1,...: another cross-validated model, its fold runs in held_out order")
     parser.add_argument("--model", action="append", default=[], help="NAME=WEIGHTS|CHECKPOINT: never saw the source")
     parser.add_argument("--test-flip", action="store_true", help="mirror-average every model, as shipped models do")
     parser.add_argument("--data", default=str(SHARED / "sfew"), help="the cross-validated dataset (FER folder layout)")
@@ -64,6 +69,8 @@ def main() -> None:
     labels, samples = faces("fer", args.data, args.split)
     outcomes = {}
     outcomes["cv"], per_fold = out_of_fold(args.fold_run, labels, samples, updates)
+    for name, value in (spec.split("=", 1) for spec in args.cv_model):
+        outcomes[name], _ = out_of_fold(value.split(","), labels, samples, updates)
     for name, value in (spec.split("=", 1) for spec in args.model):
         outcomes[name] = predictions(load_model(value, updates), labels, samples)
     results: dict = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": args.threads},
