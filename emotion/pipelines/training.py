@@ -201,7 +201,7 @@ def _mixture_datasets(sources: Mapping[str, SourceData], spec: CropSpec, labels:
             what = (f"{name}/{source.train_split} fold {source.folds.held_out} of {source.folds.count}"
                     if source.folds else f"{name}/{source.val_split}")
             out[f"val_{name}"] = _samples_dataset(by_split["val"], labels, label_set, what, spec,
-                                                         multi_label, seed, limit, rows_per_task, make_rows)
+                                                  multi_label, seed, limit, rows_per_task, make_rows)
     out["train"] = _samples_dataset(train, labels, label_set, "train", spec, multi_label, seed, None,
                                     rows_per_task, make_rows)
     return out
