@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all train-face bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+
+# The default face model from ImageNet weights (docs/model_card_qcs_ensemble.md); resumable.
+train-face: setup
+	DATA=$(DATA) jobs/train_face_ensemble.sh
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -448,6 +448,7 @@ class LoopSettings(_Strict):
     the DSCT and CocoER families only."""
 
     epochs: int = Field(ge=1)
+    validate_from_epoch: int = Field(ge=0)  # earlier epochs skip validation (the last epoch never does)
     batch_size: int = Field(ge=1)  # per worker
     eval_batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)

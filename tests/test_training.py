@@ -283,6 +283,20 @@ def test_best_checkpoint_is_chosen_on_validation_and_loads_for_prediction(first_
     assert scores.shape == (5, 3) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_epochs_before_validate_from_epoch_skip_validation(ray_local, band_folder, tmp_path):
+    """Epoch 0 trains without validation; the last epoch is always validated, so it is the
+    best, and with one checkpoint kept Ray keeps the validated latest."""
+    from emotion.checkpoint import load_checkpoint
+    from jobs.train import run
+
+    summary = run(train_cfg(band_folder, str(tmp_path / "out"), "train.validate_from_epoch=5", "keep_checkpoints=1"))
+    rows = read_csv(tmp_path / "out" / "metrics.csv")
+    assert [(r["epoch"], r["val_score"], r["val_n"]) for r in rows][0] == ("0", "", "0")
+    assert float(rows[1]["val_score"]) == summary.best_val_score and rows[1]["val_n"] == "18"
+    assert summary.best_epoch == 1 and load_checkpoint(tmp_path / "out" / "best.ckpt")["epoch"] == 1
+    assert summary.render().splitlines()[1].split()[-1] == "-"
+
+
 def test_resume_on_request_from_s3_checkpoints_with_prepared_data(ray_local, band_folder, s3_bucket):
     """Data, checkpoints and outputs all on the S3 test server: prepared Parquet shards
     read by Ray Data, Ray Train storage on s3://; a second run with resume=true continues

@@ -48,8 +48,8 @@ from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, c
                                    train_epoch)
 from emotion.models.loading import input_spec, load_model_from_checkpoint
 from emotion.models.settings import network_config
-from emotion.settings import (DataSettings, ModelSettings, ScalingSettings, SourceData, SourcesData, TrainSettings,
-                              reader_options)
+from emotion.settings import (DataSettings, LoopSettings, ModelSettings, ScalingSettings, SourceData, SourcesData,
+                              TrainSettings, reader_options)
 from emotion.training.rows import CropSpec, RowCounts, person_rows
 from emotion.training.schedule import build_schedule
 
@@ -249,6 +249,22 @@ def _gather_placement() -> tuple[list[str], list[int]]:
     return [n for n, _ in everyone], [p for _, p in everyone]
 
 
+NOT_VALIDATED: dict[str, Any] = {"score": None, "n": 0, "seconds": 0.0}  # an epoch before validate_from_epoch
+
+
+def validates(epoch: int, loop: LoopSettings) -> bool:
+    """Whether ``epoch`` is scored on the validation sets: from ``validate_from_epoch`` on,
+    and always the last epoch, so a run has a best checkpoint. Skipping changes nothing
+    that is trained (each epoch's randomness comes from its own seed), only which epochs can
+    be chosen as best."""
+    return epoch >= loop.validate_from_epoch or epoch == loop.epochs - 1
+
+
+def score_text(score: float | None) -> str:
+    """A val_score as printed: four decimals, or ``-`` for an epoch not validated."""
+    return "-" if score is None else f"{score:.4f}"
+
+
 def _epoch_row(epoch: int, train: Mapping[str, Any], val: Mapping[str, Any], world_size: int, start_epoch: int,
                nodes: list[str], pids: list[int], seconds: float) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": epoch, **train, SCORE_METRIC: val["score"]}
@@ -323,15 +339,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                     grad_clip=loop.grad_clip, generator=generator,
                                     log_every=loop.log_every if rank == 0 else 0,
                                     max_steps=steps_per_epoch, sam_rho=loop.sam_rho)
-        evaluate_split = getattr(family, "evaluate", evaluate)
-        val = combine_val_reports({
-            key: evaluate_split(model, shard.iter_batches(batch_size=loop.eval_batch_size, batch_format="numpy"),
-                                rank=rank, world_size=world_size)
-            for key, shard in val_shards.items()}, selected=config["selected_val_keys"])
+        val = NOT_VALIDATED
+        if validates(epoch, loop):
+            evaluate_split = getattr(family, "evaluate", evaluate)
+            val = combine_val_reports({
+                key: evaluate_split(model, shard.iter_batches(batch_size=loop.eval_batch_size, batch_format="numpy"),
+                                    rank=rank, world_size=world_size)
+                for key, shard in val_shards.items()}, selected=config["selected_val_keys"])
         state.epoch = epoch + 1
         row = _epoch_row(epoch, train_metrics, val, world_size, start_epoch, nodes, pids, time.perf_counter() - started)
         improved = state.record(row)
         metrics = {k: v for k, v in row.items() if k != "val_per_class"}
+        if metrics[SCORE_METRIC] is None:  # Ray ranks the kept checkpoints by it: an epoch not validated ranks last
+            metrics[SCORE_METRIC] = float("-inf")
         metrics.update({"best_epoch": state.best_epoch, "best_score": state.best_score, "improved": improved})
         with tempfile.TemporaryDirectory() as folder:
             ray_checkpoint = None
@@ -343,8 +363,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray_checkpoint)
         if rank == 0:  # after the report: the files list only epochs whose checkpoint was handed over
             history_io.write_history(settings.output, state.history)
-            log.info("epoch %d: train loss %.4f, %s %.4f (%.0f s)", epoch, row["train_loss"], SCORE_METRIC,
-                     row[SCORE_METRIC], row["epoch_seconds"])
+            log.info("epoch %d: train loss %.4f, %s %s (%.0f s)", epoch, row["train_loss"], SCORE_METRIC,
+                     score_text(row[SCORE_METRIC]), row["epoch_seconds"])
 
 
 def _checkpoint_record(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -376,7 +396,7 @@ class TrainSummary:
 
     def render(self) -> str:
         lines = [f"{'epoch':>5} {'train_loss':>10} {'val_score':>9}"]
-        lines += [f"{r['epoch']:>5} {r['train_loss']:>10.4f} {r[SCORE_METRIC]:>9.4f}" for r in self.history]
+        lines += [f"{r['epoch']:>5} {r['train_loss']:>10.4f} {score_text(r[SCORE_METRIC]):>9}" for r in self.history]
         lines.append(f"best: epoch {self.best_epoch}, {self.selection_metric} {self.best_val_score:.4f} -> "
                      f"{self.best_checkpoint} ({self.wall_seconds:.0f} s)")
         return "\n".join(lines)
