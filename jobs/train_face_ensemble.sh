@@ -13,7 +13,7 @@
 # then each member exported as it ships (fp16, mirror-averaged) and `emotion ensemble`
 # writes OUT/qcs_ensemble.ckpt. member1 is independent of the other two, so with PARALLEL=1
 # (the default) it trains beside them, each run one Ray Train worker at one torch thread:
-# on 2 cores the two together train about 1.36x the images of one. Validation is skipped
+# on 2 cores each trains about as fast as one run alone (docs/training.md). Validation is skipped
 # before each run's last three epochs (train.validate_from_epoch), where its best epoch was.
 #
 # Settings (environment): DATA (required), OUT (default outputs/train/qcs_ensemble_recipe),
