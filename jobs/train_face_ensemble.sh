@@ -32,12 +32,18 @@ export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}  # each run starts its own local
 times=$out/recipe_times.tsv
 [[ -f $times ]] || printf 'what\tstarted\tended\tseconds\tstatus\n' > "$times"
 
+record() {  # what started status: one row of OUT/recipe_times.tsv, ended now
+  local ended
+  ended=$(date +%s)
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$ended" $(( ended - $2 )) "$3" >> "$times"
+}
+
 timed() {  # name command...: run it and record its wall time
   local name=$1 started status=0
   shift
   started=$(date +%s)
   "$@" || status=$?
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$started" "$(date +%s)" $(( $(date +%s) - started )) "$status" >> "$times"
+  record "$name" "$started" "$status"
   return "$status"
 }
 
@@ -79,5 +85,5 @@ fi
 .venv/bin/python benchmarks/export_face_model.py --no-prior "$out/member1/best.ckpt" "$out/member1/export_fp16.ckpt"
 .venv/bin/python benchmarks/export_face_model.py "$out/member2/best.ckpt" "$out/member2/export_fp16.ckpt"
 .venv/bin/emotion ensemble --out "$out/qcs_ensemble.ckpt" "$out/member1/export_fp16.ckpt" "$out/member2/export_fp16.ckpt"
-printf 'invocation\t%s\t%s\t%s\t0\n' "$started" "$(date +%s)" $(( $(date +%s) - started )) >> "$times"
+record invocation "$started" 0
 echo "wrote $out/qcs_ensemble.ckpt; wall times in $times"
