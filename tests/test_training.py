@@ -297,6 +297,21 @@ def test_epochs_before_validate_from_epoch_skip_validation(ray_local, band_folde
     assert summary.render().splitlines()[1].split()[-1] == "-"
 
 
+def test_two_runs_of_one_seed_train_the_same_weights(ray_local, band_folder, tmp_path):
+    """The train split's block order is seeded (a new order each epoch), so with one
+    worker a second run of the same config repeats the first: the same losses and weights."""
+    import torch
+
+    from emotion.checkpoint import load_checkpoint
+    from jobs.train import run
+
+    runs = [run(train_cfg(band_folder, str(tmp_path / name), "train.rows_per_task=4", "train.epochs=3"))
+            for name in ("a", "b")]
+    assert [r["train_loss"] for r in runs[0].history] == [r["train_loss"] for r in runs[1].history]
+    weights = [load_checkpoint(tmp_path / name / "last.ckpt")["state_dict"] for name in ("a", "b")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
 def test_resume_on_request_from_s3_checkpoints_with_prepared_data(ray_local, band_folder, s3_bucket):
     """Data, checkpoints and outputs all on the S3 test server: prepared Parquet shards
     read by Ray Data, Ray Train storage on s3://; a second run with resume=true continues

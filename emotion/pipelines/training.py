@@ -42,10 +42,10 @@ from emotion.weights import KNOWN_WEIGHTS
 from emotion.training import history as history_io
 from emotion.training.distillation import Distilled, check_teacher
 from emotion.training.families import get_family
-from emotion.training.loop import (TrainState, amp_dtype_for, build_optimizer, combine_val_reports,
-                                   epoch_generator, evaluate, load_initial_weights,
-                                   restore_training_checkpoint, save_training_checkpoint, seed_everything,
-                                   train_epoch)
+from emotion.training.loop import (NOT_VALIDATED, TrainState, amp_dtype_for, build_optimizer,
+                                   combine_val_reports, epoch_generator, evaluate, load_initial_weights,
+                                   restore_training_checkpoint, save_training_checkpoint, score_text,
+                                   seed_everything, train_epoch, validates)
 from emotion.models.loading import input_spec, load_model_from_checkpoint
 from emotion.models.settings import network_config
 from emotion.settings import (DataSettings, LoopSettings, ModelSettings, ScalingSettings, SourceData, SourcesData,
@@ -152,6 +152,7 @@ def _rows_dataset(ds: ray.data.Dataset, split: str, spec: CropSpec, labels: tupl
     ds = ds.map_batches(_rows_batch, fn_kwargs={"spec": spec, "num_labels": len(labels),
                                                 "multi_label": multi_label, "make_rows": make_rows},
                         batch_format="pyarrow", batch_size=rows_per_task)
+    ds.context.execution_options.preserve_order = True  # blocks in sample order, whichever task ends first
     ds = ds.materialize()
     if ds.count() == 0:
         raise ValueError(f"split {split!r} gave no training rows (no labelled person with the boxes the model needs)")
@@ -247,22 +248,6 @@ def _gather_placement() -> tuple[list[str], list[int]]:
     else:
         everyone = [mine]
     return [n for n, _ in everyone], [p for _, p in everyone]
-
-
-NOT_VALIDATED: dict[str, Any] = {"score": None, "n": 0, "seconds": 0.0}  # an epoch before validate_from_epoch
-
-
-def validates(epoch: int, loop: LoopSettings) -> bool:
-    """Whether ``epoch`` is scored on the validation sets: from ``validate_from_epoch`` on,
-    and always the last epoch, so a run has a best checkpoint. Skipping changes nothing
-    that is trained (each epoch's randomness comes from its own seed), only which epochs can
-    be chosen as best."""
-    return epoch >= loop.validate_from_epoch or epoch == loop.epochs - 1
-
-
-def score_text(score: float | None) -> str:
-    """A val_score as printed: four decimals, or ``-`` for an epoch not validated."""
-    return "-" if score is None else f"{score:.4f}"
 
 
 def _epoch_row(epoch: int, train: Mapping[str, Any], val: Mapping[str, Any], world_size: int, start_epoch: int,
@@ -517,7 +502,10 @@ def run_training(settings: TrainSettings) -> TrainSummary:
     train_rows = datasets["train"].count()
     val_rows = sum(datasets[key].count() for key in val_keys(datasets))
     log.info("training rows: %d, validation rows: %d (%s)", train_rows, val_rows, ", ".join(spec.levels))
-    datasets["train"] = datasets["train"].randomize_block_order()  # a new block order every epoch
+    # A new block order every epoch (each execution reseeds), the same in every run of one
+    # seed; a resumed run starts that sequence again at its first resumed epoch.
+    block_order = ray.data.RandomSeedConfig(seed=settings.seed, reseed_after_execution=True)
+    datasets["train"] = datasets["train"].randomize_block_order(seed=block_order)
 
     failure = ray.train.FailureConfig(max_failures=settings.max_failures)
     checkpoints = ray.train.CheckpointConfig(num_to_keep=settings.keep_checkpoints,

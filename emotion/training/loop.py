@@ -51,6 +51,22 @@ class TrainState:
         return improved
 
 
+NOT_VALIDATED: dict[str, Any] = {"score": None, "n": 0, "seconds": 0.0}  # an epoch before validate_from_epoch
+
+
+def validates(epoch: int, loop: LoopSettings) -> bool:
+    """Whether ``epoch`` is scored on the validation sets: from ``validate_from_epoch`` on,
+    and always the last epoch, so a run has a best checkpoint. Skipping changes nothing
+    that is trained (each epoch's randomness comes from its own seed), only which epochs can
+    be chosen as best."""
+    return epoch >= loop.validate_from_epoch or epoch == loop.epochs - 1
+
+
+def score_text(score: float | None) -> str:
+    """A val_score as printed: four decimals, or ``-`` for an epoch not validated."""
+    return "-" if score is None else f"{score:.4f}"
+
+
 # -- setup ------------------------------------------------------------------------------
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DDP (or similar) wrapper."""
