@@ -7,11 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 runs=${RUNS:-outputs/train/qcs_ensemble_recipe}
 out=benchmarks/results/qcs_ensemble_recipe
-cp "$runs/recipe_times.tsv" "$out/recipe_times.tsv"
-for run in member1 face_v2 member2; do
-  cp "$runs/$run/metrics.csv" "$out/metrics_$run.csv"
-  cp "$runs/$run/summary.json" "$out/summary_$run.json"
-done
+benchmarks/results/qcs_ensemble_recipe/copy_runs.sh "$runs" "$out"
 .venv/bin/python benchmarks/face_models.py --threads 2 --sets ferplus_valid,fer2013_val,expw_val \
   --model shipped=qcs_ensemble --model recipe="$runs/qcs_ensemble.ckpt" --model v1=qcs_ferplus \
   --pair recipe,shipped --pair recipe,v1 --pair shipped,v1 \

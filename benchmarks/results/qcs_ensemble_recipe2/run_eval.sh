@@ -8,12 +8,8 @@ cd "$(dirname "$0")/../../.."
 runs=${RUNS:-outputs/train/qcs_ensemble_recipe2}
 first=${FIRST:-outputs/train/qcs_ensemble_recipe}
 out=benchmarks/results/qcs_ensemble_recipe2
-cp "$runs/recipe_times.tsv" "$out/recipe_times.tsv"
-for run in member1 face_v2 member2; do
-  cp "$runs/$run/metrics.csv" "$out/metrics_$run.csv"
-  cp "$runs/$run/summary.json" "$out/summary_$run.json"
-done
+benchmarks/results/qcs_ensemble_recipe/copy_runs.sh "$runs" "$out"
 .venv/bin/python benchmarks/face_models.py --threads 2 --sets ferplus_valid,fer2013_val,expw_val \
-  --model second=$runs/qcs_ensemble.ckpt --model shipped=qcs_ensemble --model first="$first/qcs_ensemble.ckpt" \
+  --model second="$runs/qcs_ensemble.ckpt" --model shipped=qcs_ensemble --model first="$first/qcs_ensemble.ckpt" \
   --pair second,shipped --pair second,first --pair first,shipped \
   --out "$out/reproduction.json" 2>&1 | tee "$out/reproduction.log"
