@@ -298,8 +298,9 @@ def test_epochs_before_validate_from_epoch_skip_validation(ray_local, band_folde
 
 
 def test_two_runs_of_one_seed_train_the_same_weights(ray_local, band_folder, tmp_path):
-    """The train split's block order is seeded (a new order each epoch), so with one
-    worker a second run of the same config repeats the first: the same losses and weights."""
+    """The materialised rows keep sample order and the train split's block order is seeded
+    (a new order each epoch), so with one worker a second run of the same config repeats
+    the first: the same losses and weights."""
     import torch
 
     from emotion.checkpoint import load_checkpoint

@@ -48,7 +48,7 @@ from emotion.training.loop import (NOT_VALIDATED, TrainState, amp_dtype_for, bui
                                    seed_everything, train_epoch, validates)
 from emotion.models.loading import input_spec, load_model_from_checkpoint
 from emotion.models.settings import network_config
-from emotion.settings import (DataSettings, LoopSettings, ModelSettings, ScalingSettings, SourceData, SourcesData,
+from emotion.settings import (DataSettings, ModelSettings, ScalingSettings, SourceData, SourcesData,
                               TrainSettings, reader_options)
 from emotion.training.rows import CropSpec, RowCounts, person_rows
 from emotion.training.schedule import build_schedule
