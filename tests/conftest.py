@@ -14,6 +14,10 @@ from PIL import Image
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# Ray Train's controller polls its workers every 2 s by default, and a run waits for polls
+# to see each reported epoch and the end: a tiny test run spent most of its time there.
+# Every Ray these tests start (in-process, `ray start` nodes, job subprocesses) inherits it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -588,12 +588,14 @@ def _compare(got: list[dict], want: list[dict], path: str, score_atol: float = 1
                 assert g[key] == w[key], f"{path}: {key}"
 
 
-@pytest.mark.parametrize("changed", [None, "predictor.max_image_side=400", "predictor.align_faces=true"])
+@pytest.mark.parametrize("changed", [(), ("predictor.max_image_side=400", "predictor.align_faces=true")],
+                         ids=["defaults", "max_image_side=400,align_faces=true"])
 def test_one_image_gives_the_same_records_from_tag_http_eval_and_predictor(service, served_cfg, photos, tmp_path,
                                                                            changed):
     """The same bytes through `emotion tag`, the HTTP API, `emotion eval`'s scoring and
-    the Python predictor, with the default predictor settings, a changed
-    `predictor.max_image_side`, and faces cut aligned by their landmarks."""
+    the Python predictor, with the default predictor settings, and with both a changed
+    `predictor.max_image_side` and faces cut aligned by their landmarks (one case: each
+    case starts its own `emotion tag` and Serve app)."""
     import pyarrow.parquet as pq
     from omegaconf import OmegaConf
     from ray import serve
@@ -601,9 +603,9 @@ def test_one_image_gives_the_same_records_from_tag_http_eval_and_predictor(servi
     from emotion.evaluation import first_person_scores
     from emotion.predictor import build_predictor
 
-    side = [changed] if changed else []
+    side = list(changed)
     url = service
-    if changed:  # a second app with the changed setting
+    if changed:  # a second app with the changed settings
         plain = OmegaConf.to_container(compose_serve(list(served_cfg_overrides(served_cfg)) + side), resolve=True)
         serve.run(build_app(ServeArgs(**{k: plain[k] for k in ("detector", "model", "predictor", "serve")})),
                   name="side", route_prefix="/side")
@@ -636,7 +638,7 @@ def test_one_image_gives_the_same_records_from_tag_http_eval_and_predictor(servi
         # An aligned crop is cut to whole grey levels from landmarks that move by about 1e-5 px
         # with the detector's torch thread count (a Serve replica runs one thread), so a few
         # pixels round the other way: scores agree to about 4e-5 there, within 1e-5 otherwise.
-        score_atol = 1e-4 if changed == "predictor.align_faces=true" else 1e-5
+        score_atol = 1e-4 if "predictor.align_faces=true" in changed else 1e-5
         _compare(http, direct, "HTTP vs predictor", score_atol)
         _compare(tagged, direct, "tag vs predictor", score_atol)
         np.testing.assert_allclose(evaluated, direct[0]["scores"], atol=score_atol, err_msg="eval vs predictor")

@@ -241,8 +241,11 @@ def job_mistake(command: str, overrides: list[str], monkeypatch) -> str:
     def ray_would_start(*args, **kwargs):
         raise AssertionError("the mistake was not found before Ray starts")
 
-    starts = {"tag": "tag_images", "train": "run_training", "eval": "build_predictor", "serve": "serve_app"}
-    monkeypatch.setattr(job, starts[command], ray_would_start)
+    # The train job imports its pipeline only once the settings are checked.
+    starts = {"tag": (job, "tag_images"), "train": ("emotion.pipelines.training", "run_training"),
+              "eval": (job, "build_predictor"), "serve": (job, "serve_app")}
+    where, name = starts[command]
+    monkeypatch.setattr(importlib.import_module(where) if isinstance(where, str) else where, name, ray_would_start)
     with pytest.raises(errors) as err:
         job.run(compose_config(command, overrides))
     message = str(err.value)

@@ -222,16 +222,20 @@ def test_epoch_loop_learns_and_checkpoint_round_trip_restores_optimizer(tmp_path
 
 
 # -- Ray Train ---------------------------------------------------------------------------
+FIRST_RUN_OVERRIDES = ("train.rows_per_task=4",)
+
+
 @pytest.fixture(scope="module")
 def first_run(ray_local, band_folder, tmp_path_factory):
-    """A 2-epoch run with one worker; shared by the tests that only read its outputs."""
+    """A 2-epoch run with one worker, its rows in 12 blocks; shared by the tests that only
+    read its outputs."""
     from jobs.train import run
 
     folder = tmp_path_factory.mktemp("run")
     here = os.getcwd()
     os.chdir(folder)  # a relative output: workers run elsewhere, so it must be made absolute
     try:
-        summary = run(train_cfg(band_folder, "out"))
+        summary = run(train_cfg(band_folder, "out", *FIRST_RUN_OVERRIDES))
     finally:
         os.chdir(here)
     return summary, folder / "out"
@@ -297,19 +301,19 @@ def test_epochs_before_validate_from_epoch_skip_validation(ray_local, band_folde
     assert summary.render().splitlines()[1].split()[-1] == "-"
 
 
-def test_two_runs_of_one_seed_train_the_same_weights(ray_local, band_folder, tmp_path):
+def test_two_runs_of_one_seed_train_the_same_weights(first_run, band_folder, tmp_path):
     """The materialised rows keep sample order and the train split's block order is seeded
-    (a new order each epoch), so with one worker a second run of the same config repeats
-    the first: the same losses and weights."""
+    (a new order each epoch), so with one worker a second run of the first run's config
+    repeats it: the same losses and weights."""
     import torch
 
     from emotion.checkpoint import load_checkpoint
     from jobs.train import run
 
-    runs = [run(train_cfg(band_folder, str(tmp_path / name), "train.rows_per_task=4", "train.epochs=3"))
-            for name in ("a", "b")]
-    assert [r["train_loss"] for r in runs[0].history] == [r["train_loss"] for r in runs[1].history]
-    weights = [load_checkpoint(tmp_path / name / "last.ckpt")["state_dict"] for name in ("a", "b")]
+    first, first_output = first_run
+    second = run(train_cfg(band_folder, str(tmp_path / "again"), *FIRST_RUN_OVERRIDES))
+    assert [r["train_loss"] for r in first.history] == [r["train_loss"] for r in second.history]
+    weights = [load_checkpoint(output / "last.ckpt")["state_dict"] for output in (first_output, tmp_path / "again")]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
 
