@@ -29,7 +29,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 
 from emotion.labels import FERPLUS_CLASSES
-from emotion.client import EmotionAPIError, EmotionClient, format_person
+from emotion.client import EmotionAPIError, EmotionClient
 from emotion.schema import split_rows
 from emotion.weights import KNOWN_WEIGHTS
 from emotion.pipelines.serving import (
