@@ -21,11 +21,12 @@ import argparse
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from face_models import SHARED, faces, load_model, paired_bootstrap, report, scored
+from face_models import SHARED, faces, labelled_sets, load_model, paired_bootstrap, predictions, report
 
 
 def framed(crops: np.ndarray, fraction: float) -> np.ndarray:
@@ -47,27 +48,6 @@ def framed(crops: np.ndarray, fraction: float) -> np.ndarray:
     return canvas.round().clamp(0, 255).byte().permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def framed_predictions(model, data_labels: tuple[str, ...], samples: list[dict], fraction: float,
-                       batch: int = 256) -> dict[str, np.ndarray]:
-    """``face_models.predictions`` with every crop passed through ``framed``."""
-    from emotion.labels import canonical_name, remap
-    from emotion.training.rows import RowCounts, build_crop_spec, person_rows
-
-    spec = build_crop_spec(model, 1.0, 960)
-    known = remap(list(data_labels), list(model.labels)) >= 0
-    true, score_batches = [], []
-    for start in range(0, len(samples), batch):
-        rows = person_rows(samples[start:start + batch], spec, RowCounts(), num_labels=len(data_labels))
-        classes = rows["labels"].argmax(1)
-        keep = known[classes]
-        if keep.any():
-            score_batches.append(model.predict({level: framed(rows[f"crop_{level}"][keep], fraction)
-                                                for level in model.input_levels})["scores"])
-        true += [canonical_name(data_labels[c]) for c in classes[keep]]
-    scores = np.concatenate(score_batches) if score_batches else np.zeros((0, len(model.labels)), np.float32)
-    return scored(np.asarray(true), scores, tuple(model.labels))
-
-
 def main() -> None:
     import torch
 
@@ -86,8 +66,7 @@ def main() -> None:
     if fractions[0] != 1.0 or not all(0.0 < f <= 1.0 for f in fractions):
         parser.error("--fractions: 1.0 first, each in (0, 1]")
     data = Path(args.data)
-    known_sets = {"ferplus_valid": ("ferplus", data / "ferplus", "val"), "fer2013_val": ("fer", data / "fer2013", "val"),
-                  "expw_val": ("fer", data / "expw", "val"), "sfew": ("fer", data / "sfew", "train")}
+    known_sets = labelled_sets(data)
     models = dict(spec.split("=", 1) for spec in args.model)
     results: dict = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": args.threads},
                      "models": models, "fractions": fractions, "datasets": {}, "pairs": {}}
@@ -105,7 +84,7 @@ def main() -> None:
             rows, baseline = {}, None
             for fraction in fractions:
                 started = time.perf_counter()
-                outcome = framed_predictions(model, labels, samples, fraction)
+                outcome = predictions(model, labels, samples, transform=partial(framed, fraction=fraction))
                 correct = outcome["true"] == outcome["predicted"]
                 correct_by[(dataset, name, fraction)] = correct
                 row = report(outcome["true"], outcome["predicted"], outcome["confidence"])

@@ -29,6 +29,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -47,6 +48,13 @@ def load_model(value: str, updates: dict | None = None, prior: list[float] | Non
     return model
 
 
+def labelled_sets(data: Path) -> dict[str, tuple[str, Path, str]]:
+    """Each labelled set's (format, root, split) under ``data``."""
+    return {"ferplus_valid": ("ferplus", data / "ferplus", "val"), "fer2013_val": ("fer", data / "fer2013", "val"),
+            "expw_val": ("fer", data / "expw", "val"), "sfew": ("fer", data / "sfew", "train"),
+            "ferplus_test": ("ferplus", data / "ferplus", "test")}
+
+
 def faces(fmt: str, root: str, split: str) -> tuple[tuple[str, ...], list[dict]]:
     from emotion.data import read_dataset
 
@@ -54,9 +62,11 @@ def faces(fmt: str, root: str, split: str) -> tuple[tuple[str, ...], list[dict]]
     return tuple(sample_set.labels), list(sample_set.samples(split))
 
 
-def predictions(model, data_labels: tuple[str, ...], samples: list[dict], batch: int = 256) -> dict[str, np.ndarray]:
+def predictions(model, data_labels: tuple[str, ...], samples: list[dict], batch: int = 256,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Each face's true class name, the model's predicted class name and its score for
-    it; faces whose class the model lacks are not scored."""
+    it; faces whose class the model lacks are not scored. ``transform`` changes each
+    batch of crops [N, S, S, C] before the model reads them."""
     from emotion.labels import canonical_name, remap
     from emotion.training.rows import RowCounts, build_crop_spec, person_rows
 
@@ -68,8 +78,10 @@ def predictions(model, data_labels: tuple[str, ...], samples: list[dict], batch:
         classes = rows["labels"].argmax(1)
         keep = known[classes]
         if keep.any():
-            score_batches.append(model.predict({level: rows[f"crop_{level}"][keep]
-                                                for level in model.input_levels})["scores"])
+            crops = {level: rows[f"crop_{level}"][keep] for level in model.input_levels}
+            if transform is not None:
+                crops = {level: transform(value) for level, value in crops.items()}
+            score_batches.append(model.predict(crops)["scores"])
         true += [canonical_name(data_labels[c]) for c in classes[keep]]
     scores = np.concatenate(score_batches) if score_batches else np.zeros((0, len(model.labels)), np.float32)
     return scored(np.asarray(true), scores, tuple(model.labels))
@@ -189,9 +201,7 @@ def main() -> None:
     updates = {name: json.loads(value) for name, value in (c.split("=", 1) for c in args.cfg)}
     prior = json.loads(args.prior.read_text()) if args.prior else None
     data = Path(args.data)
-    known_sets = {"ferplus_valid": ("ferplus", data / "ferplus", "val"), "fer2013_val": ("fer", data / "fer2013", "val"),
-                  "expw_val": ("fer", data / "expw", "val"), "sfew": ("fer", data / "sfew", "train"),
-                  "ferplus_test": ("ferplus", data / "ferplus", "test")}
+    known_sets = labelled_sets(data)
     datasets = {name: known_sets[name] for name in args.sets.split(",")}
     results: dict = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": args.threads},
                      "models": models, "cfg": updates, "detector": args.detector, "datasets": {}, "pairs": {}}
