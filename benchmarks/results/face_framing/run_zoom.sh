@@ -3,9 +3,15 @@
 # default (docs/training.md, "Zoom-out fine-tune of both members"). Run from the repository
 # root; DATA (default ../shared/data) holds ferplus/, fer2013/, expw/, sfew/. Resumable:
 # finished runs are skipped. The two fine-tunes run side by side at one thread each.
+# SCALE is the augmentation's zoom range (a window larger than the crop, max_scale > 1,
+# shrinks the face); NAME names the runs and result files. The two runs reported:
+#   SCALE=train.augment.min_scale=0.5 NAME=zoom       (zooms in: the face up to twice as large)
+#   SCALE=train.augment.max_scale=2.0 NAME=zoom_out   (the face as small as half the frame)
 set -euo pipefail
 data=${DATA:-../shared/data}
-runs=${RUNS:-outputs/train/face_zoom}
+scale=${SCALE:-train.augment.max_scale=2.0}
+name=${NAME:-zoom_out}
+runs=${RUNS:-outputs/train/face_$name}
 out=$(dirname "$0")
 member2_start=${MEMBER2_START:-outputs/train/face_ensemble_sfew_ferplus03/all/best.ckpt}
 mkdir -p "$runs"
@@ -14,8 +20,8 @@ train() {  # name overrides...
   shift
   [[ -f $run/summary.json ]] && return 0
   [[ -d $run/ray/run ]] && resume=true
-  /usr/bin/time -f "$1 %e s" .venv/bin/emotion train experiment=face_v2_finetune data.root="$data" output="$run" \
-    resume=$resume train.epochs=1 train.lr=1.0e-4 train.torch_threads=1 train.augment.min_scale=0.5 \
+  /usr/bin/time -f "${run##*/} %e s" .venv/bin/emotion train experiment=face_v2_finetune data.root="$data" output="$run" \
+    resume=$resume train.epochs=1 train.lr=1.0e-4 train.torch_threads=1 "$scale" \
     '~data.sources.fer2013' "$@" > "$run.log" 2>&1
 }
 train member1 init_weights=qcs_ferplus data.sources.ferplus.weight=0.3 data.sources.expw.weight=0 \
@@ -28,10 +34,10 @@ for member in member1 member2; do
   flags=(); [[ $member == member1 ]] && flags=(--no-prior)  # member 1 saw FER+ alone
   .venv/bin/python benchmarks/export_face_model.py "$runs/$member/best.ckpt" "$runs/$member/export_fp16.ckpt" "${flags[@]}"
 done
-.venv/bin/emotion ensemble --out "$runs/ens_zoom.ckpt" "$runs/member1/export_fp16.ckpt" "$runs/member2/export_fp16.ckpt"
+.venv/bin/emotion ensemble --out "$runs/ens_$name.ckpt" "$runs/member1/export_fp16.ckpt" "$runs/member2/export_fp16.ckpt"
 .venv/bin/python benchmarks/face_models.py --threads 2 --sets ferplus_valid,fer2013_val,expw_val \
-  --model ens=qcs_ensemble --model zoom=$runs/ens_zoom.ckpt --pair zoom,ens \
-  --out "$out/zoom_full_frame.json" 2>&1 | tee "$out/zoom_full_frame.log"
+  --model ens=qcs_ensemble --model $name="$runs/ens_$name.ckpt" --pair $name,ens \
+  --out "$out/${name}_full_frame.json" 2>&1 | tee "$out/${name}_full_frame.log"
 .venv/bin/python benchmarks/face_framing.py --threads 2 --sets ferplus_valid,expw_val --fractions 1.0,0.8,0.6 \
-  --model ens=qcs_ensemble --model zoom=$runs/ens_zoom.ckpt --pair zoom,ens \
-  --out "$out/zoom_framing.json" 2>&1 | tee "$out/zoom_framing.log"
+  --model ens=qcs_ensemble --model $name="$runs/ens_$name.ckpt" --pair $name,ens \
+  --out "$out/${name}_framing.json" 2>&1 | tee "$out/${name}_framing.log"
