@@ -593,9 +593,9 @@ def _compare(got: list[dict], want: list[dict], path: str, score_atol: float = 1
 def test_one_image_gives_the_same_records_from_tag_http_eval_and_predictor(service, served_cfg, photos, tmp_path,
                                                                            changed):
     """The same bytes through `emotion tag`, the HTTP API, `emotion eval`'s scoring and
-    the Python predictor, with the default predictor settings, and with both a changed
-    `predictor.max_image_side` and faces cut aligned by their landmarks (one case: each
-    case starts its own `emotion tag` and Serve app)."""
+    the Python predictor, with the default predictor settings, and with a changed
+    `predictor.max_image_side` and faces cut aligned by their landmarks together (one case
+    for both, as each case starts its own `emotion tag` and Serve app)."""
     import pyarrow.parquet as pq
     from omegaconf import OmegaConf
     from ray import serve
