@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from face_models import SHARED, faces, labelled_sets, load_model, paired_bootstrap, predictions, report
+from face_models import (SHARED, difference_text, faces, labelled_sets, load_model, paired_bootstrap,
+                         predictions, report)
 
 
 def framed(crops: np.ndarray, fraction: float) -> np.ndarray:
@@ -75,12 +76,12 @@ def main() -> None:
     if unknown or any(len(pair) != 2 for pair in pairs):
         parser.error(f"--pair takes A,B of --model names; not known: {unknown}")
     correct_by: dict[tuple[str, str, float], np.ndarray] = {}
+    loaded = {name: load_model(value) for name, value in models.items()}
     for dataset in args.sets.split(","):
         fmt, root, split = known_sets[dataset]
         labels, samples = faces(fmt, str(root), split)
         results["datasets"][dataset] = {}
-        for name, value in models.items():
-            model = load_model(value)
+        for name, model in loaded.items():
             rows, baseline = {}, None
             for fraction in fractions:
                 started = time.perf_counter()
@@ -103,8 +104,7 @@ def main() -> None:
             for fraction in fractions:
                 result = paired_bootstrap(correct_by[(dataset, a, fraction)], correct_by[(dataset, b, fraction)])
                 results["pairs"][f"{a}-{b}@{dataset}@{fraction}"] = result
-                print(f"{dataset:<14} face {fraction:.2f}: {a} - {b}: {result['difference']:+.4f} "
-                      f"[{result['ci95'][0]:+.4f}, {result['ci95'][1]:+.4f}]", flush=True)
+                print(f"{dataset:<14} face {fraction:.2f}: {a} - {b}: {difference_text(result)}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 

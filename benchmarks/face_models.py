@@ -155,6 +155,12 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int =
             "n": int(len(diff)), "reps": reps}
 
 
+def difference_text(result: dict) -> str:
+    """A ``paired_bootstrap`` result as ``+0.0123 [-0.0045, +0.0290]``."""
+    low, high = result["ci95"]
+    return f"{result['difference']:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
 def build_detected(align: bool, model):
     """A RetinaFace predictor around ``model`` (``predictor/default.yaml``'s settings)."""
     from emotion.config_files import group_option
@@ -258,8 +264,7 @@ def main() -> None:
                 continue  # different face sets (label sets differ): not a paired comparison
             result = paired_bootstrap(first["true"] == first["predicted"], second["true"] == second["predicted"])
             results["pairs"][f"{a}-{b}@{dataset}"] = result
-            print(f"{dataset:<14} {a} - {b}: {result['difference']:+.4f} [{result['ci95'][0]:+.4f}, "
-                  f"{result['ci95'][1]:+.4f}] (n={result['n']})", flush=True)
+            print(f"{dataset:<14} {a} - {b}: {difference_text(result)} (n={result['n']})", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from face_models import SHARED, faces, load_model, paired_bootstrap, predictions, report
+from face_models import SHARED, difference_text, faces, load_model, paired_bootstrap, predictions, report
 
 
 def out_of_fold(fold_runs: list[str], labels: tuple[str, ...], samples: list[dict],
@@ -87,7 +87,7 @@ def main() -> None:
         assert np.array_equal(cv["true"], outcome["true"])  # the same faces, in the same order
         pair = paired_bootstrap(cv["true"] == cv["predicted"], outcome["true"] == outcome["predicted"])
         results["pairs"][f"cv-{name}"] = pair
-        print(f"cv - {name}: {pair['difference']:+.4f} [{pair['ci95'][0]:+.4f}, {pair['ci95'][1]:+.4f}]", flush=True)
+        print(f"cv - {name}: {difference_text(pair)}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 

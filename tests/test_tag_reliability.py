@@ -242,10 +242,9 @@ def job_mistake(command: str, overrides: list[str], monkeypatch) -> str:
         raise AssertionError("the mistake was not found before Ray starts")
 
     # The train job imports its pipeline only once the settings are checked.
-    starts = {"tag": (job, "tag_images"), "train": ("emotion.pipelines.training", "run_training"),
-              "eval": (job, "build_predictor"), "serve": (job, "serve_app")}
-    where, name = starts[command]
-    monkeypatch.setattr(importlib.import_module(where) if isinstance(where, str) else where, name, ray_would_start)
+    starts = {"tag": "jobs.tag.tag_images", "train": "emotion.pipelines.training.run_training",
+              "eval": "jobs.eval.build_predictor", "serve": "jobs.serve.serve_app"}
+    monkeypatch.setattr(starts[command], ray_would_start)
     with pytest.raises(errors) as err:
         job.run(compose_config(command, overrides))
     message = str(err.value)
