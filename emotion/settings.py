@@ -49,8 +49,13 @@ class RetinaFaceSettings(_Strict):
 
 
 class FullFrameSettings(_Strict):
+    """One face per image (``emotion.models.detection.full_frame``); with ``find_face`` the
+    ``finder`` (RetinaFace; its ``head_expand`` is not read) puts it into FER2013's framing."""
+
     name: Literal["full_frame"]
     head_expand: float = Field(ge=1.0)
+    find_face: bool
+    finder: RetinaFaceSettings
 
 
 DetectorSettings = Union[RetinaFaceSettings, FullFrameSettings]

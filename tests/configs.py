@@ -78,6 +78,11 @@ def retinaface_settings(**changes: Any):
     return RetinaFaceSettings.model_validate({**group_option("detector", "retinaface"), **changes})
 
 
+def full_frame_detector(**changes: Any) -> dict[str, Any]:
+    """The ``detector=full_frame`` section as a job composes it (its finder included), with ``changes``."""
+    return {**composed("tag", ["detector=full_frame"])["detector"], **changes}
+
+
 def _command_values(config_name: str) -> dict[str, Any]:
     """A data command's YAML values, without Hydra's keys and the paths."""
     values = yaml.safe_load((Path(CONFIG_DIR) / f"{config_name}.yaml").read_text())

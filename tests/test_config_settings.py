@@ -165,6 +165,8 @@ MISSPELT = [
     *[(job, "+model.input_siez=64", "model.input_siez: unknown key") for job in ("eval", "train")],
     *[(job, "+detector.scroe_threshold=0.5", "detector.scroe_threshold: unknown key")
       for job in ("tag", "eval", "serve")],
+    ("eval", "+detector.finder.scroe_threshold=0.5", "detector.finder.scroe_threshold: unknown key"),
+    ("tag", "detector=full_frame detector.find_face=maybe", "detector.find_face='maybe': Input should be"),
     *[(job, "+predictor.treshold=0.5", "predictor.treshold: unknown key") for job in JOBS],
     *[(job, "+data.bogus_key=1", "data.bogus_key: unknown key") for job in ("eval", "train")],
     *[(job, "+data.options.bogus_key=1", "data.options.bogus_key: unknown key") for job in ("eval", "train")],

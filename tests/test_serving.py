@@ -44,7 +44,7 @@ from emotion.pipelines.serving import (
     source_name,
     upload_files,
 )
-from tests.configs import serve_section
+from tests.configs import full_frame_detector, serve_section
 from tests.conftest import PROJECT_ROOT, jpeg_bytes
 
 CONFIG_DIR = str(PROJECT_ROOT / "jobs" / "configs")
@@ -112,7 +112,7 @@ def secure_service(service, served_cfg):
     from ray import serve
 
     plain = OmegaConf.to_container(served_cfg, resolve=True)
-    plain["detector"] = {"name": "full_frame", "head_expand": 1.0}
+    plain["detector"] = full_frame_detector(find_face=False)
     plain["serve"]["auth_token"] = TOKEN
     app = build_app(ServeArgs(**{k: plain[k] for k in ("detector", "model", "predictor", "serve")}))
     serve.run(app, name="secure", route_prefix="/secure")
@@ -728,7 +728,7 @@ def _light_app(served_cfg, name: str, overrides: dict) -> str:
     from ray import serve
 
     plain = OmegaConf.to_container(served_cfg, resolve=True)
-    plain["detector"] = {"name": "full_frame", "head_expand": 1.0}
+    plain["detector"] = full_frame_detector(find_face=False)
     plain["serve"]["recognizer"].update(num_cpus=0.05, **overrides)
     plain["serve"]["ingress"]["num_cpus"] = 0.05
     serve.run(build_app(ServeArgs(**{k: plain[k] for k in ("detector", "model", "predictor", "serve")})),

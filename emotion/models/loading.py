@@ -98,12 +98,12 @@ def build_emotion_model(cfg: Mapping[str, Any]) -> EmotionModel:
 
 
 def build_detector_from_config(settings: DetectorSettings) -> Any:
-    """The detector the ``detector`` group names: ``retinaface``, or ``full_frame``
-    (each image is one pre-cropped face)."""
-    if settings.name == "full_frame":
-        from emotion.models.detection.full_frame import build_full_frame_detector
-
-        return build_full_frame_detector()
+    """The detector the ``detector`` group names: ``retinaface``, or ``full_frame`` (each
+    image is one face: the whole image, or, with ``find_face``, the face RetinaFace finds in it)."""
     from emotion.models.detection.retinaface import build_detector
 
+    if settings.name == "full_frame":
+        from emotion.models.detection.full_frame import FullFrameDetector
+
+        return FullFrameDetector(build_detector(settings.finder) if settings.find_face else None)
     return build_detector(settings)

@@ -1,0 +1,142 @@
+"""``detector=full_frame`` with and without ``find_face``, through the real predictor, on
+labelled faces framed as the datasets crop them and shrunk inside their frame.
+
+Each face image is shrunk to ``fraction`` of its side and centred on a plain backdrop of
+its mean border colour (a stand-in for the room around a face in a portrait or lab photo,
+as ``face_framing.py`` does to crops), written as PNG, and read, decoded, found and scored
+by ``emotion.predictor`` as ``emotion tag``/``eval``/``serve`` do: once with
+``detector.find_face=false`` (the whole image is the face) and once with ``true`` (the face
+RetinaFace finds is cut in FER2013's framing). Per set and fraction: accuracy, recall per
+class and its mean, the share called neutral, faces/s, and the paired bootstrap of
+find_face minus whole image.
+
+    .venv/bin/python benchmarks/face_finding.py --out benchmarks/results/face_finding/finding.json
+
+Fractions below 1.0 run on ``--framed-sets`` only (FER2013Valid and ExpW val by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from face_models import SHARED, difference_text, faces, labelled_sets, paired_bootstrap, report
+
+MODES = {"whole_image": "false", "find_face": "true"}
+
+
+def framed_png(data: bytes, fraction: float) -> bytes:
+    """The image in ``data`` shrunk to ``fraction`` of its sides, centred on its mean border
+    colour, as PNG (lossless: the framing is the only change)."""
+    image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    if fraction != 1.0:
+        height, width = image.shape[:2]
+        border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).mean(axis=0)
+        canvas = np.empty_like(image)
+        canvas[:] = border.round().astype(np.uint8)
+        inner_h, inner_w = max(1, round(height * fraction)), max(1, round(width * fraction))
+        small = np.asarray(Image.fromarray(image).resize((inner_w, inner_h), Image.BILINEAR))
+        top, left = (height - inner_h) // 2, (width - inner_w) // 2
+        canvas[top:top + inner_h, left:left + inner_w] = small
+        image = canvas
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def build(model: str, find_face: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from emotion.predictor import build_predictor
+
+    config_dir = str(Path(__file__).resolve().parents[1] / "jobs" / "configs")
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose(config_name="tag", overrides=[f"model={model}", "detector=full_frame", "model.device=cpu",
+                                                    "detector.finder.device=cpu", f"detector.find_face={find_face}",
+                                                    *overrides])
+    return build_predictor(OmegaConf.to_container(cfg, resolve=True))
+
+
+def predicted(predictor, payloads: list[bytes], batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's predicted class name and its score (one face per image)."""
+    from emotion.labels import canonical_name
+
+    labels = predictor.spec.labels
+    names, confidence = [], []
+    for start in range(0, len(payloads), batch):
+        chunk = payloads[start:start + batch]
+        tables = predictor.predict_images([f"face{start + i}.png" for i in range(len(chunk))], chunk)
+        for table in tables:
+            (row,) = table.to_pylist()
+            scores = np.asarray(row["scores"], dtype=np.float64)
+            names.append(canonical_name(labels[int(scores.argmax())]))
+            confidence.append(float(scores.max()))
+    return np.asarray(names), np.asarray(confidence)
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="face_ensemble", help="the model config group option")
+    parser.add_argument("--sets", default="ferplus_valid,fer2013_val,expw_val,sfew")
+    parser.add_argument("--framed-sets", default="ferplus_valid,expw_val")
+    parser.add_argument("--fractions", default="0.8,0.6", help="face sides below 1.0, on --framed-sets")
+    parser.add_argument("--data", default=str(SHARED), help="folder holding ferplus/, fer2013/, expw/, sfew/")
+    parser.add_argument("--override", action="append", default=[], help="a tag config override for both modes")
+    parser.add_argument("--limit", type=int, default=None, help="the first N faces of each set (a quick look)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from emotion import storage
+    from emotion.labels import canonical_name, remap
+
+    predictors = {mode: build(args.model, value, args.override) for mode, value in MODES.items()}
+    model_labels = list(predictors["find_face"].spec.labels)
+    known_sets = labelled_sets(Path(args.data))
+    results: dict = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": args.threads},
+                     "model": predictors["find_face"].spec.model_id, "datasets": {}}
+    for dataset in args.sets.split(","):
+        fmt, root, split = known_sets[dataset]
+        data_labels, samples = faces(fmt, str(root), split)
+        known = remap(list(data_labels), model_labels) >= 0
+        samples = [s for s in samples if known[int(np.argmax(s["labels"][0]))]][:args.limit]
+        true = np.asarray([canonical_name(data_labels[int(np.argmax(s["labels"][0]))]) for s in samples])
+        originals = [storage.read_bytes(s["image_uri"]) for s in samples]
+        fractions = [1.0] + ([float(f) for f in args.fractions.split(",")] if dataset in args.framed_sets.split(",")
+                             else [])
+        results["datasets"][dataset] = {}
+        for fraction in fractions:
+            payloads = [framed_png(data, fraction) for data in originals]
+            rows, correct = {}, {}
+            for mode, predictor in predictors.items():
+                started = time.perf_counter()
+                names, confidence = predicted(predictor, payloads)
+                seconds = time.perf_counter() - started
+                correct[mode] = names == true
+                row = report(true, names, confidence)
+                row["says_neutral"] = round(float((names == "neutral").mean()), 4)
+                row["faces_per_s"] = round(len(payloads) / seconds, 1)
+                rows[mode] = row
+                print(f"{dataset:<14} face {fraction:.2f} {mode:<12} accuracy {row['accuracy']:.4f}  mean recall "
+                      f"{row['mean_class_accuracy']:.4f}  says neutral {row['says_neutral']:.3f}  "
+                      f"{row['faces_per_s']} faces/s", flush=True)
+            rows["find_face_minus_whole_image"] = paired_bootstrap(correct["find_face"], correct["whole_image"])
+            print(f"{dataset:<14} face {fraction:.2f} find_face - whole image: "
+                  f"{difference_text(rows['find_face_minus_whole_image'])}", flush=True)
+            results["datasets"][dataset][str(fraction)] = rows
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
