@@ -13,6 +13,14 @@ find_face minus whole image.
     .venv/bin/python benchmarks/face_finding.py --out benchmarks/results/face_finding/finding.json
 
 Fractions below 1.0 run on ``--framed-sets`` only (FER2013Valid and ExpW val by default).
+``--mode NAME="OVERRIDES"`` (twice or more) compares other predictor settings instead, the
+last minus the first, e.g. RetinaFace's head margin::
+
+    .venv/bin/python benchmarks/face_finding.py --mode m125="detector=retinaface detector.head_expand=1.25" \
+        --mode m110="detector=retinaface detector.head_expand=1.1" --out ...
+
+An image where the detector finds several faces is scored by its most confident one; an
+image where it finds none counts as wrong (predicted ``none``).
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ from PIL import Image
 
 from face_models import SHARED, difference_text, faces, labelled_sets, paired_bootstrap, report
 
-MODES = {"whole_image": "false", "find_face": "true"}
+MODES = {"whole_image": "detector=full_frame detector.find_face=false",
+         "find_face": "detector=full_frame detector.find_face=true"}
 
 
 def framed_png(data: bytes, fraction: float) -> bytes:
@@ -51,7 +60,7 @@ def framed_png(data: bytes, fraction: float) -> bytes:
     return out.getvalue()
 
 
-def build(model: str, find_face: str, overrides: list[str]):
+def build(model: str, mode: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -59,14 +68,17 @@ def build(model: str, find_face: str, overrides: list[str]):
 
     config_dir = str(Path(__file__).resolve().parents[1] / "jobs" / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        cfg = compose(config_name="tag", overrides=[f"model={model}", "detector=full_frame", "model.device=cpu",
-                                                    "detector.finder.device=cpu", f"detector.find_face={find_face}",
-                                                    *overrides])
-    return build_predictor(OmegaConf.to_container(cfg, resolve=True))
+        cfg = compose(config_name="tag", overrides=[f"model={model}", "model.device=cpu", *mode.split(), *overrides])
+    cfg = OmegaConf.to_container(cfg, resolve=True)
+    for detector in (cfg["detector"], cfg["detector"].get("finder")):
+        if detector is not None and "device" in detector:
+            detector["device"] = "cpu"
+    return build_predictor(cfg)
 
 
 def predicted(predictor, payloads: list[bytes], batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Each image's predicted class name and its score (one face per image)."""
+    """Each image's predicted class name and its score: its most confident face's, or
+    ``none`` and 0 where no face was found."""
     from emotion.labels import canonical_name
 
     labels = predictor.spec.labels
@@ -75,8 +87,12 @@ def predicted(predictor, payloads: list[bytes], batch: int = 32) -> tuple[np.nda
         chunk = payloads[start:start + batch]
         tables = predictor.predict_images([f"face{start + i}.png" for i in range(len(chunk))], chunk)
         for table in tables:
-            (row,) = table.to_pylist()
-            scores = np.asarray(row["scores"], dtype=np.float64)
+            people = [row for row in table.to_pylist() if row["scores"] is not None]
+            if not people:
+                names.append("none")
+                confidence.append(0.0)
+                continue
+            scores = np.asarray(max(people, key=lambda row: row["detector_score"])["scores"], dtype=np.float64)
             names.append(canonical_name(labels[int(scores.argmax())]))
             confidence.append(float(scores.max()))
     return np.asarray(names), np.asarray(confidence)
@@ -91,7 +107,9 @@ def main() -> None:
     parser.add_argument("--framed-sets", default="ferplus_valid,expw_val")
     parser.add_argument("--fractions", default="0.8,0.6", help="face sides below 1.0, on --framed-sets")
     parser.add_argument("--data", default=str(SHARED), help="folder holding ferplus/, fer2013/, expw/, sfew/")
-    parser.add_argument("--override", action="append", default=[], help="a tag config override for both modes")
+    parser.add_argument("--mode", action="append", default=[], help='NAME="OVERRIDES": settings to compare '
+                        "(the last minus the first); default: full_frame without and with find_face")
+    parser.add_argument("--override", action="append", default=[], help="a tag config override for every mode")
     parser.add_argument("--limit", type=int, default=None, help="the first N faces of each set (a quick look)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
@@ -100,11 +118,15 @@ def main() -> None:
     from emotion import storage
     from emotion.labels import canonical_name, remap
 
-    predictors = {mode: build(args.model, value, args.override) for mode, value in MODES.items()}
-    model_labels = list(predictors["find_face"].spec.labels)
+    modes = dict(spec.split("=", 1) for spec in args.mode) if args.mode else MODES
+    if len(modes) < 2:
+        parser.error("--mode: give two or more")
+    first, last = list(modes)[0], list(modes)[-1]
+    predictors = {mode: build(args.model, value, args.override) for mode, value in modes.items()}
+    model_labels = list(predictors[last].spec.labels)
     known_sets = labelled_sets(Path(args.data))
     results: dict = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": args.threads},
-                     "model": predictors["find_face"].spec.model_id, "datasets": {}}
+                     "model": predictors[last].spec.model_id, "modes": modes, "datasets": {}}
     for dataset in args.sets.split(","):
         fmt, root, split = known_sets[dataset]
         data_labels, samples = faces(fmt, str(root), split)
@@ -130,9 +152,9 @@ def main() -> None:
                 print(f"{dataset:<14} face {fraction:.2f} {mode:<12} accuracy {row['accuracy']:.4f}  mean recall "
                       f"{row['mean_class_accuracy']:.4f}  says neutral {row['says_neutral']:.3f}  "
                       f"{row['faces_per_s']} faces/s", flush=True)
-            rows["find_face_minus_whole_image"] = paired_bootstrap(correct["find_face"], correct["whole_image"])
-            print(f"{dataset:<14} face {fraction:.2f} find_face - whole image: "
-                  f"{difference_text(rows['find_face_minus_whole_image'])}", flush=True)
+            rows[f"{last}_minus_{first}"] = paired_bootstrap(correct[last], correct[first])
+            print(f"{dataset:<14} face {fraction:.2f} {last} - {first}: "
+                  f"{difference_text(rows[f'{last}_minus_{first}'])}", flush=True)
             results["datasets"][dataset][str(fraction)] = rows
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2))
