@@ -1,5 +1,6 @@
 """Measure ``emotion.crops.FACE_TEMPLATE``: where RetinaFace's five landmarks sit in the
-unaligned head crop (the face box made square and expanded by ``head_expand``).
+unaligned head crop (the face box made square and expanded by ``emotion.crops.TEMPLATE_EXPAND``;
+``face_template`` rescales it to any other margin).
 
     python benchmarks/face_template.py --images ../shared/data/expw/val
 
@@ -19,7 +20,7 @@ import os
 import numpy as np
 import yaml
 
-from emotion.crops import square_box
+from emotion.crops import TEMPLATE_EXPAND, square_box
 from emotion.images import decode_image
 from emotion.models.loading import build_detector_from_config
 from emotion.settings import RetinaFaceSettings
@@ -59,7 +60,7 @@ def main() -> None:
     paths = sorted(p for p in glob.glob(os.path.join(args.images, "**", "*"), recursive=True)
                    if p.lower().endswith((".jpg", ".jpeg", ".png")))
     detector = build_detector_from_config(RetinaFaceSettings.model_validate({**cfg, "device": "cpu"}))
-    points = landmark_fractions(detector, paths, cfg["head_expand"])
+    points = landmark_fractions(detector, paths, TEMPLATE_EXPAND)
     template = symmetric_median(points)
     spread = np.percentile(points, 75, axis=0) - np.percentile(points, 25, axis=0)
     print(json.dumps({"images": len(paths), "faces": len(points), "template": np.round(template, 4).tolist(),

@@ -7,9 +7,10 @@ Boxes are in working-image pixels: the decoded image shrunk so its longer side i
 Face alignment (``CropSpec.align``): where a face comes with its five landmarks (eyes,
 nose tip, mouth corners: RetinaFace's), the head crop is the similarity transform
 (rotation, scale, shift) that puts them nearest, in least squares, to
-``FACE_TEMPLATE``, so eyes are level and at one place in every head crop. The template
-is where those landmarks sit, on average, in the unaligned head crop (the face box made
-square and expanded by 1.25), so an aligned face is framed as an unaligned upright one.
+``face_template(head_expand)``, so eyes are level and at one place in every head crop. The
+template is where those landmarks sit, on average, in the unaligned head crop of the same
+``head_expand`` (the face box made square and expanded by it), so an aligned face is framed
+as an unaligned upright one.
 A face without landmarks (a pre-cropped face, ``detector=full_frame``; a dataset's box)
 is cut from its square box.
 """
@@ -29,7 +30,7 @@ class CropSpec:
     """How to cut crops for one model from one box source.
 
     ``levels`` and ``size`` come from the model's ``InputSpec``; ``head_expand`` from the
-    box source (a detector's or a dataset's face-box convention: 1.25 around RetinaFace's
+    box source (a detector's or a dataset's face-box convention: 1.1 around RetinaFace's
     tight boxes, 1.0 when the image already is the face); ``max_side`` from the predictor
     config (one value for every path).
     """
@@ -101,10 +102,18 @@ def context_window(pixels: np.ndarray, size: int) -> np.ndarray:
 # Where the five landmarks (left eye, right eye, nose tip, left and right mouth corner, in
 # image order) sit in an upright head crop, as fractions of its side. Measured with the
 # packaged RetinaFace on web faces (506 of ExpW val's 507; benchmarks/face_template.py): the
-# median of each point in the unaligned head crop (face box made square, expanded by 1.25),
-# made left-right symmetric.
+# median of each point in the unaligned head crop (face box made square, expanded by
+# TEMPLATE_EXPAND), made left-right symmetric.
 FACE_TEMPLATE = np.array([[0.3591, 0.4180], [0.6409, 0.4180], [0.5000, 0.5796],
                           [0.3873, 0.7232], [0.6127, 0.7232]], dtype=np.float64)
+TEMPLATE_EXPAND = 1.25
+
+
+def face_template(head_expand: float) -> np.ndarray:
+    """``FACE_TEMPLATE`` [5, 2] for head crops of ``head_expand``: the same points about the
+    crop's centre, spread by ``TEMPLATE_EXPAND / head_expand`` (a tighter crop shows the
+    face larger)."""
+    return 0.5 + (FACE_TEMPLATE - 0.5) * (TEMPLATE_EXPAND / float(head_expand))
 
 
 def head_crops(pixels: np.ndarray, faces: np.ndarray, spec: CropSpec,
@@ -116,7 +125,7 @@ def head_crops(pixels: np.ndarray, faces: np.ndarray, spec: CropSpec,
     out = []
     for i, box in enumerate(boxes):
         if points is not None and np.isfinite(points[i]).all():
-            out.append(aligned_face(pixels, points[i], spec.size))
+            out.append(aligned_face(pixels, points[i], spec.size, face_template(spec.head_expand)))
         else:
             out.append(crop_resize(pixels, box, spec.size))
     return np.stack(out)
@@ -140,19 +149,20 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.concatenate([scale * rotation, shift[:, None]], axis=1)
 
 
-def aligned_face(pixels: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
+def aligned_face(pixels: np.ndarray, landmarks: np.ndarray, size: int, template: np.ndarray) -> np.ndarray:
     """uint8 [S, S, 3]: the face whose five ``landmarks`` [5, 2] (image pixels) are moved
-    onto ``FACE_TEMPLATE`` x ``size``; the image is first shrunk by a whole factor when the
-    face is more than twice the crop (a box filter, so a large face is not aliased);
-    outside the image is black, as in ``crop_resize``."""
+    onto ``template`` [5, 2] (fractions of the side, ``face_template``) x ``size``; the image
+    is first shrunk by a whole factor when the face is more than twice the crop (a box
+    filter, so a large face is not aliased); outside the image is black, as in ``crop_resize``."""
     landmarks = np.asarray(landmarks, np.float64).reshape(5, 2)
-    matrix = similarity_transform(landmarks, FACE_TEMPLATE * size)
+    template = np.asarray(template, np.float64).reshape(5, 2)
+    matrix = similarity_transform(landmarks, template * size)
     scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
     image = Image.fromarray(pixels)
     factor = max(1, int(1.0 / (2.0 * scale))) if scale > 0 else 1
     if factor > 1:  # work on the image shrunk by `factor`: the face is still at least twice the crop
         image = image.reduce(factor)
-        matrix = similarity_transform(landmarks / factor, FACE_TEMPLATE * size)
+        matrix = similarity_transform(landmarks / factor, template * size)
     # PIL maps each output point to an input point in continuous coordinates (pixel
     # centres at +0.5), the convention of the landmarks and the template.
     inverse = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]  # crop -> image

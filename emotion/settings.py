@@ -85,10 +85,21 @@ class PredictorConfig(_Strict):
         to them. Where the work runs (``detector.device``, ``predictor.crops``,
         ``predictor.decode``) and ``predictor.precision`` give the same records within
         rounding, so they are not part of it."""
-        detector = self.detector.model_dump(exclude={"device"})
+        # A full-frame detector's finder only finds boxes: its own head margin is not read.
+        detector = self.detector.model_dump(exclude={"device": True, "finder": {"device": True, "head_expand": True}})
         predictor = self.predictor.model_dump(include={"threshold", "max_people", "max_image_side", "align_faces"})
-        return {**{f"detector.{k}": v for k, v in detector.items()},
-                **{f"predictor.{k}": v for k, v in predictor.items()}}
+        return {**_dotted("detector", detector), **{f"predictor.{k}": v for k, v in predictor.items()}}
+
+
+def _dotted(prefix: str, values: dict[str, object]) -> dict[str, object]:
+    """Nested settings as flat ``prefix.key.subkey`` -> value."""
+    out: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_dotted(f"{prefix}.{key}", value))
+        else:
+            out[f"{prefix}.{key}"] = value
+    return out
 
 
 # -- Ray stage sizing --------------------------------------------------------------------

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
 
-from emotion.crops import FACE_TEMPLATE, CropSpec, aligned_face, person_crops, similarity_transform
+from emotion.crops import (FACE_TEMPLATE, TEMPLATE_EXPAND, CropSpec, aligned_face, face_template, person_crops,
+                          similarity_transform)
 from emotion.data.mixture import (fold_numbers, label_positions, repeat_plan, source_samples,
                                   to_label_space)
 from emotion.metrics import evaluation_report, expected_calibration_error
@@ -223,11 +224,23 @@ def test_aligned_face_puts_the_landmarks_on_the_template(angle, scale):
     size = 64
     truth = _rotation(angle, scale, (400.0, 400.0))
     landmarks = (FACE_TEMPLATE - 0.5) * size @ truth[:, :2].T + truth[:, 2]
-    crop = aligned_face(_face_with_dots(landmarks, radius=round(1.5 * scale)), landmarks + 0.5, size)
+    crop = aligned_face(_face_with_dots(landmarks, radius=round(1.5 * scale)), landmarks + 0.5, size, FACE_TEMPLATE)
     assert crop.shape == (size, size, 3) and crop.dtype == np.uint8
     for x, y in FACE_TEMPLATE * size:
         window = crop[int(y) - 1:int(y) + 2, int(x) - 1:int(x) + 2, 0]
         assert window.max() > 100, (x, y)
+
+
+def test_the_template_follows_the_head_margin():
+    """An aligned upright face is framed as the unaligned crop of the same margin: the
+    template's points, in image pixels, are the same for every margin."""
+    box = np.array([100.0, 100.0, 200.0, 200.0])  # a square face box
+    centre = box[:2] + 50
+    np.testing.assert_allclose(face_template(TEMPLATE_EXPAND), FACE_TEMPLATE)
+    for expand in (1.0, 1.1, 1.25):
+        side = 100 * expand
+        in_image = centre - side / 2 + face_template(expand) * side
+        np.testing.assert_allclose(in_image, centre - 62.5 + FACE_TEMPLATE * 125)
 
 
 def test_person_crops_align_only_faces_with_landmarks_and_only_when_asked():
@@ -241,7 +254,7 @@ def test_person_crops_align_only_faces_with_landmarks_and_only_when_asked():
     unaligned = person_crops(pixels, faces, np.full((2, 4), np.nan), plain, landmarks=landmarks)["head"]
     out = person_crops(pixels, faces, np.full((2, 4), np.nan), aligned, landmarks=landmarks)["head"]
     assert np.array_equal(out[1], unaligned[1])  # no landmarks: the box crop
-    assert np.array_equal(out[0], aligned_face(pixels, landmarks[0], 32))
+    assert np.array_equal(out[0], aligned_face(pixels, landmarks[0], 32, face_template(1.25)))
     assert not np.array_equal(out[0], unaligned[0])
 
 

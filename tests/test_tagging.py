@@ -112,6 +112,8 @@ def test_tag_resume_after_partial_output(ray_local, mixed_folder, tmp_path):
     # anything is written, naming the key. Where the crops are cut is not part of it.
     with pytest.raises(OutputMismatch, match=r"other crop settings.*detector\.head_expand=1\.0 there, 1\.2 here"):
         run(compose_tag([f"input={root}", f"output={output}", "detector=full_frame", "detector.head_expand=1.2"]))
+    with pytest.raises(OutputMismatch, match=r"detector\.find_face=True there, False here"):
+        run(compose_tag([f"input={root}", f"output={output}", "detector=full_frame", "detector.find_face=false"]))
     assert read_output(output)[1] == files
     again = run(compose_tag([f"input={root}", f"output={output}", "detector=full_frame", "predictor.crops=pil"]))
     assert again.images == 0
