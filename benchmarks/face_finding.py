@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from face_models import SHARED, difference_text, faces, labelled_sets, paired_bootstrap, report
+from face_models import SHARED, difference_text, faces, labelled_sets, paired_bootstrap, report, top_names
 
 MODES = {"whole_image": "detector=full_frame detector.find_face=false",
          "find_face": "detector=full_frame detector.find_face=true"}
@@ -77,25 +77,15 @@ def build(model: str, mode: str, overrides: list[str]):
 
 
 def predicted(predictor, payloads: list[bytes], batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Each image's predicted class name and its score: its most confident face's, or
-    ``none`` and 0 where no face was found."""
-    from emotion.labels import canonical_name
+    """Each image's predicted class name and its score, as ``emotion eval`` reads them (its
+    most confident face), or ``none`` and 0 where no face was found."""
+    from emotion.evaluation import first_person_scores_of
 
-    labels = predictor.spec.labels
-    names, confidence = [], []
+    scores = []
     for start in range(0, len(payloads), batch):
         chunk = payloads[start:start + batch]
-        tables = predictor.predict_images([f"face{start + i}.png" for i in range(len(chunk))], chunk)
-        for table in tables:
-            people = [row for row in table.to_pylist() if row["scores"] is not None]
-            if not people:
-                names.append("none")
-                confidence.append(0.0)
-                continue
-            scores = np.asarray(max(people, key=lambda row: row["detector_score"])["scores"], dtype=np.float64)
-            names.append(canonical_name(labels[int(scores.argmax())]))
-            confidence.append(float(scores.max()))
-    return np.asarray(names), np.asarray(confidence)
+        scores.append(first_person_scores_of(predictor, [f"face{start + i}.png" for i in range(len(chunk))], chunk))
+    return top_names(np.concatenate(scores), predictor.spec.labels)
 
 
 def main() -> None:

@@ -108,29 +108,29 @@ def ensemble_outcome(members: list[dict[str, np.ndarray]]) -> dict[str, np.ndarr
 def detected_predictions(predictor, data_labels: tuple[str, ...], samples: list[dict],
                          batch: int = 32) -> dict[str, np.ndarray]:
     """``predictions`` through a predictor that finds the face (the most confident one
-    of each image); an image without a face found is predicted ``none``."""
-    from emotion import storage
+    of each image, as ``emotion eval`` reads it); an image without a face found is
+    predicted ``none``."""
+    from emotion.evaluation import first_person_scores
     from emotion.labels import canonical_name, remap
 
     known = remap(list(data_labels), list(predictor.spec.labels)) >= 0
-    true, predicted, confidence = [], [], []
-    for start in range(0, len(samples), batch):
-        chunk = [s for s in samples[start:start + batch] if known[int(np.argmax(s["labels"][0]))]]
-        tables = predictor.predict_images([s["image_uri"] for s in chunk],
-                                          [storage.read_bytes(s["image_uri"]) for s in chunk])
-        for sample, table in zip(chunk, tables):
-            true.append(canonical_name(data_labels[int(np.argmax(sample["labels"][0]))]))
-            rows = table.to_pylist()
-            people = [r for r in rows if r.get("person_index") is not None and r.get("scores") is not None]
-            if not people:
-                predicted.append("none")
-                confidence.append(0.0)
-                continue
-            best = max(people, key=lambda r: r["detector_score"])
-            scores = np.asarray(best["scores"], dtype=np.float64)
-            predicted.append(canonical_name(predictor.spec.labels[int(scores.argmax())]))
-            confidence.append(float(scores.max()))
-    return {"true": np.asarray(true), "predicted": np.asarray(predicted), "confidence": np.asarray(confidence)}
+    classes = [int(np.argmax(s["labels"][0])) for s in samples]
+    paths = [s["image_uri"] for s, c in zip(samples, classes) if known[c]]
+    true = np.asarray([canonical_name(data_labels[c]) for c in classes if known[c]])
+    scores = np.concatenate([first_person_scores(predictor, paths[start:start + batch])
+                             for start in range(0, len(paths), batch)] or [np.zeros((0, len(known)))])
+    predicted, confidence = top_names(scores, predictor.spec.labels)
+    return {"true": true, "predicted": predicted, "confidence": confidence}
+
+
+def top_names(scores: np.ndarray, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [N, K] (a NaN row: no face) -> each row's class name (``none``) and its top
+    score (0)."""
+    from emotion.labels import canonical_name
+
+    found = ~np.isnan(scores).any(axis=1)
+    names = [canonical_name(labels[int(row.argmax())]) if ok else "none" for row, ok in zip(scores, found)]
+    return np.asarray(names), np.where(found, np.nan_to_num(scores).max(axis=1, initial=0.0), 0.0)
 
 
 def report(true: np.ndarray, predicted: np.ndarray, confidence: np.ndarray | None = None) -> dict:

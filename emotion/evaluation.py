@@ -90,11 +90,19 @@ def first_person_scores(predictor: EmotionPredictor, paths: Sequence[str]) -> np
     """Scores [N, K] of each image's most confident person; a NaN row where the image
     has none (no face found, unreadable or undecodable file)."""
     paths = list(paths)
-    scores = np.full((len(paths), len(predictor.spec.labels)), np.nan, dtype=np.float32)
     payloads, read_errors = _read_files(paths)
-    table = predictor(predictor.decode(paths, payloads, read_errors=read_errors))
+    return first_person_scores_of(predictor, paths, payloads, read_errors)
+
+
+def first_person_scores_of(predictor: EmotionPredictor, sources: Sequence[str], payloads: Sequence[bytes | None],
+                           read_errors: Sequence[str | None] | None = None) -> np.ndarray:
+    """``first_person_scores`` of images already read: ``payloads`` the bytes of
+    ``sources`` (distinct names), None with its ``read_errors`` entry for one not read."""
+    sources = list(sources)
+    scores = np.full((len(sources), len(predictor.spec.labels)), np.nan, dtype=np.float32)
+    table = predictor(predictor.decode(sources, payloads, read_errors=read_errors))
     first = table.filter(first_row_mask(table)).to_pydict()
-    row_of = {src: i for i, src in enumerate(paths)}
+    row_of = {src: i for i, src in enumerate(sources)}
     for src, row in zip(first["source"], first["scores"]):
         if row is not None:
             scores[row_of[src]] = row
