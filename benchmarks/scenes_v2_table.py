@@ -44,7 +44,8 @@ def build(kind: str, checkpoint: str, min_score: float):
                 "head_expand": 1.25}
     cfg = {"model": model, "detector": detector,
            "predictor": {"threshold": 0.5, "max_people": 20, "max_image_side": 960, "crops": "auto",
-                         "align_faces": True, "decode": "auto", "precision": "fp32"}}
+                         "align_faces": True, "decode": "auto", "precision": "fp32",
+                         "score_weights": None}}
     return build_predictor(cfg)
 
 

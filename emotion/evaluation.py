@@ -30,6 +30,7 @@ from emotion.images import IMAGE_SUFFIXES
 from emotion.labels import remap, remap_scores
 from emotion.predictor import EmotionPredictor
 from emotion.schema import first_row_mask, split_rows
+from emotion.score_weights import weighted_scores
 from emotion.settings import DataSettings, reader_options
 from emotion.tagging.reads import read_source
 
@@ -159,10 +160,11 @@ def _dataset_samples(data: DataSettings, split: str) -> tuple[tuple[str, ...], l
 
 
 def evaluate_dataset(model, data: DataSettings, split: str, *, max_side: int, batch_size: int = 64,
-                     limit: int | None = None) -> dict:
+                     limit: int | None = None, score_weights: np.ndarray | None = None) -> dict:
     """``metrics.evaluation_report`` of ``model`` (an EmotionModel) on the annotated people
     of one split, plus ``skipped`` (people without the boxes the model needs), ``images``,
-    ``split``, ``root`` and ``people_per_second``.
+    ``split``, ``root`` and ``people_per_second``. ``score_weights`` [K] (``emotion.score_weights``)
+    weight the scores as the predictor does.
 
     People are cropped from their annotated boxes exactly as for training (images shrunk
     to ``max_side`` first, as the predictor does), so no detector runs; the metrics are
@@ -195,8 +197,13 @@ def evaluate_dataset(model, data: DataSettings, split: str, *, max_side: int, ba
                 rows["labels"] = remap_scores(rows["labels"], list(data_labels), labels)
                 yield rows
 
+    def predict(batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        outputs = dict(predict_rows(model, batch))
+        outputs["scores"] = weighted_scores(outputs["scores"], score_weights)
+        return outputs
+
     started = time.perf_counter()
-    scored = metrics.score_batches(lambda batch: predict_rows(model, batch), row_batches(), len(labels))
+    scored = metrics.score_batches(predict, row_batches(), len(labels))
     seconds = time.perf_counter() - started
     if len(scored["scores"]) == 0:
         raise RuntimeError(f"split {split!r} of {data.root!r} has no person the model can score ({counts.skipped})")

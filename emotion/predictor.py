@@ -31,6 +31,7 @@ from emotion.models.loading import build_detector_from_config, build_emotion_mod
 from emotion.models.protocol import EmotionModel, InputSpec, single_level_columns
 from emotion.models.settings import yaml_settings
 from emotion.schema import LEVEL_NAMES, has_error, output_schema, output_table, split_rows
+from emotion.score_weights import weight_vector, weighted_scores
 from emotion.settings import PredictorConfig, parse_settings
 
 # Where crops are cut and JPEGs decoded (``predictor.crops``, ``predictor.decode``).
@@ -67,11 +68,15 @@ class EmotionPredictor:
             ``detect`` calls its ``find_people`` on the whole images, rows get its body
             boxes (no face box) and its emotion scores (``person_scores``), and
             ``recognize`` only places them; no crops are cut.
+        score_weights: ``{class name: weight}`` (``predictor.score_weights``): a
+            single-label model's scores, every level's included, are multiplied by them
+            and renormalised (``emotion.score_weights``); None: the model's own scores.
     """
 
     def __init__(self, detector: Any | None, model: EmotionModel | None, *, spec: InputSpec, crop: CropSpec,
                  threshold: float, max_people: int, crops: str = "pil", decode: str = "pil",
-                 precision: str = "fp32", device: Any | None = None, person_threshold: float | None):
+                 precision: str = "fp32", device: Any | None = None, person_threshold: float | None,
+                 score_weights: Mapping[str, float] | None = None):
         from emotion.precision import PRECISIONS, check_precision
 
         self.detector = detector
@@ -83,6 +88,7 @@ class EmotionPredictor:
         if spec.finds_people and person_threshold is None:
             raise ValueError(f"{spec.name} finds people itself: it needs a person_threshold")
         self.person_threshold = person_threshold  # single-stage models: least person score kept
+        self.score_weights = weight_vector(score_weights, spec.labels, multi_label=spec.multi_label)
         self.detector_device = device_of(detector)
         self.model_device = device_of(model)
         self.device = str(device) if device is not None else (self.detector_device or self.model_device or "cpu")
@@ -281,9 +287,9 @@ class EmotionPredictor:
                 with autocast(self.model_device, self.precision):
                     raw = model.predict({level: np.asarray(people[f"crop_{level}"])[idx] for level in self.levels})
                 columns = model.output_columns(raw)
-            scores[idx] = columns["scores"]
+            scores[idx] = weighted_scores(columns["scores"], self.score_weights)
             for name, values in columns["level_scores"].items():
-                level_scores[idx, LEVEL_NAMES.index(name)] = values
+                level_scores[idx, LEVEL_NAMES.index(name)] = weighted_scores(values, self.score_weights)
             refined[idx] = columns["refined"]
             for row, names in zip(idx, columns["dropped_levels"]):
                 dropped[row] = names
@@ -357,7 +363,8 @@ def build_predictor(config: PredictorConfig | Mapping, *, detect: bool = True, r
     return EmotionPredictor(detector, model, spec=spec, crop=crop, threshold=options.threshold,
                             max_people=options.max_people, crops=options.crops, decode=options.decode,
                             precision=options.precision,
-                            person_threshold=_person_threshold(model_cfg, spec) if spec.finds_people else None)
+                            person_threshold=_person_threshold(model_cfg, spec) if spec.finds_people else None,
+                            score_weights=options.score_weights)
 
 
 def _person_threshold(model_cfg: Mapping, spec: InputSpec) -> float:

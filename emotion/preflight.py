@@ -9,18 +9,33 @@ from __future__ import annotations
 import os
 
 from emotion import storage
-from emotion.models.loading import checkpoint_of
-from emotion.settings import ConfigError, ModelSettings, TagSettings, TrainSettings
+from emotion.models.loading import checkpoint_of, input_spec
+from emotion.score_weights import weight_vector
+from emotion.settings import ConfigError, ModelSettings, PredictorConfig, TagSettings, TrainSettings
 from emotion.weights import KNOWN_WEIGHTS
 
 
 def check_tag_settings(settings: TagSettings) -> None:
-    """The tagging job's output folder, its model's checkpoint and the ``annotate`` folder
-    (a bad one must fail at the start, not after hours of tagging)."""
+    """The tagging job's output folder, its model's checkpoint and score weights, and the
+    ``annotate`` folder (a bad one must fail at the start, not after hours of tagging)."""
     check_output_location(settings.output)
     check_model_checkpoint(settings.model)
+    check_score_weights(settings)
     if settings.annotate:
         check_output_location(settings.annotate, key="annotate")
+
+
+def check_score_weights(settings: PredictorConfig) -> None:
+    """Raise before Ray starts if ``predictor.score_weights`` names a class the model does
+    not score, or weights a multi-label model. Reads the model's checkpoint for its labels,
+    so only when weights are set."""
+    if not settings.predictor.score_weights:
+        return
+    spec = input_spec(settings.model.model_dump())
+    try:
+        weight_vector(settings.predictor.score_weights, spec.labels, multi_label=spec.multi_label)
+    except ValueError as exc:
+        raise ConfigError(f"bad config: {exc}") from None
 
 
 def check_train_settings(settings: TrainSettings) -> None:

@@ -69,6 +69,8 @@ class PredictorSettings(_Strict):
     align_faces: bool
     decode: Literal["auto", "pil", "device"]
     precision: Literal["fp32", "fp16", "bf16"]
+    # {class name: weight > 0}: single-label scores under another label prior (emotion.score_weights)
+    score_weights: Optional[dict[str, Annotated[float, Field(gt=0)]]]
 
 
 class PredictorConfig(_Strict):
@@ -80,14 +82,17 @@ class PredictorConfig(_Strict):
     predictor: PredictorSettings
 
     def crop_recipe(self) -> dict[str, object]:
-        """The settings that decide which people are found, how each is cut and which labels
-        are listed, by dotted key: what rows written by one run share with a run that adds
-        to them. Where the work runs (``detector.device``, ``predictor.crops``,
-        ``predictor.decode``) and ``predictor.precision`` give the same records within
-        rounding, so they are not part of it."""
+        """The settings that decide which people are found, how each is cut, how its scores
+        are weighted and which labels are listed, by dotted key: what rows written by one run
+        share with a run that adds to them. Where the work runs (``detector.device``,
+        ``predictor.crops``, ``predictor.decode``) and ``predictor.precision`` give the same
+        records within rounding, so they are not part of it."""
         # A full-frame detector's finder only finds boxes: its own head margin is not read.
         detector = self.detector.model_dump(exclude={"device": True, "finder": {"device": True, "head_expand": True}})
         predictor = self.predictor.model_dump(include={"threshold", "max_people", "max_image_side", "align_faces"})
+        # Only when set, so outputs written before the key existed match unweighted runs.
+        if self.predictor.score_weights:
+            predictor["score_weights"] = dict(sorted(self.predictor.score_weights.items()))
         return {**_dotted("detector", detector), **{f"predictor.{k}": v for k, v in predictor.items()}}
 
 

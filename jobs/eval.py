@@ -28,6 +28,8 @@ from emotion.evaluation import evaluate_dataset, evaluate_image_folder, evaluate
 from emotion.models.loading import build_emotion_model, input_spec
 from emotion.models.protocol import model_id
 from emotion.predictor import build_predictor
+from emotion.preflight import check_score_weights
+from emotion.score_weights import weight_vector
 from emotion.settings import EvalSettings, SourcesData, parse_eval_settings
 from jobs.user_errors import exit_on_user_error
 
@@ -36,6 +38,7 @@ log = logging.getLogger("emotion.eval")
 
 def run(cfg: DictConfig) -> dict:
     settings = parse_eval_settings(OmegaConf.to_container(cfg, resolve=True))  # once: a bad key stops here
+    check_score_weights(settings)
     data = settings.data
     if isinstance(data, SourcesData):
         raise ValueError("data=faces mixes datasets for training: evaluate one dataset at a time (data=<format>)")
@@ -61,8 +64,9 @@ def run(cfg: DictConfig) -> dict:
             report["model"] = predictor.spec.model_id
             return _finish(settings, report, predictor.spec.labels)
         model = build_emotion_model(settings.model.model_dump())
+        weights = weight_vector(settings.predictor.score_weights, model.labels, multi_label=model.multi_label)
         report = evaluate_dataset(model, data, str(split), max_side=settings.predictor.max_image_side,
-                                  batch_size=settings.batch_size, limit=settings.limit)
+                                  batch_size=settings.batch_size, limit=settings.limit, score_weights=weights)
     report["model"] = model_id(model.name, model.checkpoint_hash)
     return _finish(settings, report, model.labels)
 

@@ -25,6 +25,7 @@ from ray import serve
 from emotion.pipelines.ray_env import init_ray
 from emotion.pipelines.serving import ServeJobSettings, ServeSettings, bind_app
 from emotion.pipelines.serving.ingress import DRAIN_KEY_PREFIX, drain_key, in_flight_key
+from emotion.preflight import check_score_weights
 from emotion.settings import parse_settings
 from jobs.user_errors import exit_on_user_error
 
@@ -45,7 +46,9 @@ def _interrupt(signum: int, frame: object) -> None:
 def parse(cfg: DictConfig) -> ServeJobSettings:
     """The job's settings from a composed config: a bad key or value stops here, before
     Ray starts, with one line naming it."""
-    return parse_settings(ServeJobSettings, OmegaConf.to_container(cfg, resolve=True))
+    settings = parse_settings(ServeJobSettings, OmegaConf.to_container(cfg, resolve=True))
+    check_score_weights(settings)
+    return settings
 
 
 def run(cfg: DictConfig, blocking: bool = False) -> str:

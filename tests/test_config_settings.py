@@ -183,6 +183,10 @@ MISSPELT = [
     ("train", "model=dsct model.fuse_from_layer=9", "dsct fuse_from_layer must be in [0, dec_layers=4]"),
     ("tag", "model.name=nosuch", "model.name='nosuch': not one of"),
     ("eval", "data=ferplus data.mode=majorty", "data.mode='majorty': Input should be"),
+    # A score weight for a class the model does not have, or not above zero.
+    *[(job, "predictor.score_weights={calm:0.5}", "predictor.score_weights.calm: not a class of the model")
+      for job in ("tag", "eval", "serve")],
+    ("tag", "predictor.score_weights={neutral:0}", "predictor.score_weights.neutral=0: Input should be greater"),
 ]
 
 

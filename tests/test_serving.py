@@ -588,14 +588,15 @@ def _compare(got: list[dict], want: list[dict], path: str, score_atol: float = 1
                 assert g[key] == w[key], f"{path}: {key}"
 
 
-@pytest.mark.parametrize("changed", [(), ("predictor.max_image_side=400", "predictor.align_faces=true")],
-                         ids=["defaults", "max_image_side=400,align_faces=true"])
+@pytest.mark.parametrize("changed", [(), ("predictor.max_image_side=400", "predictor.align_faces=true",
+                                          "predictor.score_weights={neutral:0.6}")],
+                         ids=["defaults", "max_image_side=400,align_faces=true,score_weights"])
 def test_one_image_gives_the_same_records_from_tag_http_eval_and_predictor(service, served_cfg, photos, tmp_path,
                                                                            changed):
     """The same bytes through `emotion tag`, the HTTP API, `emotion eval`'s scoring and
     the Python predictor, with the default predictor settings, and with a changed
-    `predictor.max_image_side` and faces cut aligned by their landmarks together (one case
-    for both, as each case starts its own `emotion tag` and Serve app)."""
+    `predictor.max_image_side`, faces cut aligned by their landmarks and score weights
+    together (one case for all, as each case starts its own `emotion tag` and Serve app)."""
     import pyarrow.parquet as pq
     from omegaconf import OmegaConf
     from ray import serve

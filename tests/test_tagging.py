@@ -114,6 +114,9 @@ def test_tag_resume_after_partial_output(ray_local, mixed_folder, tmp_path):
         run(compose_tag([f"input={root}", f"output={output}", "detector=full_frame", "detector.head_expand=1.2"]))
     with pytest.raises(OutputMismatch, match=r"detector\.find_face=True there, False here"):
         run(compose_tag([f"input={root}", f"output={output}", "detector=full_frame", "detector.find_face=false"]))
+    with pytest.raises(OutputMismatch, match=r"predictor\.score_weights=None there, \{'neutral': 0\.6\} here"):
+        run(compose_tag([f"input={root}", f"output={output}", "detector=full_frame",
+                         "predictor.score_weights={neutral:0.6}"]))
     assert read_output(output)[1] == files
     again = run(compose_tag([f"input={root}", f"output={output}", "detector=full_frame", "predictor.crops=pil"]))
     assert again.images == 0
