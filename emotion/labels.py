@@ -60,7 +60,10 @@ _SYNONYMS: dict[str, str] = {
     "angry": "anger",
     "surprised": "surprise",
     "fearful": "fear",
+    "afraid": "fear",  # KDEF's folder name
+    "scared": "fear",
     "disgusted": "disgust",
+    "contemptuous": "contempt",
 }
 
 
