@@ -36,12 +36,17 @@ def weight_vector(weights: Mapping[str, float] | None, labels: Sequence[str], *,
                          "single-label scores only")
     index = {canonical_name(label): i for i, label in enumerate(labels)}
     vector = np.ones(len(labels), dtype=np.float64)
+    named: dict[int, str] = {}
     for name, weight in weights.items():
         if canonical_name(name) not in index:
             raise ValueError(f"{key}.{name}: not a class of the model; its classes: {list(labels)}")
         if not weight > 0:
             raise ValueError(f"{key}.{name}={weight}: a weight must be > 0")
-        vector[index[canonical_name(name)]] = float(weight)
+        position = index[canonical_name(name)]
+        if position in named:
+            raise ValueError(f"{key}: {named[position]!r} and {name!r} name the same class ({labels[position]})")
+        named[position] = name
+        vector[position] = float(weight)
     return vector
 
 

@@ -72,7 +72,11 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _finish(settings: EvalSettings, report: dict, labels) -> dict:
-    """Write the confusion plot and the JSON the settings ask for; print one JSON line."""
+    """Write the confusion plot and the JSON the settings ask for; print one JSON line.
+    Score weights, where set, are part of the report: they change what the model's
+    numbers mean."""
+    if settings.predictor.score_weights:
+        report["score_weights"] = dict(settings.predictor.score_weights)
     if settings.confusion_png and "confusion" in report:
         name = report["model"].split("@")[0]
         title = f"{name}: {settings.data.root.rstrip('/').split('/')[-1]}"

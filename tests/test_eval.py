@@ -35,6 +35,22 @@ def test_eval_fer_subset_accuracy(fer_root, capsys):
     assert report["accuracy"] == line["accuracy"]
 
 
+def test_eval_applies_and_reports_its_score_weights(fer_root, tmp_path, capsys):
+    """A weight of 1e6 on sad makes every face sad; the printed report says which weights
+    made its numbers."""
+    from jobs.eval import run
+
+    copy_fer_faces(fer_root, tmp_path)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=[
+            "model=fer", "detector=full_frame", "data=image_folder", f"data.root={tmp_path}",
+            "predictor.score_weights={sad:1000000}"])
+    run(cfg)
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["n"] == 6 and line["accuracy"] == 0.5 and line["score_weights"] == {"sad": 1e6}
+    assert (line["per_class"]["happy"], line["per_class"]["sad"]) == (0.0, 1.0)
+
+
 FACES_PER_CLASS = 3
 
 

@@ -26,6 +26,8 @@ def test_a_weight_for_a_class_the_model_lacks_or_a_multi_label_model_is_refused(
         weight_vector({"neutral": 0.5}, FERPLUS_CLASSES, multi_label=True)
     with pytest.raises(ValueError, match=r"neutral=0\.0: a weight must be > 0"):
         weight_vector({"neutral": 0.0}, FERPLUS_CLASSES)
+    with pytest.raises(ValueError, match=r"'happy' and 'Happiness' name the same class \(happiness\)"):
+        weight_vector({"happy": 0.5, "Happiness": 2.0}, FERPLUS_CLASSES)
 
 
 def test_weighted_scores_are_bayes_rule_under_the_new_prior():
