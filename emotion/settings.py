@@ -516,6 +516,14 @@ class TrainSettings(_Strict):
     ray: RaySettings
     scaling: ScalingSettings
 
+    @field_validator("predictor")
+    @classmethod
+    def _no_score_weights(cls, predictor: PredictorSettings) -> PredictorSettings:
+        if predictor.score_weights:
+            raise ValueError("score_weights apply at inference (tag, serve, eval); training learns the model's own "
+                             "scores: leave it null")
+        return predictor
+
 
 # -- the data commands -------------------------------------------------------------------
 class SynthSettings(_Strict):

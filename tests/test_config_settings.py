@@ -187,6 +187,7 @@ MISSPELT = [
     *[(job, "predictor.score_weights={calm:0.5}", "predictor.score_weights.calm: not a class of the model")
       for job in ("tag", "eval", "serve")],
     ("tag", "predictor.score_weights={neutral:0}", "predictor.score_weights.neutral=0: Input should be greater"),
+    ("train", "predictor.score_weights={neutral:0.6}", "predictor: score_weights apply at inference"),
 ]
 
 
