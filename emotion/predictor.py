@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from emotion.allocator import retain_freed_memory
 from emotion.boxes import body_box_from_face
 from emotion.crops import CropSpec, head_crops, person_crops
 from emotion.devices import device_of
@@ -340,10 +341,12 @@ def build_predictor(config: PredictorConfig | Mapping, *, detect: bool = True, r
     ``detect``/``recognize`` choose which parts to load (Ray Data runs them in separate
     actor pools); ``spec`` saves re-deriving the model's input contract where the caller
     has it (else it comes from the model, or from the config when the model is not built).
+    The process's allocator is set to keep freed memory (``emotion.allocator``).
     """
     if not isinstance(config, PredictorConfig):
         sections = {name: config.get(name) for name in ("detector", "model", "predictor")}
         config = parse_settings(PredictorConfig, sections)
+    retain_freed_memory()  # the process is about to run batches (emotion/allocator.py)
     model_cfg = config.model.model_dump()
     given = spec is not None
     if spec is None:

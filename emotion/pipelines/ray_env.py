@@ -11,12 +11,13 @@ from emotion.settings import RaySettings
 
 log = logging.getLogger(__name__)
 
-# Variables Ray workers must see to reach S3-compatible stores (set before ray.init:
-# workers inherit the driver's environment only through runtime_env).
+# Variables Ray workers must see to reach S3-compatible stores, and the allocator switch
+# (emotion/allocator.py); set before ray.init: workers inherit the driver's environment
+# only through runtime_env.
 _FORWARDED_ENV = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
     "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_EC2_METADATA_DISABLED",
-    "EMOTION_CACHE",
+    "EMOTION_CACHE", "EMOTION_MALLOC",
 )
 
 

@@ -16,6 +16,7 @@ import ray
 from emotion.images import DecodedBatch
 from emotion.models.protocol import InputSpec
 from emotion.pipelines.job_board import StallWatch
+from emotion.allocator import retain_freed_memory
 from emotion.pipelines.worker_startup import limit_torch_threads, loading_models
 from emotion.predictor import build_predictor
 from emotion.settings import PredictorConfig
@@ -33,6 +34,7 @@ def read_and_decode(batch: dict[str, np.ndarray], max_side: int, max_pixels: int
     its decoded (shrunk) images, whatever the files weigh. A read that takes longer than
     ``read_timeout_s`` becomes an error row (``emotion.tagging.reads.read_source``).
     """
+    retain_freed_memory()  # once per worker process: decoded images reuse freed memory
     out = DecodedBatch()
     for text, raw, size, error in zip(batch["source"], batch["source_bytes"], batch["size"], batch["error"]):
         raw = bytes(raw) if raw is not None else b""

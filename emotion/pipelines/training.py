@@ -36,6 +36,7 @@ import ray.train.torch
 import torch
 
 from emotion import storage
+from emotion.allocator import retain_freed_memory
 from emotion.checkpoint import load_checkpoint, save_checkpoint
 from emotion.pipelines.ray_env import QUIET_TRAIN_POLLING_HOOK, forwarded_env, gpus_available, init_ray
 from emotion.weights import KNOWN_WEIGHTS
@@ -272,6 +273,7 @@ def _epoch_row(epoch: int, train: Mapping[str, Any], val: Mapping[str, Any], wor
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker (see the module doc). ``config``: the job's settings
     as a plain dict (``settings``), validated again here, and what the driver measured."""
+    retain_freed_memory()  # every step's tensors reuse the last step's memory (emotion/allocator.py)
     settings = TrainSettings.model_validate(config["settings"])
     loop = settings.train
     if not logging.getLogger().handlers:  # Ray workers have none: progress lines would be lost
