@@ -7,9 +7,13 @@ glibc's malloc serves blocks above its mmap threshold with their own ``mmap`` an
 free memory at the top of the heap with ``brk`` once more than the trim threshold is free,
 so each batch maps pages again and takes a page fault on every one of them: on the 2-core
 machine ``emotion eval`` spent as much system time as user time. With the thresholds
-raised the heap keeps what it held, and the next batch reuses it: the same ``emotion eval``
-run went from 9.2-9.4 s to 5.4 s of wall, 6.2 s to 0.4 s of system time
-(benchmarks/results/allocator/).
+raised the heap keeps what it held, and the next batch reuses it: ``emotion eval`` reads
+1.5-2.8x the faces per second, training steps 1.15-1.36x and the ``emotion tag`` pipeline
+1.18x the images (benchmarks/README.md, "The allocator").
+
+It is set where a process commits to running batches: ``emotion.predictor.build_predictor``
+(tagging actors, Serve replicas, eval, the Python API), the ``emotion`` command, tagging's
+decode tasks and Ray Train's workers.
 
 The price is memory: a process keeps its peak heap (about 100 MB more resident memory in
 that run). ``EMOTION_MALLOC=system`` leaves glibc's defaults, and so do processes where
