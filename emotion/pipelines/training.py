@@ -105,6 +105,7 @@ def _rows_batch(batch: pa.Table, spec: CropSpec, num_labels: int, multi_label: b
                 make_rows: Callable[..., dict[str, np.ndarray]] = person_rows) -> dict[str, np.ndarray]:
     from emotion.data.records import row_to_sample
 
+    retain_freed_memory()  # once per worker process: decoded images reuse freed memory
     samples = [row_to_sample(row, num_labels) for row in batch.to_pylist()]
     return make_rows(samples, spec, RowCounts(), num_labels=num_labels, multi_label=multi_label)
 
