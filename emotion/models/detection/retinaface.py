@@ -26,6 +26,7 @@ from torch import nn
 from emotion.devices import resolve_device
 from emotion.settings import RetinaFaceSettings
 from emotion.models.detection.nms import batched_nms
+from emotion.models.fusion import fold_batch_norms
 from emotion.models.detection.priors import (
     MOBILENET025_ANCHORS,
     AnchorConfig,
@@ -488,7 +489,8 @@ def build_detector(settings: RetinaFaceSettings) -> FaceDetector:
     says (``jobs/configs/detector/retinaface.yaml``): ``weights`` (known name, path,
     ``pkg://`` or ``s3://`` URI), ``score_threshold``, ``nms_iou``, ``max_size``,
     ``upscale_size``, ``top_k``, ``device`` (``"auto"``: CUDA when available, else CPU)."""
-    net = load_retinaface_state(RetinaFace(), settings.weights)
+    net = load_retinaface_state(RetinaFace(), settings.weights).eval()
+    fold_batch_norms(net)  # a built detector only detects (emotion/models/fusion.py)
     detector = FaceDetector(net, score_threshold=settings.score_threshold, nms_iou=settings.nms_iou,
                             max_size=settings.max_size, upscale_size=settings.upscale_size, top_k=settings.top_k)
     return detector.to(resolve_device(settings.device))
