@@ -341,7 +341,9 @@ def build_predictor(config: PredictorConfig | Mapping, *, detect: bool = True, r
     ``detect``/``recognize`` choose which parts to load (Ray Data runs them in separate
     actor pools); ``spec`` saves re-deriving the model's input contract where the caller
     has it (else it comes from the model, or from the config when the model is not built).
-    The process's allocator is set to keep freed memory (``emotion.allocator``).
+    The process's allocator is set to keep freed memory (``emotion.allocator``), and the
+    emotion model runs in eval mode with its batch norms folded (``emotion.models.fusion``;
+    the detector builders fold theirs).
     """
     if not isinstance(config, PredictorConfig):
         sections = {name: config.get(name) for name in ("detector", "model", "predictor")}
