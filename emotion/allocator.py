@@ -12,8 +12,9 @@ raised the heap keeps what it held, and the next batch reuses it: ``emotion eval
 1.18x the images (benchmarks/README.md, "The allocator").
 
 It is set where a process commits to running batches: ``emotion.predictor.build_predictor``
-(tagging actors, Serve replicas, eval, the Python API), the ``emotion`` command, the Ray
-Data tasks that decode images (tagging's, training rows') and Ray Train's workers.
+(tagging actors, Serve replicas, eval, the Python API), ``emotion eval`` on a dataset's own
+boxes, the Ray Data tasks that decode images (tagging's, training rows') and Ray Train's
+workers. A job's driver, which runs no batches, keeps glibc's settings.
 
 The price is memory: a process keeps its peak heap (about 100 MB more resident memory in
 that run). ``EMOTION_MALLOC=system`` leaves glibc's defaults, and so do processes where

@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib
 import sys
 
-from emotion.allocator import retain_freed_memory
-
 # command -> (module, function). Hydra apps take overrides; the others parse their own args.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "tag": ("jobs.tag", "main", "tag images into Parquet (Ray Data)"),
@@ -48,7 +46,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"emotion: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     module_name, function, _ = COMMANDS[command]
-    retain_freed_memory()  # before any batch is allocated (emotion/allocator.py)
     if command in CONFIG_NAMES:
         # One line and exit 2 for an unknown key or group option, as for any bad value.
         importlib.import_module("jobs.overrides").exit_on_bad_overrides(CONFIG_NAMES[command], rest)

@@ -24,6 +24,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from emotion import storage
+from emotion.allocator import retain_freed_memory
 from emotion.evaluation import evaluate_dataset, evaluate_image_folder, evaluate_scenes, plot_confusion
 from emotion.models.loading import build_emotion_model, input_spec
 from emotion.models.protocol import model_id
@@ -63,6 +64,7 @@ def run(cfg: DictConfig) -> dict:
                                      limit=settings.limit, levels=True)
             report["model"] = predictor.spec.model_id
             return _finish(settings, report, predictor.spec.labels)
+        retain_freed_memory()  # batches run in this process (emotion/allocator.py)
         model = build_emotion_model(settings.model.model_dump())
         weights = weight_vector(settings.predictor.score_weights, model.labels, multi_label=model.multi_label)
         report = evaluate_dataset(model, data, str(split), max_side=settings.predictor.max_image_side,
