@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT))
 from bench_workspace import cpu_model  # noqa: E402  one machine description for every benchmark
 
 
-def unfolded_twin(predictor, model_cfg: dict):
-    """A copy of ``predictor`` whose finder and face model are as their files hold them."""
+def unfolded_twin(predictor, cfg: dict):
+    """A copy of ``predictor`` (built from the tag config ``cfg``) whose finder and face
+    model are as their files hold them."""
     import copy
 
     import torch
@@ -35,9 +36,9 @@ def unfolded_twin(predictor, model_cfg: dict):
     twin = copy.copy(predictor)
     twin.detector = copy.copy(predictor.detector)
     twin.detector.finder = copy.copy(predictor.detector.finder)
-    weights = load_retinaface_state(RetinaFace(), "retinaface_mobilenet0.25").eval().requires_grad_(False)
-    twin.detector.finder.net = weights.to(memory_format=torch.channels_last)
-    twin.model = build_emotion_model(model_cfg).eval()
+    net = load_retinaface_state(RetinaFace(), cfg["detector"]["finder"]["weights"]).eval().requires_grad_(False)
+    twin.detector.finder.net = net.to(memory_format=torch.channels_last)
+    twin.model = build_emotion_model(cfg["model"]).eval()
     return twin
 
 
@@ -69,7 +70,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = composed("tag", ["detector=full_frame", "detector.finder.device=cpu", "model.device=cpu"])
     folded = build_predictor(cfg)
-    unfolded = unfolded_twin(folded, cfg["model"])
+    unfolded = unfolded_twin(folded, cfg)
     files = sorted(str(p) for p in Path(args.input).rglob("*.jpg"))[: args.images]
     decoded = folded.decode(files, [Path(f).read_bytes() for f in files])
     runs: dict[str, list[dict]] = {"unfolded": [], "folded": []}

@@ -90,8 +90,8 @@ class PredictorConfig(_Strict):
         # A full-frame detector's finder only finds boxes: its own head margin is not read.
         detector = self.detector.model_dump(exclude={"device": True, "finder": {"device": True, "head_expand": True}})
         predictor = self.predictor.model_dump(include={"threshold", "max_people", "max_image_side", "align_faces"})
-        # Only when set: an unweighted run's recipe holds no such key, as an output whose
-        # recipe lacks it (written by a version without the key) holds none.
+        # Only when set: an unweighted run's recipe then equals that of an output whose
+        # recipe has no such key.
         if self.predictor.score_weights:
             predictor["score_weights"] = dict(sorted(self.predictor.score_weights.items()))
         return {**_dotted("detector", detector), **{f"predictor.{k}": v for k, v in predictor.items()}}

@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from emotion.allocator import retain_freed_memory
 from emotion.images import DecodedBatch
 from emotion.models.protocol import InputSpec
 from emotion.pipelines.job_board import StallWatch
-from emotion.allocator import retain_freed_memory
 from emotion.pipelines.worker_startup import limit_torch_threads, loading_models
 from emotion.predictor import build_predictor
 from emotion.settings import PredictorConfig
