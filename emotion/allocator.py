@@ -18,8 +18,9 @@ workers. A job's driver, which runs no batches, keeps glibc's settings.
 
 The price is memory: a process keeps its peak heap (about 100 MB more resident memory in
 that run). ``EMOTION_MALLOC=system`` leaves glibc's defaults, and so do processes where
-the user set glibc's own ``MALLOC_*`` variables or ``GLIBC_TUNABLES`` (theirs win). Other
-C libraries (musl, macOS) are left as they are.
+the user set glibc's own ``MALLOC_*`` variables or a ``glibc.malloc.*`` tunable in
+``GLIBC_TUNABLES`` (theirs win; tunables of other parts of glibc do not count). Other C
+libraries (musl, macOS) are left as they are.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ M_MMAP_THRESHOLD = -3
 INT_MAX = 2**31 - 1
 TOP_PAD_BYTES = 256 << 20  # extra heap asked of the system each time it grows
 SWITCH = "EMOTION_MALLOC"  # "system": leave the allocator as glibc sets it
-_USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_",
-                  "GLIBC_TUNABLES")
+_USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_")
+_USER_TUNABLES = "glibc.malloc."  # GLIBC_TUNABLES is name=value pairs joined by ':'
 
 _applied: bool | None = None  # once per process
 
@@ -52,7 +53,7 @@ def retain_freed_memory() -> bool:
 
 
 def _apply() -> bool:
-    if os.environ.get(SWITCH, "").lower() == "system" or any(name in os.environ for name in _USER_SETTINGS):
+    if os.environ.get(SWITCH, "").lower() == "system" or _user_set_malloc():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -63,3 +64,9 @@ def _apply() -> bool:
     mallopt.restype = ctypes.c_int
     return all([mallopt(M_MMAP_THRESHOLD, INT_MAX) == 1, mallopt(M_TRIM_THRESHOLD, INT_MAX) == 1,
                 mallopt(M_TOP_PAD, TOP_PAD_BYTES) == 1])
+
+
+def _user_set_malloc() -> bool:
+    """Whether the environment holds the user's own settings for glibc's malloc."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "").split(":")
+    return any(name in os.environ for name in _USER_SETTINGS) or any(t.startswith(_USER_TUNABLES) for t in tunables)

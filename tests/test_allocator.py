@@ -60,3 +60,10 @@ def test_freed_memory_stays_in_the_process_for_the_next_batch():
 def test_the_switch_or_the_users_own_malloc_settings_leave_glibc_as_it_is(env):
     applied, kept_mib = probe(**env)
     assert not applied and kept_mib < 64
+
+
+def test_tunables_of_other_parts_of_glibc_leave_the_setting_on():
+    applied, kept_mib = probe(GLIBC_TUNABLES="glibc.rtld.nns=4:glibc.malloc.top_pad=131072")
+    assert not applied and kept_mib < 64  # a malloc tunable among others: the user's settings win
+    applied, kept_mib = probe(GLIBC_TUNABLES="glibc.rtld.nns=4")
+    assert applied and kept_mib >= 64
